@@ -1,0 +1,63 @@
+"""Job entrypoint: `python -m pai_distil_jobs`, the command of every job on every backend.
+
+Training stages are relaunched under torchrun from the PAI-DLC variables (one launcher per
+node; WORLD_SIZE counts nodes, as on DLC); other stages run in this process.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+from pai_distil.artifacts import write_manifest
+from pai_distil.stages import get_stage
+
+from .contract import JobContext, JobError, fail, log
+
+MODULES = {"generate": "generate", "slow-thinking": "slow_thinking", "evaluate": "evaluate"}
+
+
+def _torchrun_argv() -> list[str]:
+    env = os.environ
+    return [
+        sys.executable, "-m", "torch.distributed.run",
+        f"--nnodes={env.get('WORLD_SIZE', '1')}",
+        f"--node-rank={env.get('RANK', '0')}",
+        f"--nproc-per-node={env.get('NPROC_PER_NODE', '1')}",
+        f"--master-addr={env.get('MASTER_ADDR', '127.0.0.1')}",
+        f"--master-port={env.get('MASTER_PORT', '29500')}",
+        "-m", "pai_distil_jobs",
+    ]
+
+
+def main() -> int:
+    try:
+        ctx = JobContext.from_env()
+        stage = get_stage(ctx.stage)
+        if stage.distributed and "LOCAL_RANK" not in os.environ:
+            # torchrun's children inherit the job contract variables; DLC's RANK/WORLD_SIZE are
+            # node-level and torchrun rewrites them per process.
+            os.execv(sys.executable, _torchrun_argv())
+        module = importlib.import_module(f"pai_distil_jobs.stages.{MODULES[ctx.stage]}")
+        ctx.output.mkdir(parents=True, exist_ok=True)
+        finished = module.run(ctx)
+    except JobError as e:
+        fail(str(e))
+        return 2
+    except Exception as e:  # noqa: BLE001 - the user sees one line; the traceback goes to the log
+        import traceback
+
+        traceback.print_exc()
+        fail(f"{type(e).__name__}: {e}")
+        return 1
+    if finished is False:  # stopped by SIGTERM after saving a checkpoint
+        return 143
+    if ctx.is_main_process:
+        write_manifest(ctx.output, stage=ctx.stage, run_id=ctx.run_id)
+        log(f"artifact complete: {ctx.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""The SFT driver shared by the distillation stages: model, data, distributed setup, final save."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+import torch.distributed as dist
+
+from pai_distil.specs import Student, Training
+
+from ..contract import JobContext, JobError, log
+from .models import load_model
+from .sft_data import encode_messages
+from .trainer import Trainer, TrainSettings
+
+
+def _init_distributed() -> bool:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("gloo")
+        return True
+    return False
+
+
+def train_sft(ctx: JobContext, student: Student, train: Training, rows: list[dict]) -> bool:
+    """Train `student` on SFT rows; write the final HF checkpoint to ctx.output. False if stopped early."""
+    distributed = _init_distributed()
+    rank = dist.get_rank() if distributed else 0
+    model, tokenizer = load_model(student.model, seed=student.seed)
+    examples = [e for r in rows if (e := encode_messages(tokenizer, r["messages"], train.max_length))]
+    if not examples:
+        raise JobError(f"every training row is longer than train.max_length={train.max_length}; raise it")
+    if rank == 0:
+        n_tok = sum(len(e["input_ids"]) for e in examples)
+        n_params = sum(p.numel() for p in model.parameters())
+        log(f"model {n_params / 1e6:.2f}M parameters; {len(examples)} sequences, {n_tok} tokens "
+            f"(mean {n_tok / len(examples):.0f}); {train.max_steps} steps of batch {train.batch_size}")
+    if distributed:
+        model = torch.nn.parallel.DistributedDataParallel(model)
+    settings = TrainSettings(
+        max_steps=train.max_steps, batch_size=train.batch_size, learning_rate=train.learning_rate,
+        warmup_steps=train.warmup_steps, weight_decay=train.weight_decay, checkpoint_every=train.checkpoint_every,
+        keep_checkpoints=train.keep_checkpoints, log_every=train.log_every, seed=train.seed,
+    )
+    trainer = Trainer(model, tokenizer, examples, settings, ctx.checkpoint_dir, ctx.metrics_path, log=log if rank == 0 else lambda m: None)
+    finished = trainer.train()
+    if finished and rank == 0:
+        final = model.module if distributed else model
+        final.save_pretrained(ctx.output)
+        tokenizer.save_pretrained(ctx.output)
+        (ctx.output / "training_summary.json").write_text(json.dumps(
+            {"steps": trainer.step, "examples": len(examples), "student": student.model}, indent=1))
+        log(f"saved the student to {ctx.output}")
+    if distributed:
+        dist.barrier()
+        dist.destroy_process_group()
+    return finished

@@ -1,0 +1,333 @@
+"""Stage `generate`: ask an OpenAI-compatible teacher for chains of thought, verify the answers.
+
+Every (problem, verbosity) pair is one request. Each answer is appended to `cots.jsonl` as soon
+as it arrives, so a killed or failed job loses nothing: a rerun reads the file and asks only for
+what is missing. At the end the verified-correct samples become `sft.jsonl` (OpenAI messages)
+and `summary.json` says how good the teacher was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import openai
+from pydantic import ValidationError
+
+from pai_distil.specs import GenerateConfig, explain
+from pai_distil.verifiers import verify
+from pai_distil.synthetic import world
+
+from ..contract import JobContext, JobError, log
+from ..lib import problems
+
+COTS = "cots.jsonl"
+SFT = "sft.jsonl"
+SUMMARY = "summary.json"
+PROGRESS_EVERY_S = 2.0
+MIN_ANSWERS_FOR_BAD_CHECK = 20
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a careful reasoner. Think step by step inside <think>...</think>, then give the final "
+    "answer in \\boxed{{}}. Reasoning verbosity level {verbosity} on a 0-9 scale "
+    "(0: answer directly, 9: reason at great length, checking every step)."
+)
+
+
+# -- problems -----------------------------------------------------------------------------------
+
+
+def load_problems(ctx: JobContext, config: GenerateConfig) -> list[dict]:
+    """Problems in the DESIGN.md format, from the synthetic world or the `problems` input."""
+    if config.problems is None and "problems" not in ctx.inputs:
+        raise JobError("generate has no problems: set `problems` in the config (synthetic world) "
+                       "or pass --input problems=FILE.jsonl")
+    path = ctx.input("problems") if config.problems is None else None
+    return problems.load_problems(config.problems, path)
+
+
+# -- resumable output ---------------------------------------------------------------------------
+
+
+def load_done(path: Path) -> dict[str, dict]:
+    """Rows already in cots.jsonl by id; a torn last line (killed mid-write) is cut off the file."""
+    if not path.exists():
+        return {}
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end < len(data):
+        log(f"generate: dropping a torn last line of {path.name} ({len(data) - end} bytes)")
+        with open(path, "r+b") as f:
+            f.truncate(end)
+        data = data[:end]
+    done = {}
+    for n, line in enumerate(data.decode("utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            done[row["id"]] = row
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise JobError(f"{path} line {n} is not a CoT sample; delete the file to generate from scratch") from None
+    return done
+
+
+def sample_id(problem: dict, rv: int) -> str:
+    return f"{problem['id']}-rv{rv}"
+
+
+def system_prompt(config: GenerateConfig, rv: int) -> str:
+    if config.system_prompt is not None:
+        return config.system_prompt.replace("{verbosity}", str(rv))
+    return DEFAULT_SYSTEM_PROMPT.format(verbosity=rv)
+
+
+# -- talking to the teacher ---------------------------------------------------------------------
+
+
+class NotACompletion(Exception):
+    pass
+
+
+def read_completion(resp) -> tuple[str, str, str | None, int | None]:
+    """(thought, solution, finish_reason, completion_tokens) of a chat completion.
+
+    Reasoning comes inline (`<think>…</think>` in content) or in `reasoning_content` / `reasoning`
+    (DeepSeek, vLLM's reasoning parsers). The SDK hands back whatever a broken server sent (a
+    string, a list, a model without choices), so everything is checked here.
+    """
+    data = resp.model_dump() if hasattr(resp, "model_dump") else resp
+    choices = data.get("choices") if isinstance(data, dict) else None
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise NotACompletion()
+    message = choices[0].get("message")
+    if not isinstance(message, dict):
+        raise NotACompletion()
+    content = message.get("content") or ""
+    reasoning = message.get("reasoning_content") or message.get("reasoning") or ""
+    if not isinstance(content, str) or not isinstance(reasoning, str):
+        raise NotACompletion()
+    thought, solution = world.split_thought(content)
+    if reasoning:
+        thought = "\n".join(t for t in (reasoning.strip(), thought) if t)
+    usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+    return thought, solution, choices[0].get("finish_reason"), usage.get("completion_tokens")
+
+
+def explain_failure(e: Exception, config: GenerateConfig) -> str:
+    """One line naming the problem with the teacher and the fix."""
+    t = config.teacher
+    url = t.base_url
+    if isinstance(e, NotACompletion | ValueError | openai.APIResponseValidationError):
+        return (f"teacher at {url} returned something that is not an OpenAI chat completion; "
+                "check that teacher.base_url points at an OpenAI-compatible API (ending in /v1)")
+    if isinstance(e, openai.APIConnectionError):  # includes APITimeoutError
+        timed_out = isinstance(e, openai.APITimeoutError)
+        why = f"no answer within {t.timeout_s:g} s" if timed_out else _first_line(e.__cause__ or e)
+        return (f"teacher at {url} is unreachable ({why}, {_retries(t.max_retries)}); "
+                "start it with `pai-distil teacher serve --synthetic` or fix teacher.base_url")
+    if isinstance(e, openai.AuthenticationError | openai.PermissionDeniedError):
+        env = t.api_key_env
+        if not env:
+            return (f"teacher at {url} refused the request (HTTP {e.status_code}) and no key was sent; "
+                    "set teacher.api_key_env to the name of an environment variable holding the key")
+        state = "is not set" if not os.environ.get(env) else "holds a key the teacher rejected"
+        return (f"teacher at {url} refused the request (HTTP {e.status_code}): environment variable {env} {state}; "
+                f"set {env} to the teacher's API key")
+    if isinstance(e, openai.NotFoundError):
+        return (f"teacher at {url} answered HTTP 404 ({_detail(e)}); check teacher.model and that "
+                "teacher.base_url ends in /v1")
+    if isinstance(e, openai.APIStatusError):
+        return (f"teacher at {url} answered HTTP {e.status_code} ({_detail(e)}, {_retries(t.max_retries)}); "
+                "check the teacher service, or raise teacher.max_retries / lower teacher.concurrency")
+    return f"teacher at {url} failed: {type(e).__name__}: {_first_line(e)}"
+
+
+def _retries(n: int) -> str:
+    return f"after {n} retr{'y' if n == 1 else 'ies'}" if n else "no retries"
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:200]
+
+
+def _detail(e: openai.APIStatusError) -> str:
+    body = e.body
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        return body["message"].splitlines()[0][:200] if body["message"].strip() else "no message"
+    return _first_line(e)
+
+
+# -- the run ------------------------------------------------------------------------------------
+
+
+class Generation:
+    """Asks the teacher for every missing (problem, verbosity) pair and appends the answers."""
+
+    def __init__(self, config: GenerateConfig, out: Path, total: int, done: int):
+        self.config = config
+        self.out = out
+        self.total = total
+        self.done = done
+        self.answered = 0  # answers received by this run
+        self.unboxed = 0  # ... of which had no \boxed{} answer
+        self.last_progress = 0.0
+        self.stopping = False
+
+    def progress(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self.last_progress >= PROGRESS_EVERY_S:
+            self.last_progress = now
+            log(f"[progress] generate {self.done}/{self.total}")
+
+    async def run(self, todo: list[tuple[dict, int]]) -> None:
+        t = self.config.teacher
+        key = os.environ.get(t.api_key_env) if t.api_key_env else None
+        client = openai.AsyncOpenAI(base_url=t.base_url, api_key=key or "EMPTY",
+                                    max_retries=t.max_retries, timeout=t.timeout_s)
+        items = iter(todo)
+        # A fixed pool of workers pulling from one iterator bounds concurrency (like a
+        # semaphore) with constant memory, however many problems there are.
+        async with client:
+            with open(self.out, "a", encoding="utf-8") as f:
+                try:
+                    async with asyncio.TaskGroup() as tg:
+                        for _ in range(min(t.concurrency, len(todo))):
+                            tg.create_task(self.worker(client, items, f))
+                except* JobError as group:
+                    raise group.exceptions[0] from None
+
+    async def worker(self, client: openai.AsyncOpenAI, items, f) -> None:
+        for problem, rv in items:
+            row = await self.ask(client, problem, rv)
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            f.flush()
+            self.done += 1
+            self.answered += 1
+            self.unboxed += world.extract_answer(row["solution"]) is None
+            self.check_parseable()
+            self.progress()
+
+    async def ask(self, client: openai.AsyncOpenAI, problem: dict, rv: int) -> dict:
+        t = self.config.teacher
+        try:
+            resp = await client.chat.completions.create(
+                model=t.model, max_tokens=t.max_tokens, temperature=t.temperature,
+                messages=[{"role": "system", "content": system_prompt(self.config, rv)},
+                          {"role": "user", "content": problem["problem"]}])
+            thought, solution, finish, tokens = read_completion(resp)
+        except (openai.OpenAIError, NotACompletion, ValueError) as e:
+            raise JobError(explain_failure(e, self.config)) from None
+        return {
+            "id": sample_id(problem, rv), "problem_id": problem["id"], "problem": problem["problem"],
+            "answer": problem["answer"], "thought": thought, "solution": solution, "teacher": t.model,
+            "correct": verify(problem, solution),
+            "rv": None, "cd": None, "requested_rv": rv, "finish_reason": finish,
+            "completion_tokens": tokens, "meta": problem["meta"],
+        }
+
+    def check_parseable(self) -> None:
+        n = self.answered
+        if n < MIN_ANSWERS_FOR_BAD_CHECK and self.done < self.total:
+            return
+        if self.unboxed > self.config.max_bad_fraction * n:
+            raise JobError(
+                f"the teacher's answers cannot be parsed: {self.unboxed} of {n} have no \\boxed{{}} answer "
+                f"(max_bad_fraction {self.config.max_bad_fraction:g}); check teacher.model "
+                f"({self.config.teacher.model!r}) and system_prompt, or raise teacher.max_tokens if answers are cut off")
+
+
+def _install_sigterm(gen: Generation) -> None:
+    """On SIGTERM stop at once (preemption); rows written so far stay and a rerun resumes."""
+    task = asyncio.current_task()
+
+    def stop() -> None:
+        gen.stopping = True
+        task.cancel()
+
+    try:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop)
+    except (NotImplementedError, RuntimeError):  # not the main thread, or no signals here
+        pass
+
+
+def run(ctx: JobContext) -> bool | None:
+    try:
+        config = GenerateConfig.model_validate(ctx.config)
+    except ValidationError as e:
+        raise JobError(explain(e, "generate config")) from None
+    problems = load_problems(ctx, config)
+    out = ctx.output / COTS
+    ctx.output.mkdir(parents=True, exist_ok=True)
+    done = load_done(out)
+    wanted = [(p, rv) for p in problems for rv in config.verbosity]
+    todo = [(p, rv) for p, rv in wanted if sample_id(p, rv) not in done]
+    resumed = len(wanted) - len(todo)
+    if resumed:
+        log(f"generate: resuming, {resumed} of {len(wanted)} samples already in {COTS}")
+    log(f"generate: asking teacher {config.teacher.model!r} at {config.teacher.base_url} for {len(todo)} "
+        f"chains of thought ({len(problems)} problems x verbosity {config.verbosity})")
+
+    gen = Generation(config, out, total=len(wanted), done=resumed)
+    gen.progress(force=True)
+
+    async def main() -> None:
+        _install_sigterm(gen)
+        await gen.run(todo)
+
+    if todo:
+        try:
+            asyncio.run(main())
+        except asyncio.CancelledError:
+            if not gen.stopping:
+                raise
+    gen.progress(force=True)
+    if gen.stopping:
+        log(f"generate: stopped by SIGTERM after {gen.done}/{gen.total}; rerun to resume")
+        return False
+
+    rows_by_id = load_done(out)
+    rows = [rows_by_id[sample_id(p, rv)] for p, rv in wanted]
+    summary = finish(ctx.output, rows, config, resumed=resumed, requested=len(todo))
+    log(f"generate: {summary['samples']} samples ({resumed} resumed), teacher accuracy "
+        f"{summary['teacher_accuracy']:.1%}, {summary['unparseable']} without a boxed answer, "
+        f"{summary['sft_rows']} rows in {SFT}")
+    return None
+
+
+def finish(output: Path, rows: list[dict], config: GenerateConfig, **counts: int) -> dict:
+    """Write sft.jsonl (verified-correct samples) and summary.json; return the summary."""
+    with open(output / SFT, "w", encoding="utf-8") as f:
+        for r in rows:
+            if r["correct"]:
+                assistant = f"<think>\n{r['thought']}\n</think>\n\n{r['solution']}"
+                f.write(json.dumps({"messages": [{"role": "user", "content": r["problem"]},
+                                                 {"role": "assistant", "content": assistant}]},
+                                   ensure_ascii=False) + "\n")
+    per_level: dict[str, Counter] = defaultdict(Counter)
+    per_rv: dict[str, Counter] = defaultdict(Counter)
+    for r in rows:
+        unparseable = world.extract_answer(r["solution"]) is None
+        for bucket in (per_level[str((r.get("meta") or {}).get("level", "none"))], per_rv[str(r["requested_rv"])]):
+            bucket.update(samples=1, correct=int(r["correct"]), unparseable=int(unparseable),
+                          completion_tokens=r.get("completion_tokens") or 0)
+    correct = sum(r["correct"] for r in rows)
+    summary = {
+        "teacher": config.teacher.model,
+        "base_url": config.teacher.base_url,
+        "samples": len(rows),
+        **counts,
+        "correct": correct,
+        "teacher_accuracy": correct / len(rows) if rows else 0.0,
+        "unparseable": sum(c["unparseable"] for c in per_level.values()),
+        "sft_rows": correct,
+        "per_level": {k: dict(v) for k, v in sorted(per_level.items())},
+        "per_verbosity": {k: dict(v) for k, v in sorted(per_rv.items(), key=lambda kv: int(kv[0]))},
+    }
+    (output / SUMMARY).write_text(json.dumps(summary, indent=1))
+    return summary

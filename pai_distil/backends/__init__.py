@@ -1,0 +1,37 @@
+"""Backends run a JobSpec somewhere and record its outcome in the run registry.
+
+Every backend honours the same job contract (DESIGN.md), so a stage behaves the same on this
+machine, in Docker or on PAI. Backend modules are imported on demand to keep the CLI fast.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+from ..errors import UserError
+
+if TYPE_CHECKING:
+    from ..registry import Registry, RunRecord
+    from ..specs import JobSpec
+
+BACKENDS = ("process", "local", "pai")
+
+
+class Backend(Protocol):
+    name: str
+
+    def start(self, spec: JobSpec, record: RunRecord) -> RunRecord:
+        """Start the job and return at once; the outcome arrives in the registry."""
+
+    def cancel(self, record: RunRecord) -> RunRecord:
+        """Stop the job (it may save a checkpoint first) and return its terminal record."""
+
+
+def get_backend(name: str, registry: Registry | None = None) -> Backend:
+    if name == "process":
+        from .process import ProcessBackend
+
+        return ProcessBackend(registry)
+    if name in BACKENDS:
+        raise UserError(f"backend '{name}' is not available yet in this version; use --backend process")
+    raise UserError(f"unknown backend '{name}'; choose one of: {', '.join(BACKENDS)}")

@@ -1,0 +1,128 @@
+"""Commands that start work or check it: submit, run, validate, schema, stages, report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from ..errors import UserError
+from ..specs import JobSpec, Pipeline, read_mapping, validate as validate_model
+from ..stages import STAGES, get_stage
+
+BACKENDS = click.Choice(["process", "local", "pai"])
+
+
+@click.command()
+@click.argument("stage")
+@click.option("--config", "-c", "config_file", type=click.Path(dir_okay=False), help="stage config (YAML or JSON)")
+@click.option("--input", "-i", "inputs", multiple=True, metavar="NAME=PATH", help="an input of the stage (repeatable)")
+@click.option("--backend", "-b", type=BACKENDS, default="process", show_default=True)
+@click.option("--nodes", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--nproc-per-node", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--force", is_flag=True, help="rerun even when config and inputs are unchanged")
+@click.option("--detach", "-d", is_flag=True, help="return once the job has started")
+@click.option("--dry-run", is_flag=True, help="print the job spec and start nothing")
+def submit(stage, config_file, inputs, backend, nodes, nproc_per_node, force, detach, dry_run):
+    """Run one STAGE as a job (e.g. `pai-distil submit slow-thinking -c cfg.yaml -i cots=out/`)."""
+    from ..submission import execute, parse_inputs, prepare
+
+    get_stage(stage)
+    data = read_mapping(config_file) if config_file else {}
+    where = f"config {config_file}" if config_file else f"{stage} config"
+    prep = prepare(stage, data, parse_inputs(inputs), where=where, nodes=nodes, procs_per_node=nproc_per_node)
+    if dry_run:
+        click.echo(json.dumps(prep.spec.model_dump(mode="json"), indent=2))
+        return
+    record = execute(prep, backend, force=force, detach=detach)
+    click.echo(record.output)
+
+
+@click.command("run")
+@click.argument("pipeline_file", type=click.Path(dir_okay=False))
+@click.option("--backend", "-b", type=BACKENDS, default=None, help="override the pipeline's backend")
+@click.option("--force", is_flag=True, help="rerun every stage, cached or not")
+@click.option("--dry-run", is_flag=True, help="validate and print each stage's job; start nothing")
+def run_pipeline(pipeline_file, backend, force, dry_run):
+    """Run a PIPELINE_FILE of stages in dependency order; unchanged stages are cache hits."""
+    from .. import pipeline, report
+
+    console = Console(stderr=True)
+    records = pipeline.run(pipeline_file, backend=backend, force=force, dry_run=dry_run, console=console)
+    if dry_run:
+        click.echo(json.dumps(records, indent=2))
+        return
+    table = Table(title="pipeline", title_justify="left")
+    for col in ("stage id", "stage", "run", "state", "output"):
+        table.add_column(col)
+    for sid, r in records.items():
+        table.add_row(sid, r.stage, r.id, r.state, r.output)
+    console.print(table)
+    for sid, r in records.items():
+        if r.stage == "evaluate":
+            report.render(report.load(r.output), Console(), title=f"{sid}")
+
+
+@click.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--stage", "-s", help="the stage whose config FILE is (not needed for pipelines)")
+def validate(file, stage):
+    """Check a pipeline or stage config FILE without running anything."""
+    from .. import pipeline
+
+    data = read_mapping(file)
+    if "stages" in data and stage is None:
+        p = pipeline.load(file)
+        click.echo(f"ok: pipeline {p.name!r}, stages in order: {', '.join(pipeline.order(p))}")
+        return
+    if stage is None:
+        raise UserError(f"{file} is not a pipeline (no `stages:`); pass --stage NAME to check a stage config")
+    validate_model(get_stage(stage).config, data, f"config {file}")
+    click.echo(f"ok: {stage} config {file}")
+
+
+@click.command()
+@click.argument("what", default="pipeline")
+def schema(what):
+    """Print the JSON Schema of WHAT: `pipeline` (default), `job`, or a stage name."""
+    if what == "pipeline":
+        model = Pipeline
+    elif what == "job":
+        model = JobSpec
+    else:
+        model = get_stage(what).config
+    click.echo(json.dumps(model.model_json_schema(), indent=2))
+
+
+@click.command("stages")
+def list_stages():
+    """List the stages of the recipe and which are available."""
+    table = Table(title="stages", title_justify="left")
+    for col in ("stage", "available", "inputs", "what it does"):
+        table.add_column(col)
+    for s in STAGES.values():
+        ins = ", ".join(list(s.inputs) + [f"[{n}]" for n in s.optional_inputs])
+        table.add_row(s.name, "[green]yes[/]" if s.available else "[dim]not yet[/]", ins, s.summary)
+    Console().print(table)
+
+
+@click.command("report")
+@click.argument("target")
+def show_report(target):
+    """Show the evaluation report of a RUN id or an evaluate output directory."""
+    from .. import report
+
+    path = Path(target)
+    if not path.exists():
+        from ..registry import Registry
+
+        path = Path(Registry().get(target).output)
+    if not (path / report.REPORT).is_file():
+        raise UserError(f"{target} has no {report.REPORT}; give an evaluate run id or its output directory")
+    report.render(report.load(path), Console())
+
+
+COMMANDS = [submit, run_pipeline, validate, schema, list_stages, show_report]

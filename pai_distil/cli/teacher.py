@@ -1,0 +1,67 @@
+"""`pai-distil teacher`: serve the synthetic teacher on an OpenAI-compatible endpoint.
+
+Real teachers (vLLM on PAI-EAS, DashScope, ...) are not served here: point `teacher.base_url`
+of the generate config at them. The server module (FastAPI, uvicorn) is imported only when a
+server starts, so `pai-distil --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import click
+
+from ..errors import UserError
+
+
+@click.group()
+def teacher() -> None:
+    """Serve a teacher model for the generate and score stages."""
+
+
+@teacher.command()
+@click.option("--synthetic", is_flag=True, help="serve the oracle teacher of the synthetic reasoning world")
+@click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on")
+@click.option("--port", default=8400, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--api-key-env", default="PAI_DISTIL_TEACHER_API_KEY", show_default=True,
+              help="environment variable holding the API key clients must send")
+@click.option("--no-auth", is_flag=True, help="accept requests without an API key")
+@click.option("--error-rate", default=0.0, show_default=True, type=click.FloatRange(0, 1),
+              help="how often model oracle-noisy slips on a step (0: its default of 0.1)")
+@click.option("--fail-rate", default=0.0, show_default=True, type=click.FloatRange(0, 1),
+              help="fraction of requests answered with HTTP 500/429, to exercise client retries")
+@click.option("--seed", default=0, show_default=True, type=int, help="seed of the noisy teacher's slips")
+def serve(synthetic: bool, host: str, port: int, api_key_env: str, no_auth: bool,
+          error_rate: float, fail_rate: float, seed: int) -> None:
+    """Serve the synthetic teacher (models oracle, oracle-noisy) until interrupted."""
+    if not synthetic:
+        raise UserError("only the synthetic teacher can be served by this command; pass --synthetic "
+                        "(for a real teacher, point `teacher.base_url` in the generate config at it)")
+    api_key = None if no_auth else os.environ.get(api_key_env)
+    if not no_auth and not api_key:
+        raise UserError(f"environment variable {api_key_env} is not set; set it to the API key clients "
+                        "must send, or pass --no-auth to serve without one")
+    _check_port(host, port)
+    from ..synthetic.server import MODELS, serve as run_server
+
+    url_host = f"[{host}]" if ":" in host else host
+    auth = "no API key" if no_auth else f"API key from ${api_key_env}"
+    click.echo(f"synthetic teacher serving at http://{url_host}:{port}/v1 "
+               f"(models: {', '.join(MODELS)}; {auth}); Ctrl-C stops it")
+    run_server(host=host, port=port, api_key=api_key, error_rate=error_rate, seed=seed, fail_rate=fail_rate)
+
+
+def _check_port(host: str, port: int) -> None:
+    """A busy port as a one-line error rather than uvicorn's log and exit."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise UserError(f"cannot listen on {host}:{port} ({e.strerror}); pass another --port "
+                            "or stop the process using it") from None
+
+
+COMMANDS = [teacher]

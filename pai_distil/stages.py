@@ -1,0 +1,49 @@
+"""The stage registry: every stage of the recipe, its config model, its inputs, and whether it exists yet."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel
+
+from .errors import UserError
+from .specs import EvaluateConfig, GenerateConfig, SlowThinkingConfig
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    summary: str
+    config: type[BaseModel] | None = None  # None: not available yet
+    inputs: tuple[str, ...] = ()  # required input names
+    optional_inputs: tuple[str, ...] = ()
+    distributed: bool = False  # launched under torchrun
+    open_inputs: bool = field(default=False)  # accepts extra inputs named by its config (evaluate)
+
+    @property
+    def available(self) -> bool:
+        return self.config is not None
+
+
+STAGES: dict[str, Stage] = {s.name: s for s in [
+    Stage("generate", "teacher writes chains of thought; answers verified", GenerateConfig,
+          optional_inputs=("problems",)),
+    Stage("score", "judge rates correctness, reasoning verbosity (RV) and cognitive difficulty (CD)"),
+    Stage("slow-thinking", "SFT of the student on verified long chains of thought", SlowThinkingConfig,
+          inputs=("cots",), distributed=True),
+    Stage("adaptive-thinking", "SFT with RV matched to CD (variant x) or a thinking switch (variant y)"),
+    Stage("reward-model", "a reward model distilled from the teacher's judgments"),
+    Stage("grpo", "GRPO of the student with the distilled reward model and verifiable correctness"),
+    Stage("evaluate", "held-out accuracy and output tokens per model and difficulty level", EvaluateConfig,
+          optional_inputs=("problems",), open_inputs=True),
+]}
+
+
+def get_stage(name: str, *, require_available: bool = True) -> Stage:
+    stage = STAGES.get(name)
+    if stage is None:
+        raise UserError(f"unknown stage {name!r}; choose one of: {', '.join(STAGES)}")
+    if require_available and not stage.available:
+        raise UserError(f"stage {name!r} is not available yet in this version of pai-distil; "
+                        f"available stages: {', '.join(n for n, s in STAGES.items() if s.available)}")
+    return stage

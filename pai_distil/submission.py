@@ -1,0 +1,142 @@
+"""From a stage name, a config and inputs to a run: validation, cache key, job spec, backend.
+
+Reruns are keyed by content: the stage, its validated config and the digests of its inputs.
+The same key means the same work directory, so an interrupted job resumes from its
+checkpoints, and a finished one is a cache hit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel
+from rich.console import Console
+
+from . import __version__, artifacts, paths
+from .errors import RunFailed, UserError
+from .specs import JobSpec, validate
+from .stages import Stage, get_stage
+
+JOB_COMMAND = [sys.executable, "-m", "pai_distil_jobs"]
+
+
+@dataclass
+class Prepared:
+    stage: Stage
+    config: BaseModel
+    spec: JobSpec
+    cache_key: str
+    work_dir: Path
+
+
+def needed_inputs(stage: Stage, config: BaseModel) -> tuple[set[str], set[str]]:
+    """(required, allowed) input names of a stage with this config."""
+    required = set(stage.inputs)
+    allowed = required | set(stage.optional_inputs)
+    if stage.open_inputs:  # evaluate: checkpoints named by its `models[].input`
+        named = {m.input for m in getattr(config, "models", []) if getattr(m, "input", None)}
+        required |= named
+        allowed |= named
+    return required, allowed
+
+
+def check_inputs(stage: Stage, config: BaseModel, inputs: dict[str, str], where: str) -> dict[str, str]:
+    required, allowed = needed_inputs(stage, config)
+    for name in sorted(required - set(inputs)):
+        raise UserError(f"{where}: stage {stage.name} needs input '{name}'; pass --input {name}=PATH")
+    for name in sorted(set(inputs) - allowed):
+        raise UserError(f"{where}: stage {stage.name} takes no input '{name}'"
+                        f"{'; its inputs: ' + ', '.join(sorted(allowed)) if allowed else ''}")
+    resolved = {}
+    for name, raw in inputs.items():
+        p = Path(raw).expanduser()
+        if not p.exists():
+            raise UserError(f"{where}: input '{name}' path {raw!r} does not exist; check the path")
+        if p.is_dir() and (p.parent / ".pai-distil-work").exists() and not artifacts.is_complete(p):
+            raise UserError(f"{where}: input '{name}' ({raw}) is an unfinished artifact; rerun the stage that writes it")
+        resolved[name] = str(p.resolve())
+    return resolved
+
+
+def cache_key(stage: str, config: BaseModel, inputs: dict[str, str]) -> str:
+    body = {
+        "version": __version__,
+        "stage": stage,
+        "config": config.model_dump(mode="json"),
+        "inputs": {n: artifacts.digest(p) for n, p in sorted(inputs.items())},
+    }
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def prepare(stage_name: str, config_data: dict, inputs: dict[str, str], *, where: str,
+            nodes: int = 1, procs_per_node: int = 1) -> Prepared:
+    """Validate everything and build the job spec; starts nothing."""
+    from .registry import new_run_id
+
+    stage = get_stage(stage_name)
+    config = validate(stage.config, config_data, where)
+    resolved = check_inputs(stage, config, inputs, where)
+    key = cache_key(stage.name, config, resolved)
+    work = paths.work_dir(stage.name, key)
+    spec = JobSpec(
+        run_id=new_run_id(stage.name), stage=stage.name, command=JOB_COMMAND,
+        config=config.model_dump(mode="json"), inputs=resolved,
+        output=str(work / "output"), checkpoint_dir=str(work / "checkpoints"),
+        nodes=nodes, procs_per_node=procs_per_node,
+    )
+    return Prepared(stage, config, spec, key, work)
+
+
+def execute(prep: Prepared, backend: str, *, force: bool = False, detach: bool = False,
+            pipeline: str | None = None, console: Console | None = None):
+    """Run a prepared job (or reuse a cached result); returns the run record."""
+    from .backends import get_backend
+    from .follow import follow
+    from .registry import Registry
+
+    console = console or Console(stderr=True)
+    registry = Registry()
+    runner = get_backend(backend)
+    spec = prep.spec
+    if not force:
+        hit = registry.find_succeeded(prep.cache_key)
+        if hit is not None:
+            record = registry.create(spec.run_id, spec.stage, backend, prep.cache_key, str(prep.work_dir),
+                                     hit.output, hit.log_path, pipeline=pipeline, state="cached")
+            console.print(f"[green]cache hit[/]: {spec.stage} unchanged since run {hit.id}; reusing {hit.output} (--force reruns)")
+            return record
+    elif prep.work_dir.exists():
+        shutil.rmtree(prep.work_dir)
+    output = Path(spec.output)
+    output.mkdir(parents=True, exist_ok=True)
+    (output.parent / ".pai-distil-work").touch()
+    (output / artifacts.MANIFEST).unlink(missing_ok=True)  # a rerun is incomplete until it finishes
+    log_path = paths.run_dir(spec.run_id) / "job.log"
+    record = registry.create(spec.run_id, spec.stage, backend, prep.cache_key, str(prep.work_dir),
+                             spec.output, str(log_path), pipeline=pipeline)
+    runner.start(spec, record)
+    if detach:
+        console.print(f"submitted run [bold]{spec.run_id}[/]; follow it with `pai-distil runs logs -f {spec.run_id}`")
+        return record
+    console.print(f"run [bold]{spec.run_id}[/] ({spec.stage}, backend {backend})")
+    record = follow(spec.run_id, registry=registry, console=console)
+    if record.state != "succeeded":
+        reason = record.error or f"exit code {record.exit_code}"
+        raise RunFailed(f"run {record.id} ({record.stage}) {record.state}: {reason}")
+    console.print(f"[green]done[/]: {record.stage} → {record.output}")
+    return record
+
+
+def parse_inputs(pairs: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        name, sep, path = pair.partition("=")
+        if not sep or not name or not path:
+            raise UserError(f"--input {pair!r} must look like NAME=PATH, e.g. --input cots=./cots.jsonl")
+        out[name.strip()] = path.strip()
+    return out

@@ -1,0 +1,255 @@
+"""The synthetic teacher as an OpenAI-compatible HTTP service.
+
+`generate` talks to this server with the same client code it uses for a real teacher (vLLM on
+PAI-EAS, DashScope, any OpenAI-compatible endpoint), so tests and demos exercise the real path:
+authentication, retries, concurrency, parsing. The user message is read as a synthetic-world
+problem, the verbosity (RV 0-9) comes from the system message, and the oracle writes the answer.
+
+FastAPI and uvicorn are imported here only; the CLI imports this module lazily.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+import time
+import uuid
+from dataclasses import dataclass
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from . import teacher, world
+
+MODELS = ("oracle", "oracle-noisy")
+NOISY_DEFAULT_ERROR_RATE = 0.1
+_VERBOSITY_RE = re.compile(r"verbosity(?: level)?\s*[:=]?\s*(\d)", re.IGNORECASE)
+_WORD_RE = re.compile(r"\S+")
+CANNOT_SOLVE = (
+    "I can only solve problems of the synthetic reasoning world, such as "
+    "\"Start with 7. Add 5, then multiply by 3. Work modulo 10. What is the result?\". "
+    "I could not find one in your message."
+)
+
+
+@dataclass
+class Stats:
+    """Request counters, read by tests to check that clients resume, retry and stop asking."""
+
+    requests: int = 0  # chat completion requests received, failed ones included
+    failures: int = 0  # requests answered with an injected 500 / 429
+    completions: int = 0  # completions returned
+
+
+def error_body(message: str, type_: str, code: str | None = None, param: str | None = None) -> dict:
+    """OpenAI's error shape, which clients (the openai SDK among them) parse for the message."""
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def _error(status: int, message: str, type_: str, code: str | None = None, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse(error_body(message, type_, code), status_code=status, headers=headers)
+
+
+def count_tokens(text: str) -> int:
+    """Whitespace-separated words: the synthetic world has no tokenizer; good enough for usage."""
+    return len(_WORD_RE.findall(text or ""))
+
+
+def fit_words(parts: list[str], limit: int | None) -> tuple[list[str], bool]:
+    """`parts` cut so that together they hold at most `limit` words (layout kept); and whether cut."""
+    if limit is None:
+        return parts, False
+    out, cut = [], False
+    for text in parts:
+        words = list(_WORD_RE.finditer(text))
+        if len(words) > limit:
+            text, cut = (text[: words[limit - 1].end()] if limit > 0 else ""), True
+        limit = max(0, limit - len(words))
+        out.append(text)
+    return out, cut
+
+
+def read_verbosity(system: str) -> int:
+    m = _VERBOSITY_RE.search(system or "")
+    return int(m.group(1)) if m else teacher.DEFAULT_RV
+
+
+def _rng(seed: int, text: str, rv: int) -> random.Random:
+    """Same (seed, problem, verbosity) -> same answer, whatever the order of requests."""
+    digest = hashlib.sha256(f"{seed}\x00{rv}\x00{text}".encode()).digest()
+    return random.Random(int.from_bytes(digest[:8], "big"))
+
+
+def _text(content) -> str | None:
+    """Message content as text: a string, or OpenAI's list of {"type": "text", "text": ...} parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and all(isinstance(p, dict) for p in content):
+        return "".join(p.get("text", "") for p in content if p.get("type") == "text")
+    return None
+
+
+class BadRequest(Exception):
+    pass
+
+
+def _parse_request(body) -> tuple[str, list[tuple[str, str]], dict]:
+    """(model, [(role, text)], options) from a chat completion request body, or BadRequest."""
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise BadRequest("'model' is required and must be a string")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest("'messages' is required and must be a non-empty list")
+    parsed = []
+    for i, m in enumerate(messages):
+        text = _text(m.get("content")) if isinstance(m, dict) else None
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or text is None:
+            raise BadRequest(f"messages[{i}] must be an object with a string 'role' and text 'content'")
+        parsed.append((m["role"], text))
+    if not any(role == "user" for role, _ in parsed):
+        raise BadRequest("'messages' must contain a user message")
+    if body.get("n", 1) != 1:
+        raise BadRequest("only n=1 is supported")
+    limit = body.get("max_completion_tokens", body.get("max_tokens"))
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+        raise BadRequest("'max_tokens' must be a positive integer")
+    return model, parsed, {"max_tokens": limit, "stream": bool(body.get("stream")),
+                           "include_usage": bool((body.get("stream_options") or {}).get("include_usage"))}
+
+
+def create_app(api_key: str | None, error_rate: float = 0.0, seed: int = 0, fail_rate: float = 0.0,
+               reasoning_content: bool = False) -> FastAPI:
+    """The synthetic teacher service.
+
+    api_key: the Bearer key clients must send; None serves without authentication.
+    error_rate: how often "oracle-noisy" slips on a step (0 means the default of 0.1); "oracle"
+        never errs.
+    fail_rate: this fraction of chat requests, evenly spread, answers 500 or 429 (alternately),
+        to exercise client retries.
+    reasoning_content: put the chain of thought in `message.reasoning_content` (as vLLM's
+        reasoning parser and DeepSeek do) instead of inline `<think>…</think>`.
+    """
+    app = FastAPI(title="pai-distil synthetic teacher", docs_url=None, redoc_url=None)
+    stats = Stats()
+    app.state.stats = stats
+    noisy_rate = error_rate or NOISY_DEFAULT_ERROR_RATE
+    created = int(time.time())
+
+    def unauthorized(request: Request) -> JSONResponse | None:
+        if api_key is None:
+            return None
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and given.strip() == api_key:
+            return None
+        return _error(401, "Incorrect or missing API key; send it as 'Authorization: Bearer KEY'.",
+                      "invalid_request_error", "invalid_api_key")
+
+    def injected_failure() -> JSONResponse | None:
+        # Request k fails when floor(k * rate) steps up: exactly `fail_rate` of requests, evenly spread.
+        k = stats.requests
+        if fail_rate <= 0 or int(k * fail_rate) == int((k - 1) * fail_rate):
+            return None
+        stats.failures += 1
+        headers = {"retry-after-ms": "20"}  # keep client backoff short in tests
+        if stats.failures % 2:
+            return _error(500, "injected failure (fail_rate)", "server_error", headers=headers)
+        return _error(429, "injected rate limit (fail_rate)", "rate_limit_error", "rate_limit_exceeded", headers)
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/v1/models")
+    async def models(request: Request):
+        if denied := unauthorized(request):
+            return denied
+        return {"object": "list",
+                "data": [{"id": m, "object": "model", "created": created, "owned_by": "pai-distil"} for m in MODELS]}
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        if denied := unauthorized(request):
+            return denied
+        stats.requests += 1
+        if failed := injected_failure():
+            return failed
+        try:
+            body = json.loads(await request.body())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return _error(400, "request body is not valid JSON", "invalid_request_error")
+        try:
+            model, messages, opts = _parse_request(body)
+        except BadRequest as e:
+            return _error(400, str(e), "invalid_request_error")
+        if model not in MODELS:
+            return _error(404, f"The model '{model}' does not exist; this server serves {', '.join(MODELS)}.",
+                          "invalid_request_error", "model_not_found")
+
+        system = "\n".join(text for role, text in messages if role in ("system", "developer"))
+        user = [text for role, text in messages if role == "user"][-1]
+        rv = read_verbosity(system)
+        problem = world.parse_problem(user)
+        if problem is None:
+            thought, answer = "", CANNOT_SOLVE
+        else:
+            rate = noisy_rate if model == "oracle-noisy" else 0.0
+            thought, answer = world.split_thought(teacher.respond(problem, rv, _rng(seed, user, rv), rate))
+
+        # max_tokens bounds reasoning and answer together, as with real reasoning models.
+        if reasoning_content and problem is not None:
+            (thought, answer), cut = fit_words([thought, answer], opts["max_tokens"])
+            message = {"role": "assistant", "content": answer, "reasoning_content": thought}
+        else:
+            full = f"<think>\n{thought}\n</think>\n\n{answer}" if problem is not None else answer
+            (content,), cut = fit_words([full], opts["max_tokens"])
+            message = {"role": "assistant", "content": content}
+        finish = "length" if cut else "stop"
+        usage = {"prompt_tokens": sum(count_tokens(t) for _, t in messages),
+                 "completion_tokens": count_tokens(message["content"]) + count_tokens(message.get("reasoning_content", ""))}
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        stats.completions += 1
+        cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        if opts["stream"]:
+            return StreamingResponse(_sse(cid, model, message, finish, usage if opts["include_usage"] else None),
+                                     media_type="text/event-stream")
+        return {"id": cid, "object": "chat.completion", "created": int(time.time()), "model": model,
+                "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
+                "usage": usage}
+
+    return app
+
+
+def _sse(cid: str, model: str, message: dict, finish: str, usage: dict | None):
+    """The completion as OpenAI streaming chunks: role, then one chunk per line, then the finish."""
+
+    def chunk(delta: dict, finish_reason: str | None = None, **extra) -> str:
+        choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish_reason,
+                                             "logprobs": None}]
+        body = {"id": cid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
+                "choices": choices, **extra}
+        return f"data: {json.dumps(body)}\n\n"
+
+    async def events():
+        yield chunk({"role": "assistant", "content": ""})
+        for field in ("reasoning_content", "content"):
+            for piece in (message.get(field) or "").splitlines(keepends=True):
+                yield chunk({field: piece})
+        yield chunk({}, finish)
+        if usage is not None:
+            yield chunk(None, usage=usage)
+        yield "data: [DONE]\n\n"
+
+    return events()
+
+
+def serve(host: str = "127.0.0.1", port: int = 8400, **kw) -> None:
+    """Run the synthetic teacher until interrupted; `kw` goes to `create_app`."""
+    import uvicorn
+
+    kw.setdefault("api_key", None)
+    uvicorn.run(create_app(**kw), host=host, port=port, log_level="warning")

@@ -1,0 +1,137 @@
+"""The synthetic reasoning world: seedable problems with graded difficulty and an exact verifier.
+
+A problem is a chain of single-digit operations modulo 10 ("Start with 7. Add 5, then multiply
+by 3. Work modulo 10."). Each step is easy; difficulty comes from the number of steps a solver
+has to carry in order, so the hardest level can only be solved with a step-by-step chain of
+thought. Everything is pure Python: the client, the teacher server and the jobs share it.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+
+MODULUS = 10
+DOMAIN = "synthetic"
+
+# Number of operations per difficulty level. Level 1 is a single lookup; level 3 needs a chain.
+LEVEL_STEPS: dict[int, int] = {1: 1, 2: 3, 3: 6}
+
+# name in the problem text -> (symbol in the chain of thought, function)
+OPERATIONS: dict[str, tuple[str, object]] = {
+    "add": ("+", lambda a, b: (a + b) % MODULUS),
+    "subtract": ("-", lambda a, b: (a - b) % MODULUS),
+    "multiply by": ("*", lambda a, b: (a * b) % MODULUS),
+}
+
+
+@dataclass(frozen=True)
+class Step:
+    op: str  # key of OPERATIONS
+    operand: int
+    before: int
+    after: int
+
+    @property
+    def symbol(self) -> str:
+        return OPERATIONS[self.op][0]
+
+    @property
+    def raw(self) -> int:
+        """The result before reduction modulo 10 (used by verbose chains)."""
+        a, b = self.before, self.operand
+        return {"+": a + b, "-": a - b, "*": a * b}[self.symbol]
+
+
+@dataclass(frozen=True)
+class Problem:
+    id: str
+    level: int
+    start: int
+    ops: tuple[tuple[str, int], ...]
+
+    @property
+    def text(self) -> str:
+        parts = [f"{name} {operand}" for name, operand in self.ops]
+        chain = ", then ".join(parts)
+        return f"Start with {self.start}. {chain[0].upper()}{chain[1:]}. Work modulo {MODULUS}. What is the result?"
+
+    def steps(self) -> list[Step]:
+        value, out = self.start, []
+        for name, operand in self.ops:
+            after = OPERATIONS[name][1](value, operand)
+            out.append(Step(name, operand, value, after))
+            value = after
+        return out
+
+    @property
+    def answer(self) -> str:
+        return str(self.steps()[-1].after)
+
+    def to_row(self) -> dict:
+        """The problem in the DESIGN.md problem format."""
+        return {
+            "id": self.id,
+            "problem": self.text,
+            "answer": self.answer,
+            "domain": DOMAIN,
+            "meta": {"level": self.level, "start": self.start, "ops": [list(o) for o in self.ops]},
+        }
+
+
+def make_problem(rng: random.Random, level: int, pid: str) -> Problem:
+    if level not in LEVEL_STEPS:
+        raise ValueError(f"level {level} is not one of {sorted(LEVEL_STEPS)}")
+    names = list(OPERATIONS)
+    ops = tuple((rng.choice(names), rng.randint(1, 9)) for _ in range(LEVEL_STEPS[level]))
+    return Problem(id=pid, level=level, start=rng.randint(0, 9), ops=ops)
+
+
+def generate_problems(n: int, seed: int, levels: list[int] | None = None, prefix: str = "p") -> list[Problem]:
+    """`n` problems spread evenly over `levels` (round robin), reproducible from `seed`."""
+    levels = levels or sorted(LEVEL_STEPS)
+    rng = random.Random(seed)
+    return [make_problem(rng, levels[i % len(levels)], f"{prefix}{seed}-{i:06d}") for i in range(n)]
+
+
+_PROBLEM_RE = re.compile(r"Start with (\d)\. (.+?)\. Work modulo 10\.")
+_OP_RE = re.compile(r"(add|subtract|multiply by) (\d)")
+
+
+def parse_problem(text: str, pid: str = "") -> Problem | None:
+    """Recover a problem from its text (how the teacher server reads a user prompt)."""
+    m = _PROBLEM_RE.search(text)
+    if not m:
+        return None
+    ops = tuple((name, int(d)) for name, d in _OP_RE.findall(m.group(2).lower()))
+    if not ops:
+        return None
+    level = next((lv for lv, n in LEVEL_STEPS.items() if n == len(ops)), max(LEVEL_STEPS))
+    return Problem(id=pid, level=level, start=int(m.group(1)), ops=ops)
+
+
+_BOXED_RE = re.compile(r"\\boxed\{([^{}]*)\}")
+
+
+def extract_answer(text: str) -> str | None:
+    """The last `\\boxed{...}` of a response, stripped; None when there is none."""
+    found = _BOXED_RE.findall(text or "")
+    return found[-1].strip() if found else None
+
+
+def verify(response: str, answer: str) -> bool:
+    """Exact verifier: the final boxed answer equals the reference."""
+    got = extract_answer(split_thought(response)[1])
+    return got is not None and got == str(answer).strip()
+
+
+def split_thought(text: str) -> tuple[str, str]:
+    """Split a response into (thought, solution) on the `<think>…</think>` block."""
+    text = text or ""
+    if "</think>" in text:
+        head, _, tail = text.partition("</think>")
+        return head.replace("<think>", "", 1).strip(), tail.strip()
+    if text.lstrip().startswith("<think>"):
+        return text.replace("<think>", "", 1).strip(), ""  # truncated inside the chain
+    return "", text.strip()
