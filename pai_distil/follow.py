@@ -83,7 +83,7 @@ def follow(run_id: str, registry: Registry | None = None, console: Console | Non
             for line in iter_log(record, True, registry):
                 m = PROGRESS.match(line)
                 if m is None:
-                    progress.console.print(Text("│ ", style="dim") + Text(line), highlight=False)
+                    progress.console.print(Text("│ ", style="dim") + Text(line), highlight=False, soft_wrap=True)
                     continue
                 name, done, total = m[1], int(m[2]), int(m[3])
                 if name not in tasks:

@@ -15,29 +15,20 @@ from rich.console import Console
 from .errors import UserError
 from .specs import Pipeline, read_mapping, validate
 from .stages import get_stage
-from .submission import check_inputs, execute, needed_inputs, prepare
-
-PLACEHOLDER_OUTPUT = "/nonexistent/upstream-output"
-
+from .submission import check_names, execute, prepare, resolve_paths
 
 def load(path: str | Path) -> Pipeline:
     data = read_mapping(path, "pipeline")
     pipeline = validate(Pipeline, data, f"pipeline {path}")
     for sid, st in pipeline.stages.items():
+        where = f"pipeline {path}: stage '{sid}'"
         stage = get_stage(st.stage)
-        config = validate(stage.config, st.config, f"pipeline {path}: stage '{sid}' config")
-        upstream = {n: src for n, src in st.inputs.items() if src in pipeline.stages}
-        if sid in upstream.values():
-            raise UserError(f"pipeline {path}: stage '{sid}' takes its own output as input")
-        # Check the file inputs now; upstream outputs do not exist yet.
-        files = {n: (src if n not in upstream else None) for n, src in st.inputs.items()}
-        required, allowed = needed_inputs(stage, config)
-        for name in sorted(required - set(files)):
-            raise UserError(f"pipeline {path}: stage '{sid}' ({stage.name}) needs input '{name}'; "
-                            f"add `inputs: {{{name}: <stage id or path>}}`")
-        check_inputs(stage, config, {n: p for n, p in files.items() if p is not None}, f"pipeline {path}: stage '{sid}'")
-        for name in sorted(set(files) - allowed):
-            raise UserError(f"pipeline {path}: stage '{sid}' takes no input '{name}'")
+        config = validate(stage.config, st.config, f"{where} config")
+        if sid in st.inputs.values():
+            raise UserError(f"{where} takes its own output as input")
+        check_names(stage, config, set(st.inputs), where, hint="add `inputs: {{{name}: <stage id or path>}}`")
+        # Paths are checked now; the outputs of upstream stages do not exist yet.
+        resolve_paths({n: src for n, src in st.inputs.items() if src not in pipeline.stages}, where)
     order(pipeline)
     return pipeline
 
@@ -52,23 +43,18 @@ def order(pipeline: Pipeline) -> list[str]:
 
 def run(path: str | Path, *, backend: str | None = None, force: bool = False, dry_run: bool = False,
         console: Console | None = None) -> dict[str, object]:
-    """Run every stage in dependency order; returns stage id -> run record (or job spec on dry run)."""
+    """Run every stage in dependency order; returns stage id -> run record (a plan on dry run)."""
     console = console or Console(stderr=True)
     pipeline = load(path)
     backend = backend or pipeline.backend
+    if dry_run:
+        return {sid: plan(pipeline, sid) for sid in order(pipeline)}
     outputs: dict[str, str] = {}
     records: dict[str, object] = {}
     for sid in order(pipeline):
         st = pipeline.stages[sid]
-        inputs = {n: outputs.get(src, src) for n, src in st.inputs.items()}
         console.rule(f"[bold]{sid}[/] ({st.stage})")
-        if dry_run:
-            inputs = {n: (p if n not in st.inputs or st.inputs[n] not in pipeline.stages else PLACEHOLDER_OUTPUT)
-                      for n, p in inputs.items()}
-            prep = prepare_dry(st, inputs, f"pipeline stage '{sid}'")
-            records[sid] = prep
-            outputs[sid] = f"<output of {sid}>"
-            continue
+        inputs = {n: outputs.get(src, src) for n, src in st.inputs.items()}
         prep = prepare(st.stage, st.config, inputs, where=f"pipeline stage '{sid}'",
                        nodes=st.nodes, procs_per_node=st.procs_per_node)
         record = execute(prep, backend, force=force, pipeline=pipeline.name, console=console)
@@ -77,9 +63,10 @@ def run(path: str | Path, *, backend: str | None = None, force: bool = False, dr
     return records
 
 
-def prepare_dry(st, inputs: dict[str, str], where: str):
-    """The job spec a stage would get, without touching upstream outputs that do not exist yet."""
-    stage = get_stage(st.stage)
-    config = validate(stage.config, st.config, where)
+def plan(pipeline: Pipeline, sid: str) -> dict:
+    """What a stage would run with: its validated config and where its inputs come from."""
+    st = pipeline.stages[sid]
+    config = validate(get_stage(st.stage).config, st.config, f"stage '{sid}'")
+    inputs = {n: (f"<output of {src}>" if src in pipeline.stages else src) for n, src in st.inputs.items()}
     return {"stage": st.stage, "config": config.model_dump(mode="json"), "inputs": inputs,
             "nodes": st.nodes, "procs_per_node": st.procs_per_node}

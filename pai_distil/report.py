@@ -42,23 +42,24 @@ def load(path: str | Path) -> dict:
 
 
 def table(report: dict, title: str = "evaluation") -> Table:
-    """One row per model: accuracy and mean output tokens overall and per difficulty level."""
+    """One row per model: accuracy and mean output tokens, overall and per difficulty level."""
     models = report["models"]
     levels = sorted({lv for m in models for lv in m["levels"]})
-    t = Table(title=f"{title}: {report['n_problems']} held-out problems", title_justify="left")
-    t.add_column("model", style="bold")
-    t.add_column("accuracy", justify="right")
-    t.add_column("mean tokens", justify="right")
+    t = Table(title=f"{title}: {report['n_problems']} held-out problems (accuracy / mean output tokens)",
+              title_justify="left")
+    t.add_column("model", style="bold", no_wrap=True)
+    t.add_column("overall", justify="right", no_wrap=True)
     for lv in levels:
-        t.add_column(f"level {lv} acc", justify="right")
-        t.add_column(f"level {lv} tok", justify="right")
+        t.add_column(f"level {lv}", justify="right", no_wrap=True)
     for m in models:
-        row = [m["name"], f"{m['overall']['accuracy']:.1%}", f"{m['overall']['mean_tokens']:.1f}"]
-        for lv in levels:
-            s = m["levels"].get(lv)
-            row += [f"{s['accuracy']:.1%}", f"{s['mean_tokens']:.1f}"] if s else ["-", "-"]
+        row = [m["name"], _cell(m["overall"])]
+        row += [_cell(m["levels"][lv]) if lv in m["levels"] else "-" for lv in levels]
         t.add_row(*row)
     return t
+
+
+def _cell(s: dict) -> str:
+    return f"{s['accuracy']:6.1%} / {s['mean_tokens']:5.1f}"
 
 
 def render(report: dict, console: Console | None = None, title: str = "evaluation") -> None:

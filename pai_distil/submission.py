@@ -23,6 +23,7 @@ from .specs import JobSpec, validate
 from .stages import Stage, get_stage
 
 JOB_COMMAND = [sys.executable, "-m", "pai_distil_jobs"]
+WORK_MARKER = ".pai-distil-work"  # marks a work dir, whose output is unfinished until its manifest exists
 
 
 @dataclass
@@ -45,19 +46,23 @@ def needed_inputs(stage: Stage, config: BaseModel) -> tuple[set[str], set[str]]:
     return required, allowed
 
 
-def check_inputs(stage: Stage, config: BaseModel, inputs: dict[str, str], where: str) -> dict[str, str]:
+def check_names(stage: Stage, config: BaseModel, names: set[str], where: str, hint: str = "pass --input {name}=PATH") -> None:
     required, allowed = needed_inputs(stage, config)
-    for name in sorted(required - set(inputs)):
-        raise UserError(f"{where}: stage {stage.name} needs input '{name}'; pass --input {name}=PATH")
-    for name in sorted(set(inputs) - allowed):
+    for name in sorted(required - names):
+        raise UserError(f"{where}: stage {stage.name} needs input '{name}'; " + hint.format(name=name))
+    for name in sorted(names - allowed):
         raise UserError(f"{where}: stage {stage.name} takes no input '{name}'"
                         f"{'; its inputs: ' + ', '.join(sorted(allowed)) if allowed else ''}")
+
+
+def resolve_paths(inputs: dict[str, str], where: str) -> dict[str, str]:
+    """Absolute paths of inputs, which must exist and not be an unfinished artifact."""
     resolved = {}
     for name, raw in inputs.items():
         p = Path(raw).expanduser()
         if not p.exists():
             raise UserError(f"{where}: input '{name}' path {raw!r} does not exist; check the path")
-        if p.is_dir() and (p.parent / ".pai-distil-work").exists() and not artifacts.is_complete(p):
+        if p.is_dir() and (p.parent / WORK_MARKER).exists() and not artifacts.is_complete(p):
             raise UserError(f"{where}: input '{name}' ({raw}) is an unfinished artifact; rerun the stage that writes it")
         resolved[name] = str(p.resolve())
     return resolved
@@ -80,7 +85,8 @@ def prepare(stage_name: str, config_data: dict, inputs: dict[str, str], *, where
 
     stage = get_stage(stage_name)
     config = validate(stage.config, config_data, where)
-    resolved = check_inputs(stage, config, inputs, where)
+    check_names(stage, config, set(inputs), where)
+    resolved = resolve_paths(inputs, where)
     key = cache_key(stage.name, config, resolved)
     work = paths.work_dir(stage.name, key)
     spec = JobSpec(
@@ -108,13 +114,13 @@ def execute(prep: Prepared, backend: str, *, force: bool = False, detach: bool =
         if hit is not None:
             record = registry.create(spec.run_id, spec.stage, backend, prep.cache_key, str(prep.work_dir),
                                      hit.output, hit.log_path, pipeline=pipeline, state="cached")
-            console.print(f"[green]cache hit[/]: {spec.stage} unchanged since run {hit.id}; reusing {hit.output} (--force reruns)")
+            console.print(f"[green]cache hit[/]: {spec.stage} unchanged since run {hit.id}; reusing {hit.output} (--force reruns)", soft_wrap=True)
             return record
     elif prep.work_dir.exists():
         shutil.rmtree(prep.work_dir)
     output = Path(spec.output)
     output.mkdir(parents=True, exist_ok=True)
-    (output.parent / ".pai-distil-work").touch()
+    (output.parent / WORK_MARKER).touch()
     (output / artifacts.MANIFEST).unlink(missing_ok=True)  # a rerun is incomplete until it finishes
     log_path = paths.run_dir(spec.run_id) / "job.log"
     record = registry.create(spec.run_id, spec.stage, backend, prep.cache_key, str(prep.work_dir),
@@ -128,7 +134,7 @@ def execute(prep: Prepared, backend: str, *, force: bool = False, detach: bool =
     if record.state != "succeeded":
         reason = record.error or f"exit code {record.exit_code}"
         raise RunFailed(f"run {record.id} ({record.stage}) {record.state}: {reason}")
-    console.print(f"[green]done[/]: {record.stage} → {record.output}")
+    console.print(f"[green]done[/]: {record.stage} → {record.output}", soft_wrap=True)
     return record
 
 

@@ -12,9 +12,14 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, Qwen3Config
 
+from transformers.utils import logging as hf_logging
+
 from pai_distil.presets import PRESETS, is_preset, preset_name
 
 from .tokenizer import build_tokenizer
+
+# Job logs are files, not terminals: transformers' tqdm bars only add noise there.
+hf_logging.disable_progress_bar()
 
 
 def build_preset(name: str, seed: int) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:

@@ -118,7 +118,16 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
         self.step = state["step"]
+        self._truncate_metrics()
         self.log(f"resuming from checkpoint {ckpt.name} (step {self.step} of {self.s.max_steps})")
+
+    def _truncate_metrics(self) -> None:
+        """Drop records logged after the checkpoint we resume from: those steps run again."""
+        if self.rank != 0 or not self.metrics_path.exists():
+            return
+        keep = [line for line in self.metrics_path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= self.step]
+        self.metrics_path.write_text("".join(line + "\n" for line in keep))
 
     def _unwrapped(self):
         return self.model.module if hasattr(self.model, "module") else self.model

@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 import time
 
-import torch
 from pydantic import ValidationError
-from rich.console import Console
 
 from pai_distil import report as reports
 from pai_distil.specs import EvaluateConfig, explain
@@ -50,12 +48,12 @@ def run(ctx: JobContext) -> None:
         predictions += records
         summary = reports.summarize(records)
         results.append({"name": m.name, "model": source, **summary, "seconds": round(time.time() - start, 1)})
-        log(f"{m.name}: accuracy {summary['overall']['accuracy']:.1%}, mean tokens {summary['overall']['mean_tokens']:.1f}")
+        levels = ", ".join(f"level {lv} {s['accuracy']:.1%}" for lv, s in summary["levels"].items())
+        log(f"{m.name}: accuracy {summary['overall']['accuracy']:.1%} ({levels}), "
+            f"mean output tokens {summary['overall']['mean_tokens']:.1f}")
         del model
-        torch.set_grad_enabled(True)
     report = {"n_problems": len(problems), "models": results}
     (ctx.output / reports.REPORT).write_text(json.dumps(report, indent=1))
     with open(ctx.output / "predictions.jsonl", "w") as f:
         for r in predictions:
             f.write(json.dumps(r) + "\n")
-    reports.render(report, Console(width=160, force_terminal=False))

@@ -56,8 +56,9 @@ def run_pipeline(pipeline_file, backend, force, dry_run):
         click.echo(json.dumps(records, indent=2))
         return
     table = Table(title="pipeline", title_justify="left")
-    for col in ("stage id", "stage", "run", "state", "output"):
-        table.add_column(col)
+    for col in ("stage id", "stage", "run", "state"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("output", overflow="fold")
     for sid, r in records.items():
         table.add_row(sid, r.stage, r.id, r.state, r.output)
     console.print(table)
@@ -104,7 +105,7 @@ def list_stages():
     for col in ("stage", "available", "inputs", "what it does"):
         table.add_column(col)
     for s in STAGES.values():
-        ins = ", ".join(list(s.inputs) + [f"[{n}]" for n in s.optional_inputs])
+        ins = ", ".join(list(s.inputs) + [f"{n} (optional)" for n in s.optional_inputs])
         table.add_row(s.name, "[green]yes[/]" if s.available else "[dim]not yet[/]", ins, s.summary)
     Console().print(table)
 
