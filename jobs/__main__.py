@@ -1,7 +1,8 @@
 """Job entrypoint: `python -m pai_distil_jobs`, the command of every job on every backend.
 
-Training stages are relaunched under torchrun from the PAI-DLC variables (one launcher per
-node; WORLD_SIZE counts nodes, as on DLC); other stages run in this process.
+Training stages with more than one process in all are relaunched under torchrun from the
+PAI-DLC variables (one launcher per node; WORLD_SIZE counts nodes, as on DLC); everything else
+runs in this process.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from pai_distil.stages import get_stage
 
 from .contract import JobContext, JobError, fail, log
 
-MODULES = {"generate": "generate", "slow-thinking": "slow_thinking", "evaluate": "evaluate"}
+MODULES = {"generate": "generate", "score": "score", "slow-thinking": "slow_thinking",
+           "adaptive-thinking": "adaptive_thinking", "evaluate": "evaluate"}
 
 
 def _torchrun_argv() -> list[str]:
@@ -36,9 +38,13 @@ def main() -> int:
         ctx = JobContext.from_env()
         stage = get_stage(ctx.stage)
         if stage.distributed and "LOCAL_RANK" not in os.environ:
-            # torchrun's children inherit the job contract variables; DLC's RANK/WORLD_SIZE are
-            # node-level and torchrun rewrites them per process.
-            os.execv(sys.executable, _torchrun_argv())
+            nodes, procs = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("NPROC_PER_NODE", "1"))
+            if nodes * procs > 1:
+                # torchrun's children inherit the job contract variables; DLC's RANK/WORLD_SIZE are
+                # node-level and torchrun rewrites them per process.
+                os.execv(sys.executable, _torchrun_argv())
+            # One process in all: run here, as torchrun's only worker would (and keep our exit code).
+            os.environ.update(LOCAL_RANK="0", RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1")
         module = importlib.import_module(f"pai_distil_jobs.stages.{MODULES[ctx.stage]}")
         ctx.output.mkdir(parents=True, exist_ok=True)
         finished = module.run(ctx)

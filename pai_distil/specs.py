@@ -89,6 +89,66 @@ class Training(Strict):
     seed: int = 0
 
 
+# -- real data ------------------------------------------------------------------------------------
+
+VERIFIER_NAMES = Literal["synthetic", "exact", "math", "multiple_choice", "code"]
+DATA_FORMATS = Literal["auto", "problems", "math", "multiple_choice", "gpqa", "code", "messages", "cots"]
+
+
+class FieldNames(Strict):
+    """Column names of a file, where they differ from the names its format usually has."""
+
+    id: str | None = None
+    problem: str | None = None
+    answer: str | None = None
+    choices: str | None = Field(None, description="list of choice texts (multiple choice)")
+    tests: str | None = Field(None, description="test cases (code): a list or a JSON string")
+    level: str | None = Field(None, description="difficulty level, for the per-level breakdown")
+    source: str | None = Field(None, description="benchmark / origin, for the per-source breakdown")
+    domain: str | None = None
+    thought: str | None = Field(None, description="CoT rows: the chain of thought")
+    solution: str | None = Field(None, description="CoT rows: the answer after the chain")
+    rv: str | None = Field(None, description="CoT rows: reasoning verbosity annotation")
+    cd: str | None = Field(None, description="CoT rows: cognitive difficulty annotation")
+
+
+class DataFile(Strict):
+    """How to read a data file (JSONL, JSON, Parquet or CSV) in one of the published shapes."""
+
+    format: DATA_FORMATS = Field(
+        "auto", description="problems (this project's rows), math (MATH-500, AIME, GSM8K), gpqa (GPQA CSV), "
+                            "multiple_choice (question + choices), code (LiveCodeBench), messages (chat rows), "
+                            "cots (OmniThought-style CoT rows, generate's cots.jsonl); auto: told by the fields")
+    fields: FieldNames = Field(default_factory=FieldNames, description="column names, where not the usual ones")
+    verifier: VERIFIER_NAMES | None = Field(
+        None, description="verifier for every row; omit to use each row's `domain` or the format's")
+    source: str | None = Field(None, description="source label of every row; default: the row's `source`, else the file name")
+    limit: int | None = Field(None, ge=1, description="read at most this many rows of the file")
+    choices_seed: int = Field(0, description="GPQA: seed of the shuffle that places the correct answer among the letters")
+
+
+class ProblemData(DataFile):
+    """How to read the `problems` input: a file, or a directory of files (one source per file)."""
+
+    files: dict[str, DataFile] = Field(
+        default_factory=dict, description="per-file settings by file name, for a directory input")
+
+
+class CodeSandbox(Strict):
+    """Limits of each run of a code answer against one test case."""
+
+    timeout_s: float = Field(6.0, gt=0, le=600, description="wall-clock seconds per test case")
+    memory_mb: int = Field(1024, ge=64, le=65536, description="address space of the program")
+
+
+class Refine(Strict):
+    """Rewrite existing chains of thought with the teacher: long-to-short or short-to-long."""
+
+    direction: Literal["shorter", "longer"] = Field(description="shorter: condense the chain; longer: expand it")
+    prompt: str | None = Field(
+        None, description="override the rewrite instruction; {direction} and {verbosity} are replaced")
+
+
 # -- stage configs ------------------------------------------------------------------------------
 
 
@@ -101,7 +161,26 @@ class GenerateConfig(Strict):
     verbosity: list[Annotated[int, Field(ge=0, le=9)]] = Field(
         default_factory=lambda: [4], description="reasoning verbosity levels (RV 0-9) to ask for; one CoT per level per problem")
     system_prompt: str | None = Field(None, description="override the system prompt; `{verbosity}` is replaced")
+    user_prompt: str | None = Field(
+        None, description="override the user message; `{problem}` is replaced (default: the problem, with the "
+                          "answer-format instruction of its verifier)")
+    data: ProblemData = Field(default_factory=ProblemData, description="how to read the `problems` input")
+    refine: Refine | None = Field(
+        None, description="rewrite the CoTs of the `problems` input (CoT rows) shorter or longer at each "
+                          "`verbosity`, instead of solving problems")
+    sandbox: CodeSandbox = Field(default_factory=CodeSandbox, description="limits when verifying code answers")
     max_bad_fraction: float = Field(0.5, ge=0, le=1, description="fail when more than this fraction of answers cannot be parsed")
+
+
+class ScoreConfig(Strict):
+    """A judge rates every CoT sample: correctness, reasoning verbosity (RV), cognitive difficulty (CD)."""
+
+    judge: Teacher = Field(default_factory=lambda: Teacher(model="judge", max_tokens=256),
+                           description="an OpenAI-compatible judge (the synthetic server serves `judge`)")
+    dimensions: list[Literal["correct", "rv", "cd"]] = Field(
+        default_factory=lambda: ["correct", "rv", "cd"], min_length=1, description="what the judge rates")
+    max_unscored_fraction: float = Field(0.5, ge=0, le=1,
+                                         description="fail when more than this fraction of samples stay unscored")
 
 
 class SlowThinkingConfig(Strict):
@@ -110,30 +189,96 @@ class SlowThinkingConfig(Strict):
     student: Student = Field(default_factory=Student)
     train: Training = Field(default_factory=Training)
     require_correct: bool = Field(True, description="train only on CoTs whose answer the verifier accepted")
+    verbosity: list[Annotated[int, Field(ge=0, le=9)]] | None = Field(
+        None, description="use only CoTs generated at these verbosity levels (requested_rv); omit to use all")
     max_samples: int | None = Field(None, ge=1, description="use at most this many training rows")
+
+
+class RVPolicy(Strict):
+    """Which CoTs ThoughtX keeps: reasoning verbosity (RV) matched to cognitive difficulty (CD)."""
+
+    intercept: float = Field(-1.0, description="target RV = intercept + slope * CD (clamped to 0-9)")
+    slope: float = Field(0.8, description="target RV = intercept + slope * CD")
+    tolerance: float = Field(1.5, ge=0, description="keep CoTs whose RV is within this distance of the target")
+    per_problem: int = Field(1, ge=1, description="CoTs kept per problem, closest to the target first")
+    min_per_bin: int = Field(1, ge=0, description="fail when a CD level present in the data keeps fewer rows")
+    max_per_bin: int | None = Field(None, ge=1, description="keep at most this many rows per CD level")
+    require_correct: bool = Field(True, description="keep only CoTs judged correct")
+
+    def target(self, cd: int) -> float:
+        return min(9.0, max(0.0, self.intercept + self.slope * cd))
+
+
+class AdaptiveThinkingConfig(Strict):
+    """ThoughtX (variant x: RV fitted to CD, curriculum) or ThoughtY (variant y: thinking switch)."""
+
+    variant: Literal["x", "y"] = Field(description="x: RV matched to CD; y: thinking / non-thinking switch")
+    student: Student = Field(default_factory=Student)
+    train: Training = Field(default_factory=Training)
+    policy: RVPolicy = Field(default_factory=RVPolicy, description="variant x: which CoTs to keep")
+    curriculum: Literal["easy-to-hard", "mixed"] = Field(
+        "mixed", description="variant x: order of training rows (easy-to-hard by CD, or shuffled)")
+    think_verbosity: list[Annotated[int, Field(ge=0, le=9)]] | None = Field(
+        None, description="variant y: verbosity levels (requested_rv) used for thinking samples; omit for all")
+    no_think_ratio: float = Field(0.5, ge=0, le=1,
+                                  description="variant y: fraction of problems that also get a non-thinking sample")
+    soft_switch_ratio: float = Field(
+        0.5, ge=0, le=1, description="variant y: fraction of samples that carry /think or /no_think in the user "
+                                     "turn instead of the chat template's enable_thinking flag")
+    seed: int = 0
+
+
+class Endpoint(Strict):
+    """An OpenAI-compatible chat endpoint serving the model to evaluate (vLLM, PAI-EAS, DashScope)."""
+
+    base_url: str = Field(description="base URL ending in /v1")
+    model: str = Field(description="model name the endpoint serves")
+    api_key_env: str | None = Field(None, description="name of the environment variable holding the API key (never the key)")
+    concurrency: int = Field(8, ge=1, le=256, description="requests in flight at once")
+    max_retries: int = Field(4, ge=0, le=20, description="retries on 429, 5xx and timeouts")
+    timeout_s: float = Field(600.0, gt=0, description="per-request timeout in seconds")
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must start with http:// or https://, got {v!r}")
+        return v.rstrip("/")
 
 
 class EvalModel(Strict):
     name: str = Field(description="label in the report")
     model: str | None = Field(None, description="preset, checkpoint path or hub id")
     input: str | None = Field(None, description="name of a stage input holding the checkpoint (in pipelines)")
+    endpoint: Endpoint | None = Field(None, description="evaluate a served model instead of a checkpoint")
+    enable_thinking: bool | None = Field(
+        None, description="passed to the chat template (endpoints: chat_template_kwargs); null: the template's default")
     seed: int = 0
 
     @model_validator(mode="after")
     def _one_source(self) -> EvalModel:
-        if (self.model is None) == (self.input is None):
-            raise ValueError(f"model {self.name!r}: give exactly one of `model` or `input`")
+        if sum(x is not None for x in (self.model, self.input, self.endpoint)) != 1:
+            raise ValueError(f"model {self.name!r}: give exactly one of `model`, `input` or `endpoint`")
         return self
 
 
 class EvaluateConfig(Strict):
-    """Greedy decoding of held-out problems; accuracy and output tokens per model and level."""
+    """Decoding of held-out problems: pass@1, output tokens, per model, difficulty level and source."""
 
     models: list[EvalModel] = Field(min_length=1)
     problems: SyntheticProblems | None = Field(
-        None, description="held-out synthetic problems; omit to read the `problems` input (JSONL)")
+        None, description="held-out synthetic problems; omit to read the `problems` input")
+    data: ProblemData = Field(default_factory=ProblemData, description="how to read the `problems` input")
     max_new_tokens: int = Field(512, ge=1)
     batch_size: int = Field(64, ge=1)
+    samples: int = Field(1, ge=1, le=1024, description="samples per problem; accuracy is pass@1 averaged over them")
+    temperature: float = Field(0.0, ge=0.0, le=2.0, description="0: greedy decoding")
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    seed: int = Field(0, description="sampling seed")
+    user_prompt: str | None = Field(
+        None, description="override the user message; `{problem}` is replaced (default: the problem, with the "
+                          "answer-format instruction of its verifier)")
+    sandbox: CodeSandbox = Field(default_factory=CodeSandbox, description="limits when verifying code answers")
 
     @field_validator("models")
     @classmethod
@@ -142,6 +287,13 @@ class EvaluateConfig(Strict):
         if len(set(names)) != len(names):
             raise ValueError(f"model names must be unique, got {names}")
         return v
+
+    @model_validator(mode="after")
+    def _sampling(self) -> EvaluateConfig:
+        if self.samples > 1 and self.temperature == 0:
+            raise ValueError(f"samples = {self.samples} with temperature 0 gives {self.samples} identical greedy "
+                             "answers; set temperature > 0 (e.g. 0.6) or samples: 1")
+        return self
 
 
 # -- job spec -----------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pydantic import BaseModel
 
 from .errors import UserError
-from .specs import EvaluateConfig, GenerateConfig, SlowThinkingConfig
+from .specs import AdaptiveThinkingConfig, EvaluateConfig, GenerateConfig, ScoreConfig, SlowThinkingConfig
 
 
 @dataclass(frozen=True)
@@ -28,10 +28,12 @@ class Stage:
 STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("generate", "teacher writes chains of thought; answers verified", GenerateConfig,
           optional_inputs=("problems",)),
-    Stage("score", "judge rates correctness, reasoning verbosity (RV) and cognitive difficulty (CD)"),
+    Stage("score", "judge rates correctness, reasoning verbosity (RV) and cognitive difficulty (CD)", ScoreConfig,
+          inputs=("cots",)),
     Stage("slow-thinking", "SFT of the student on verified long chains of thought", SlowThinkingConfig,
           inputs=("cots",), distributed=True),
-    Stage("adaptive-thinking", "SFT with RV matched to CD (variant x) or a thinking switch (variant y)"),
+    Stage("adaptive-thinking", "SFT with RV matched to CD (variant x) or a thinking switch (variant y)",
+          AdaptiveThinkingConfig, inputs=("cots",), distributed=True),
     Stage("reward-model", "a reward model distilled from the teacher's judgments"),
     Stage("grpo", "GRPO of the student with the distilled reward model and verifiable correctness"),
     Stage("evaluate", "held-out accuracy and output tokens per model and difficulty level", EvaluateConfig,

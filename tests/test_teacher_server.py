@@ -33,7 +33,7 @@ def test_health_and_models(synthetic_teacher):
     assert httpx.get(t.base_url.removesuffix("/v1") + "/health").json() == {"status": "ok"}
     r = httpx.get(f"{t.base_url}/models", headers={"Authorization": f"Bearer {TEST_API_KEY}"})
     assert r.status_code == 200
-    assert {m["id"] for m in r.json()["data"]} == {"oracle", "oracle-noisy"}
+    assert {m["id"] for m in r.json()["data"]} == {"oracle", "oracle-noisy", "judge"}
 
 
 @pytest.mark.parametrize("key", [None, "wrong"])

@@ -1,16 +1,15 @@
-"""Problem sets for stages: drawn from the synthetic world or read from a JSONL input."""
+"""Problem sets for stages: drawn from the synthetic world or read from the `problems` input."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from pai_distil.specs import SyntheticProblems
+from pai_distil import datasets
+from pai_distil.specs import DataFile, ProblemData, SyntheticProblems
 from pai_distil.synthetic import world
 
 from ..contract import JobError
-
-REQUIRED = ("id", "problem", "answer")
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -30,37 +29,38 @@ def read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
-def read_problem_rows(path: Path) -> list[dict]:
-    """Problems in the DESIGN.md format; missing fields and repeated ids name the row."""
-    rows, seen = [], set()
-    for n, row in enumerate(read_jsonl(path), 1):
-        for field in REQUIRED:
-            if row.get(field) in (None, ""):
-                raise JobError(f"problems file {path} row {n} lacks field '{field}'; each row needs {', '.join(REQUIRED)}")
-        if str(row["id"]) in seen:
-            raise JobError(f"problems file {path} row {n} repeats id {row['id']!r}; ids must be unique")
-        seen.add(str(row["id"]))
-        rows.append({"id": str(row["id"]), "problem": str(row["problem"]), "answer": str(row["answer"]),
-                     "domain": row.get("domain") or world.DOMAIN, "meta": row.get("meta") or {}})
-    if not rows:
-        raise JobError(f"problems file {path} holds no problems")
-    return rows
+def read_problem_rows(path: Path, data: ProblemData | None = None) -> list[dict]:
+    """Problem rows of a file or directory in any supported shape (pai_distil.datasets)."""
+    try:
+        return datasets.read_problems(path, data)
+    except datasets.DataError as e:
+        raise JobError(f"input 'problems': {e}") from None
 
 
-def load_problems(synthetic: SyntheticProblems | None, path: Path | None, prefix: str = "p") -> list[dict]:
-    """Problem rows from the synthetic world (config) or from a JSONL file / a dir holding problems.jsonl."""
+def load_problems(synthetic: SyntheticProblems | None, path: Path | None, prefix: str = "p",
+                  data: ProblemData | None = None) -> list[dict]:
+    """Problem rows from the synthetic world (config) or from the `problems` input: a file (JSONL, JSON,
+    Parquet, CSV) or a directory (its problems.jsonl, else every data file in it, one source each)."""
     if synthetic is not None:
         return [p.to_row() for p in world.generate_problems(synthetic.n, synthetic.seed, synthetic.levels, prefix)]
     if path is None:
-        raise JobError("no problems: set `problems` in the config or pass --input problems=FILE.jsonl")
-    if path.is_dir():
-        path = path / "problems.jsonl"
-        if not path.is_file():
-            raise JobError(f"input 'problems' is a directory without problems.jsonl ({path}); "
-                           "pass the JSONL file itself or a directory holding problems.jsonl")
-    return read_problem_rows(path)
+        raise JobError("no problems: set `problems` in the config or pass --input problems=FILE")
+    return read_problem_rows(path, data)
+
+
+def read_cot_rows(path: Path, data: DataFile | None = None) -> list[dict]:
+    """CoT samples of a file or directory: generate's cots.jsonl, OmniThought-style rows, messages rows."""
+    try:
+        return datasets.read_cots(path, data)
+    except datasets.DataError as e:
+        raise JobError(f"input 'problems': {e}") from None
 
 
 def level_of(row: dict) -> str:
     meta = row.get("meta") or {}
-    return str(meta.get("level", row.get("level", "all")))
+    level = meta.get("level", row.get("level"))
+    return "all" if level is None else str(level)
+
+
+def source_of(row: dict) -> str:
+    return str(row.get("source") or (row.get("domain") or world.DOMAIN))

@@ -8,7 +8,8 @@ from transformers import PreTrainedTokenizerBase
 IGNORE = -100
 
 
-def encode_messages(tokenizer: PreTrainedTokenizerBase, messages: list[dict], max_length: int) -> dict | None:
+def encode_messages(tokenizer: PreTrainedTokenizerBase, messages: list[dict], max_length: int,
+                    template_kwargs: dict | None = None) -> dict | None:
     """input_ids and labels of one conversation; labels mask everything but the last assistant turn.
 
     The prompt is rendered with the chat template's generation prompt, so the tokens the model
@@ -17,8 +18,9 @@ def encode_messages(tokenizer: PreTrainedTokenizerBase, messages: list[dict], ma
     """
     if not messages or messages[-1].get("role") != "assistant":
         raise ValueError("the last message must be the assistant's answer")
-    prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
-    full = tokenizer.apply_chat_template(messages, tokenize=False)
+    kwargs = template_kwargs or {}
+    prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True, **kwargs)
+    full = tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)
     if not full.startswith(prompt):
         raise ValueError("the chat template renders the prompt differently inside the conversation")
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]

@@ -23,12 +23,16 @@ def _init_distributed() -> bool:
     return False
 
 
-def train_sft(ctx: JobContext, student: Student, train: Training, rows: list[dict]) -> bool:
-    """Train `student` on SFT rows; write the final HF checkpoint to ctx.output. False if stopped early."""
+def train_sft(ctx: JobContext, student: Student, train: Training, rows: list[dict], keep_order: bool = False) -> bool:
+    """Train `student` on SFT rows; write the final HF checkpoint to ctx.output. False if stopped early.
+
+    `keep_order`: batches follow the rows' order (a curriculum) instead of being shuffled.
+    """
     distributed = _init_distributed()
     rank = dist.get_rank() if distributed else 0
     model, tokenizer = load_model(student.model, seed=student.seed)
-    examples = [e for r in rows if (e := encode_messages(tokenizer, r["messages"], train.max_length))]
+    examples = [e for r in rows
+                if (e := encode_messages(tokenizer, r["messages"], train.max_length, r.get("chat_template_kwargs")))]
     if not examples:
         raise JobError(f"every training row is longer than train.max_length={train.max_length}; raise it")
     if rank == 0:
@@ -41,7 +45,7 @@ def train_sft(ctx: JobContext, student: Student, train: Training, rows: list[dic
     settings = TrainSettings(
         max_steps=train.max_steps, batch_size=train.batch_size, learning_rate=train.learning_rate,
         warmup_steps=train.warmup_steps, weight_decay=train.weight_decay, checkpoint_every=train.checkpoint_every,
-        keep_checkpoints=train.keep_checkpoints, log_every=train.log_every, seed=train.seed,
+        keep_checkpoints=train.keep_checkpoints, log_every=train.log_every, seed=train.seed, keep_order=keep_order,
     )
     trainer = Trainer(model, tokenizer, examples, settings, ctx.checkpoint_dir, ctx.metrics_path, log=log if rank == 0 else lambda m: None)
     finished = trainer.train()

@@ -32,8 +32,8 @@ CHAT_TEMPLATE = (
 
 def _corpus(n: int = 3000, seed: int = 1234):
     rng = random.Random(seed)
-    for p in world.generate_problems(n, seed):
-        yield p.text
+    for i, p in enumerate(world.generate_problems(n, seed)):
+        yield p.text + ("", " /think", " /no_think")[i % 3]  # the prompt switches of hybrid thinking
         yield teacher.respond(p, rv=rng.randint(0, 9), rng=rng)
     yield "system user assistant You are a helpful assistant. Think step by step."
 

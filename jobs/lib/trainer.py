@@ -42,6 +42,7 @@ class TrainSettings:
     keep_checkpoints: int = 2
     log_every: int = 10
     seed: int = 0
+    keep_order: bool = False  # True: batches follow the examples' order (curriculum), no shuffling
 
 
 def newest_checkpoint(checkpoint_dir: Path) -> Path | None:
@@ -58,6 +59,7 @@ class Trainer:
         self.world = dist.get_world_size() if dist.is_initialized() else 1
         self.step = 0
         self._stop = False
+        self._epoch_cache: tuple[int, list[list[int]]] = (-1, [])
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate,
                                            weight_decay=settings.weight_decay, betas=(0.9, 0.98))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
@@ -72,13 +74,32 @@ class Trainer:
     def _batch(self, step: int) -> list[dict]:
         """The examples of global batch `step` for this rank: a function of the step alone, so a
         resumed run sees exactly the batches it would have seen."""
-        n, bs = len(self.examples), self.s.batch_size
-        per_epoch = max(1, n // bs)
+        per_epoch = max(1, len(self.examples) // self.s.batch_size)
         epoch, offset = divmod(step, per_epoch)
-        order = list(range(n))
-        random.Random(self.s.seed * 100_003 + epoch).shuffle(order)
-        idx = order[offset * bs:(offset + 1) * bs]
+        if self._epoch_cache[0] != epoch:
+            self._epoch_cache = (epoch, self._epoch_batches(epoch))
+        idx = self._epoch_cache[1][offset]
         return [self.examples[i] for i in idx[self.rank::self.world]]
+
+    def _epoch_batches(self, epoch: int) -> list[list[int]]:
+        """Shuffled batches of similar length: padding is wasted compute on a CPU.
+
+        Shuffle, sort windows of 64 batches by length, cut into batches, shuffle the batches.
+        """
+        n, bs = len(self.examples), self.s.batch_size
+        if self.s.keep_order:  # a curriculum: the stage has put the examples in the order to learn them
+            return [list(range(k, min(k + bs, n))) for k in range(0, max(bs, n - n % bs), bs)]
+        rng = random.Random(self.s.seed * 100_003 + epoch)
+        order = list(range(n))
+        rng.shuffle(order)
+        order = order[: max(bs, n - n % bs)]
+        window = bs * 64
+        batches = []
+        for start in range(0, len(order), window):
+            chunk = sorted(order[start:start + window], key=lambda i: len(self.examples[i]["input_ids"]))
+            batches += [chunk[k:k + bs] for k in range(0, len(chunk), bs)]
+        rng.shuffle(batches)
+        return batches
 
     # -- checkpoints ---------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:

@@ -1,4 +1,10 @@
-"""evaluate: greedy decoding of held-out problems; accuracy and output tokens per model and level."""
+"""evaluate: every model answers held-out problems; pass@1, output tokens per model, level and source.
+
+A model is a checkpoint (decoded here through its chat template, greedy or sampled) or an
+OpenAI-compatible endpoint (asked with bounded concurrency). Both give the same records, judged
+by the row's verifier (math, multiple choice, code in the sandbox, synthetic). Output:
+report.json, predictions.jsonl and report.png.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +14,13 @@ import time
 from pydantic import ValidationError
 
 from pai_distil import report as reports
-from pai_distil.specs import EvaluateConfig, explain
-from pai_distil.verifiers import verify
+from pai_distil.specs import EvalModel, EvaluateConfig, explain
+from pai_distil.verifiers import check, verifier_for
+from pai_distil.verify.sandbox import Limits, isolation
 
 from ..contract import JobContext, JobError, log
-from ..lib.generation import generate
-from ..lib.models import load_model
-from ..lib.problems import level_of, load_problems
+from ..lib.problems import level_of, load_problems, source_of
+from ..lib.prompts import user_message
 
 
 def run(ctx: JobContext) -> None:
@@ -22,38 +28,76 @@ def run(ctx: JobContext) -> None:
         cfg = EvaluateConfig.model_validate(ctx.config)
     except ValidationError as e:
         raise JobError(explain(e, "evaluate config")) from None
-    problems = load_problems(cfg.problems, ctx.inputs.get("problems"), prefix="eval")
-    log(f"evaluate: {len(problems)} problems, {len(cfg.models)} models")
+    problems = load_problems(cfg.problems, ctx.inputs.get("problems"), prefix="eval", data=cfg.data)
+    jobs = [(p, k) for p in problems for k in range(cfg.samples)]  # problem-major: samples of one problem together
+    prompts = [user_message(p, cfg.user_prompt) for p, _ in jobs]
+    limits = Limits(timeout_s=cfg.sandbox.timeout_s, memory_mb=cfg.sandbox.memory_mb)
+    has_code = any(verifier_for(p) == "code" for p in problems)
+    sources = sorted({source_of(p) for p in problems})
+    log(f"evaluate: {len(problems)} problems ({', '.join(sources)}) x {cfg.samples} sample(s), {len(cfg.models)} models"
+        + (f"; code runs in a sandbox: {isolation()}" if has_code else ""))
+
     results, predictions = [], []
     for m in cfg.models:
-        source = str(ctx.input(m.input)) if m.input else m.model
-        try:
-            model, tokenizer = load_model(source, seed=m.seed)
-        except OSError as e:
-            raise JobError(f"model '{m.name}' ({source}) cannot be loaded: {str(e).splitlines()[0]}") from None
-        start, done = time.time(), 0
-
-        def progress(k: int) -> None:
-            nonlocal done
-            done += k
-            log(f"[progress] evaluate:{m.name} {done}/{len(problems)}")
-
-        outs = generate(model, tokenizer, [p["problem"] for p in problems], cfg.max_new_tokens,
-                        batch_size=cfg.batch_size, on_batch=progress)
+        start = time.time()
+        outs, source = _answers(ctx, cfg, m, prompts)
         records = []
-        for p, o in zip(problems, outs):
-            rec = {"model": m.name, "id": p["id"], "level": level_of(p), "correct": verify(p, o["text"]),
-                   "tokens": o["tokens"], "truncated": o["truncated"], "response": o["text"]}
+        for (p, k), o in zip(jobs, outs):
+            verdict = check(p, o["text"], limits)
+            rec = {"model": m.name, "id": p["id"], "sample": k, "level": level_of(p), "source": source_of(p),
+                   "correct": verdict.correct, "tokens": o["tokens"], "truncated": o["truncated"],
+                   "extracted": None if verifier_for(p) == "code" else verdict.extracted, "response": o["text"]}
+            if "cases" in verdict.details:
+                rec["cases"] = [c["status"] for c in verdict.details["cases"]]
             records.append(rec)
         predictions += records
         summary = reports.summarize(records)
-        results.append({"name": m.name, "model": source, **summary, "seconds": round(time.time() - start, 1)})
+        results.append({"name": m.name, "model": source, "kind": "endpoint" if m.endpoint else "checkpoint",
+                        "enable_thinking": m.enable_thinking, **summary, "seconds": round(time.time() - start, 1)})
         levels = ", ".join(f"level {lv} {s['accuracy']:.1%}" for lv, s in summary["levels"].items())
-        log(f"{m.name}: accuracy {summary['overall']['accuracy']:.1%} ({levels}), "
+        log(f"{reports.label(results[-1])}: accuracy {summary['overall']['accuracy']:.1%} ({levels}), "
             f"mean output tokens {summary['overall']['mean_tokens']:.1f}")
-        del model
-    report = {"n_problems": len(problems), "models": results}
+
+    report = {"n_problems": len(problems), "samples": cfg.samples, "temperature": cfg.temperature,
+              "top_p": cfg.top_p, "max_new_tokens": cfg.max_new_tokens, "sources": sources, "models": results}
+    if has_code:
+        report["sandbox"] = {"timeout_s": limits.timeout_s, "memory_mb": limits.memory_mb, "isolation": isolation()}
     (ctx.output / reports.REPORT).write_text(json.dumps(report, indent=1))
     with open(ctx.output / "predictions.jsonl", "w") as f:
         for r in predictions:
-            f.write(json.dumps(r) + "\n")
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    reports.write_chart(report, ctx.output / reports.CHART)
+
+
+def _answers(ctx: JobContext, cfg: EvaluateConfig, m: EvalModel, prompts: list[str]) -> tuple[list[dict], str]:
+    """The model's completions of `prompts` ({"text", "tokens", "truncated"}) and what it was."""
+    done = 0
+
+    def progress(k: int) -> None:
+        nonlocal done
+        done += k
+        if m.endpoint is None or done == len(prompts) or done % max(1, len(prompts) // 10) == 0:
+            log(f"[progress] evaluate:{m.name} {done}/{len(prompts)}")
+
+    kw = {"temperature": cfg.temperature, "top_p": cfg.top_p, "enable_thinking": m.enable_thinking}
+    if m.endpoint is not None:
+        from ..lib import endpoint
+
+        outs = endpoint.sample(m.endpoint, m.name, prompts, max_tokens=cfg.max_new_tokens, seed=cfg.seed,
+                               on_done=progress, **kw)
+        return outs, f"{m.endpoint.base_url} ({m.endpoint.model})"
+
+    import torch
+
+    from ..lib.generation import generate
+    from ..lib.models import load_model
+
+    source = str(ctx.input(m.input)) if m.input else m.model
+    try:
+        model, tokenizer = load_model(source, seed=m.seed)
+    except OSError as e:
+        raise JobError(f"model '{m.name}' ({source}) cannot be loaded: {str(e).splitlines()[0]}") from None
+    torch.manual_seed(cfg.seed)
+    outs = generate(model, tokenizer, prompts, cfg.max_new_tokens, batch_size=cfg.batch_size, on_batch=progress, **kw)
+    del model
+    return outs, source

@@ -1,6 +1,7 @@
 """Stage `generate`: ask an OpenAI-compatible teacher for chains of thought, verify the answers.
 
-Every (problem, verbosity) pair is one request. Each answer is appended to `cots.jsonl` as soon
+Every (problem, verbosity) pair is one request. With `refine`, the input holds CoTs instead and
+every (CoT, verbosity) pair asks the teacher to rewrite that chain shorter or longer. Each answer is appended to `cots.jsonl` as soon
 as it arrives, so a killed or failed job loses nothing: a rerun reads the file and asks only for
 what is missing. At the end the verified-correct samples become `sft.jsonl` (OpenAI messages)
 and `summary.json` says how good the teacher was.
@@ -19,12 +20,13 @@ from pathlib import Path
 import openai
 from pydantic import ValidationError
 
+from pai_distil import verifiers
 from pai_distil.specs import GenerateConfig, explain
-from pai_distil.verifiers import verify
 from pai_distil.synthetic import world
+from pai_distil.verify.sandbox import Limits
 
 from ..contract import JobContext, JobError, log
-from ..lib import problems
+from ..lib import problems, prompts
 
 COTS = "cots.jsonl"
 SFT = "sft.jsonl"
@@ -42,12 +44,21 @@ DEFAULT_SYSTEM_PROMPT = (
 
 
 def load_problems(ctx: JobContext, config: GenerateConfig) -> list[dict]:
-    """Problems in the DESIGN.md format, from the synthetic world or the `problems` input."""
+    """Problems in the DESIGN.md format, from the synthetic world or the `problems` input; with
+    `refine`, the CoT samples of the `problems` input."""
     if config.problems is None and "problems" not in ctx.inputs:
         raise JobError("generate has no problems: set `problems` in the config (synthetic world) "
                        "or pass --input problems=FILE.jsonl")
     path = ctx.input("problems") if config.problems is None else None
-    return problems.load_problems(config.problems, path)
+    if config.refine is not None:
+        if path is None:
+            raise JobError("refine rewrites existing chains of thought: pass them as --input problems=COTS "
+                           "(generate's output, OmniThought-style rows or messages) instead of `problems`")
+        rows = problems.read_cot_rows(path, config.data)
+        if not rows:
+            raise JobError(f"input 'problems' ({path}) holds no chains of thought to refine")
+        return rows
+    return problems.load_problems(config.problems, path, data=config.data)
 
 
 # -- resumable output ---------------------------------------------------------------------------
@@ -76,14 +87,28 @@ def load_done(path: Path) -> dict[str, dict]:
     return done
 
 
-def sample_id(problem: dict, rv: int) -> str:
+def sample_id(problem: dict, rv: int, config: GenerateConfig | None = None) -> str:
+    if config is not None and config.refine is not None:
+        return f"{problem['id']}-{config.refine.direction}-rv{rv}"
     return f"{problem['id']}-rv{rv}"
 
 
-def system_prompt(config: GenerateConfig, rv: int) -> str:
+def system_prompt(config: GenerateConfig, rv: int, problem: dict | None = None) -> str:
     if config.system_prompt is not None:
         return config.system_prompt.replace("{verbosity}", str(rv))
+    if problem is not None and verifiers.verifier_for(problem) != world.DOMAIN:
+        return prompts.REASONING_SYSTEM.format(verbosity=rv)
     return DEFAULT_SYSTEM_PROMPT.format(verbosity=rv)
+
+
+def user_message(config: GenerateConfig, problem: dict, rv: int) -> str:
+    if config.refine is not None:
+        return prompts.refine_message(problem, config.refine.direction, rv, config.refine.prompt)
+    return prompts.user_message(problem, config.user_prompt)
+
+
+# Fields of a problem row that travel into its CoT samples (what later stages need to verify them).
+CARRIED = ("domain", "verifier", "source", "choices", "fn_name")
 
 
 # -- talking to the teacher ---------------------------------------------------------------------
@@ -209,7 +234,7 @@ class Generation:
             f.flush()
             self.done += 1
             self.answered += 1
-            self.unboxed += world.extract_answer(row["solution"]) is None
+            self.unboxed += verifiers.extract(row, row["solution"]) is None
             self.check_parseable()
             self.progress()
 
@@ -218,18 +243,37 @@ class Generation:
         try:
             resp = await client.chat.completions.create(
                 model=t.model, max_tokens=t.max_tokens, temperature=t.temperature,
-                messages=[{"role": "system", "content": system_prompt(self.config, rv)},
-                          {"role": "user", "content": problem["problem"]}])
+                messages=[{"role": "system", "content": system_prompt(self.config, rv, problem)},
+                          {"role": "user", "content": user_message(self.config, problem, rv)}])
             thought, solution, finish, tokens = read_completion(resp)
         except (openai.OpenAIError, NotACompletion, ValueError) as e:
             raise JobError(explain_failure(e, self.config)) from None
-        return {
-            "id": sample_id(problem, rv), "problem_id": problem["id"], "problem": problem["problem"],
-            "answer": problem["answer"], "thought": thought, "solution": solution, "teacher": t.model,
-            "correct": verify(problem, solution),
+        refine = self.config.refine
+        row = {
+            "id": sample_id(problem, rv, self.config),
+            "problem_id": problem.get("problem_id", problem["id"]) if refine else problem["id"],
+            "problem": problem["problem"], "answer": problem.get("answer", ""), "thought": thought,
+            "solution": solution, "teacher": t.model, "correct": await self.check(problem, solution),
             "rv": None, "cd": None, "requested_rv": rv, "finish_reason": finish,
-            "completion_tokens": tokens, "meta": problem["meta"],
+            "truncated": finish == "length", "max_tokens": t.max_tokens,
+            "completion_tokens": tokens, "meta": problem.get("meta") or {},
         }
+        row.update({k: problem[k] for k in CARRIED if problem.get(k) is not None})
+        if refine is not None:
+            row.update(refined_from=problem["id"], refine=refine.direction,
+                       original_words=len((problem.get("thought") or "").split()))
+        return row
+
+    async def check(self, problem: dict, solution: str) -> bool:
+        """The verdict; code runs in a worker thread so the other requests keep flowing meanwhile."""
+        if problem.get("answer") in (None, "") and not problem.get("tests"):
+            return False  # e.g. a CoT row without a reference answer: nothing to check against
+        limits = Limits(timeout_s=self.config.sandbox.timeout_s, memory_mb=self.config.sandbox.memory_mb)
+        if verifiers.verifier_for(problem) == "code":
+            verdict = await asyncio.to_thread(verifiers.check, problem, solution, limits)
+        else:
+            verdict = verifiers.check(problem, solution, limits)
+        return verdict.correct
 
     def check_parseable(self) -> None:
         n = self.answered
@@ -237,7 +281,7 @@ class Generation:
             return
         if self.unboxed > self.config.max_bad_fraction * n:
             raise JobError(
-                f"the teacher's answers cannot be parsed: {self.unboxed} of {n} have no \\boxed{{}} answer "
+                f"the teacher's answers cannot be parsed: {self.unboxed} of {n} have no final answer (\\boxed{{}}, letter or code block) "
                 f"(max_bad_fraction {self.config.max_bad_fraction:g}); check teacher.model "
                 f"({self.config.teacher.model!r}) and system_prompt, or raise teacher.max_tokens if answers are cut off")
 
@@ -266,12 +310,13 @@ def run(ctx: JobContext) -> bool | None:
     ctx.output.mkdir(parents=True, exist_ok=True)
     done = load_done(out)
     wanted = [(p, rv) for p in problems for rv in config.verbosity]
-    todo = [(p, rv) for p, rv in wanted if sample_id(p, rv) not in done]
+    todo = [(p, rv) for p, rv in wanted if sample_id(p, rv, config) not in done]
     resumed = len(wanted) - len(todo)
     if resumed:
         log(f"generate: resuming, {resumed} of {len(wanted)} samples already in {COTS}")
+    what = f"{config.refine.direction} rewrites of {len(problems)} chains" if config.refine else f"{len(problems)} problems"
     log(f"generate: asking teacher {config.teacher.model!r} at {config.teacher.base_url} for {len(todo)} "
-        f"chains of thought ({len(problems)} problems x verbosity {config.verbosity})")
+        f"chains of thought ({what} x verbosity {config.verbosity})")
 
     gen = Generation(config, out, total=len(wanted), done=resumed)
     gen.progress(force=True)
@@ -292,11 +337,11 @@ def run(ctx: JobContext) -> bool | None:
         return False
 
     rows_by_id = load_done(out)
-    rows = [rows_by_id[sample_id(p, rv)] for p, rv in wanted]
+    rows = [rows_by_id[sample_id(p, rv, config)] for p, rv in wanted]
     summary = finish(ctx.output, rows, config, resumed=resumed, requested=len(todo))
     log(f"generate: {summary['samples']} samples ({resumed} resumed), teacher accuracy "
-        f"{summary['teacher_accuracy']:.1%}, {summary['unparseable']} without a boxed answer, "
-        f"{summary['sft_rows']} rows in {SFT}")
+        f"{summary['teacher_accuracy']:.1%}, {summary['unparseable']} without a final answer, "
+        f"{summary['truncated']} cut off at max_tokens, {summary['sft_rows']} rows in {SFT}")
     return None
 
 
@@ -306,16 +351,20 @@ def finish(output: Path, rows: list[dict], config: GenerateConfig, **counts: int
         for r in rows:
             if r["correct"]:
                 assistant = f"<think>\n{r['thought']}\n</think>\n\n{r['solution']}"
-                f.write(json.dumps({"messages": [{"role": "user", "content": r["problem"]},
+                f.write(json.dumps({"messages": [{"role": "user", "content": prompts.user_message(r, config.user_prompt)},
                                                  {"role": "assistant", "content": assistant}]},
                                    ensure_ascii=False) + "\n")
     per_level: dict[str, Counter] = defaultdict(Counter)
     per_rv: dict[str, Counter] = defaultdict(Counter)
+    per_source: dict[str, Counter] = defaultdict(Counter)
     for r in rows:
-        unparseable = world.extract_answer(r["solution"]) is None
-        for bucket in (per_level[str((r.get("meta") or {}).get("level", "none"))], per_rv[str(r["requested_rv"])]):
+        unparseable = verifiers.extract(r, r["solution"]) is None
+        buckets = [per_level[str((r.get("meta") or {}).get("level", "none"))], per_rv[str(r["requested_rv"])]]
+        if r.get("source"):
+            buckets.append(per_source[str(r["source"])])
+        for bucket in buckets:
             bucket.update(samples=1, correct=int(r["correct"]), unparseable=int(unparseable),
-                          completion_tokens=r.get("completion_tokens") or 0)
+                          truncated=int(bool(r.get("truncated"))), completion_tokens=r.get("completion_tokens") or 0)
     correct = sum(r["correct"] for r in rows)
     summary = {
         "teacher": config.teacher.model,
@@ -325,9 +374,13 @@ def finish(output: Path, rows: list[dict], config: GenerateConfig, **counts: int
         "correct": correct,
         "teacher_accuracy": correct / len(rows) if rows else 0.0,
         "unparseable": sum(c["unparseable"] for c in per_level.values()),
+        "truncated": sum(c["truncated"] for c in per_level.values()),
+        "max_tokens": config.teacher.max_tokens,
+        "refine": config.refine.direction if config.refine else None,
         "sft_rows": correct,
         "per_level": {k: dict(v) for k, v in sorted(per_level.items())},
         "per_verbosity": {k: dict(v) for k, v in sorted(per_rv.items(), key=lambda kv: int(kv[0]))},
+        "per_source": {k: dict(v) for k, v in sorted(per_source.items())},
     }
     (output / SUMMARY).write_text(json.dumps(summary, indent=1))
     return summary

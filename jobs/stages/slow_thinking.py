@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -11,30 +10,23 @@ from pydantic import ValidationError
 from pai_distil.specs import SlowThinkingConfig, explain
 
 from ..contract import JobContext, JobError, log
-from ..lib.problems import read_jsonl
+from ..lib.cot_data import read_cots, require, thinking_row
 from ..lib.sft_train import train_sft
 
 
-def sft_rows(path: Path, require_correct: bool) -> list[dict]:
-    """SFT rows (`messages`) from a generate artifact, a CoT-sample JSONL or an SFT JSONL."""
-    if path.is_dir():
-        cots, sft = path / "cots.jsonl", path / "sft.jsonl"
-        path = cots if cots.is_file() else sft
-        if not path.is_file():
-            raise JobError(f"input 'cots' ({path.parent}) holds neither cots.jsonl nor sft.jsonl; pass the output of `generate`")
-    rows = read_jsonl(path)
+def sft_rows(path: Path, require_correct: bool, verbosity: list[int] | None = None) -> list[dict]:
+    """SFT rows (`messages`) from a generate/score artifact, a CoT-sample JSONL or an SFT JSONL."""
     out = []
-    for n, row in enumerate(rows, 1):
+    for n, row in enumerate(read_cots(path), 1):
         if "messages" in row:
             out.append({"messages": row["messages"]})
             continue
-        missing = [f for f in ("problem", "thought", "solution") if f not in row]
-        if missing:
-            raise JobError(f"{path} row {n}: field '{missing[0]}' is missing; rows need `messages` or problem/thought/solution")
+        require(row, n, ("problem", "thought", "solution"), f"input 'cots' ({path})")
         if require_correct and not row.get("correct"):
             continue
-        answer = f"<think>\n{row['thought']}\n</think>\n\n{row['solution']}"
-        out.append({"messages": [{"role": "user", "content": row["problem"]}, {"role": "assistant", "content": answer}]})
+        if verbosity is not None and row.get("requested_rv", row.get("rv")) not in verbosity:
+            continue
+        out.append(thinking_row(row))
     return out
 
 
@@ -43,7 +35,7 @@ def run(ctx: JobContext) -> bool:
         cfg = SlowThinkingConfig.model_validate(ctx.config)
     except ValidationError as e:
         raise JobError(explain(e, "slow-thinking config")) from None
-    rows = sft_rows(ctx.input("cots"), cfg.require_correct)
+    rows = sft_rows(ctx.input("cots"), cfg.require_correct, cfg.verbosity)
     if cfg.max_samples:
         rows = rows[: cfg.max_samples]
     if not rows:

@@ -112,8 +112,11 @@ def list_stages():
 
 @click.command("report")
 @click.argument("target")
-def show_report(target):
-    """Show the evaluation report of a RUN id or an evaluate output directory."""
+@click.option("--chart", "chart_path", type=click.Path(dir_okay=False),
+              help="where to write the chart (default: report.png next to report.json)")
+@click.option("--no-chart", is_flag=True, help="show the tables only")
+def show_report(target, chart_path, no_chart):
+    """Show the evaluation report of a RUN id or an evaluate output directory, and redraw its chart."""
     from .. import report
 
     path = Path(target)
@@ -123,7 +126,33 @@ def show_report(target):
         path = Path(Registry().get(target).output)
     if not (path / report.REPORT).is_file():
         raise UserError(f"{target} has no {report.REPORT}; give an evaluate run id or its output directory")
-    report.render(report.load(path), Console())
+    try:
+        data = report.load(path)
+        report.render(data, Console())
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise UserError(f"{path / report.REPORT} is not an evaluation report ({type(e).__name__}: {e}); "
+                        "rerun the evaluate stage") from None
+    if no_chart:
+        return
+    png = report.chart_png(data)
+    dest = Path(chart_path) if chart_path else _chart_destination(path, png, target)
+    if dest.is_file() and dest.read_bytes() == png:
+        click.echo(f"chart: {dest}")
+        return
+    dest.write_bytes(png)
+    click.echo(f"chart: {dest}")
+
+
+def _chart_destination(path: Path, png: bytes, target: str) -> Path:
+    """report.png next to report.json, unless that would change a file an artifact's manifest lists."""
+    from .. import artifacts, report
+
+    dest = path / report.CHART
+    manifest = artifacts.read_manifest(path) or {}
+    listed = {f["path"] for f in manifest.get("files", [])}
+    if report.CHART in listed and dest.is_file() and dest.read_bytes() != png:
+        return Path.cwd() / f"{Path(target).name or 'evaluation'}-{report.CHART}"
+    return dest
 
 
 COMMANDS = [submit, run_pipeline, validate, schema, list_stages, show_report]

@@ -21,9 +21,10 @@ from dataclasses import dataclass
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from . import teacher, world
+from ..judging import which_dimension
+from . import judge, teacher, world
 
-MODELS = ("oracle", "oracle-noisy")
+MODELS = ("oracle", "oracle-noisy", "judge")
 NOISY_DEFAULT_ERROR_RATE = 0.1
 _VERBOSITY_RE = re.compile(r"verbosity(?: level)?\s*[:=]?\s*(\d)", re.IGNORECASE)
 _WORD_RE = re.compile(r"\S+")
@@ -194,7 +195,12 @@ def create_app(api_key: str | None, error_rate: float = 0.0, seed: int = 0, fail
         user = [text for role, text in messages if role == "user"][-1]
         rv = read_verbosity(system)
         problem = world.parse_problem(user)
-        if problem is None:
+        dimension = which_dimension(system)
+        if dimension is not None:  # a rubric question of the score stage
+            score = judge.score(dimension, user)
+            thought, answer = "", (CANNOT_SOLVE if score is None else f"Having read it carefully: Score: {score}")
+            problem = None
+        elif problem is None:
             thought, answer = "", CANNOT_SOLVE
         else:
             rate = noisy_rate if model == "oracle-noisy" else 0.0

@@ -1,9 +1,10 @@
 """The synthetic reasoning world: seedable problems with graded difficulty and an exact verifier.
 
-A problem is a chain of single-digit operations modulo 10 ("Start with 7. Add 5, then multiply
-by 3. Work modulo 10."). Each step is easy; difficulty comes from the number of steps a solver
-has to carry in order, so the hardest level can only be solved with a step-by-step chain of
-thought. Everything is pure Python: the client, the teacher server and the jobs share it.
+A problem is a chain of operations modulo 10 or 100 ("Start with 7. Add 5, then multiply by 3.
+Work modulo 10."). Difficulty grows with the number of steps a solver has to carry in order and
+with the size of the numbers: level 1 is one single-digit step, level 2 a chain of three, level 3
+a chain of four on two-digit numbers (with carries), which can only be solved step by step.
+Everything is pure Python: the client, the teacher server and the jobs share it.
 """
 
 from __future__ import annotations
@@ -12,18 +13,27 @@ import random
 import re
 from dataclasses import dataclass
 
-MODULUS = 10
 DOMAIN = "synthetic"
 
-# Number of operations per difficulty level. Level 1 is a single lookup; level 3 needs a chain.
-LEVEL_STEPS: dict[int, int] = {1: 1, 2: 3, 3: 6}
+# Difficulty level -> (number of operations, modulus). Level 1 is a single lookup; level 3 needs
+# a chain with two-digit arithmetic.
+LEVELS: dict[int, tuple[int, int]] = {1: (1, 10), 2: (3, 10), 3: (4, 100)}
+LEVEL_STEPS: dict[int, int] = {lv: steps for lv, (steps, _) in LEVELS.items()}
 
-# name in the problem text -> (symbol in the chain of thought, function)
-OPERATIONS: dict[str, tuple[str, object]] = {
-    "add": ("+", lambda a, b: (a + b) % MODULUS),
-    "subtract": ("-", lambda a, b: (a - b) % MODULUS),
-    "multiply by": ("*", lambda a, b: (a * b) % MODULUS),
-}
+# name in the problem text -> symbol in the chain of thought
+OPERATIONS: dict[str, str] = {"add": "+", "subtract": "-", "multiply by": "*"}
+
+
+def apply(op: str, a: int, b: int, modulus: int) -> int:
+    sym = OPERATIONS[op]
+    return (a + b if sym == "+" else a - b if sym == "-" else a * b) % modulus
+
+
+def operand_range(op: str, modulus: int) -> tuple[int, int]:
+    """Operands are single digits modulo 10; modulo 100, two digits (multipliers stay single)."""
+    if modulus == 10 or op == "multiply by":
+        return (1, 9) if modulus == 10 else (2, 9)
+    return (11, 99)
 
 
 @dataclass(frozen=True)
@@ -35,7 +45,7 @@ class Step:
 
     @property
     def symbol(self) -> str:
-        return OPERATIONS[self.op][0]
+        return OPERATIONS[self.op]
 
     @property
     def raw(self) -> int:
@@ -50,17 +60,18 @@ class Problem:
     level: int
     start: int
     ops: tuple[tuple[str, int], ...]
+    modulus: int = 10
 
     @property
     def text(self) -> str:
         parts = [f"{name} {operand}" for name, operand in self.ops]
         chain = ", then ".join(parts)
-        return f"Start with {self.start}. {chain[0].upper()}{chain[1:]}. Work modulo {MODULUS}. What is the result?"
+        return f"Start with {self.start}. {chain[0].upper()}{chain[1:]}. Work modulo {self.modulus}. What is the result?"
 
     def steps(self) -> list[Step]:
         value, out = self.start, []
         for name, operand in self.ops:
-            after = OPERATIONS[name][1](value, operand)
+            after = apply(name, value, operand, self.modulus)
             out.append(Step(name, operand, value, after))
             value = after
         return out
@@ -76,16 +87,20 @@ class Problem:
             "problem": self.text,
             "answer": self.answer,
             "domain": DOMAIN,
-            "meta": {"level": self.level, "start": self.start, "ops": [list(o) for o in self.ops]},
+            "meta": {"level": self.level, "start": self.start, "ops": [list(o) for o in self.ops],
+                     "modulus": self.modulus},
         }
 
 
 def make_problem(rng: random.Random, level: int, pid: str) -> Problem:
-    if level not in LEVEL_STEPS:
-        raise ValueError(f"level {level} is not one of {sorted(LEVEL_STEPS)}")
-    names = list(OPERATIONS)
-    ops = tuple((rng.choice(names), rng.randint(1, 9)) for _ in range(LEVEL_STEPS[level]))
-    return Problem(id=pid, level=level, start=rng.randint(0, 9), ops=ops)
+    if level not in LEVELS:
+        raise ValueError(f"level {level} is not one of {sorted(LEVELS)}")
+    n_ops, modulus = LEVELS[level]
+    ops = []
+    for _ in range(n_ops):
+        name = rng.choice(list(OPERATIONS))
+        ops.append((name, rng.randint(*operand_range(name, modulus))))
+    return Problem(id=pid, level=level, start=rng.randint(0, modulus - 1), ops=tuple(ops), modulus=modulus)
 
 
 def generate_problems(n: int, seed: int, levels: list[int] | None = None, prefix: str = "p") -> list[Problem]:
@@ -95,8 +110,8 @@ def generate_problems(n: int, seed: int, levels: list[int] | None = None, prefix
     return [make_problem(rng, levels[i % len(levels)], f"{prefix}{seed}-{i:06d}") for i in range(n)]
 
 
-_PROBLEM_RE = re.compile(r"Start with (\d)\. (.+?)\. Work modulo 10\.")
-_OP_RE = re.compile(r"(add|subtract|multiply by) (\d)")
+_PROBLEM_RE = re.compile(r"Start with (\d+)\. (.+?)\. Work modulo (\d+)\.")
+_OP_RE = re.compile(r"(add|subtract|multiply by) (\d+)")
 
 
 def parse_problem(text: str, pid: str = "") -> Problem | None:
@@ -107,8 +122,11 @@ def parse_problem(text: str, pid: str = "") -> Problem | None:
     ops = tuple((name, int(d)) for name, d in _OP_RE.findall(m.group(2).lower()))
     if not ops:
         return None
-    level = next((lv for lv, n in LEVEL_STEPS.items() if n == len(ops)), max(LEVEL_STEPS))
-    return Problem(id=pid, level=level, start=int(m.group(1)), ops=ops)
+    modulus = int(m.group(3))
+    if modulus < 2:
+        return None
+    level = next((lv for lv, shape in LEVELS.items() if shape == (len(ops), modulus)), max(LEVELS))
+    return Problem(id=pid, level=level, start=int(m.group(1)), ops=ops, modulus=modulus)
 
 
 _BOXED_RE = re.compile(r"\\boxed\{([^{}]*)\}")
