@@ -96,7 +96,7 @@ def test_max_tokens_cuts_the_answer(synthetic_teacher):
 
 def test_official_openai_client_works(synthetic_teacher):
     client = openai.OpenAI(base_url=synthetic_teacher.base_url, api_key=TEST_API_KEY, max_retries=0)
-    assert {m.id for m in client.models.list()} == {"oracle", "oracle-noisy"}
+    assert {m.id for m in client.models.list()} == {"oracle", "oracle-noisy", "judge"}
     p = PROBLEMS[1]
     resp = client.chat.completions.create(model="oracle", messages=[
         {"role": "system", "content": "Reasoning verbosity level 3"}, {"role": "user", "content": p.text}])
