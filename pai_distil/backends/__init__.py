@@ -32,6 +32,10 @@ def get_backend(name: str, registry: Registry | None = None) -> Backend:
         from .process import ProcessBackend
 
         return ProcessBackend(registry)
+    if name == "local":
+        from .local import LocalBackend
+
+        return LocalBackend(registry)
     if name in BACKENDS:
         raise UserError(f"backend '{name}' is not available yet in this version; use --backend process")
     raise UserError(f"unknown backend '{name}'; choose one of: {', '.join(BACKENDS)}")

@@ -10,8 +10,9 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import UserError
-from ..specs import JobSpec, Pipeline, read_mapping, validate as validate_model
-from ..stages import STAGES, get_stage
+
+# Specs and stages are imported inside the commands: building the pydantic models costs more
+# than the rest of start-up, and `--help` needs none of them.
 
 BACKENDS = click.Choice(["process", "local", "pai"])
 
@@ -26,12 +27,19 @@ BACKENDS = click.Choice(["process", "local", "pai"])
 @click.option("--force", is_flag=True, help="rerun even when config and inputs are unchanged")
 @click.option("--detach", "-d", is_flag=True, help="return once the job has started")
 @click.option("--dry-run", is_flag=True, help="print the job spec and start nothing")
-def submit(stage, config_file, inputs, backend, nodes, nproc_per_node, force, detach, dry_run):
+@click.option("--variant", type=click.Choice(["x", "y"]), help="adaptive-thinking: ThoughtX (x) or ThoughtY (y)")
+def submit(stage, config_file, inputs, backend, nodes, nproc_per_node, force, detach, dry_run, variant):
     """Run one STAGE as a job (e.g. `pai-distil submit slow-thinking -c cfg.yaml -i cots=out/`)."""
+    from ..specs import read_mapping
+    from ..stages import get_stage
     from ..submission import execute, parse_inputs, prepare
 
     get_stage(stage)
     data = read_mapping(config_file) if config_file else {}
+    if variant is not None:
+        if stage != "adaptive-thinking":
+            raise UserError(f"--variant applies to adaptive-thinking only, not {stage}; remove it")
+        data["variant"] = variant
     where = f"config {config_file}" if config_file else f"{stage} config"
     prep = prepare(stage, data, parse_inputs(inputs), where=where, nodes=nodes, procs_per_node=nproc_per_node)
     if dry_run:
@@ -73,6 +81,8 @@ def run_pipeline(pipeline_file, backend, force, dry_run):
 def validate(file, stage):
     """Check a pipeline or stage config FILE without running anything."""
     from .. import pipeline
+    from ..specs import read_mapping, validate as validate_model
+    from ..stages import get_stage
 
     data = read_mapping(file)
     if "stages" in data and stage is None:
@@ -89,6 +99,9 @@ def validate(file, stage):
 @click.argument("what", default="pipeline")
 def schema(what):
     """Print the JSON Schema of WHAT: `pipeline` (default), `job`, or a stage name."""
+    from ..specs import JobSpec, Pipeline
+    from ..stages import get_stage
+
     if what == "pipeline":
         model = Pipeline
     elif what == "job":
@@ -101,6 +114,8 @@ def schema(what):
 @click.command("stages")
 def list_stages():
     """List the stages of the recipe and which are available."""
+    from ..stages import STAGES
+
     table = Table(title="stages", title_justify="left")
     for col in ("stage", "available", "inputs", "what it does"):
         table.add_column(col)

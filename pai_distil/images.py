@@ -1,0 +1,300 @@
+"""The job images: a Debian base from Debian packages, a wheelhouse, content-addressed builds.
+
+Machines that reach no image registry still build everything: `bootstrap_base` makes the base
+with debootstrap and `docker import`, `wheelhouse` downloads the pinned wheels with the host's
+pip, and `build` installs them with the build's network disabled. An image is tagged by a hash
+of everything that goes into it, so an unchanged image is found, not rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import dockercli
+from .errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+IMAGES_DIR = ROOT / "images"
+BASE_TAG = "pai-distil-base:bookworm"
+BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates")
+DEBIAN_MIRROR = "http://deb.debian.org/debian"
+PAI_PYTORCH = "dsw-registry.cn-hangzhou.cr.aliyuncs.com/pai/pytorch-training:2.3-gpu-py311-cu121-ubuntu22.04"
+SOURCES = ("pai_distil", "jobs")  # copied into every image: the client package and the job code
+IMAGE_ENV = "PAI_DISTIL_IMAGE"  # overrides the image of `--backend local`
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    dockerfile: str
+    requirements: str
+    repository: str
+    default_base: str
+    skip: tuple[str, ...] = ()  # pinned packages the base image provides
+
+
+TARGETS = {
+    "cpu": Target("cpu", "Dockerfile.cpu", "requirements.txt", "pai-distil-cpu", BASE_TAG),
+    # the PAI image brings its own CUDA build of torch
+    "gpu": Target("gpu", "Dockerfile.gpu", "requirements.txt", "pai-distil-gpu", PAI_PYTORCH, skip=("torch",)),
+}
+
+
+def target(name: str) -> Target:
+    if name not in TARGETS:
+        raise UserError(f"unknown image target {name!r}; choose one of: {', '.join(TARGETS)}")
+    if not (IMAGES_DIR / TARGETS[name].dockerfile).is_file():
+        raise UserError(f"{IMAGES_DIR / TARGETS[name].dockerfile} is missing; image builds need a source checkout "
+                        "of pai-distil (git clone, then `pip install -e .`)")
+    return TARGETS[name]
+
+
+# -- base image ---------------------------------------------------------------------------------
+
+
+def bootstrap_base(tag: str = BASE_TAG, *, suite: str = "bookworm", mirror: str = DEBIAN_MIRROR,
+                   force: bool = False, log=print) -> str:
+    """A minimal Debian image with Python 3.11, made from Debian packages: no image registry needed."""
+    dockercli.require_engine()
+    if not force and dockercli.image_id(tag):
+        log(f"{tag} exists (--force rebuilds it)")
+        return tag
+    if shutil.which("debootstrap") is None:
+        raise UserError("debootstrap is not installed; `apt-get install debootstrap` (Debian/Ubuntu), or pass "
+                        "--base IMAGE to `images build` with any image that has python3.11 and python3-venv")
+    if os.geteuid() != 0:
+        raise UserError("debootstrap needs root; run `sudo pai-distil images bootstrap-base`")
+    with tempfile.TemporaryDirectory(prefix="pai-distil-rootfs-") as tmp:
+        rootfs = Path(tmp) / "rootfs"
+        log(f"debootstrap {suite} from {mirror} (a few minutes) ...")
+        _call(["debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}", suite, str(rootfs), mirror],
+              "debootstrap")
+        for junk in ("var/cache/apt/archives", "var/lib/apt/lists", "usr/share/doc", "usr/share/man",
+                     "usr/share/locale"):
+            shutil.rmtree(rootfs / junk, ignore_errors=True)
+        (rootfs / "var/lib/apt/lists/partial").mkdir(parents=True, exist_ok=True)
+        (rootfs / "var/cache/apt/archives/partial").mkdir(parents=True, exist_ok=True)
+        log(f"docker import → {tag}")
+        tar = subprocess.Popen(["tar", "-C", str(rootfs), "--numeric-owner", "-c", "."], stdout=subprocess.PIPE)
+        imported = subprocess.run([dockercli.binary(), "import", "--change", 'CMD ["/bin/bash"]',
+                                   "--change", "ENV LANG=C.UTF-8", "-", tag],
+                                  stdin=tar.stdout, capture_output=True, text=True, env=dockercli.env())
+        tar.stdout.close()
+        if tar.wait() != 0 or imported.returncode != 0:
+            raise UserError(f"docker import failed: {dockercli.last_line(imported.stderr) or 'tar failed'}")
+    return tag
+
+
+def _call(argv: list[str], what: str) -> None:
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise UserError(f"{what} failed: {dockercli.last_line(proc.stderr or proc.stdout)}")
+
+
+# -- pinned requirements ------------------------------------------------------------------------
+
+DEEPSPEED = "deepspeed==0.19.8"  # an sdist: installed after torch, without build isolation
+LOCK_HEADER = """\
+# Every package of the job images, pinned: the `train` extra of pai-distil, DeepSpeed, and all
+# they depend on. Part of the image's content hash. Regenerate with `pai-distil images lock`.
+# torch==2.13.0 is the CPU build in the CPU image's wheelhouse; the GPU image keeps its base's.
+"""
+
+
+def requirements(tgt: Target) -> list[str]:
+    """`name==version` lines of the lock, less what the target's base image provides."""
+    lines = [line.strip() for line in (IMAGES_DIR / tgt.requirements).read_text().splitlines()]
+    pins = [line for line in lines if line and not line.startswith("#")]
+    return [p for p in pins if _name(p) not in tgt.skip]
+
+
+def _name(pin: str) -> str:
+    return pin.split("==", 1)[0].strip().lower().replace("_", "-")
+
+
+def lock(log=print) -> Path:
+    """Resolve the `train` extra, DeepSpeed and setuptools (which installs the package) with pip and write every pin to images/requirements.txt."""
+    argv = [sys.executable, "-m", "pip", "install", "--quiet", "--dry-run", "--ignore-installed",
+            "--report", "-", f"{ROOT}[train]", DEEPSPEED, "setuptools>=68"]
+    log("resolving with pip (about a minute) ...")
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise UserError(f"pip could not resolve the image requirements: {dockercli.last_line(proc.stderr)}")
+    report = json.loads(proc.stdout)
+    pins = sorted((i["metadata"]["name"], i["metadata"]["version"].split("+", 1)[0]) for i in report["install"])
+    lines = [f"{name}=={version}" for name, version in pins if _name(name) != "pai-distil"]
+    path = IMAGES_DIR / TARGETS["cpu"].requirements
+    path.write_text(LOCK_HEADER + "\n".join(sorted(lines, key=str.lower)) + "\n")
+    log(f"wrote {len(lines)} pins to {path}")
+    return path
+
+
+def wheelhouse(dest: str | Path, target_name: str = "cpu", pip_args: tuple[str, ...] = (), log=print) -> Path:
+    """Every pinned package as a wheel in `dest`, made with this machine's pip (and its index settings).
+
+    sdists (DeepSpeed, some Alibaba Cloud SDKs) are built into wheels here, so the image build
+    needs neither network nor compilers.
+    """
+    tgt = target(target_name)
+    if sys.version_info[:2] != (3, 11) or sys.platform != "linux" or os.uname().machine != "x86_64":
+        raise UserError("a wheelhouse is made for the image's Python: run this with Python 3.11 on Linux x86_64 "
+                        f"(this is Python {sys.version_info[0]}.{sys.version_info[1]} on {sys.platform})")
+    dest = Path(dest).expanduser().resolve()
+    dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", prefix="pai-distil-req-") as req:
+        req.write("\n".join(requirements(tgt)) + "\n")
+        req.flush()
+        log(f"pip wheel → {dest} ...")
+        proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(dest),
+                               "-r", req.name, *pip_args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise UserError(f"pip wheel failed: {dockercli.last_line(proc.stderr)}")
+    missing = _missing_wheels(dest, requirements(tgt))
+    if missing:
+        raise UserError(f"the wheelhouse {dest} lacks {', '.join(missing)}; check pip's index settings")
+    log(f"wheelhouse ready: {len(list(dest.glob('*.whl')))} wheels in {dest}")
+    return dest
+
+
+def _missing_wheels(directory: Path, pins: list[str]) -> list[str]:
+    have = {(_name(w.name.split("-")[0]), w.name.split("-")[1].split("+")[0]) for w in directory.glob("*.whl")}
+    return [p for p in pins if (_name(p), p.split("==", 1)[1]) not in have]
+
+
+# -- content hash and build ----------------------------------------------------------------------
+
+
+@dataclass
+class BuildPlan:
+    """Everything one `docker build` needs: the context folder's files, the build args, the tag."""
+
+    target: Target
+    base: str
+    tag: str
+    content_hash: str
+    build_args: dict[str, str]
+    network: str
+    files: dict[str, Path | bytes]  # path in the context -> source file, or the bytes to write
+
+
+def _source_files() -> dict[str, Path]:
+    out = {}
+    for top in SOURCES:
+        for p in sorted((ROOT / top).rglob("*")):
+            rel = p.relative_to(ROOT)
+            if p.is_file() and "__pycache__" not in rel.parts and not p.name.endswith((".pyc", ".pyo")) \
+                    and not any(part.startswith(".") or part.endswith(".egg-info") for part in rel.parts):
+                out[f"src/{rel.as_posix()}"] = p
+    return out
+
+
+def plan(target_name: str = "cpu", *, base: str | None = None, wheelhouse_dir: str | Path | None = None,
+         pip_cert: str | Path | None = None) -> BuildPlan:
+    """The build of an image, without building: its context, args and content-hash tag."""
+    tgt = target(target_name)
+    base = base or tgt.default_base
+    files: dict[str, Path | bytes] = {
+        "Dockerfile": IMAGES_DIR / tgt.dockerfile,
+        "requirements.txt": ("\n".join(requirements(tgt)) + "\n").encode(),
+        "src/pyproject.toml": ROOT / "pyproject.toml",
+        # pyproject names a readme; a stub keeps README edits from rebuilding the image
+        "src/README.md": b"pai-distil: the job code of the pai-distil images.\n",
+        **_source_files(),
+    }
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        body = files[name] if isinstance(files[name], bytes) else files[name].read_bytes()
+        digest.update(f"{name}\0{len(body)}\0".encode() + body)
+    # the base by its content where this engine has it, else by its name (a registry image)
+    digest.update(f"base\0{dockercli.image_id(base) or base}".encode())
+    content_hash = digest.hexdigest()
+    files["pip-cert.pem"] = Path(pip_cert).expanduser() if pip_cert else b""
+    if pip_cert and not Path(pip_cert).expanduser().is_file():
+        raise UserError(f"--pip-cert {pip_cert!r} is not a file; give the CA bundle pip should trust")
+    if wheelhouse_dir is not None:
+        wh = Path(wheelhouse_dir).expanduser()
+        if not wh.is_dir():
+            raise UserError(f"wheelhouse {str(wh)!r} is not a folder; make one with `pai-distil images wheelhouse DIR`")
+        missing = _missing_wheels(wh, requirements(tgt))
+        if missing:
+            raise UserError(f"wheelhouse {wh} lacks {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}; "
+                            f"refill it with `pai-distil images wheelhouse {wh}`")
+        for w in wh.glob("*.whl"):
+            files[f"wheels/{w.name}"] = w
+        pip_opts, network = "--no-index --find-links /build/wheels", "none"
+    else:
+        files["wheels/.keep"] = b""
+        pip_opts, network = ("--extra-index-url https://download.pytorch.org/whl/cpu" if tgt.name == "cpu" else ""), "host"
+    return BuildPlan(tgt, base, f"{tgt.repository}:{content_hash[:16]}", content_hash,
+                     {"BASE": base, "PIP_OPTS": pip_opts}, network, files)
+
+
+def write_context(p: BuildPlan, directory: Path) -> None:
+    for name, src in p.files.items():
+        dest = directory / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(src, bytes):
+            dest.write_bytes(src)
+            continue
+        try:
+            os.link(src, dest)  # wheels are large: link, don't copy
+        except OSError:
+            shutil.copy2(src, dest)
+
+
+def build(target_name: str = "cpu", *, base: str | None = None, wheelhouse_dir: str | Path | None = None,
+          pip_cert: str | Path | None = None, push: str | None = None, force: bool = False,
+          log=print, quiet: bool = False) -> str:
+    """Build the image unless its content-hash tag exists; returns the tag (or the pushed reference)."""
+    dockercli.require_engine()
+    p = plan(target_name, base=base, wheelhouse_dir=wheelhouse_dir, pip_cert=pip_cert)
+    if p.target.name == "cpu" and p.base == BASE_TAG and not dockercli.image_id(BASE_TAG):
+        raise UserError(f"base image {BASE_TAG} does not exist; make it with `pai-distil images bootstrap-base` "
+                        "or pass --base IMAGE (Python 3.11 with venv)")
+    if not force and dockercli.image_id(p.tag):
+        log(f"{p.tag} is up to date (nothing that goes into it changed)")
+    else:
+        t0 = time.monotonic()
+        log(f"building {p.tag} from {p.base} (network: {p.network}) ...")
+        with tempfile.TemporaryDirectory(prefix="pai-distil-build-") as ctx:
+            write_context(p, Path(ctx))
+            argv = ["build", "--network", p.network, "--tag", p.tag, "--label", f"pai-distil.content-hash={p.content_hash}",
+                    *(x for k, v in p.build_args.items() for x in ("--build-arg", f"{k}={v}")), ctx]
+            proc = dockercli.docker(*argv, check=False, timeout=None, capture_output=quiet)
+        if proc.returncode != 0:
+            detail = dockercli.last_line(proc.stdout) if quiet else "see the build output above"
+            raise UserError(f"docker build of {p.tag} failed: {detail}")
+        log(f"built {p.tag} in {time.monotonic() - t0:.0f} s")
+    if push:
+        remote = f"{push.rstrip('/')}/{p.tag}"
+        dockercli.docker("tag", p.tag, remote)
+        log(f"pushing {remote} ...")
+        proc = dockercli.docker("push", remote, check=False, timeout=None, capture_output=quiet)
+        if proc.returncode != 0:
+            raise UserError(f"docker push {remote} failed: log in with `docker login {push.split('/')[0]}` and retry")
+        return remote
+    return p.tag
+
+
+def default_image() -> str:
+    """The image of `--backend local`: $PAI_DISTIL_IMAGE, else the CPU image of this source tree."""
+    override = os.environ.get(IMAGE_ENV)
+    if override:
+        return override
+    try:
+        tag = plan("cpu").tag
+    except UserError as e:
+        raise UserError(f"{e.message}; or set {IMAGE_ENV} to a job image") from None
+    if not dockercli.image_id(tag):
+        raise UserError(f"the job image {tag} is not built for this version of the code; run "
+                        f"`pai-distil images build --wheelhouse DIR` (see `pai-distil images --help`) or set {IMAGE_ENV}")
+    return tag
