@@ -196,7 +196,7 @@ def detect(keys: set[str], path: Path) -> str:
         return "messages"
     if "question" in k and "correct answer" in k:
         return "gpqa"
-    if {"thought", "solution"} <= k or "reasoning" in k and "question" in k and not k & {"answer"}:
+    if {"thought", "solution"} <= k or ({"reasoning", "question"} <= k and "answer" not in k):  # OmniThought
         return "cots"
     if k & {"tests", "test_cases", "public_test_cases", "input_output"}:
         return "code"
@@ -227,8 +227,8 @@ def read_problems(path: Path, spec: ProblemData | None = None) -> list[dict]:
             if len(files) > 1:
                 row["id"] = f"{row['source']}:{row['id']}"
             if row["id"] in seen:
-                raise DataError(f"{f} row {row['meta']['row']} repeats id {row['id']!r} (first at row {seen[row['id']]}); "
-                                "ids must be unique")
+                raise DataError(f"{f} row {row['meta']['row']} repeats id {row['id']!r} "
+                                f"(first at row {seen[row['id']]}); ids must be unique")
             seen[row["id"]] = row["meta"]["row"]
             rows.append(row)
     if not rows:
@@ -308,7 +308,8 @@ def _math_row(row: Row, spec: DataFile) -> dict:
     if "####" in answer:  # GSM8K: the reasoning, then "#### 72"
         answer = answer.rsplit("####", 1)[1].strip()
     meta = {k: v for k, v in (("level", _level(row.get("level"))), ("subject", row.get("subject"))) if v is not None}
-    return {"id": row.get("id"), "problem": _text(row.need("problem")), "answer": answer, "domain": "math", "meta": meta}
+    return {"id": row.get("id"), "problem": _text(row.need("problem")), "answer": answer, "domain": "math",
+            "meta": meta}
 
 
 def render_choices(question: str, choices: list[str]) -> str:
@@ -379,7 +380,7 @@ def _tests(row: Row, raw) -> list[dict]:
         except json.JSONDecodeError:
             raise DataError(f"{row.where()} field '{field}' is not JSON test cases") from None
     if isinstance(raw, dict) and "inputs" in raw:
-        raw = [{"input": i, "output": o} for i, o in zip(raw["inputs"], raw.get("outputs") or [])]
+        raw = [{"input": i, "output": o} for i, o in zip(raw["inputs"], raw.get("outputs") or [], strict=False)]
     if not isinstance(raw, list) or not all(isinstance(c, dict) and "input" in c and "output" in c for c in raw):
         raise DataError(f"{row.where()} field '{field}' must be a list of {{\"input\", \"output\"}} test cases")
     return [{"input": _case_text(c["input"]), "output": _case_text(c["output"]),
@@ -422,9 +423,10 @@ def _code_row(row: Row, spec: DataFile) -> dict:
 
 
 def _messages(row: Row) -> list[dict]:
-    msgs = row.need("messages", ("messages", "conversations"))
+    names = ("messages", "conversations")
+    msgs = row.need("messages", names)
     if not isinstance(msgs, list):
-        raise DataError(f"{row.where()} field '{row.key('messages', ('messages', 'conversations'))}' is not a list of messages")
+        raise DataError(f"{row.where()} field '{row.key('messages', names)}' is not a list of messages")
     roles = {"human": "user", "gpt": "assistant", "user": "user", "assistant": "assistant", "system": "system"}
     out = []
     for m in msgs:
@@ -518,7 +520,8 @@ def _sample(row: Row, spec: DataFile, k: int | None, problem: str, entry: dict, 
         "teacher": sub.get("teacher", ("teacher", "model")), "correct": None if correct is None else bool(correct),
         "rv": _annotation(sub.get("rv", ("rv", "reasoning_verbosity"))),
         "cd": _annotation(sub.get("cd", ("cd", "cognitive_difficulty"))),
-        "domain": spec.verifier or str(row.get("domain") or "math"), "source": spec.source or str(row.get("source") or row.path.stem),
+        "domain": spec.verifier or str(row.get("domain") or "math"),
+        "source": spec.source or str(row.get("source") or row.path.stem),
         "meta": {"row": row.n, "file": row.path.name},
     }
     if spec.verifier:

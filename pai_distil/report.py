@@ -83,10 +83,10 @@ def table(report: dict, title: str = "evaluation") -> Table:
     models = report["models"]
     levels = sort_levels({lv for m in models for lv in m["levels"]})
     t = Table(title=_title(report, title), title_justify="left")
-    t.add_column("model", style="bold", no_wrap=True)
-    t.add_column("overall", justify="right", no_wrap=True)
+    t.add_column("model", style="bold", overflow="fold", min_width=16)
+    t.add_column("overall", justify="right")
     for lv in levels:
-        t.add_column(f"level {lv}", justify="right", no_wrap=True)
+        t.add_column(_level_name(lv), justify="right")
     for m in models:
         row = [label(m), _cell(m["overall"])]
         row += [_cell(m["levels"][lv]) if lv in m["levels"] else "-" for lv in levels]
@@ -101,16 +101,16 @@ def source_table(report: dict, title: str = "evaluation") -> Table | None:
     if len(sources) < 2:
         return None
     t = Table(title=f"{title}: per source (accuracy / mean output tokens)", title_justify="left")
-    t.add_column("model", style="bold", no_wrap=True)
+    t.add_column("model", style="bold", overflow="fold", min_width=16)
     for s in sources:
-        t.add_column(s, justify="right", no_wrap=True)
+        t.add_column(s, justify="right")
     for m in models:
         t.add_row(label(m), *[_cell(m["sources"][s]) if s in m.get("sources", {}) else "-" for s in sources])
     return t
 
 
 def _cell(s: dict) -> str:
-    return f"{s['accuracy']:6.1%} / {s['mean_tokens']:5.1f}"
+    return f"{s['accuracy']:.1%} / {s['mean_tokens']:.1f}"
 
 
 def render(report: dict, console: Console | None = None, title: str = "evaluation") -> None:
@@ -139,12 +139,14 @@ def chart_png(report: dict) -> bytes:
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.2), constrained_layout=True)
 
     xmax = max([m["overall"]["mean_tokens"] for m in models] + [1.0])
+    near: dict[tuple, int] = defaultdict(int)  # models often sit on one spot (untrained ones at 0%)
     for i, m in enumerate(models):
         x, y = m["overall"]["mean_tokens"], 100 * m["overall"]["accuracy"]
         left.scatter([x], [y], s=90, color=colors(i % 10), marker=markers[i % len(markers)], label=label(m),
                      zorder=3, edgecolors="black", linewidths=0.5)
-        # Models often sit on top of each other (an untrained pair at 0%): stagger their labels.
-        left.annotate(m["name"], (x, y), textcoords="offset points", xytext=(8, 8 + 13 * (i % 4)), fontsize=9)
+        spot = (round(10 * x / xmax), round(y / 5))
+        left.annotate(m["name"], (x, y), textcoords="offset points", xytext=(8, 6 + 12 * near[spot]), fontsize=9)
+        near[spot] += 1
     left.set_xlim(0, xmax * 1.2)
     left.set_ylim(-5, 115)
     left.set_xlabel("mean output tokens per answer (tokens)")

@@ -76,6 +76,21 @@ class Student(Strict):
         return v
 
 
+class DeepSpeed(Strict):
+    """DeepSpeed ZeRO: optimizer state (stage 2) and parameters too (stage 3) partitioned across processes."""
+
+    stage: Literal[2, 3] = Field(2, description="ZeRO stage: 2 partitions optimizer state and gradients, 3 also parameters")
+    bf16: bool = Field(False, description="bf16 mixed precision (GPUs that support it; leave off on CPU)")
+    offload_optimizer: bool = Field(False, description="keep optimizer state in CPU memory (ZeRO-Offload)")
+    offload_param: bool = Field(False, description="stage 3 only: keep parameters in CPU memory")
+
+    @model_validator(mode="after")
+    def _offload_needs_stage3(self) -> DeepSpeed:
+        if self.offload_param and self.stage != 3:
+            raise ValueError("offload_param needs stage: 3 (stage 2 does not partition parameters)")
+        return self
+
+
 class Training(Strict):
     max_steps: int = Field(600, ge=1, description="optimizer steps")
     batch_size: int = Field(32, ge=1)
@@ -87,6 +102,8 @@ class Training(Strict):
     keep_checkpoints: int = Field(2, ge=1)
     log_every: int = Field(10, ge=1)
     seed: int = 0
+    deepspeed: DeepSpeed | None = Field(
+        None, description="train with DeepSpeed ZeRO (a config generated from these fields); omit for plain DDP")
 
 
 # -- real data ------------------------------------------------------------------------------------
@@ -253,6 +270,7 @@ class EvalModel(Strict):
     endpoint: Endpoint | None = Field(None, description="evaluate a served model instead of a checkpoint")
     enable_thinking: bool | None = Field(
         None, description="passed to the chat template (endpoints: chat_template_kwargs); null: the template's default")
+    max_new_tokens: int | None = Field(None, ge=1, description="this model's output budget; default: the evaluate-wide one")
     seed: int = 0
 
     @model_validator(mode="after")

@@ -7,6 +7,7 @@ import contextlib
 import csv
 import http.server
 import json
+import shutil
 import subprocess
 import sys
 import threading
@@ -49,8 +50,9 @@ def evaluated(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
     data = benchmark_dir(root)
     with start_teacher() as teacher:
-        cfg = {"models": [{"name": "micro", "model": "preset:micro"},
-                          {"name": "micro-no-think", "model": "preset:micro", "enable_thinking": False},
+        cfg = {"models": [{"name": "micro", "model": "preset:micro", "max_new_tokens": 8},
+                          {"name": "micro-no-think", "model": "preset:micro", "enable_thinking": False,
+                           "max_new_tokens": 8},
                           {"name": "served", "endpoint": {"base_url": teacher.base_url, "model": "oracle",
                                                           "api_key_env": "PAI_DISTIL_TEACHER_API_KEY",
                                                           "concurrency": 3}}],
@@ -115,6 +117,26 @@ def test_report_command_renders_tables_and_redraws_the_chart(evaluated, tmp_path
     proc = subprocess.run([sys.executable, "-m", "pai_distil", "report", str(out), "--chart", str(other)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and other.read_bytes().startswith(PNG)
+    # A chart the artifact's manifest lists is never overwritten with different bytes.
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    (copy / "report.png").write_bytes(b"old chart")
+    proc = subprocess.run([sys.executable, "-m", "pai_distil", "report", str(copy)], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0 and (copy / "report.png").read_bytes() == b"old chart"
+    assert (tmp_path / "copy-report.png").read_bytes() == before and "copy-report.png" in proc.stdout
+
+
+def test_summaries_with_samples():
+    from pai_distil.report import sort_levels, summarize
+
+    recs = [{"id": "a", "level": "2", "source": "s", "correct": c, "tokens": 10, "truncated": False}
+            for c in (True, False, False, False)]
+    recs += [{"id": "b", "level": "10", "source": "t", "correct": False, "tokens": 30, "truncated": True}] * 4
+    s = summarize(recs)
+    assert s["overall"]["accuracy"] == 0.125 and s["overall"]["pass_at_n"] == 0.5 and s["overall"]["problems"] == 2
+    assert s["sources"]["t"]["truncated"] == 1.0 and list(s["levels"]) == ["2", "10"]
+    assert sort_levels(["hard", "all", "easy", "3", "medium"]) == ["3", "easy", "medium", "hard", "all"]
 
 
 # -- code answers from an endpoint ----------------------------------------------------------------

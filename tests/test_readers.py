@@ -70,7 +70,8 @@ def test_livecodebench_rows_carry_their_tests():
     assert verifier_for(stdin) == "code" and len(stdin["tests"]) == 3  # public + private
     assert stdin["meta"]["level"] == "easy" and stdin["answer"] == ""
     assert functional["fn_name"] == "countEven" and "starter code" in functional["problem"]
-    program = "```python\nclass Solution:\n    def countEven(self, nums):\n        return sum(x % 2 == 0 for x in nums)\n```"
+    program = ("```python\nclass Solution:\n    def countEven(self, nums):\n"
+               "        return sum(x % 2 == 0 for x in nums)\n```")
     assert verify(functional, program)
     assert verify(stdin, "```python\nprint(sum(map(int, input().split())))\n```")
 
@@ -84,8 +85,8 @@ def test_messages_rows_as_problems_and_as_cots():
 
 
 def test_sharegpt_conversations(tmp_path):
-    f = write_jsonl(tmp_path / "sg.jsonl", [{"conversations": [{"from": "human", "value": "1+1?"},
-                                                                {"from": "gpt", "value": "<think>two</think>\\boxed{2}"}]}])
+    turns = [{"from": "human", "value": "1+1?"}, {"from": "gpt", "value": "<think>two</think>\\boxed{2}"}]
+    f = write_jsonl(tmp_path / "sg.jsonl", [{"conversations": turns}])
     assert read_problems(f)[0]["answer"] == "2" and read_cots(f)[0]["thought"] == "two"
 
 
@@ -159,7 +160,8 @@ def test_other_file_types(tmp_path, suffix):
 
 def test_directory_of_benchmarks_gives_one_source_per_file(tmp_path):
     rows = read_problems(BENCH)
-    assert {r["source"] for r in rows} == {"aime-sample", "gpqa-diamond-sample", "livecodebench-sample", "math500-sample"}
+    assert {r["source"] for r in rows} == {"aime-sample", "gpqa-diamond-sample", "livecodebench-sample",
+                                           "math500-sample"}
     assert len({r["id"] for r in rows}) == len(rows) and rows[0]["id"].startswith("aime-sample:")
 
 
@@ -207,7 +209,7 @@ def test_missing_field_names_file_row_and_field(tmp_path, fmt, rows, field):
 
 def test_missing_field_hint_names_the_config_field(tmp_path):
     f = write_jsonl(tmp_path / "m.jsonl", [{"problem": "a", "solution": "b"}])
-    with pytest.raises(DataError, match=r"row 1 lacks field 'answer' \(looked for: answer, expected_answer.*data.fields.answer"):
+    with pytest.raises(DataError, match=r"row 1 lacks field 'answer' \(looked for: answer, .*data.fields.answer"):
         read_problems(f, spec(format="math"))
     with pytest.raises(DataError, match=r"lacks field 'gold'$"):
         read_problems(f, spec(format="math", fields={"answer": "gold"}))
@@ -243,3 +245,12 @@ def test_client_import_stays_light():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
     assert datasets.SUFFIXES == (".jsonl", ".json", ".parquet", ".csv")
+
+
+@pytest.mark.parametrize("name, stage", [("evaluate-benchmarks.yaml", "evaluate"), ("generate-math.yaml", "generate"),
+                                         ("refine-shorter.yaml", "generate")])
+def test_example_configs_validate(name, stage):
+    from pai_distil.specs import read_mapping, validate
+    from pai_distil.stages import get_stage
+
+    validate(get_stage(stage).config, read_mapping(EXAMPLES / name), name)

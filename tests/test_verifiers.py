@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import http.server
 import json
+import threading
 import time
 from pathlib import Path
 
@@ -62,11 +64,18 @@ def test_last_boxed_handles_nesting_and_truncation():
     ("3", r"\boxed{x}"),
     ("3", "3" * 3000),
     ("3", r"\boxed{3} at first, but finally \boxed{4}"),
-    ("4", r"\boxed{" + "(" * 200 + "3" + ")" * 200 + "}, so the answer is 4"),  # the box, not the prose
+    ("4", r"\boxed{3}, so the answer is 4"),  # the box, not the prose
     ("4", r"\boxed{\frac{4}{0}}"),
 ])
 def test_math_adversarial_answers_are_rejected(gold, response):
     assert not math_answer.check(gold, response).correct
+
+
+def test_pathological_answer_is_cut_off_by_the_timeout(monkeypatch):
+    monkeypatch.setattr(math_answer, "TIMEOUT_S", 1)
+    start = time.monotonic()
+    assert not math_answer.check("4", r"\boxed{" + "(" * 60 + "3" + ")" * 60 + "}").correct
+    assert time.monotonic() - start < 4
 
 
 def test_math_verdict_reports_what_it_read():
@@ -83,6 +92,8 @@ def test_choice_letters_out_of_range_and_missing():
     assert choice.extract_letter("The answer is E.", 5) == "E"
     assert choice.extract_letter("I cannot decide.", 4) is None
     assert choice.extract_letter("A reaction happens when heated.", 4) is None
+    assert choice.extract_letter("My answer is a guess.", 4) is None  # the article, not a choice
+    assert choice.extract_letter("The answer is a fraction, namely (C)", 4) == "C"
 
 
 def test_choice_by_text_when_no_letter():
@@ -144,7 +155,8 @@ def test_code_passes_and_reports_each_case():
 
 def test_code_functional_tests_call_the_method():
     tests = [{"input": "[1, 2, 3, 4]", "output": "2", "testtype": "functional"}]
-    program = "class Solution:\n    def countEven(self, nums: List[int]) -> int:\n        return sum(x % 2 == 0 for x in nums)"
+    program = ("class Solution:\n    def countEven(self, nums: List[int]) -> int:\n"
+               "        return sum(x % 2 == 0 for x in nums)")
     assert verifiers.check(code_row(tests, fn_name="countEven"), answer(program), FAST).correct
 
 
@@ -174,11 +186,39 @@ HOSTILE = {
 }
 
 
+class _Counter(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.server.hits += 1
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def listener():
+    """A loopback HTTP server counting the requests that reach it."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Counter)
+    server.hits = 0
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_listener_is_reachable_outside_the_sandbox(listener):
+    import urllib.request
+
+    urllib.request.urlopen(f"http://127.0.0.1:{listener.server_address[1]}/", timeout=5)
+    assert listener.hits == 1
+
+
 @pytest.mark.parametrize("name", list(HOSTILE))
-def test_hostile_programs_are_stopped_and_marked_failed(name, synthetic_teacher):
+def test_hostile_programs_are_stopped_and_marked_failed(name, listener):
     program, status = HOSTILE[name]
-    host = synthetic_teacher.base_url.split("//")[1].split("/")[0]
-    program = program.format(host=host, hostname=host.split(":")[0], port=host.split(":")[1])
+    port = listener.server_address[1]
+    program = program.format(host=f"127.0.0.1:{port}", hostname="127.0.0.1", port=port)
     start = time.monotonic()
     v = verifiers.check(code_row(), answer(program), Limits(timeout_s=1.5, memory_mb=256, output_mb=1))
     assert time.monotonic() - start < 8
@@ -187,7 +227,7 @@ def test_hostile_programs_are_stopped_and_marked_failed(name, synthetic_teacher)
     if status in code.STOPS:  # one hostile run is enough: later cases are not run again
         assert {c["status"] for c in cases[1:]} == {"skipped"}
     assert not Path("/tmp/pai-distil-sandbox-escape").exists()
-    assert synthetic_teacher.requests == 0  # the network call never arrived
+    assert listener.hits == 0  # the network call never arrived
 
 
 def test_evaluation_continues_after_hostile_answers():

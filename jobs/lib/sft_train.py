@@ -28,7 +28,11 @@ def train_sft(ctx: JobContext, student: Student, train: Training, rows: list[dic
 
     `keep_order`: batches follow the rows' order (a curriculum) instead of being shuffled.
     """
-    distributed = _init_distributed()
+    if train.deepspeed:  # DeepSpeed sets up its own group (gloo on CPU, NCCL on GPU)
+        from .deepspeed_trainer import init_distributed
+
+        init_distributed()
+    distributed = dist.is_initialized() or _init_distributed()
     rank = dist.get_rank() if distributed else 0
     model, tokenizer = load_model(student.model, seed=student.seed)
     examples = [e for r in rows
@@ -40,19 +44,29 @@ def train_sft(ctx: JobContext, student: Student, train: Training, rows: list[dic
         n_params = sum(p.numel() for p in model.parameters())
         log(f"model {n_params / 1e6:.2f}M parameters; {len(examples)} sequences, {n_tok} tokens "
             f"(mean {n_tok / len(examples):.0f}); {train.max_steps} steps of batch {train.batch_size}")
-    if distributed:
+    if distributed and not train.deepspeed:
         model = torch.nn.parallel.DistributedDataParallel(model)
     settings = TrainSettings(
         max_steps=train.max_steps, batch_size=train.batch_size, learning_rate=train.learning_rate,
         warmup_steps=train.warmup_steps, weight_decay=train.weight_decay, checkpoint_every=train.checkpoint_every,
         keep_checkpoints=train.keep_checkpoints, log_every=train.log_every, seed=train.seed, keep_order=keep_order,
     )
-    trainer = Trainer(model, tokenizer, examples, settings, ctx.checkpoint_dir, ctx.metrics_path, log=log if rank == 0 else lambda m: None)
+    quiet = log if rank == 0 else lambda m: None
+    if train.deepspeed:
+        from .deepspeed_trainer import DeepSpeedTrainer
+
+        trainer = DeepSpeedTrainer(model, tokenizer, examples, settings, ctx.checkpoint_dir, ctx.metrics_path,
+                                   train, log=quiet)
+    else:
+        trainer = Trainer(model, tokenizer, examples, settings, ctx.checkpoint_dir, ctx.metrics_path, log=quiet)
     finished = trainer.train()
-    if finished and rank == 0:
+    if finished and train.deepspeed:
+        trainer.save_model(ctx.output)  # every rank: ZeRO-3 gathers the partitioned weights
+    elif finished and rank == 0:
         final = model.module if distributed else model
         final.save_pretrained(ctx.output)
         tokenizer.save_pretrained(ctx.output)
+    if finished and rank == 0:
         (ctx.output / "training_summary.json").write_text(json.dumps(
             {"steps": trainer.step, "examples": len(examples), "student": student.model}, indent=1))
         log(f"saved the student to {ctx.output}")

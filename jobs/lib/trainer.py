@@ -82,24 +82,16 @@ class Trainer:
         return [self.examples[i] for i in idx[self.rank::self.world]]
 
     def _epoch_batches(self, epoch: int) -> list[list[int]]:
-        """Shuffled batches of similar length: padding is wasted compute on a CPU.
+        """The epoch's batches: a seeded shuffle, or the examples' own order for a curriculum.
 
-        Shuffle, sort windows of 64 batches by length, cut into batches, shuffle the batches.
+        Batches are not grouped by length: on this data, length follows the problem's shape,
+        and batches of one shape learn far worse than mixed ones.
         """
         n, bs = len(self.examples), self.s.batch_size
-        if self.s.keep_order:  # a curriculum: the stage has put the examples in the order to learn them
-            return [list(range(k, min(k + bs, n))) for k in range(0, max(bs, n - n % bs), bs)]
-        rng = random.Random(self.s.seed * 100_003 + epoch)
         order = list(range(n))
-        rng.shuffle(order)
-        order = order[: max(bs, n - n % bs)]
-        window = bs * 64
-        batches = []
-        for start in range(0, len(order), window):
-            chunk = sorted(order[start:start + window], key=lambda i: len(self.examples[i]["input_ids"]))
-            batches += [chunk[k:k + bs] for k in range(0, len(chunk), bs)]
-        rng.shuffle(batches)
-        return batches
+        if not self.s.keep_order:
+            random.Random(self.s.seed * 100_003 + epoch).shuffle(order)
+        return [order[k:k + bs] for k in range(0, max(bs, n - n % bs), bs)]
 
     # -- checkpoints ---------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
@@ -154,6 +146,17 @@ class Trainer:
         return self.model.module if hasattr(self.model, "module") else self.model
 
     # -- loop ----------------------------------------------------------------------------------
+    def train_step(self, batch: dict):
+        """Forward, backward and one optimizer step; returns the output and the gradient norm.
+        DeepSpeedTrainer replaces it with the engine's step."""
+        out = self.model(**batch)
+        out.loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.s.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return out, gnorm
+
     def _on_sigterm(self, *_):
         self._stop = True
 
@@ -169,12 +172,7 @@ class Trainer:
         try:
             while self.step < self.s.max_steps:
                 batch = collate(self._batch(self.step), pad)
-                out = self.model(**batch)
-                out.loss.backward()
-                gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.s.grad_clip)
-                self.optimizer.step()
-                self.scheduler.step()
-                self.optimizer.zero_grad(set_to_none=True)
+                out, gnorm = self.train_step(batch)
                 self.step += 1
                 tokens += int(batch["attention_mask"].sum())
                 if self.rank == 0 and (self.step % self.s.log_every == 0 or self.step == self.s.max_steps):

@@ -37,36 +37,47 @@ def run(ctx: JobContext) -> None:
     log(f"evaluate: {len(problems)} problems ({', '.join(sources)}) x {cfg.samples} sample(s), {len(cfg.models)} models"
         + (f"; code runs in a sandbox: {isolation()}" if has_code else ""))
 
-    results, predictions = [], []
-    for m in cfg.models:
+    results, predictions = {}, {}
+    # Served models first: a wrong URL or key then fails in seconds, not after an hour of local decoding.
+    for m in sorted(cfg.models, key=lambda m: m.endpoint is None):
         start = time.time()
         outs, source = _answers(ctx, cfg, m, prompts)
-        records = []
-        for (p, k), o in zip(jobs, outs):
-            verdict = check(p, o["text"], limits)
-            rec = {"model": m.name, "id": p["id"], "sample": k, "level": level_of(p), "source": source_of(p),
-                   "correct": verdict.correct, "tokens": o["tokens"], "truncated": o["truncated"],
-                   "extracted": None if verifier_for(p) == "code" else verdict.extracted, "response": o["text"]}
-            if "cases" in verdict.details:
-                rec["cases"] = [c["status"] for c in verdict.details["cases"]]
-            records.append(rec)
-        predictions += records
-        summary = reports.summarize(records)
-        results.append({"name": m.name, "model": source, "kind": "endpoint" if m.endpoint else "checkpoint",
-                        "enable_thinking": m.enable_thinking, **summary, "seconds": round(time.time() - start, 1)})
+        predictions[m.name] = _judge(m, jobs, outs, limits)
+        summary = reports.summarize(predictions[m.name])
+        results[m.name] = {"name": m.name, "model": source, "kind": "endpoint" if m.endpoint else "checkpoint",
+                           "enable_thinking": m.enable_thinking,
+                           "max_new_tokens": m.max_new_tokens or cfg.max_new_tokens,
+                           **summary, "seconds": round(time.time() - start, 1)}
         levels = ", ".join(f"level {lv} {s['accuracy']:.1%}" for lv, s in summary["levels"].items())
-        log(f"{reports.label(results[-1])}: accuracy {summary['overall']['accuracy']:.1%} ({levels}), "
+        log(f"{reports.label(results[m.name])}: accuracy {summary['overall']['accuracy']:.1%} ({levels}), "
             f"mean output tokens {summary['overall']['mean_tokens']:.1f}")
 
     report = {"n_problems": len(problems), "samples": cfg.samples, "temperature": cfg.temperature,
-              "top_p": cfg.top_p, "max_new_tokens": cfg.max_new_tokens, "sources": sources, "models": results}
+              "top_p": cfg.top_p, "max_new_tokens": cfg.max_new_tokens, "sources": sources,
+              "models": [results[m.name] for m in cfg.models]}
     if has_code:
         report["sandbox"] = {"timeout_s": limits.timeout_s, "memory_mb": limits.memory_mb, "isolation": isolation()}
     (ctx.output / reports.REPORT).write_text(json.dumps(report, indent=1))
     with open(ctx.output / "predictions.jsonl", "w") as f:
-        for r in predictions:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        for m in cfg.models:
+            for r in predictions[m.name]:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
     reports.write_chart(report, ctx.output / reports.CHART)
+
+
+def _judge(m: EvalModel, jobs: list[tuple[dict, int]], outs: list[dict], limits: Limits) -> list[dict]:
+    """One prediction record per (problem, sample), with the verifier's verdict."""
+    records = []
+    for (p, k), o in zip(jobs, outs, strict=True):
+        verdict = check(p, o["text"], limits)
+        is_code = verifier_for(p) == "code"
+        rec = {"model": m.name, "id": p["id"], "sample": k, "level": level_of(p), "source": source_of(p),
+               "correct": verdict.correct, "tokens": o["tokens"], "truncated": o["truncated"],
+               "extracted": None if is_code else verdict.extracted, "response": o["text"]}
+        if is_code:
+            rec["cases"] = [c["status"] for c in verdict.details.get("cases", [])]
+        records.append(rec)
+    return records
 
 
 def _answers(ctx: JobContext, cfg: EvaluateConfig, m: EvalModel, prompts: list[str]) -> tuple[list[dict], str]:
@@ -80,11 +91,11 @@ def _answers(ctx: JobContext, cfg: EvaluateConfig, m: EvalModel, prompts: list[s
             log(f"[progress] evaluate:{m.name} {done}/{len(prompts)}")
 
     kw = {"temperature": cfg.temperature, "top_p": cfg.top_p, "enable_thinking": m.enable_thinking}
+    budget = m.max_new_tokens or cfg.max_new_tokens
     if m.endpoint is not None:
         from ..lib import endpoint
 
-        outs = endpoint.sample(m.endpoint, m.name, prompts, max_tokens=cfg.max_new_tokens, seed=cfg.seed,
-                               on_done=progress, **kw)
+        outs = endpoint.sample(m.endpoint, m.name, prompts, max_tokens=budget, seed=cfg.seed, on_done=progress, **kw)
         return outs, f"{m.endpoint.base_url} ({m.endpoint.model})"
 
     import torch
@@ -98,6 +109,6 @@ def _answers(ctx: JobContext, cfg: EvaluateConfig, m: EvalModel, prompts: list[s
     except OSError as e:
         raise JobError(f"model '{m.name}' ({source}) cannot be loaded: {str(e).splitlines()[0]}") from None
     torch.manual_seed(cfg.seed)
-    outs = generate(model, tokenizer, prompts, cfg.max_new_tokens, batch_size=cfg.batch_size, on_batch=progress, **kw)
+    outs = generate(model, tokenizer, prompts, budget, batch_size=cfg.batch_size, on_batch=progress, **kw)
     del model
     return outs, source

@@ -281,7 +281,8 @@ class Generation:
             return
         if self.unboxed > self.config.max_bad_fraction * n:
             raise JobError(
-                f"the teacher's answers cannot be parsed: {self.unboxed} of {n} have no final answer (\\boxed{{}}, letter or code block) "
+                f"the teacher's answers cannot be parsed: {self.unboxed} of {n} have no final answer "
+                f"(\\boxed{{}}, letter or code block) "
                 f"(max_bad_fraction {self.config.max_bad_fraction:g}); check teacher.model "
                 f"({self.config.teacher.model!r}) and system_prompt, or raise teacher.max_tokens if answers are cut off")
 

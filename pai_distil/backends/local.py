@@ -35,7 +35,7 @@ from ..paths import run_dir
 from ..registry import ACTIVE, Registry, RunRecord
 from ..specs import JobSpec
 from .process import _DETACH, CONFIG_FILE, LOG_FILE, ProcessBackend, _sigterm_blocked, contract_env, free_port, write_run_files
-from .supervisor import NO_ARTIFACT, Supervisor, error_line
+from .supervisor import NO_ARTIFACT, Supervisor
 
 SUPERVISOR_MODULE = "pai_distil.backends.local"
 MOUNT = PurePosixPath("/pai")
@@ -43,7 +43,8 @@ IMAGE_UID = 1000  # the image's `pai` user, for jobs started by root
 # Names of secrets handed to a job when set here; plus every `api_key_env` its config names.
 SECRET_ENV = ("ALIBABA_CLOUD_ACCESS_KEY_ID", "ALIBABA_CLOUD_ACCESS_KEY_SECRET", "ALIBABA_CLOUD_SECURITY_TOKEN",
               "OSS_ACCESS_KEY_ID", "OSS_ACCESS_KEY_SECRET", "HF_TOKEN", "DASHSCOPE_API_KEY")
-TAIL_LINES = 20
+TAIL_LINES = 20  # a failed node's last lines, copied into the log's closing note
+SEARCH_LINES = 400  # where its `pai-distil job error:` line is looked for
 DOCKER_FAILED = 125  # `docker run` itself failed (image, mounts, engine)
 
 
@@ -237,18 +238,19 @@ class ContainerSupervisor(Supervisor):
 
     def explain(self, spec: JobSpec, rank: int, code: int, log_path: str) -> str:
         """One line: which node failed and why; its last lines go to the run's log."""
-        tail = list(self.tails[rank])
+        lines = list(self.tails[rank])
+        tail = lines[-TAIL_LINES:]
         if spec.nodes > 1:
             self.note(f"node {rank} failed with exit code {code}; its last lines:")
             with self.log_lock, open(log_path, "a") as log:
                 log.writelines(f"  {line}\n" for line in tail)
-        own = error_line_of(tail)
-        if code == DOCKER_FAILED and not any("pai-distil" in line for line in tail):
+        own = error_line_of(lines)
+        if code == DOCKER_FAILED and not any("pai-distil" in line for line in lines):
             why = f"docker could not run the container: {own or 'exit code 125'}"
         elif code == 137:
             why = "killed (SIGKILL: `docker kill`, or out of memory)" + (f"; last line: {own}" if own else "")
         else:
-            why = own or error_line(log_path) or f"job exited with code {code}"
+            why = own or f"job exited with code {code}"
         return f"node {rank}: {why}" if spec.nodes > 1 else why
 
     def launch(self, spec: JobSpec, log_path: str) -> None:
@@ -261,7 +263,7 @@ class ContainerSupervisor(Supervisor):
                                     stderr=subprocess.STDOUT, start_new_session=True)
             self.names.append(name)
             self.procs.append(proc)
-            self.tails.append(collections.deque(maxlen=TAIL_LINES))
+            self.tails.append(collections.deque(maxlen=SEARCH_LINES))
             self.ended.append(None)
             prefix = f"[node-{rank}] " if spec.nodes > 1 else ""
             t = threading.Thread(target=self.pump, args=(rank, proc, prefix, log_path), daemon=True)
@@ -301,6 +303,7 @@ class ContainerSupervisor(Supervisor):
 
 
 def error_line_of(lines: list[str]) -> str | None:
+    """As the process backend's `error_line`, over one node's lines."""
     from pai_distil_jobs.contract import ERROR_PREFIX
 
     for line in reversed(lines):

@@ -17,12 +17,14 @@ LETTERS = "ABCDEFGHIJ"
 
 def _patterns(letters: str) -> list[re.Pattern]:
     L = f"[{letters}]"
-    wrapped = rf"(?:\*\*|__)?\s*[\(\[]?\s*(?:\\(?:text|textbf|mathrm|mathbf)\{{)?\s*[\(\[]?({L})[\)\]]?\}}?[\)\]]?(?:\*\*|__)?"
+    macro = r"(?:\\(?:text|textbf|mathrm|mathbf)\{)?"
+    wrapped = rf"(?:\*\*|__)?\s*[\(\[]?\s*{macro}\s*[\(\[]?({L})[\)\]]?\}}?[\)\]]?(?:\*\*|__)?"
     anchor = (r"(?:final\s+answer|correct\s+answer|best\s+answer|correct\s+(?:option|choice)|answer|option|choice)"
               r"(?:\s+(?:is|would\s+be|should\s+be|must\s+be))?\s*(?:[:：]|is)?\s*(?:\*\*)?\s*(?:option|choice)?\s*")
     return [
         re.compile(anchor + wrapped + r"(?![A-Za-z])", re.IGNORECASE | re.MULTILINE),
-        re.compile(rf"(?:choose|chose|pick|select|go\s+with)\s+(?:option\s+|choice\s+)?[\(\[]?({L})[\)\]]?(?![A-Za-z])", re.IGNORECASE),
+        re.compile(rf"(?:choose|chose|pick|select|go\s+with)\s+(?:option\s+|choice\s+)?[\(\[]?({L})[\)\]]?(?![A-Za-z])",
+                   re.IGNORECASE),
         re.compile(rf"\*\*\s*[\(\[]?({L})[\)\]\.:]?(?:\s[^*\n]*)?\*\*"),
         re.compile(rf"\\text(?:bf)?\{{\s*\(?({L})\)?\s*\}}"),
         re.compile(rf"(?:^|\n)\s*[\(\[]?({L})[\)\]]?\s+(?:is\s+(?:the\s+)?(?:correct|right|answer))", re.IGNORECASE),
@@ -52,10 +54,15 @@ def extract_letter(response: str, choices: int | list = 4) -> str | None:
         if m:
             return m.group(1).upper()
     for pat in pats:
-        found = pat.findall(part)
+        found = [m for m in pat.finditer(part) if not _article(m, part)]
         if found:
-            return found[-1].upper()
+            return found[-1].group(1).upper()
     return None
+
+
+def _article(m: re.Match, text: str) -> bool:
+    """A lower-case letter followed by a word is a word itself ("the answer is a fraction")."""
+    return m.group(1).islower() and re.match(r"\s+[A-Za-z]", text[m.end():]) is not None
 
 
 def _by_text(response: str, choices: list) -> str | None:

@@ -13,7 +13,7 @@ import json
 import math
 import re
 
-from .sandbox import Limits, run_python
+from .sandbox import DEFAULT, Limits, run_python
 from .text import final_part
 from .verdict import Verdict
 
@@ -50,7 +50,7 @@ def same_output(got: str, expected: str) -> bool:
     if g == e:
         return True
     gt, et = got.split(), expected.split()
-    return len(gt) == len(et) and all(a == b or _close(a, b) for a, b in zip(gt, et))
+    return len(gt) == len(et) and all(a == b or _close(a, b) for a, b in zip(gt, et, strict=True))
 
 
 def _close(a: str, b: str) -> bool:
@@ -61,8 +61,9 @@ def _close(a: str, b: str) -> bool:
     return math.isfinite(x) and math.isfinite(y) and math.isclose(x, y, rel_tol=1e-6, abs_tol=1e-6)
 
 
-def run_tests(program: str, tests: list[dict], limits: Limits = Limits(), fn_name: str | None = None) -> list[dict]:
-    """One result per case: {"case", "status": pass|fail|timeout|error|memory|blocked|output_limit|skipped, "seconds"}."""
+def run_tests(program: str, tests: list[dict], limits: Limits = DEFAULT, fn_name: str | None = None) -> list[dict]:
+    """One result per case: {"case", "status", "seconds"}; status is pass, fail, timeout, error, memory,
+    blocked, output_limit or skipped."""
     results: list[dict] = []
     stopped = None
     for i, case in enumerate(tests):
@@ -96,10 +97,11 @@ def _same_json(got: str, expected: str) -> bool:
         return same_output(got, expected)
 
 
-def check(response: str, tests: list[dict], limits: Limits = Limits(), fn_name: str | None = None) -> Verdict:
+def check(response: str, tests: list[dict], limits: Limits = DEFAULT, fn_name: str | None = None) -> Verdict:
     program = extract_program(response)
     if program is None:
         return Verdict(False, None, {"cases": [], "why": "no code block in the final answer"})
     cases = run_tests(program, tests, limits, fn_name)
     passed = sum(c["status"] == "pass" for c in cases)
-    return Verdict(bool(cases) and passed == len(cases), program, {"cases": cases, "passed": passed, "total": len(cases)})
+    details = {"cases": cases, "passed": passed, "total": len(cases)}
+    return Verdict(bool(cases) and passed == len(cases), program, details)

@@ -1,6 +1,9 @@
 """Run an untrusted Python program: own temp dir, time/memory/output/process limits, no network.
 
-Layers, each enough for the common attacks on its own:
+Built for model-written programs that loop, fork, allocate or reach out by mistake, not for an
+adversary: audit hooks can be undone from inside Python, so the kernel layers (namespace,
+rlimits, process group, unprivileged user) are the ones that hold against deliberate escapes.
+Layers:
 - a process group of its own, killed whole (SIGKILL) when the wall-clock limit passes;
 - resource limits set in the child before the program runs: RLIMIT_AS (memory), RLIMIT_CPU,
   RLIMIT_FSIZE (stdout goes to a file, so endless printing stops too), RLIMIT_CORE=0 and
@@ -78,6 +81,9 @@ class Limits:
     processes: int = 16  # RLIMIT_NPROC headroom above what the user already runs (threads count)
 
 
+DEFAULT = Limits()
+
+
 @dataclass
 class RunResult:
     status: str  # ok | error | timeout | memory | blocked | output_limit
@@ -135,7 +141,7 @@ def _user_processes() -> int:
     return n
 
 
-def run_python(program: str, stdin: str = "", limits: Limits = Limits()) -> RunResult:
+def run_python(program: str, stdin: str = "", limits: Limits = DEFAULT) -> RunResult:
     """Run `program` with `stdin`; never raises for anything the program does."""
     tmp = Path(tempfile.mkdtemp(prefix="pai-distil-sandbox-"))
     try:
@@ -152,7 +158,8 @@ def run_python(program: str, stdin: str = "", limits: Limits = Limits()) -> RunR
         cmd = [*_net_prefix(), sys.executable, "-I", "-B", str(tmp / "guard.py"), *args]
         env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp), "TMPDIR": str(tmp), "LANG": "C.UTF-8"}
         start = time.monotonic()
-        with open(tmp / "stdin.txt", "rb") as fin, open(tmp / "stdout", "wb") as fout, open(tmp / "stderr", "wb") as ferr:
+        with (open(tmp / "stdin.txt", "rb") as fin, open(tmp / "stdout", "wb") as fout,
+              open(tmp / "stderr", "wb") as ferr):
             proc = subprocess.Popen(cmd, stdin=fin, stdout=fout, stderr=ferr, cwd=tmp, env=env, start_new_session=True)
             timed_out = False
             try:

@@ -1,0 +1,88 @@
+"""`pai-distil images`: the job images, buildable on machines that reach no image registry."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+TARGETS = click.Choice(["cpu", "gpu"])
+
+
+def _say(message: str) -> None:
+    click.echo(message, err=True)
+
+
+@click.group()
+def images() -> None:
+    """Build the job images: CPU (for --backend local) and GPU (for PAI).
+
+    Offline, in three steps: `bootstrap-base` (Debian base from Debian packages), `wheelhouse DIR`
+    (every pinned package as a wheel, made with this machine's pip), `build --wheelhouse DIR`
+    (the build runs with networking disabled).
+    """
+
+
+@images.command()
+@click.option("--target", "-t", "target_name", type=TARGETS, default="cpu", show_default=True)
+@click.option("--base", metavar="IMAGE", help="base image (cpu: pai-distil-base:bookworm; gpu: a PAI PyTorch image)")
+@click.option("--wheelhouse", "wheelhouse_dir", type=click.Path(file_okay=False),
+              help="install from this folder of wheels, with the build's network disabled")
+@click.option("--pip-cert", type=click.Path(dir_okay=False), help="CA bundle for pip in an online build (a TLS proxy's)")
+@click.option("--push", metavar="REGISTRY", help="also push the image to REGISTRY (e.g. registry.cn-hangzhou.aliyuncs.com/ns)")
+@click.option("--force", is_flag=True, help="build even when the content-hash tag exists")
+@click.option("--dry-run", is_flag=True, help="print the tag, base, build args and network; build nothing")
+def build(target_name, base, wheelhouse_dir, pip_cert, push, force, dry_run):
+    """Build a job image, tagged by a hash of everything in it; an unchanged image is not rebuilt."""
+    from .. import images as img
+
+    if dry_run:
+        p = img.plan(target_name, base=base, wheelhouse_dir=wheelhouse_dir, pip_cert=pip_cert)
+        click.echo(json.dumps({"tag": p.tag, "base": p.base, "dockerfile": p.target.dockerfile,
+                               "build_args": p.build_args, "network": p.network, "files": len(p.files)}, indent=2))
+        return
+    click.echo(img.build(target_name, base=base, wheelhouse_dir=wheelhouse_dir, pip_cert=pip_cert, push=push,
+                         force=force, log=_say))
+
+
+@images.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--target", "-t", "target_name", type=TARGETS, default="cpu", show_default=True)
+@click.option("--pip-arg", "pip_args", multiple=True, metavar="ARG",
+              help="extra argument for pip, e.g. --pip-arg=--extra-index-url=https://download.pytorch.org/whl/cpu")
+def wheelhouse(directory, target_name, pip_args):
+    """Put every pinned package of an image, as a wheel, into DIRECTORY (uses this machine's pip)."""
+    from .. import images as img
+
+    click.echo(img.wheelhouse(directory, target_name, tuple(pip_args), log=_say))
+
+
+@images.command("bootstrap-base")
+@click.option("--tag", default="pai-distil-base:bookworm", show_default=True)
+@click.option("--suite", default="bookworm", show_default=True, help="Debian release (bookworm has Python 3.11)")
+@click.option("--mirror", default="http://deb.debian.org/debian", show_default=True)
+@click.option("--force", is_flag=True, help="rebuild even when the tag exists")
+def bootstrap_base(tag, suite, mirror, force):
+    """Make a Debian base image with Python 3.11 from Debian packages (debootstrap + docker import)."""
+    from .. import images as img
+
+    click.echo(img.bootstrap_base(tag, suite=suite, mirror=mirror, force=force, log=_say))
+
+
+@images.command()
+def lock():
+    """Re-pin images/requirements.txt: the `train` extra and DeepSpeed, resolved by pip."""
+    from .. import images as img
+
+    click.echo(img.lock(log=_say))
+
+
+@images.command()
+def tag():
+    """Print the image `--backend local` runs (the CPU image of this code, or $PAI_DISTIL_IMAGE)."""
+    from .. import images as img
+
+    click.echo(img.default_image())
+
+
+COMMANDS = [images]

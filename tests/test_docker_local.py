@@ -1,0 +1,249 @@
+"""The `local` backend in real Docker containers, against the `process` backend.
+
+Every test here shares one CPU image, built once per session from the offline wheelhouse with
+the build's network disabled. Without a Docker engine these tests are skipped with the reason,
+except where PAI_DISTIL_REQUIRE_DOCKER=1 (CI), where they fail instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT, start_teacher
+from pai_distil import dockercli, images
+from pai_distil.errors import UserError
+
+pytestmark = pytest.mark.slow
+REQUIRE = os.environ.get("PAI_DISTIL_REQUIRE_DOCKER") == "1"
+WHEELHOUSE = Path(os.environ.get("PAI_DISTIL_WHEELHOUSE") or Path.home() / ".cache/pai-distil/wheelhouse")
+SECRET = "planted-secret-7f3a9c1e5b"  # the teacher's API key: the job must get it, nothing may keep it
+LOSS_TOLERANCE = 0.05  # relative difference of the final loss against one process
+TRAIN = {"max_steps": 20, "batch_size": 16, "learning_rate": 0.005, "warmup_steps": 2, "log_every": 5,
+         "checkpoint_every": 10, "max_length": 256}
+
+
+def _unavailable(reason: str):
+    if REQUIRE:
+        pytest.fail(f"{reason} (PAI_DISTIL_REQUIRE_DOCKER=1)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def cpu_image() -> str:
+    """The CPU job image of this code, built once (bootstrapping the base and wheelhouse if needed)."""
+    try:
+        dockercli.require_engine()
+    except UserError as e:
+        _unavailable(f"Docker tests need a running engine: {e.message}")
+    if not dockercli.image_id(images.BASE_TAG):
+        if not REQUIRE:
+            pytest.skip(f"no base image {images.BASE_TAG}; make it with `pai-distil images bootstrap-base` (root, "
+                        "a few minutes), then rerun")
+        images.bootstrap_base()
+    if images._missing_wheels(WHEELHOUSE, images.requirements(images.TARGETS["cpu"])):
+        images.wheelhouse(WHEELHOUSE)
+    tag = images.build("cpu", wheelhouse_dir=WHEELHOUSE, quiet=True)
+    # jobs started by these tests (in subprocesses too) use this image, even if the code is edited meanwhile
+    os.environ[images.IMAGE_ENV] = tag
+    return tag
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("PAI_DISTIL_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("PAI_DISTIL_STOP_GRACE_S", "5")
+    return tmp_path / "home"
+
+
+def containers(run_id: str) -> list[str]:
+    out = dockercli.docker("ps", "-aq", "--filter", f"label=pai-distil.run={run_id}").stdout
+    return out.split()
+
+
+def test_second_build_is_a_cache_hit_and_offline(cpu_image):
+    t0 = time.monotonic()
+    assert images.build("cpu", wheelhouse_dir=WHEELHOUSE, quiet=True) == cpu_image
+    elapsed = time.monotonic() - t0
+    os.environ.pop(images.IMAGE_ENV)
+    try:
+        assert images.default_image() == cpu_image  # what `--backend local` runs by default
+    finally:
+        os.environ[images.IMAGE_ENV] = cpu_image
+    print(f"second `images build`: {elapsed:.2f} s")
+    assert elapsed < 5
+    assert images.plan("cpu", wheelhouse_dir=WHEELHOUSE).network == "none"  # the build that made it had no network
+    user = dockercli.docker("image", "inspect", "--format", "{{.Config.User}}", cpu_image).stdout.strip()
+    assert user == "pai"
+    version = dockercli.docker("run", "--rm", "--network", "none", cpu_image, "python", "-c",
+                               "import sys, torch, deepspeed; print(sys.version_info[:2], torch.__version__)").stdout
+    assert "(3, 11)" in version and "2.13.0" in version
+
+
+# -- the example pipeline on both backends --------------------------------------------------------
+
+
+def _pipeline(tmp_path: Path, base_url: str) -> Path:
+    spec = yaml.safe_load((ROOT / "examples" / "slow-thinking-small.yaml").read_text())
+    spec["stages"]["cots"]["config"]["teacher"]["base_url"] = base_url
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def _run_pipeline(path: Path, backend: str, home: Path) -> dict:
+    env = {**os.environ, "PAI_DISTIL_HOME": str(home), "PAI_DISTIL_TEACHER_API_KEY": SECRET}
+    proc = subprocess.run([sys.executable, "-m", "pai_distil", "run", str(path), "--backend", backend],
+                          env=env, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert SECRET not in proc.stdout + proc.stderr
+    from pai_distil.registry import Registry
+
+    runs = {r.stage: r for r in Registry(home / "runs.sqlite").list()}
+    return {stage: Path(r.output) for stage, r in runs.items()}
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _numbers(report: dict) -> list[dict]:
+    keep = ("n", "accuracy", "pass_at_n", "mean_tokens", "tokens_per_correct", "truncated")
+    return [{"name": m["name"], "overall": {k: m["overall"][k] for k in keep},
+             "levels": {lv: {k: s[k] for k in keep} for lv, s in m["levels"].items()}} for m in report["models"]]
+
+
+def _scan(root: Path) -> list[str]:
+    return [str(p) for p in root.rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
+
+
+def test_pipeline_gives_the_same_results_as_the_process_backend(cpu_image, tmp_path):
+    with start_teacher(api_key=SECRET) as teacher:
+        path = _pipeline(tmp_path, teacher.base_url)
+        t0 = time.monotonic()
+        proc_out = _run_pipeline(path, "process", tmp_path / "home-process")
+        t1 = time.monotonic()
+        local_out = _run_pipeline(path, "local", tmp_path / "home-local")
+        t2 = time.monotonic()
+    print(f"pipeline: process {t1 - t0:.0f} s, local {t2 - t1:.0f} s")
+    if not REQUIRE and images.plan("cpu").tag != cpu_image:
+        pytest.skip("the code changed while the test ran (the process backend ran newer code than the image)")
+    # datasets: identical bytes (cots.jsonl is written in completion order: identical as a set of rows)
+    for name in ("sft.jsonl", "summary.json"):
+        assert _sha(proc_out["generate"] / name) == _sha(local_out["generate"] / name), name
+    rows = [sorted((out["generate"] / "cots.jsonl").read_text().splitlines()) for out in (proc_out, local_out)]
+    assert rows[0] == rows[1]
+    # training and evaluation: the same numbers (tolerance 0: same seeds, same CPU, same torch)
+    losses = [[json.loads(x)["loss"] for x in (out["slow-thinking"] / "metrics.jsonl").read_text().splitlines()]
+              for out in (proc_out, local_out)]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-3)
+    reports = [json.loads((out["evaluate"] / "report.json").read_text()) for out in (proc_out, local_out)]
+    print("evaluate (process):", json.dumps(_numbers(reports[0])))
+    print("evaluate (local):  ", json.dumps(_numbers(reports[1])))
+    assert _numbers(reports[0]) == _numbers(reports[1])
+    # the teacher's key reached the generate container (it answered) and was kept nowhere
+    home = tmp_path / "home-local"
+    assert _scan(home) == []
+    run_ids = [p.name for p in (home / "runs").iterdir()]
+    for run_id in run_ids:
+        assert containers(run_id) == []
+        inspect = dockercli.docker("inspect", f"pai-distil-{run_id}-node0", check=False)
+        assert inspect.returncode != 0 and SECRET not in inspect.stdout
+    assert SECRET not in dockercli.docker("image", "inspect", cpu_image).stdout
+    layers = subprocess.run(f"docker save {cpu_image} | grep -c -a -F {SECRET} || true", shell=True,
+                            capture_output=True, text=True, timeout=600, env=dockercli.env())
+    assert layers.stdout.strip() == "0", "the secret is in an image layer"
+
+
+# -- distributed training in containers ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cots_file(tmp_path_factory) -> Path:
+    """Verified chains of thought written by the oracle teacher, without a server."""
+    from pai_distil.synthetic import teacher, world
+
+    path = tmp_path_factory.mktemp("cots") / "cots.jsonl"
+    with open(path, "w") as f:
+        for p in world.generate_problems(256, seed=5):
+            f.write(json.dumps({"id": p.id, "problem": p.text, "answer": p.answer, "thought": teacher.write_thought(p, 4),
+                                "solution": teacher.solution_text(p.answer), "correct": True}) + "\n")
+    return path
+
+
+def _train(cots: Path, backend: str, nodes: int = 1, procs: int = 1, deepspeed: dict | None = None,
+           max_steps: int = TRAIN["max_steps"], detach: bool = False):
+    from pai_distil.submission import execute, prepare
+
+    config = {"student": {"model": "preset:micro", "seed": 0},
+              "train": {**TRAIN, "max_steps": max_steps, **({"deepspeed": deepspeed} if deepspeed else {})}}
+    prep = prepare("slow-thinking", config, {"cots": str(cots)}, where="test", nodes=nodes, procs_per_node=procs)
+    return execute(prep, backend, detach=detach)
+
+
+def _losses(record) -> list[float]:
+    return [json.loads(x)["loss"] for x in (Path(record.output) / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_two_nodes_and_deepspeed_zero2_follow_the_single_process_loss(cpu_image, cots_file, home):
+    single = _losses(_train(cots_file, "process"))
+    two_nodes = _losses(_train(cots_file, "local", nodes=2))
+    zero2 = _train(cots_file, "local", procs=2, deepspeed={"stage": 2})
+    ds = _losses(zero2)
+    print(f"loss single process {single}\nloss 2 nodes x 1 (gloo) {two_nodes}\nloss 1 node x 2 ZeRO-2 {ds}")
+    for curve in (two_nodes, ds):
+        assert len(curve) == len(single)
+        assert curve[-1] < 0.8 * curve[0], "the loss must fall"
+        assert abs(curve[-1] - single[-1]) / single[-1] < LOSS_TOLERANCE
+    assert json.loads((Path(zero2.output) / "deepspeed_config.json").read_text())["zero_optimization"]["stage"] == 2
+    ckpt = sorted((Path(zero2.work_dir) / "checkpoints").glob("step-*"))[-1]
+    assert (ckpt / "deepspeed").is_dir() and (ckpt / "COMPLETE").exists()
+
+
+def _wait(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _started_two_nodes(cots: Path):
+    from pai_distil.registry import Registry
+
+    record = _train(cots, "local", nodes=2, max_steps=100_000, detach=True)
+    registry = Registry()
+    _wait(lambda: "[node-0] step" in Path(record.log_path).read_text(), 300, "the first training steps")
+    assert len(containers(record.id)) == 2
+    return record, registry
+
+
+def test_a_killed_node_fails_the_run_with_its_log_tail(cpu_image, cots_file, home):
+    record, registry = _started_two_nodes(cots_file)
+    dockercli.docker("kill", f"pai-distil-{record.id}-node1")
+    final = _wait(lambda: (r := registry.get(record.id)).terminal and r, 120, "the run to end")
+    assert final.state == "failed" and final.exit_code == 137
+    assert final.error.startswith("node 1: killed"), final.error
+    log = Path(final.log_path).read_text()
+    assert "node 1 failed with exit code 137; its last lines:" in log
+    assert containers(record.id) == []
+
+
+def test_cancel_stops_every_container(cpu_image, cots_file, home):
+    from pai_distil.backends import get_backend
+
+    record, registry = _started_two_nodes(cots_file)
+    final = get_backend("local", registry).cancel(registry.get(record.id))
+    assert final.state == "cancelled"
+    assert containers(record.id) == []
+    assert "cancel requested" in Path(final.log_path).read_text()
