@@ -339,11 +339,22 @@ def run(ctx: JobContext) -> bool | None:
 
     rows_by_id = load_done(out)
     rows = [rows_by_id[sample_id(p, rv, config)] for p, rv in wanted]
+    _rewrite_in_order(out, rows)
     summary = finish(ctx.output, rows, config, resumed=resumed, requested=len(todo))
     log(f"generate: {summary['samples']} samples ({resumed} resumed), teacher accuracy "
         f"{summary['teacher_accuracy']:.1%}, {summary['unparseable']} without a final answer, "
         f"{summary['truncated']} cut off at max_tokens, {summary['sft_rows']} rows in {SFT}")
     return None
+
+
+def _rewrite_in_order(path: Path, rows: list[dict]) -> None:
+    """cots.jsonl in the problems' order, not the answers' arrival order: the same inputs then give
+    the same bytes (and the same training batches) on every run and backend."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
 
 
 def finish(output: Path, rows: list[dict], config: GenerateConfig, **counts: int) -> dict:

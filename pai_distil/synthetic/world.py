@@ -3,7 +3,7 @@
 A problem is a chain of operations modulo 10 or 100 ("Start with 7. Add 5, then multiply by 3.
 Work modulo 10."). Difficulty grows with the number of steps a solver has to carry in order and
 with the size of the numbers: level 1 is one single-digit step, level 2 a chain of three, level 3
-a chain of four on two-digit numbers (with carries), which can only be solved step by step.
+three steps on two-digit numbers (with carries), which can only be solved step by step.
 Everything is pure Python: the client, the teacher server and the jobs share it.
 """
 
@@ -17,7 +17,7 @@ DOMAIN = "synthetic"
 
 # Difficulty level -> (number of operations, modulus). Level 1 is a single lookup; level 3 needs
 # a chain with two-digit arithmetic.
-LEVELS: dict[int, tuple[int, int]] = {1: (1, 10), 2: (3, 10), 3: (4, 100)}
+LEVELS: dict[int, tuple[int, int]] = {1: (1, 10), 2: (3, 10), 3: (3, 100)}
 LEVEL_STEPS: dict[int, int] = {lv: steps for lv, (steps, _) in LEVELS.items()}
 
 # name in the problem text -> symbol in the chain of thought
