@@ -232,12 +232,14 @@ def _started_two_nodes(cots: Path):
 
 def test_a_killed_node_fails_the_run_with_its_log_tail(cpu_image, cots_file, home):
     record, registry = _started_two_nodes(cots_file)
-    dockercli.docker("kill", f"pai-distil-{record.id}-node1")
+    dockercli.docker("kill", f"pai-distil-{record.id}-node0")  # the node that logs: its tail is shown
     final = _wait(lambda: (r := registry.get(record.id)).terminal and r, 120, "the run to end")
+    print(f"killed node: state {final.state}, exit code {final.exit_code}, error: {final.error}")
     assert final.state == "failed" and final.exit_code == 137
-    assert final.error.startswith("node 1: killed"), final.error
+    assert final.error.startswith("node 0: killed") and "; last line: " in final.error, final.error
     log = Path(final.log_path).read_text()
-    assert "node 1 failed with exit code 137; its last lines:" in log
+    tail = log.split("node 0 failed with exit code 137; its last lines:\n", 1)[1]
+    assert "  [node-0] step " not in tail and "  step " in tail  # its own lines, as it wrote them
     assert containers(record.id) == []
 
 
