@@ -113,8 +113,14 @@ def _cell(s: dict) -> str:
     return f"{s['accuracy']:.1%} / {s['mean_tokens']:.1f}"
 
 
+def output_console() -> Console:
+    """Stdout; when it is a file or a pipe, wide enough that no column is cut."""
+    console = Console()
+    return console if console.is_terminal else Console(width=160)
+
+
 def render(report: dict, console: Console | None = None, title: str = "evaluation") -> None:
-    console = console or Console()
+    console = console or output_console()
     console.print(table(report, title))
     by_source = source_table(report, title)
     if by_source is not None:

@@ -22,6 +22,13 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def http_url(v: str) -> str:
+    """An endpoint's base URL, without its trailing slash."""
+    if not v.startswith(("http://", "https://")):
+        raise ValueError(f"base_url must start with http:// or https://, got {v!r}")
+    return v.rstrip("/")
+
+
 # -- shared pieces ------------------------------------------------------------------------------
 
 
@@ -54,12 +61,7 @@ class Teacher(Strict):
     max_tokens: int = Field(4096, ge=1, description="completion budget per request")
     temperature: float = Field(0.0, ge=0.0, le=2.0)
 
-    @field_validator("base_url")
-    @classmethod
-    def _url(cls, v: str) -> str:
-        if not v.startswith(("http://", "https://")):
-            raise ValueError(f"base_url must start with http:// or https://, got {v!r}")
-        return v.rstrip("/")
+    _url = field_validator("base_url")(classmethod(lambda cls, v: http_url(v)))
 
 
 class Student(Strict):
@@ -255,12 +257,7 @@ class Endpoint(Strict):
     max_retries: int = Field(4, ge=0, le=20, description="retries on 429, 5xx and timeouts")
     timeout_s: float = Field(600.0, gt=0, description="per-request timeout in seconds")
 
-    @field_validator("base_url")
-    @classmethod
-    def _url(cls, v: str) -> str:
-        if not v.startswith(("http://", "https://")):
-            raise ValueError(f"base_url must start with http:// or https://, got {v!r}")
-        return v.rstrip("/")
+    _url = field_validator("base_url")(classmethod(lambda cls, v: http_url(v)))
 
 
 class EvalModel(Strict):

@@ -27,6 +27,7 @@ from pai_distil.verify.sandbox import Limits
 
 from ..contract import JobContext, JobError, log
 from ..lib import problems, prompts
+from ..lib.resumable import NotACompletion, explain_failure, load_done, message_of
 
 COTS = "cots.jsonl"
 SFT = "sft.jsonl"
@@ -61,32 +62,6 @@ def load_problems(ctx: JobContext, config: GenerateConfig) -> list[dict]:
     return problems.load_problems(config.problems, path, data=config.data)
 
 
-# -- resumable output ---------------------------------------------------------------------------
-
-
-def load_done(path: Path) -> dict[str, dict]:
-    """Rows already in cots.jsonl by id; a torn last line (killed mid-write) is cut off the file."""
-    if not path.exists():
-        return {}
-    data = path.read_bytes()
-    end = data.rfind(b"\n") + 1
-    if end < len(data):
-        log(f"generate: dropping a torn last line of {path.name} ({len(data) - end} bytes)")
-        with open(path, "r+b") as f:
-            f.truncate(end)
-        data = data[:end]
-    done = {}
-    for n, line in enumerate(data.decode("utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            done[row["id"]] = row
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise JobError(f"{path} line {n} is not a CoT sample; delete the file to generate from scratch") from None
-    return done
-
-
 def sample_id(problem: dict, rv: int, config: GenerateConfig | None = None) -> str:
     if config is not None and config.refine is not None:
         return f"{problem['id']}-{config.refine.direction}-rv{rv}"
@@ -114,78 +89,18 @@ CARRIED = ("domain", "verifier", "source", "choices", "fn_name")
 # -- talking to the teacher ---------------------------------------------------------------------
 
 
-class NotACompletion(Exception):
-    pass
-
-
 def read_completion(resp) -> tuple[str, str, str | None, int | None]:
     """(thought, solution, finish_reason, completion_tokens) of a chat completion.
 
     Reasoning comes inline (`<think>…</think>` in content) or in `reasoning_content` / `reasoning`
-    (DeepSeek, vLLM's reasoning parsers). The SDK hands back whatever a broken server sent (a
-    string, a list, a model without choices), so everything is checked here.
+    (DeepSeek, vLLM's reasoning parsers).
     """
-    data = resp.model_dump() if hasattr(resp, "model_dump") else resp
-    choices = data.get("choices") if isinstance(data, dict) else None
-    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-        raise NotACompletion()
-    message = choices[0].get("message")
-    if not isinstance(message, dict):
-        raise NotACompletion()
-    content = message.get("content") or ""
+    choice, message, usage = message_of(resp)
     reasoning = message.get("reasoning_content") or message.get("reasoning") or ""
-    if not isinstance(content, str) or not isinstance(reasoning, str):
-        raise NotACompletion()
-    thought, solution = world.split_thought(content)
+    thought, solution = world.split_thought(message.get("content") or "")
     if reasoning:
         thought = "\n".join(t for t in (reasoning.strip(), thought) if t)
-    usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
-    return thought, solution, choices[0].get("finish_reason"), usage.get("completion_tokens")
-
-
-def explain_failure(e: Exception, config: GenerateConfig) -> str:
-    """One line naming the problem with the teacher and the fix."""
-    t = config.teacher
-    url = t.base_url
-    if isinstance(e, NotACompletion | ValueError | openai.APIResponseValidationError):
-        return (f"teacher at {url} returned something that is not an OpenAI chat completion; "
-                "check that teacher.base_url points at an OpenAI-compatible API (ending in /v1)")
-    if isinstance(e, openai.APIConnectionError):  # includes APITimeoutError
-        timed_out = isinstance(e, openai.APITimeoutError)
-        why = f"no answer within {t.timeout_s:g} s" if timed_out else _first_line(e.__cause__ or e)
-        return (f"teacher at {url} is unreachable ({why}, {_retries(t.max_retries)}); "
-                "start it with `pai-distil teacher serve --synthetic` or fix teacher.base_url")
-    if isinstance(e, openai.AuthenticationError | openai.PermissionDeniedError):
-        env = t.api_key_env
-        if not env:
-            return (f"teacher at {url} refused the request (HTTP {e.status_code}) and no key was sent; "
-                    "set teacher.api_key_env to the name of an environment variable holding the key")
-        state = "is not set" if not os.environ.get(env) else "holds a key the teacher rejected"
-        return (f"teacher at {url} refused the request (HTTP {e.status_code}): environment variable {env} {state}; "
-                f"set {env} to the teacher's API key")
-    if isinstance(e, openai.NotFoundError):
-        return (f"teacher at {url} answered HTTP 404 ({_detail(e)}); check teacher.model and that "
-                "teacher.base_url ends in /v1")
-    if isinstance(e, openai.APIStatusError):
-        return (f"teacher at {url} answered HTTP {e.status_code} ({_detail(e)}, {_retries(t.max_retries)}); "
-                "check the teacher service, or raise teacher.max_retries / lower teacher.concurrency")
-    return f"teacher at {url} failed: {type(e).__name__}: {_first_line(e)}"
-
-
-def _retries(n: int) -> str:
-    return f"after {n} retr{'y' if n == 1 else 'ies'}" if n else "no retries"
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return (text.splitlines()[0] if text else type(e).__name__)[:200]
-
-
-def _detail(e: openai.APIStatusError) -> str:
-    body = e.body
-    if isinstance(body, dict) and isinstance(body.get("message"), str):
-        return body["message"].splitlines()[0][:200] if body["message"].strip() else "no message"
-    return _first_line(e)
+    return thought, solution, choice.get("finish_reason"), usage.get("completion_tokens")
 
 
 # -- the run ------------------------------------------------------------------------------------
@@ -247,7 +162,7 @@ class Generation:
                           {"role": "user", "content": user_message(self.config, problem, rv)}])
             thought, solution, finish, tokens = read_completion(resp)
         except (openai.OpenAIError, NotACompletion, ValueError) as e:
-            raise JobError(explain_failure(e, self.config)) from None
+            raise JobError(explain_failure(e, self.config.teacher)) from None
         refine = self.config.refine
         row = {
             "id": sample_id(problem, rv, self.config),

@@ -72,7 +72,7 @@ def run_pipeline(pipeline_file, backend, force, dry_run):
     console.print(table)
     for sid, r in records.items():
         if r.stage == "evaluate":
-            report.render(report.load(r.output), Console(), title=f"{sid}")
+            report.render(report.load(r.output), title=f"{sid}")
 
 
 @click.command()
@@ -143,7 +143,7 @@ def show_report(target, chart_path, no_chart):
         raise UserError(f"{target} has no {report.REPORT}; give an evaluate run id or its output directory")
     try:
         data = report.load(path)
-        report.render(data, Console())
+        report.render(data)
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise UserError(f"{path / report.REPORT} is not an evaluation report ({type(e).__name__}: {e}); "
                         "rerun the evaluate stage") from None
