@@ -251,10 +251,14 @@ def test_follow_ctrl_c_cancels_the_run(registry, home):
     record = start(registry, SLEEPING_JOB)
     watcher = subprocess.Popen([sys.executable, "-c", f"from pai_distil.follow import follow; follow({record.id!r})"],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    wait_log(record, "ready")
-    time.sleep(0.3)  # let the watcher reach the log
+    seen = []
+    for line in watcher.stdout:  # the watcher is following once it has echoed the job's output
+        seen.append(line)
+        if "ready" in line:
+            break
     watcher.send_signal(signal.SIGINT)
-    out, _ = watcher.communicate(timeout=30)
+    out, _ = watcher.communicate(timeout=90)
+    out = "".join(seen) + out
     assert f"run {record.id} cancelled" in out and "ready" in out
     assert registry.get(record.id).state == "cancelled"
 
