@@ -35,7 +35,7 @@ from ..paths import run_dir
 from ..registry import ACTIVE, Registry, RunRecord
 from ..specs import JobSpec
 from .process import _DETACH, CONFIG_FILE, LOG_FILE, ProcessBackend, _sigterm_blocked, contract_env, free_port, write_run_files
-from .supervisor import NO_ARTIFACT, Supervisor
+from .supervisor import NO_ARTIFACT, Supervisor, supervise
 
 SUPERVISOR_MODULE = "pai_distil.backends.local"
 MOUNT = PurePosixPath("/pai")
@@ -313,30 +313,7 @@ def error_line_of(lines: list[str]) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """As the process supervisor's main: SIGTERM means cancel; any crash is recorded, not left `running`."""
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv:
-        print("usage: python -m pai_distil.backends.local RUN_ID [REGISTRY]", file=sys.stderr)
-        return 2
-    registry = Registry(argv[1] if len(argv) > 1 else None)
-    sup = ContainerSupervisor(argv[0], registry)
-    signal.signal(signal.SIGTERM, sup.request_stop)
-    signal.signal(signal.SIGINT, sup.request_stop)
-    if hasattr(signal, "pthread_sigmask"):  # started with SIGTERM blocked (see LocalBackend.start)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
-    try:
-        sup.run()
-    except BaseException as e:  # noqa: BLE001 - record why instead of leaving the run `running`
-        import traceback
-
-        traceback.print_exc()
-        try:
-            sup.kill_all()
-        finally:
-            registry.update(argv[0], where_state=ACTIVE, state="failed", finished_at=time.time(),
-                            error=f"supervisor error: {type(e).__name__}: {e}")
-        return 1
-    return 0
+    return supervise(ContainerSupervisor, "pai_distil.backends.local", argv)
 
 
 if __name__ == "__main__":

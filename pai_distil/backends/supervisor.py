@@ -137,26 +137,37 @@ class Supervisor:
                              finished_at=time.time())
 
 
-def main(argv: list[str] | None = None) -> int:
+def supervise(make, module: str, argv: list[str] | None = None) -> int:
+    """The main of a supervisor process (`python -m MODULE RUN_ID [REGISTRY]`), for any backend.
+
+    `make(run_id, registry)` builds an object with run(), request_stop() and kill_all(). SIGTERM
+    means cancel; a crash of the supervisor itself is recorded instead of leaving the run `running`.
+    """
     argv = sys.argv[1:] if argv is None else argv
     if not argv:
-        print("usage: python -m pai_distil.backends.supervisor RUN_ID [REGISTRY]", file=sys.stderr)
+        print(f"usage: python -m {module} RUN_ID [REGISTRY]", file=sys.stderr)
         return 2
     registry = Registry(argv[1] if len(argv) > 1 else None)
-    supervisor = Supervisor(argv[0], registry)
+    supervisor = make(argv[0], registry)
     signal.signal(signal.SIGTERM, supervisor.request_stop)
     signal.signal(signal.SIGINT, supervisor.request_stop)
-    if hasattr(signal, "pthread_sigmask"):  # started with SIGTERM blocked (see ProcessBackend.start)
+    if hasattr(signal, "pthread_sigmask"):  # started with SIGTERM blocked (see the backends' start)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     try:
         supervisor.run()
     except BaseException as e:  # noqa: BLE001 - record why, whatever it was, instead of leaving `running`
         traceback.print_exc()
-        supervisor.kill_all()
-        registry.update(argv[0], where_state=ACTIVE, state="failed", finished_at=time.time(),
-                        error=f"supervisor error: {type(e).__name__}: {e}")
+        try:
+            supervisor.kill_all()
+        finally:
+            registry.update(argv[0], where_state=ACTIVE, state="failed", finished_at=time.time(),
+                            error=f"supervisor error: {type(e).__name__}: {e}")
         return 1
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return supervise(Supervisor, "pai_distil.backends.supervisor", argv)
 
 
 if __name__ == "__main__":
