@@ -318,14 +318,19 @@ def render_choices(question: str, choices: list[str]) -> str:
     return question.rstrip() + "\n\n" + "\n".join(lines)
 
 
+def _decoded(row: Row, raw, field: str, what: str):
+    """A structured field as published: the value itself, or a JSON string of it (CSV, Parquet)."""
+    if not isinstance(raw, str):
+        return raw
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        raise DataError(f"{row.where()} field '{field}' is not {what}") from None
+
+
 def _choice_row(row: Row, spec: DataFile) -> dict:
     """Question + choices (a list, or {"A": …} / {"label": [...], "text": [...]}) + answer (letter, index or text)."""
-    raw = row.need("choices")
-    if isinstance(raw, str):
-        try:
-            raw = json.loads(raw)
-        except json.JSONDecodeError:
-            raise DataError(f"{row.where()} field '{row.key('choices')}' is not a list of choices") from None
+    raw = _decoded(row, row.need("choices"), row.key("choices"), "a list of choices")
     if isinstance(raw, dict) and "text" in raw:
         raw = raw["text"]
     elif isinstance(raw, dict):
@@ -374,11 +379,7 @@ def _tests(row: Row, raw) -> list[dict]:
     """Test cases: a list of {"input", "output"[, "testtype"]} (or a JSON string of one), or APPS-style
     {"inputs": [...], "outputs": [...]}."""
     field = row.key("tests") or "tests"
-    if isinstance(raw, str):
-        try:
-            raw = json.loads(raw)
-        except json.JSONDecodeError:
-            raise DataError(f"{row.where()} field '{field}' is not JSON test cases") from None
+    raw = _decoded(row, raw, field, "JSON test cases")
     if isinstance(raw, dict) and "inputs" in raw:
         raw = [{"input": i, "output": o} for i, o in zip(raw["inputs"], raw.get("outputs") or [], strict=False)]
     if not isinstance(raw, list) or not all(isinstance(c, dict) and "input" in c and "output" in c for c in raw):
