@@ -70,16 +70,17 @@ def containers(run_id: str) -> list[str]:
 
 
 def test_second_build_is_a_cache_hit_and_offline(cpu_image):
+    created = dockercli.docker("image", "inspect", "--format", "{{.Id}}", cpu_image).stdout.strip()
     t0 = time.monotonic()
     assert images.build("cpu", wheelhouse_dir=WHEELHOUSE, quiet=True) == cpu_image
     elapsed = time.monotonic() - t0
+    assert dockercli.docker("image", "inspect", "--format", "{{.Id}}", cpu_image).stdout.strip() == created
     os.environ.pop(images.IMAGE_ENV)
     try:
         assert images.default_image() == cpu_image  # what `--backend local` runs by default
     finally:
         os.environ[images.IMAGE_ENV] = cpu_image
-    print(f"second `images build`: {elapsed:.2f} s")
-    assert elapsed < 5
+    print(f"second `images build`: {elapsed:.2f} s")  # the same image, not rebuilt
     assert images.plan("cpu", wheelhouse_dir=WHEELHOUSE).network == "none"  # the build that made it had no network
     user = dockercli.docker("image", "inspect", "--format", "{{.Config.User}}", cpu_image).stdout.strip()
     assert user == "pai"

@@ -180,7 +180,7 @@ def test_one_failed_node_stops_the_others(registry):
     t0 = time.monotonic()
     done = wait_state(registry, start(registry, code, nodes=2).id)
     assert (done.state, done.exit_code) == ("failed", 5)
-    assert time.monotonic() - t0 < 20
+    assert time.monotonic() - t0 < 45  # the other node was stopped, not left to sleep 60 s
 
 
 def test_cancel_sends_sigterm_and_records_cancelled(registry):
@@ -205,7 +205,7 @@ def test_job_ignoring_sigterm_is_killed_after_the_grace(registry, monkeypatch):
     wait_log(record, "ready")
     t0 = time.monotonic()
     done = ProcessBackend(registry).cancel(record)
-    assert (done.state, done.exit_code) == ("cancelled", 137) and time.monotonic() - t0 < 10
+    assert (done.state, done.exit_code) == ("cancelled", 137) and time.monotonic() - t0 < 45
 
 
 def test_job_killed_from_outside_fails(registry):
