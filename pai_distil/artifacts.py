@@ -29,8 +29,24 @@ def _files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST and not p.name.startswith(".tmp"))
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _readable(paths: list[Path]) -> None:
+    """Give files written through a private temp file (safetensors does: mode 0600) the mode a
+    plain write would have, so a serving container running as another user can read them."""
+    mode = 0o666 & ~_umask()
+    for p in paths:
+        if p.stat().st_mode & 0o777 == 0o600 and mode != 0o600:
+            p.chmod(mode)
+
+
 def write_manifest(root: str | Path, **meta) -> dict:
     root = Path(root)
+    _readable(_files(root))
     files = [{"path": p.relative_to(root).as_posix(), "size": p.stat().st_size, "sha256": sha256_file(p)}
              for p in _files(root)]
     manifest = {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **meta, "files": files}

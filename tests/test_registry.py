@@ -172,3 +172,16 @@ def test_registry_at_explicit_path(tmp_path):
     reg = Registry(tmp_path / "sub" / "r.sqlite")
     _create(reg, "generate-x")
     assert Path(tmp_path / "sub" / "r.sqlite").is_file() and Registry(reg.path).get("generate-x").id == "generate-x"
+
+
+def test_manifest_makes_private_temp_file_writes_readable(tmp_path):
+    # safetensors writes weights through a private temp file (0600); a serving container that
+    # runs as another user must still read a finished artifact
+    weights, secret_by_choice = tmp_path / "model.safetensors", tmp_path / "notes.txt"
+    weights.write_bytes(b"w")
+    weights.chmod(0o600)
+    secret_by_choice.write_text("n")
+    secret_by_choice.chmod(0o640)
+    write_manifest(tmp_path)
+    assert weights.stat().st_mode & 0o777 == 0o644
+    assert secret_by_choice.stat().st_mode & 0o777 == 0o640
