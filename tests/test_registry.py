@@ -182,6 +182,10 @@ def test_manifest_makes_private_temp_file_writes_readable(tmp_path):
     weights.chmod(0o600)
     secret_by_choice.write_text("n")
     secret_by_choice.chmod(0o640)
-    write_manifest(tmp_path)
+    mask = os.umask(0o022)
+    try:
+        write_manifest(tmp_path)
+    finally:
+        os.umask(mask)
     assert weights.stat().st_mode & 0o777 == 0o644
     assert secret_by_choice.stat().st_mode & 0o777 == 0o640
