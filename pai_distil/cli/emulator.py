@@ -1,0 +1,40 @@
+"""`pai-distil emulator start`: a local PAI (OSS, DLC, DSW) on 127.0.0.1 for offline runs and tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..errors import UserError
+
+
+@click.group()
+def emulator() -> None:
+    """A local PAI that the Alibaba Cloud SDK clients talk to, for trying `--backend pai` offline."""
+
+
+@emulator.command()
+@click.option("--port", type=click.IntRange(1, 65535), default=8790, show_default=True)
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="where objects, jobs and instances are kept (default: <home>/emulator); survives restarts")
+@click.option("--access-key-id", envvar="ALIBABA_CLOUD_ACCESS_KEY_ID", metavar="ID",
+              help="the AccessKey id to accept [env: ALIBABA_CLOUD_ACCESS_KEY_ID]")
+@click.option("--access-key-secret", envvar="ALIBABA_CLOUD_ACCESS_KEY_SECRET", metavar="SECRET",
+              help="its secret; prefer the environment variable [env: ALIBABA_CLOUD_ACCESS_KEY_SECRET]")
+def start(port, data_dir, access_key_id, access_key_secret) -> None:
+    """Serve OSS, DLC and DSW on 127.0.0.1:PORT until interrupted."""
+    from .. import paths
+    from ..emulator.auth import Keys
+    from ..emulator.server import Emulator, serve
+
+    if not access_key_id or not access_key_secret:
+        raise UserError("the emulator needs an AccessKey pair: set ALIBABA_CLOUD_ACCESS_KEY_ID and "
+                        "ALIBABA_CLOUD_ACCESS_KEY_SECRET (or pass --access-key-id/--access-key-secret)")
+    directory = Path(data_dir).expanduser().resolve() if data_dir else paths.home() / "emulator"
+    emu = Emulator(directory, Keys({access_key_id: access_key_secret}), port=port)
+    click.echo(f"pai-distil emulator on http://127.0.0.1:{port} (OSS, DLC, DSW); data in {directory}", err=True)
+    serve(emu)
+
+
+COMMANDS = [emulator]
