@@ -1,4 +1,5 @@
-"""PAI-DLC (placeholder, filled in below)."""
+"""The PAI-DSW instance API (filled in with the `dsw` commands)."""
+
 from .pop import pop_router
 
 

@@ -175,7 +175,8 @@ class Oss:
             return _xml("BucketInfo", "<Bucket>" + _tags(Name=bucket, Location=f"oss-{b['region']}",
                                                          CreationDate=_iso(b["created"]), StorageClass="Standard",
                                                          ExtranetEndpoint="127.0.0.1", IntranetEndpoint="127.0.0.1")
-                        + f"<Owner>{_tags(ID='emulator', DisplayName='emulator')}</Owner></Bucket>")
+                        + f"<Owner>{_tags(ID='emulator', DisplayName='emulator')}</Owner>"
+                        "<AccessControlList><Grant>private</Grant></AccessControlList></Bucket>")
         if m == "POST" and "delete" in q:
             return await self.batch_delete(request, bucket)
         if m == "GET" and not ({"uploads", "acl", "location", "bucketInfo"} & set(q)):
