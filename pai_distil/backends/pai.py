@@ -7,14 +7,15 @@ REGISTRY`) then polls the job with backoff, appends every pod's log to the run's
 the job ends downloads the output from OSS, checks it against its manifest and records the
 outcome. Cancel = SIGTERM to the supervisor = StopJob.
 
-OSS layout under `<oss_prefix>/`: `inputs/<digest>/` (read-only mounts), `runs/<run id>/` (the
-stage config), `work/<stage>-<key>/output/` and `.../checkpoints/` (read-write mounts). The work
+OSS layout under `<oss_prefix>/`: `inputs/<digest>/` and `configs/<digest>/` (the stage config)
+as read-only mounts, `work/<stage>-<key>/output/` and `.../checkpoints/` (read-write mounts). The work
 folder is keyed like the local work dir, so a rerun, a restarted pod or a preempted spot
 instance finds its checkpoints there and resumes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -63,7 +64,8 @@ class Plan:
             self.uploads.append((f"input {name}", path, prefix))
             self.mounts.append(Mount(f"{bucket_uri}/{prefix}/", _mount("inputs", name), False))
             inputs[name] = _mount("inputs", name, path.name) if path.is_file() else _mount("inputs", name)
-        self.run_prefix = str(base / "runs" / spec.run_id)
+        config_digest = hashlib.sha256(json.dumps(spec.config, indent=1).encode()).hexdigest()
+        self.run_prefix = str(base / "configs" / config_digest[:24])  # as written by write_run_files
         self.output_prefix = str(base / "work" / work / "output")
         self.checkpoint_prefix = str(base / "work" / work / "checkpoints")
         self.mounts += [Mount(f"{bucket_uri}/{self.run_prefix}/", _mount("run"), False),
