@@ -20,8 +20,12 @@ NO_CREDENTIALS = ("no Alibaba Cloud credentials found: set ALIBABA_CLOUD_ACCESS_
 @lru_cache(maxsize=1)
 def chain():
     """The credential client of the default chain; fails with one line when nothing is configured."""
+    import logging
+
     from alibabacloud_credentials.client import Client
 
+    # the library logs each failed provider with a traceback on stderr; the one line below says it all
+    logging.getLogger("credentials").disabled = True
     try:
         client = Client()
         client.get_credential()
