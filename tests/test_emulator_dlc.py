@@ -108,3 +108,35 @@ def test_wrong_secret_gets_dlc_json_error(emu):
     with pytest.raises(ClientException) as invalid:
         dlc_client(emu).create_job(m.CreateJobRequest(display_name="x", job_type="PyTorchJob", user_command="true"))
     assert invalid.value.code == "InvalidParameter" and "JobSpecs" in invalid.value.message
+
+
+def test_state_survives_a_restart_and_unfinished_jobs_run_again(tmp_path):
+    from emulator_support import free_port
+
+    port, data = free_port(), tmp_path / "data"
+    with start_emulator(data, port=port) as first:
+        b = oss2.Bucket(oss2.Auth(ACCESS_KEY_ID, ACCESS_KEY_SECRET), first.url, "jobs-data")
+        b.create_bucket()
+        b.put_object("in/numbers.txt", b"1\n2\n")
+        client = dlc_client(first)
+        done = client.create_job(job_request("echo finished", "done")).body.job_id
+        wait_for(client, done)
+        # a job that needs two lives: the first one is cut short by the emulator going away
+        again = client.create_job(job_request(
+            "if [ -f /mnt/data/out/first-life ]; then echo second life; else touch /mnt/data/out/first-life; "
+            "echo first life; sleep 600; fi", "restarted")).body.job_id
+        wait_for(client, again, ("Running",))
+        deadline = time.monotonic() + 30
+        while not b.object_exists("out/first-life"):  # the mount writes through to OSS within seconds
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        first.proc.kill()  # no clean shutdown: the state on disk is all that is left
+        first.proc.wait()
+    with start_emulator(data, port=port) as second:
+        client = dlc_client(second)
+        assert client.get_job(done, m.GetJobRequest()).body.status == "Succeeded"
+        b = oss2.Bucket(oss2.Auth(ACCESS_KEY_ID, ACCESS_KEY_SECRET), second.url, "jobs-data")
+        assert b.get_object("in/numbers.txt").read() == b"1\n2\n"
+        job = wait_for(client, again)
+        logs = client.get_pod_logs(again, f"{again}-worker-0", m.GetPodLogsRequest()).body.logs
+        assert job.status == "Succeeded" and logs[-1] == "second life", logs

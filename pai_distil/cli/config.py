@@ -41,10 +41,10 @@ def unset(keys) -> None:
 @config.command()
 def show() -> None:
     """Print the settings in effect, and where credentials come from."""
-    from rich.console import Console
     from rich.table import Table
 
     from ..pai import config as pai_config
+    from .runs import _console
 
     cfg = pai_config.load()
     table = Table(title=str(pai_config.config_path()), title_justify="left")
@@ -56,7 +56,7 @@ def show() -> None:
         value = getattr(cfg, name)
         shown = "" if value is None else str(value)
         table.add_row(name, shown if name in explicit else f"[dim]{shown or '-'}[/]", field.description or "")
-    console = Console()
+    console = _console()
     console.print(table)
     console.print("credentials: the Alibaba Cloud credential chain (ALIBABA_CLOUD_ACCESS_KEY_ID/"
                   "ALIBABA_CLOUD_ACCESS_KEY_SECRET, ~/.alibabacloud/credentials.ini, RAM role); never stored here")

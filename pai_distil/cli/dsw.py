@@ -41,11 +41,11 @@ def create(run, name) -> None:
 def list_() -> None:
     """List instances."""
     from alibabacloud_pai_dsw20220101 import models as m
-    from rich.console import Console
     from rich.table import Table
 
     from ..pai import config
     from ..pai import dsw as pai_dsw
+    from .runs import _console
 
     cfg = config.load()
     body = pai_dsw.call("listing DSW instances", pai_dsw.client(cfg).list_instances, m.ListInstancesRequest())
@@ -55,7 +55,7 @@ def list_() -> None:
     for i in body.instances or []:
         run = next((lb.value for lb in (i.labels or []) if lb.key == pai_dsw.RUN_LABEL), "")
         table.add_row(i.instance_id, i.instance_name, i.status, i.image_url or "", run, i.gmt_create_time or "")
-    Console().print(table)
+    _console().print(table)
 
 
 def _instance_command(action: str):

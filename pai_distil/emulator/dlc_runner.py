@@ -7,8 +7,8 @@ per pod runs the job's UserCommand with the job's Envs plus DLC's PyTorchJob var
 mapped to those folders, so a job sees its data where it asked for it. Pods get a clean
 environment: the emulator's own variables (its AccessKey among them) never reach a job.
 
-Read-write mounts are written back to OSS when the pods end, when the job is stopped and when a
-pod is preempted. A preemption restarts every pod of the job, as DLC does for a PyTorchJob:
+Read-write mounts are written back to OSS every few seconds while the pods run (an OSS mount
+writes through), and when the pods end, the job is stopped or a pod is preempted. A preemption restarts every pod of the job, as DLC does for a PyTorchJob:
 pods get SIGTERM (the job contract saves a checkpoint), writable mounts go back to OSS and are
 fetched afresh, so the restarted job resumes from what OSS holds. The pods' process ids are
 kept in the job's state, so an emulator restarted after a crash stops the old pods and
@@ -31,6 +31,7 @@ from .objects import store_of
 
 GRACE_S = 30.0
 POLL_S = 0.2
+SYNC_S = 2.0  # how often writable mounts are copied back to OSS while pods run
 _runs: dict[str, JobRun] = {}
 _lock = threading.Lock()
 
@@ -185,7 +186,7 @@ class JobRun(threading.Thread):
         while True:
             self.procs = {}
             self.launch(self.job(), mounts)
-            outcome = self.watch(started, limit)
+            outcome = self.watch(started, limit, mounts)
             if outcome == "preempted":
                 self.stop_pods()
                 self.write_back(mounts)
@@ -234,9 +235,13 @@ class JobRun(threading.Thread):
                        GmtFailedTime=now, ReasonCode="JobFailed",
                        ReasonMessage=f"pod {pod_id} exited with code {code}: {last.strip()[:500]}")
 
-    def watch(self, started: float, limit_min: int):
+    def watch(self, started: float, limit_min: int, mounts: list[dict]):
         """Until the pods end, or a stop, preemption, shutdown or time limit; returns what happened."""
+        synced = time.monotonic()
         while True:
+            if time.monotonic() - synced > SYNC_S:
+                self.write_back(mounts)
+                synced = time.monotonic()
             if self.shutting_down.is_set():
                 self.signal_pods(signal.SIGKILL)
                 return "shutdown"

@@ -240,12 +240,14 @@ class ObjectStore:
             if not p.is_file() or p.is_symlink():
                 continue
             key = prefix + p.relative_to(src).as_posix()
-            seen.add(key)
-            old = self.head(bucket, key)
-            if old is not None and old.size == p.stat().st_size and old.etag == _md5(p):
+            try:
+                old = self.head(bucket, key)
+                if old is None or old.size != p.stat().st_size or old.etag != _md5(p):
+                    self.put_file(bucket, key, p)
+                    n += 1
+            except FileNotFoundError:  # renamed or removed by the job while we looked
                 continue
-            self.put_file(bucket, key, p)
-            n += 1
+            seen.add(key)
         after = ""
         while batch := self.list(bucket, prefix, after):
             for info in batch:
