@@ -42,14 +42,15 @@ class RunningEmulator:
 
 
 @contextlib.contextmanager
-def start_emulator(data_dir: Path, port: int | None = None, env_extra: dict | None = None):
+def start_emulator(data_dir: Path, port: int | None = None, env_extra: dict | None = None, executor: str = "process"):
     port = port or free_port()
     log = data_dir.parent / f"{data_dir.name}-emulator.log"
     env = {**os.environ, "ALIBABA_CLOUD_ACCESS_KEY_ID": ACCESS_KEY_ID,
            "ALIBABA_CLOUD_ACCESS_KEY_SECRET": ACCESS_KEY_SECRET, "PAI_DISTIL_EMULATOR_GRACE_S": "20",
            **(env_extra or {})}
     with open(log, "ab") as out:
-        proc = subprocess.Popen([*CLI, "emulator", "start", "--port", str(port), "--data-dir", str(data_dir)],
+        proc = subprocess.Popen([*CLI, "emulator", "start", "--port", str(port), "--data-dir", str(data_dir),
+                                 "--executor", executor],
                                 env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60

@@ -101,7 +101,7 @@ def test_preempted_training_resumes_from_its_oss_checkpoint(emu, teacher, tmp_pa
     assert cots.returncode == 0, cots.stderr[-2000:]
     train = tmp_path / "train.yaml"
     train.write_text(yaml.safe_dump({"student": {"model": "preset:micro"},
-                                     "train": {"max_steps": 40, "batch_size": 8, "checkpoint_every": 4}}))
+                                     "train": {"max_steps": 24, "batch_size": 8, "checkpoint_every": 4}}))
     sub = cli(home, "submit", "slow-thinking", "-c", train, "-i", f"cots={cots.stdout.strip()}",
               "--backend", "pai", "--detach")
     assert sub.returncode == 0, sub.stderr[-2000:]
@@ -121,7 +121,7 @@ def test_preempted_training_resumes_from_its_oss_checkpoint(emu, teacher, tmp_pa
     assert "succeeded" in show.stdout, show.stdout + final.stderr[-2000:]
     metrics = [json.loads(x) for x in (home / "work").glob("slow-thinking-*/output/metrics.jsonl").__next__()
                .read_text().splitlines()]
-    assert metrics[-1]["step"] == 40
+    assert metrics[-1]["step"] == 24
     from alibabacloud_pai_dlc20201203 import models as m
     from emulator_support import dlc_client
 

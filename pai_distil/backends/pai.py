@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path, PurePosixPath
@@ -26,11 +25,11 @@ from pathlib import Path, PurePosixPath
 from rich.console import Console
 
 from .. import artifacts
-from ..errors import RunFailed, UserError
+from ..errors import UserError
 from ..paths import run_dir
 from ..registry import ACTIVE, Registry, RunRecord
 from ..specs import JobSpec
-from .process import _DETACH, CONFIG_FILE, LOG_FILE, ProcessBackend, _sigterm_blocked, contract_env, write_run_files
+from .process import CONFIG_FILE, ProcessBackend, contract_env, write_run_files
 from .supervisor import NO_ARTIFACT, Supervisor, supervise
 
 SUPERVISOR_MODULE = "pai_distil.backends.pai"
@@ -126,21 +125,7 @@ class PaiBackend(ProcessBackend):
             self.registry.update(record.id, where_state=ACTIVE, state="failed", error=e.message, finished_at=time.time())
             raise
         console.print(f"DLC job [bold]{job_id}[/] for run {record.id}")
-        log_path = Path(record.log_path or run_dir(record.id) / LOG_FILE)
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        log_path.touch()
-        if record.log_path != str(log_path):
-            self.registry.update(record.id, log_path=str(log_path))
-        argv = [sys.executable, "-m", SUPERVISOR_MODULE, record.id, str(self.registry.path)]
-        with _sigterm_blocked():
-            spawned = subprocess.run([sys.executable, "-I", "-S", "-c", _DETACH, str(log_path), *argv],
-                                     env=dict(os.environ), stdin=subprocess.DEVNULL, capture_output=True, text=True)
-        if spawned.returncode != 0 or not spawned.stdout.strip().isdigit():
-            error = f"could not start the supervisor: {(spawned.stderr.strip().splitlines() or ['?'])[-1]}"
-            self.registry.update(record.id, state="failed", error=error, finished_at=time.time())
-            raise RunFailed(f"run {record.id} failed: {error}")
-        self.registry.update(record.id, supervisor_pid=int(spawned.stdout))
-        return self.registry.get(record.id)
+        return self.spawn_supervisor(record, SUPERVISOR_MODULE, dict(os.environ))
 
     def _submit(self, spec: JobSpec, record: RunRecord, plan: Plan, console: Console) -> str:
         from ..pai import dlc

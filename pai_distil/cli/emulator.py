@@ -22,7 +22,10 @@ def emulator() -> None:
               help="the AccessKey id to accept [env: ALIBABA_CLOUD_ACCESS_KEY_ID]")
 @click.option("--access-key-secret", envvar="ALIBABA_CLOUD_ACCESS_KEY_SECRET", metavar="SECRET",
               help="its secret; prefer the environment variable [env: ALIBABA_CLOUD_ACCESS_KEY_SECRET]")
-def start(port, data_dir, access_key_id, access_key_secret) -> None:
+@click.option("--executor", type=click.Choice(["auto", "docker", "process"]), default="auto", show_default=True,
+              help="how DLC pods run: Docker containers of the job's image, or local processes; "
+                   "auto = Docker when the engine answers and the image is here")
+def start(port, data_dir, access_key_id, access_key_secret, executor) -> None:
     """Serve OSS, DLC and DSW on 127.0.0.1:PORT until interrupted."""
     from .. import paths
     from ..emulator.auth import Keys
@@ -32,8 +35,11 @@ def start(port, data_dir, access_key_id, access_key_secret) -> None:
         raise UserError("the emulator needs an AccessKey pair: set ALIBABA_CLOUD_ACCESS_KEY_ID and "
                         "ALIBABA_CLOUD_ACCESS_KEY_SECRET (or pass --access-key-id/--access-key-secret)")
     directory = Path(data_dir).expanduser().resolve() if data_dir else paths.home() / "emulator"
-    emu = Emulator(directory, Keys({access_key_id: access_key_secret}), port=port)
-    click.echo(f"pai-distil emulator on http://127.0.0.1:{port} (OSS, DLC, DSW); data in {directory}", err=True)
+    emu = Emulator(directory, Keys({access_key_id: access_key_secret}), port=port, executor=executor)
+    pods = {"auto": "Docker containers when the job's image is here, else processes",
+            "docker": "Docker containers", "process": "local processes"}[executor]
+    click.echo(f"pai-distil emulator on http://127.0.0.1:{port} (OSS, DLC, DSW); data in {directory}; "
+               f"DLC pods run as {pods}", err=True)
     serve(emu)
 
 

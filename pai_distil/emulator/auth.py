@@ -29,6 +29,9 @@ OSS_SUBRESOURCES = frozenset(
     "replicationProgress transferAcceleration cname metaQuery resourceGroup style styleName "
     "x-oss-async-process regionList".split())
 OSS_V4_DEFAULT_SIGNED = ("content-type", "content-md5")
+OSS_MISMATCH = ("The request signature we calculated does not match the signature you provided. "
+                "Check your key and signing method.")
+POP_MISMATCH = "Specified signature does not match our calculation."
 
 
 class AuthError(Exception):
@@ -72,6 +75,16 @@ class Keys:
 
 def _same(a: str, b: str) -> bool:
     return hmac.compare_digest(a.encode(), b.encode())
+
+
+def _verify_sha1(credential: str, to_sign: str, keys: Keys, mismatch: str) -> str:
+    """`AK:base64(hmac-sha1(secret, string to sign))`, the form of OSS V1 and of ROA signatures."""
+    ak, _, signature = credential.rpartition(":")
+    secret = keys.secret(ak)
+    expected = base64.b64encode(hmac.new(secret.encode(), to_sign.encode(), hashlib.sha1).digest()).decode()
+    if not _same(expected, signature):
+        raise AuthError("SignatureDoesNotMatch", mismatch, ak, to_sign)
+    return ak
 
 
 # --- OSS ---------------------------------------------------------------------------------------
@@ -136,18 +149,10 @@ def verify_oss(req: SignedRequest, keys: Keys) -> str:
         _, to_sign = oss_v4_parts(req, additional, scope)
         expected = hmac.new(_v4_signing_key(secret, scope), to_sign.encode(), hashlib.sha256).hexdigest()
         if not _same(expected, fields.get("Signature", "")):
-            raise AuthError("SignatureDoesNotMatch", "The request signature we calculated does not match the "
-                            "signature you provided. Check your key and signing method.", ak, to_sign)
+            raise AuthError("SignatureDoesNotMatch", OSS_MISMATCH, ak, to_sign)
         return ak
     if auth.startswith("OSS "):
-        ak, _, signature = auth[4:].rpartition(":")
-        secret = keys.secret(ak)
-        to_sign = oss_string_to_sign_v1(req)
-        expected = base64.b64encode(hmac.new(secret.encode(), to_sign.encode(), hashlib.sha1).digest()).decode()
-        if not _same(expected, signature):
-            raise AuthError("SignatureDoesNotMatch", "The request signature we calculated does not match the "
-                            "signature you provided. Check your key and signing method.", ak, to_sign)
-        return ak
+        return _verify_sha1(auth[4:], oss_string_to_sign_v1(req), keys, OSS_MISMATCH)
     raise AuthError("AccessDenied", "AccessDenied: anonymous access is not allowed on this emulator; sign the request")
 
 
@@ -184,14 +189,8 @@ def verify_pop(req: SignedRequest, keys: Keys) -> str:
         to_sign = "ACS3-HMAC-SHA256\n" + hashlib.sha256(canonical.encode()).hexdigest()
         expected = hmac.new(secret.encode(), to_sign.encode(), hashlib.sha256).hexdigest()
         if not _same(expected, fields.get("Signature", "")):
-            raise AuthError("SignatureDoesNotMatch", "Specified signature does not match our calculation.", ak, to_sign)
+            raise AuthError("SignatureDoesNotMatch", POP_MISMATCH, ak, to_sign)
         return ak
     if auth.startswith("acs "):
-        ak, _, signature = auth[4:].rpartition(":")
-        secret = keys.secret(ak)
-        to_sign = roa_string_to_sign(req)
-        expected = base64.b64encode(hmac.new(secret.encode(), to_sign.encode(), hashlib.sha1).digest()).decode()
-        if not _same(expected, signature):
-            raise AuthError("SignatureDoesNotMatch", "Specified signature does not match our calculation.", ak, to_sign)
-        return ak
+        return _verify_sha1(auth[4:], roa_string_to_sign(req), keys, POP_MISMATCH)
     raise AuthError("MissingAuthorization", "the request carries no Authorization header; sign it with an AccessKey")

@@ -1,11 +1,16 @@
-"""Running an emulated DLC job: OSS data sources become mounts, every pod becomes a process.
+"""Running an emulated DLC job: OSS data sources become mounts, every pod a container or a process.
 
 Per job: its OSS data sources are copied from the emulator's object store into
-`<data-dir>/jobs/<id>/mounts/<n>` (an OSS mount, as DLC's ossfs gives a pod), then one process
-per pod runs the job's UserCommand with the job's Envs plus DLC's PyTorchJob variables
-(MASTER_ADDR, MASTER_PORT, WORLD_SIZE, RANK). Mount paths in the command and the Envs are
-mapped to those folders, so a job sees its data where it asked for it. Pods get a clean
-environment: the emulator's own variables (its AccessKey among them) never reach a job.
+`<data-dir>/jobs/<id>/mounts/<n>` (an OSS mount, as DLC's ossfs gives a pod), then each pod runs
+the job's UserCommand with the job's Envs plus DLC's PyTorchJob variables (MASTER_ADDR,
+MASTER_PORT, WORLD_SIZE, RANK):
+
+- as a Docker container of the job's image, the folders bind-mounted at the job's mount paths
+  (executor `docker`, or `auto` when the engine answers and the image is present here);
+- else as a local process, mount paths in the command and the Envs mapped to those folders.
+
+Pods get a clean environment: the emulator's own variables (its AccessKey among them) never
+reach a job.
 
 Read-write mounts are written back to OSS every few seconds while the pods run (an OSS mount
 writes through), and when the pods end, the job is stopped or a pod is preempted. A preemption restarts every pod of the job, as DLC does for a PyTorchJob:
@@ -27,6 +32,8 @@ import threading
 import time
 from pathlib import Path
 
+from .. import dockercli
+from ..errors import UserError
 from .objects import store_of
 
 GRACE_S = 30.0
@@ -68,6 +75,7 @@ class JobRun(threading.Thread):
         self.preempted: list[str] = []
         self.shutting_down = threading.Event()
         self.procs: dict[str, subprocess.Popen] = {}
+        self.containers: dict[str, str] = {}  # pod id -> container name, when pods run in Docker
 
     # --- state ---
     def job(self) -> dict:
@@ -120,36 +128,83 @@ class JobRun(threading.Thread):
         return text
 
     # --- pods ---
+    def executor(self, image: str) -> str:
+        """`docker` or `process` for this job, as the emulator was told (`auto`: Docker when it can)."""
+        mode = getattr(self.emulator, "executor", "auto")
+        if mode == "process":
+            return "process"
+        try:
+            dockercli.require_engine()
+            present = bool(dockercli.image_id(image))
+        except UserError:
+            present = False
+        if mode == "docker" and not present:
+            raise RuntimeError(f"image {image} is not present on this machine (or no Docker engine); "
+                               "build or pull it, or start the emulator with --executor process")
+        return "docker" if present else "process"
+
+    def pod_argv(self, how: str, job: dict, pod: dict, env: dict[str, str], mounts: list[dict]) -> list[str]:
+        if how == "process":
+            return ["/bin/sh", "-c", self.mapped(job["UserCommand"], mounts)]
+        from ..backends.local import _writable_dir, container_user
+
+        name = f"pai-dlc-{pod['PodId']}"
+        self.containers[pod["PodId"]] = name
+        argv = [dockercli.binary(), "run", "--rm", "--init", "--name", name, "--label", f"pai-distil.dlc-job={self.job_id}",
+                "--network", "host", "--shm-size", "1g"]
+        user = container_user()
+        if user:
+            argv += ["--user", user]
+        for m in mounts:
+            if m["rw"]:
+                _writable_dir(m["host"])
+            argv += ["--mount", f"type=bind,source={m['host']},target={m['path']}" + ("" if m["rw"] else ",readonly")]
+        for k in env:
+            argv += ["-e", k]  # values come from the docker client's environment, not its command line
+        return argv + [job["JobSpecs"][0]["Image"], "sh", "-c", job["UserCommand"]]
+
     def launch(self, job: dict, mounts: list[dict]) -> None:
         port = _free_port()
         pods = job["Pods"]
-        base = {"PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}",
-                "HOME": str(self.root / "home"), "LANG": os.environ.get("LANG", "C.UTF-8"),
-                "TMPDIR": str(self.root / "tmp"), "PYTHONUNBUFFERED": "1"}
+        how = self.executor(job["JobSpecs"][0]["Image"])
         for d in ("home", "tmp", "logs"):
             (self.root / d).mkdir(parents=True, exist_ok=True)
-        command = self.mapped(job["UserCommand"], mounts)
+        if how == "process":
+            base = {"PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+                    "HOME": str(self.root / "home"), "LANG": os.environ.get("LANG", "C.UTF-8"),
+                    "TMPDIR": str(self.root / "tmp"), "PYTHONUNBUFFERED": "1"}
+            job_env = {k: self.mapped(str(v), mounts) for k, v in (job.get("Envs") or {}).items()}
+        else:
+            base = {"HOME": "/tmp", "PYTHONUNBUFFERED": "1"}
+            job_env = {k: str(v) for k, v in (job.get("Envs") or {}).items()}
         pids = {}
         for rank, pod in enumerate(pods):
-            env = {**base, **{k: self.mapped(str(v), mounts) for k, v in (job.get("Envs") or {}).items()},
-                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": str(len(pods)),
-                   "RANK": str(rank), "DLC_JOB_ID": self.job_id, "DLC_POD_NAME": pod["PodId"]}
+            env = {**base, **job_env, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+                   "WORLD_SIZE": str(len(pods)), "RANK": str(rank), "DLC_JOB_ID": self.job_id,
+                   "DLC_POD_NAME": pod["PodId"]}
+            argv = self.pod_argv(how, job, pod, env, mounts)
             with open(self.root / "logs" / f"{pod['PodId']}.log", "ab") as log:
-                proc = subprocess.Popen(["/bin/sh", "-c", command], env=env, cwd=self.root / "home",
-                                        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
+                proc = subprocess.Popen(argv, env=env if how == "process" else {**dockercli.env(), **env},
+                                        cwd=self.root / "home", stdin=subprocess.DEVNULL, stdout=log,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
             self.procs[pod["PodId"]] = proc
             pids[pod["PodId"]] = proc.pid
-        self.event(f"{len(pods)} pod(s) started", _pids=pids)
+        where = "local processes" if how == "process" else f"containers of {job['JobSpecs'][0]['Image']}"
+        self.event(f"{len(pods)} pod(s) started as {where}", _pids=pids)
         self.set_pods("Running", GmtStartTime=iso(time.time()))
 
     def signal_pods(self, sig: int) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, sig)
-                except (ProcessLookupError, PermissionError):
-                    pass
+        for pod_id, proc in self.procs.items():
+            if proc.poll() is not None:
+                continue
+            name = self.containers.get(pod_id)
+            if name:
+                dockercli.docker("kill", "--signal", "KILL" if sig == signal.SIGKILL else "TERM", name, check=False)
+                continue
+            try:
+                os.killpg(proc.pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
 
     def stop_pods(self) -> None:
         """SIGTERM (the job checkpoints), SIGKILL after the grace period."""
@@ -160,6 +215,8 @@ class JobRun(threading.Thread):
         self.signal_pods(signal.SIGKILL)
         for p in self.procs.values():
             p.wait()
+        if self.containers:
+            remove_containers(self.job_id)
 
     def run(self) -> None:
         try:
@@ -261,6 +318,17 @@ class JobRun(threading.Thread):
             time.sleep(POLL_S)
 
 
+def remove_containers(job_id: str) -> None:
+    """Containers of a job's pods, whatever their state (none when pods ran as processes)."""
+    try:
+        dockercli.require_engine()
+    except UserError:
+        return
+    ids = dockercli.docker("ps", "-aq", "--filter", f"label=pai-distil.dlc-job={job_id}", check=False).stdout.split()
+    if ids:
+        dockercli.docker("rm", "-f", *ids, check=False)
+
+
 def launch(emulator, job_id: str) -> None:
     with _lock:
         if job_id in _runs:
@@ -307,6 +375,7 @@ def resume_all(emulator) -> None:
                 os.killpg(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
+        remove_containers(job["JobId"])
         if job["Status"] == "Stopping":
             store.update(job["JobId"], Status="Stopped", GmtFinishTime=iso(time.time()))
             continue

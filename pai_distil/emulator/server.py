@@ -34,6 +34,7 @@ class Emulator:
     keys: Keys
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
+    executor: str = "auto"  # how DLC pods run: docker, process, or auto (Docker when the job's image is here)
     services: dict[str, Any] = field(default_factory=dict)  # module name -> module, once mounted
 
     def store(self, name: str) -> Store:
