@@ -174,3 +174,36 @@ def test_wrong_secret_is_one_line_from_the_cli(emu, teacher, tmp_path):
     no_keys = cli(home, "submit", "generate", "-c", gen, "--backend", "pai", secret="")
     assert no_keys.returncode != 0 and len(no_keys.stderr.strip().splitlines()) == 1
     assert "ALIBABA_CLOUD_ACCESS_KEY_SECRET" in no_keys.stderr
+
+
+def test_failed_job_is_reported_with_its_reason_and_cancel_stops_the_dlc_job(emu, teacher, tmp_path):
+    from alibabacloud_pai_dlc20201203 import models as m
+    from emulator_support import dlc_client, free_port
+
+    home = tmp_path / "home"
+    configure(home, emu)
+    gen = tmp_path / "gen.yaml"
+    gen.write_text(yaml.safe_dump({"teacher": {"base_url": f"http://127.0.0.1:{free_port()}/v1", "max_retries": 0},
+                                   "problems": {"n": 4, "seed": 3}}))
+    failed = cli(home, "submit", "generate", "-c", gen, "--backend", "pai")
+    assert failed.returncode == 1
+    last = failed.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: run generate-") and "DLC job dlc" in last and "unreachable" in last, last
+
+    gen.write_text(yaml.safe_dump({"teacher": {"base_url": teacher.base_url}, "problems": {"n": 60, "seed": 4}}))
+    cots = cli(home, "submit", "generate", "-c", gen, "--backend", "process")
+    train = tmp_path / "train.yaml"
+    train.write_text(yaml.safe_dump({"student": {"model": "preset:micro"}, "train": {"max_steps": 2000, "batch_size": 8}}))
+    sub = cli(home, "submit", "slow-thinking", "-c", train, "-i", f"cots={cots.stdout.strip()}", "--backend", "pai",
+              "--detach")
+    assert sub.returncode == 0, sub.stderr[-2000:]
+    run_dir = next((home / "runs").glob("slow-thinking-*"))
+    deadline = time.monotonic() + 120
+    while "step " not in (run_dir / "job.log").read_text():
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    cancel = cli(home, "runs", "cancel", run_dir.name)
+    assert cancel.returncode == 0 and "cancelled" in cancel.stdout, cancel.stdout + cancel.stderr
+    job_id = json.loads((run_dir / "dlc-job.json").read_text())["job_id"]
+    assert dlc_client(emu).get_job(job_id, m.GetJobRequest()).body.status == "Stopped"
+    assert "stopping DLC job" in (run_dir / "job.log").read_text()
