@@ -106,15 +106,3 @@ def dlc_client(emu: RunningEmulator, secret: str = ACCESS_KEY_SECRET):
 
     cred = Credentials(CredentialConfig(type="access_key", access_key_id=ACCESS_KEY_ID, access_key_secret=secret))
     return Client(Config(credential=cred, endpoint=emu.endpoint(), protocol="http", region_id="cn-hangzhou"))
-
-
-def preempt(emu: RunningEmulator, job_id: str, pod_id: str) -> dict:
-    """The emulator's own route, signed like any DLC call, through the SDK's generic call_api."""
-    from alibabacloud_tea_openapi import utils_models
-    from darabonba.runtime import RuntimeOptions
-
-    client = dlc_client(emu)
-    params = utils_models.Params(action="PreemptPod", version="2020-12-03", protocol="HTTP",
-                                 pathname=f"/_emulator/dlc/jobs/{job_id}/pods/{pod_id}/preempt", method="POST",
-                                 auth_type="AK", style="ROA", req_body_type="json", body_type="json")
-    return client.call_api(params, utils_models.OpenApiRequest(), RuntimeOptions())["body"]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import start_teacher
-from emulator_support import ACCESS_KEY_SECRET, cli, configure, preempt, start_emulator
+from emulator_support import ACCESS_KEY_SECRET, cli, configure, start_emulator
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +112,8 @@ def test_preempted_training_resumes_from_its_oss_checkpoint(emu, teacher, tmp_pa
     while not list((emu.data_dir / "jobs" / job_id / "mounts").glob("*/step-*")):
         assert time.monotonic() < deadline, (run_dir / "job.log").read_text()[-2000:]
         time.sleep(0.5)
-    assert preempt(emu, job_id, f"{job_id}-worker-0")["JobId"] == job_id
+    pre = cli(home, "emulator", "preempt", job_id)
+    assert pre.returncode == 0 and f"preempted {job_id}-worker-0" in pre.stdout, pre.stderr
 
     final = cli(home, "runs", "logs", "-f", run_dir.name, timeout=600)
     log = (run_dir / "job.log").read_text()

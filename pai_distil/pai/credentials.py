@@ -27,11 +27,30 @@ def chain():
     # the library logs each failed provider with a traceback on stderr; the one line below says it all
     logging.getLogger("credentials").disabled = True
     try:
-        client = Client()
+        client = Client(_from_environment())
         client.get_credential()
     except Exception as e:  # noqa: BLE001 - the chain raises several types; all mean "not configured"
         raise UserError(f"{NO_CREDENTIALS} ({type(e).__name__})") from None
     return client
+
+
+def _from_environment():
+    """The environment's AccessKey (or STS token) as read now, else None for the library's default chain.
+
+    The library reads these variables once, when it is imported; a program that sets them later
+    (a notebook, a test) would otherwise not be heard.
+    """
+    import os
+
+    from alibabacloud_credentials.models import Config
+
+    ak, secret = os.environ.get("ALIBABA_CLOUD_ACCESS_KEY_ID"), os.environ.get("ALIBABA_CLOUD_ACCESS_KEY_SECRET")
+    if not ak or not secret:
+        return None
+    token = os.environ.get("ALIBABA_CLOUD_SECURITY_TOKEN")
+    if token:
+        return Config(type="sts", access_key_id=ak, access_key_secret=secret, security_token=token)
+    return Config(type="access_key", access_key_id=ak, access_key_secret=secret)
 
 
 class OssProvider:

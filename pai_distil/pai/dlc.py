@@ -153,6 +153,17 @@ def stop_job(dlc, job_id: str) -> None:
         raise explain(e, f"stopping job {job_id}") from None
 
 
+def preempt_pod(dlc, job_id: str, pod_id: str) -> dict:
+    """The emulator's preemption route (`/_emulator/...`, no DLC equivalent), signed by the SDK's call_api."""
+    from alibabacloud_tea_openapi import utils_models
+    from darabonba.runtime import RuntimeOptions
+
+    params = utils_models.Params(action="PreemptPod", version="2020-12-03", protocol="HTTPS",
+                                 pathname=f"/_emulator/dlc/jobs/{job_id}/pods/{pod_id}/preempt", method="POST",
+                                 auth_type="AK", style="ROA", req_body_type="json", body_type="json")
+    return dlc.call_api(params, utils_models.OpenApiRequest(), RuntimeOptions())["body"]
+
+
 def backoff(start: float = 1.0, factor: float = 1.5, ceiling: float = 10.0) -> Iterator[float]:
     """Poll intervals: quick at first, then no faster than every `ceiling` seconds."""
     delay = start
