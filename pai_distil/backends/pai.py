@@ -75,11 +75,15 @@ class Plan:
         self.env = {k: v for k, v in env.items() if k not in DLC_SETS}
 
     def image(self) -> str:
-        if self.spec.image or self.cfg.image:
-            return self.spec.image or self.cfg.image
-        from ..images import default_image
+        """The job image: PAI pulls it from a registry, so it is named in the config, never guessed."""
+        image = self.spec.image or self.cfg.image
+        if not image:
+            from ..pai.config import config_path
 
-        return default_image()
+            raise UserError(f"--backend pai needs `image` in {config_path()}: a job image PAI can pull, e.g. "
+                            "`pai-distil images build --target gpu --push REGISTRY`, then "
+                            "`pai-distil config set image=REGISTRY/pai-distil-gpu:TAG`")
+        return image
 
     def request(self):
         from ..pai.dlc import create_job_request
@@ -131,6 +135,7 @@ class PaiBackend(ProcessBackend):
         from ..pai import dlc
         from ..pai.oss import Storage, Transfer
 
+        plan.image()  # a missing setting fails before anything is uploaded
         directory = run_dir(record.id)
         config_path = write_run_files(spec, directory)
         storage = Storage(plan.cfg, console)
