@@ -36,6 +36,8 @@ def get_backend(name: str, registry: Registry | None = None) -> Backend:
         from .local import LocalBackend
 
         return LocalBackend(registry)
-    if name in BACKENDS:
-        raise UserError(f"backend '{name}' is not available yet in this version; use --backend process")
+    if name == "pai":
+        from .pai import PaiBackend
+
+        return PaiBackend(registry)
     raise UserError(f"unknown backend '{name}'; choose one of: {', '.join(BACKENDS)}")

@@ -30,11 +30,11 @@ from pathlib import Path, PurePosixPath
 
 from .. import dockercli
 from ..artifacts import is_complete
-from ..errors import RunFailed, UserError
+from ..errors import UserError
 from ..paths import run_dir
 from ..registry import ACTIVE, Registry, RunRecord
 from ..specs import JobSpec
-from .process import _DETACH, CONFIG_FILE, LOG_FILE, ProcessBackend, _sigterm_blocked, contract_env, free_port, write_run_files
+from .process import CONFIG_FILE, ProcessBackend, contract_env, free_port, write_run_files
 from .supervisor import NO_ARTIFACT, Supervisor, supervise
 
 SUPERVISOR_MODULE = "pai_distil.backends.local"
@@ -157,25 +157,10 @@ class LocalBackend(ProcessBackend):
             self.registry.update(record.id, where_state=ACTIVE, state="failed", error=e.message, finished_at=time.time())
             raise
         spec = spec.model_copy(update={"image": image})
-        directory = run_dir(record.id)
-        write_run_files(spec, directory)
+        write_run_files(spec, run_dir(record.id))
         for d in (spec.output, spec.checkpoint_dir):
             _writable_dir(Path(d))
-        log_path = Path(record.log_path or directory / LOG_FILE)
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        log_path.touch()
-        if record.log_path != str(log_path):
-            self.registry.update(record.id, log_path=str(log_path))
-        argv = [sys.executable, "-m", SUPERVISOR_MODULE, record.id, str(self.registry.path)]
-        with _sigterm_blocked():
-            spawned = subprocess.run([sys.executable, "-I", "-S", "-c", _DETACH, str(log_path), *argv],
-                                     env=dict(os.environ), stdin=subprocess.DEVNULL, capture_output=True, text=True)
-        if spawned.returncode != 0 or not spawned.stdout.strip().isdigit():
-            error = f"could not start the supervisor: {dockercli.last_line(spawned.stderr) or '?'}"
-            self.registry.update(record.id, state="failed", error=error, finished_at=time.time())
-            raise RunFailed(f"run {record.id} failed: {error}")
-        self.registry.update(record.id, supervisor_pid=int(spawned.stdout))
-        return self.registry.get(record.id)
+        return self.spawn_supervisor(record, SUPERVISOR_MODULE, dict(os.environ))
 
     def cancel(self, record: RunRecord, wait_s: float | None = None) -> RunRecord:
         record = super().cancel(record, **({} if wait_s is None else {"wait_s": wait_s}))

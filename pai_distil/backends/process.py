@@ -100,17 +100,20 @@ class ProcessBackend:
         self.registry = registry or Registry()
 
     def start(self, spec: JobSpec, record: RunRecord) -> RunRecord:
-        directory = run_dir(record.id)
-        config_path = write_run_files(spec, directory)
+        config_path = write_run_files(spec, run_dir(record.id))
         Path(spec.output).mkdir(parents=True, exist_ok=True)
         Path(spec.checkpoint_dir).mkdir(parents=True, exist_ok=True)
-        log_path = Path(record.log_path or directory / LOG_FILE)
+        env = {**os.environ, **contract_env(spec, config_path, master_port=free_port())}
+        return self.spawn_supervisor(record, SUPERVISOR_MODULE, env)
+
+    def spawn_supervisor(self, record: RunRecord, module: str, env: dict[str, str]) -> RunRecord:
+        """Start `python -m MODULE RUN_ID REGISTRY` detached, its output appended to the run's log."""
+        log_path = Path(record.log_path or run_dir(record.id) / LOG_FILE)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_path.touch()
         if record.log_path != str(log_path):
             self.registry.update(record.id, log_path=str(log_path))  # before the supervisor reads it
-        env = {**os.environ, **contract_env(spec, config_path, master_port=free_port())}
-        argv = [sys.executable, "-m", SUPERVISOR_MODULE, record.id, str(self.registry.path)]
+        argv = [sys.executable, "-m", module, record.id, str(self.registry.path)]
         with _sigterm_blocked():
             spawned = subprocess.run([sys.executable, "-I", "-S", "-c", _DETACH, str(log_path), *argv], env=env,
                                      stdin=subprocess.DEVNULL, capture_output=True, text=True)

@@ -26,7 +26,7 @@ BACKENDS = click.Choice(["process", "local", "pai"])
 @click.option("--nproc-per-node", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--force", is_flag=True, help="rerun even when config and inputs are unchanged")
 @click.option("--detach", "-d", is_flag=True, help="return once the job has started")
-@click.option("--dry-run", is_flag=True, help="print the job spec and start nothing")
+@click.option("--dry-run", is_flag=True, help="print the job spec (with --backend pai: the DLC CreateJob body) and start nothing")
 @click.option("--variant", type=click.Choice(["x", "y"]), help="adaptive-thinking: ThoughtX (x) or ThoughtY (y)")
 def submit(stage, config_file, inputs, backend, nodes, nproc_per_node, force, detach, dry_run, variant):
     """Run one STAGE as a job (e.g. `pai-distil submit slow-thinking -c cfg.yaml -i cots=out/`)."""
@@ -43,6 +43,11 @@ def submit(stage, config_file, inputs, backend, nodes, nproc_per_node, force, de
     where = f"config {config_file}" if config_file else f"{stage} config"
     prep = prepare(stage, data, parse_inputs(inputs), where=where, nodes=nodes, procs_per_node=nproc_per_node)
     if dry_run:
+        if backend == "pai":  # what DLC would receive: the CreateJob body, field names as the API has them
+            from ..backends.pai import dry_run_body
+
+            click.echo(json.dumps(dry_run_body(prep.spec), indent=2))
+            return
         click.echo(json.dumps(prep.spec.model_dump(mode="json"), indent=2))
         return
     record = execute(prep, backend, force=force, detach=detach)

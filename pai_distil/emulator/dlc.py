@@ -1,0 +1,166 @@
+"""The PAI-DLC API (`/api/v1/jobs` ...), as alibabacloud-pai-dlc20201203 calls it.
+
+CreateJob, GetJob, ListJobs (filters: DisplayName, Status, Tags, paging), StopJob, GetPodLogs,
+GetJobEvents. Jobs move through DLC's states (Creating, Queuing, Dequeued, Running, then
+Succeeded, Failed, or Stopping and Stopped) and really run: see `dlc_runner`. Two routes under
+`/_emulator/` are the emulator's own (no DLC equivalent): preempt a pod, to try spot behaviour.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+from fastapi import APIRouter, Request
+
+from . import dlc_runner
+from .pop import PopError, body_json, pop_router, request_id
+
+TERMINAL = ("Succeeded", "Failed", "Stopped")
+JOB_TYPES = ("PyTorchJob", "TFJob", "XGBoostJob", "MPIJob", "RayJob")
+POD_TYPES = ("Master", "Worker", "Chief", "PS", "Evaluator", "Head")
+STORE = "dlc-jobs"
+
+
+def iso(t: float | None) -> str | None:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t)) if t else None
+
+
+def validate_create(body: dict) -> None:
+    """The checks DLC makes before it accepts a job, with its error codes."""
+    def bad(field: str, why: str):
+        raise PopError(400, "InvalidParameter", f"{field}: {why}")
+
+    if not body.get("DisplayName"):
+        bad("DisplayName", "is required")
+    if body.get("JobType") not in JOB_TYPES:
+        bad("JobType", f"must be one of {', '.join(JOB_TYPES)}")
+    specs = body.get("JobSpecs")
+    if not isinstance(specs, list) or not specs:
+        bad("JobSpecs", "at least one JobSpec is required")
+    for i, spec in enumerate(specs):
+        if spec.get("Type") not in POD_TYPES:
+            bad(f"JobSpecs[{i}].Type", f"must be one of {', '.join(POD_TYPES)}")
+        if not isinstance(spec.get("PodCount"), int) or spec["PodCount"] < 1:
+            bad(f"JobSpecs[{i}].PodCount", "must be a positive integer")
+        if not spec.get("Image"):
+            bad(f"JobSpecs[{i}].Image", "is required")
+        if not spec.get("EcsSpec") and not spec.get("ResourceConfig"):
+            bad(f"JobSpecs[{i}]", "needs EcsSpec (public resources) or ResourceConfig (a quota)")
+    if not body.get("UserCommand"):
+        bad("UserCommand", "is required")
+    for i, ds in enumerate(body.get("DataSources") or []):
+        if not str(ds.get("Uri", "")).startswith("oss://") or not ds.get("MountPath", "").startswith("/"):
+            bad(f"DataSources[{i}]", "needs an oss:// Uri and an absolute MountPath")
+
+
+def public_view(job: dict) -> dict:
+    """GetJob's body: the stored job without the emulator's private bookkeeping."""
+    return {k: v for k, v in job.items() if not k.startswith("_")}
+
+
+def router(emulator) -> APIRouter:
+    store = emulator.store(STORE)
+    r = pop_router()
+
+    def get_job(job_id: str) -> dict:
+        job = store.get(job_id) if job_id.startswith("dlc") else None
+        if job is None:
+            raise PopError(404, "100400027", f"Job {job_id} does not exist or you have no permission to access it")
+        return job
+
+    @r.post("/api/v1/jobs")
+    async def create_job(request: Request) -> dict:
+        body = body_json(await request.body())
+        validate_create(body)
+        job_id = "dlc" + uuid.uuid4().hex[:14]
+        now = time.time()
+        pods = []
+        for spec in body["JobSpecs"]:
+            for i in range(spec["PodCount"]):
+                pods.append({"PodId": f"{job_id}-{spec['Type'].lower()}-{i}", "Type": spec["Type"], "Status": "Pending",
+                             "RestartCount": 0})
+        job = {**body, "JobId": job_id, "Status": "Creating", "ReasonCode": "", "ReasonMessage": "",
+               "GmtCreateTime": iso(now), "GmtSubmittedTime": iso(now), "Pods": pods, "RestartTimes": "0",
+               "_events": [f"{iso(now)} job {job_id} created"], "_created": now}
+        store.put(job_id, job)
+        dlc_runner.launch(emulator, job_id)
+        return {"JobId": job_id, "RequestId": request_id()}
+
+    @r.get("/api/v1/jobs/{job_id}")
+    def get(job_id: str) -> dict:
+        job = get_job(job_id)
+        return {**public_view(job), "Pods": [_pod_view(p) for p in job["Pods"]], "RequestId": request_id()}
+
+    @r.get("/api/v1/jobs")
+    def list_jobs(request: Request) -> dict:
+        q = request.query_params
+        jobs = sorted(store.all(), key=lambda j: j.get("_created", 0), reverse=True)
+        if q.get("DisplayName"):
+            jobs = [j for j in jobs if q["DisplayName"] in j.get("DisplayName", "")]
+        if q.get("Status"):
+            wanted = set(q["Status"].split(","))
+            jobs = [j for j in jobs if j["Status"] in wanted]
+        if q.get("JobId"):
+            jobs = [j for j in jobs if j["JobId"] == q["JobId"]]
+        if q.get("Tags"):
+            try:
+                tags = json.loads(q["Tags"])
+            except ValueError:
+                raise PopError(400, "InvalidParameter", "Tags: must be a JSON object") from None
+            jobs = [j for j in jobs if all(((j.get("Settings") or {}).get("Tags") or {}).get(k) == v
+                                           for k, v in tags.items())]
+        try:
+            page, size = int(q.get("PageNumber", 1)), int(q.get("PageSize", 50))
+        except ValueError:
+            raise PopError(400, "InvalidParameter", "PageNumber and PageSize must be integers") from None
+        chosen = jobs[(page - 1) * size: page * size]
+        return {"Jobs": [{**public_view(j), "Pods": [_pod_view(p) for p in j["Pods"]]} for j in chosen],
+                "TotalCount": len(jobs), "RequestId": request_id()}
+
+    @r.post("/api/v1/jobs/{job_id}/stop")
+    def stop(job_id: str) -> dict:
+        job = get_job(job_id)
+        if job["Status"] not in TERMINAL:
+            dlc_runner.stop(emulator, job_id)
+        return {"JobId": job_id, "RequestId": request_id()}
+
+    @r.get("/api/v1/jobs/{job_id}/pods/{pod_id}/logs")
+    def pod_logs(job_id: str, pod_id: str, request: Request) -> dict:
+        job = get_job(job_id)
+        if pod_id not in {p["PodId"] for p in job["Pods"]}:
+            raise PopError(404, "100400028", f"Pod {pod_id} of job {job_id} does not exist")
+        lines = dlc_runner.pod_log(emulator, job_id, pod_id)
+        max_lines = request.query_params.get("MaxLines")
+        if max_lines and max_lines.isdigit():
+            lines = lines[-int(max_lines):]
+        return {"JobId": job_id, "PodId": pod_id, "Logs": lines, "RequestId": request_id()}
+
+    @r.get("/api/v1/jobs/{job_id}/events")
+    def events(job_id: str) -> dict:
+        return {"JobId": job_id, "Events": get_job(job_id).get("_events", []), "RequestId": request_id()}
+
+    @r.post("/_emulator/dlc/jobs/{job_id}/pods/{pod_id}/preempt")
+    def preempt(job_id: str, pod_id: str) -> dict:
+        """Reclaim a pod as a spot instance would be: SIGTERM, then DLC restarts it."""
+        job = get_job(job_id)
+        if job["Status"] != "Running":
+            raise PopError(409, "InvalidStatus", f"job {job_id} is {job['Status']}, not Running")
+        dlc_runner.preempt(emulator, job_id, pod_id)
+        return {"JobId": job_id, "PodId": pod_id, "RequestId": request_id()}
+
+    return r
+
+
+def _pod_view(pod: dict) -> dict:
+    return {k: v for k, v in pod.items() if k != "RestartCount"} | {"SubStatus": f"Restarted {pod['RestartCount']}x"
+                                                                    if pod["RestartCount"] else ""}
+
+
+def start(emulator) -> None:
+    dlc_runner.resume_all(emulator)
+
+
+def stop(emulator) -> None:
+    dlc_runner.shutdown(emulator)

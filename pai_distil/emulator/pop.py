@@ -1,0 +1,75 @@
+"""What every POP API of the emulator shares (DLC, DSW, EAS): signed requests, request ids, the
+JSON error body the tea-openapi clients parse (`Code`, `Message`, `RequestId`, `HostId`).
+
+A service builds its routes on `pop_router()`; every route then requires a valid signature and
+any `PopError` it raises becomes the service's error response.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from .auth import AuthError, SignedRequest, verify_pop
+
+
+class PopError(Exception):
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def request_id() -> str:
+    return str(uuid.uuid4()).upper()
+
+
+async def signed_request(request: Request) -> SignedRequest:
+    return SignedRequest(method=request.method, path=request.url.path,
+                         query=list(request.query_params.multi_items()),
+                         headers={k.lower(): v for k, v in request.headers.items()},
+                         body=await request.body())
+
+
+async def require_signature(request: Request) -> str:
+    """FastAPI dependency: the AccessKey id that signed the request, or a POP auth error."""
+    try:
+        ak = verify_pop(await signed_request(request), request.app.state.emulator.keys)
+    except AuthError as e:
+        status = 404 if e.code == "InvalidAccessKeyId" else 400
+        code = "InvalidAccessKeyId.NotFound" if e.code == "InvalidAccessKeyId" else e.code
+        raise PopError(status, code, e.message) from None
+    request.state.access_key_id = ak
+    return ak
+
+
+def pop_router(**kwargs) -> APIRouter:
+    """An APIRouter whose every route checks the request's signature."""
+    return APIRouter(dependencies=[Depends(require_signature)], **kwargs)
+
+
+async def _render(request: Request, exc: PopError) -> JSONResponse:
+    host = request.headers.get("host", "127.0.0.1")
+    return JSONResponse({"RequestId": request_id(), "HostId": host, "Code": exc.code, "Message": exc.message,
+                         "Recommend": f"https://api.aliyun.com/troubleshoot?q={exc.code}"}, status_code=exc.status)
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(PopError, _render)
+
+
+def body_json(raw: bytes) -> dict:
+    import json
+
+    if not raw:
+        return {}
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        raise PopError(400, "InvalidParameter", "the body is not JSON") from None
+    if not isinstance(data, dict):
+        raise PopError(400, "InvalidParameter", "the body must be a JSON object")
+    return data

@@ -1,0 +1,1 @@
+"""Alibaba Cloud PAI from the client: configuration, credentials, OSS transfers, DLC jobs, DSW instances."""

@@ -1,0 +1,239 @@
+"""OSS transfers for `--backend pai`, with oss2 (the SDK with resumable multipart and CRC64 built in).
+
+oss2 rather than the v2 SDK: its `resumable_upload` keeps a checkpoint record of finished parts
+on disk and, when rerun, lists the parts OSS already has and sends only the rest; it checks the
+CRC64 OSS returns for every part and object. On top of it:
+
+- uploads skip a file whose object already carries the same sha256 (`x-oss-meta-sha256`);
+- large files go as parallel multipart uploads, resumable after an interruption;
+- downloads land in a temporary folder, are checked against the artifact's manifest, then move;
+- archives are extracted only when no member escapes the target folder.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tarfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
+
+from .. import artifacts, paths
+from ..errors import UserError
+from .config import PaiConfig
+
+MULTIPART_THRESHOLD = 8 * 1024 * 1024
+PART_SIZE = 4 * 1024 * 1024
+THREADS = 4
+SHA_META = "sha256"
+
+
+@dataclass
+class Transfer:
+    """What an upload or download moved, for the line the CLI prints."""
+
+    files_sent: int = 0
+    bytes_sent: int = 0
+    files_skipped: int = 0
+    bytes_skipped: int = 0
+
+    def summary(self, verb: str = "uploaded") -> str:
+        return (f"{verb} {_size(self.bytes_sent)} in {self.files_sent} file(s); "
+                f"{self.files_skipped} unchanged file(s), {_size(self.bytes_skipped)}, not sent")
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n} B" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def explain(e: Exception, what: str) -> UserError:
+    """One line for an OSS failure; authentication problems say which setting to fix."""
+    import oss2
+
+    if isinstance(e, oss2.exceptions.OssError):
+        code = getattr(e, "code", "") or ""
+        if code in ("SignatureDoesNotMatch", "InvalidAccessKeyId") or e.status == 403:
+            return UserError(f"OSS refused the credentials ({code or e.status}) while {what}: check "
+                             "ALIBABA_CLOUD_ACCESS_KEY_ID / ALIBABA_CLOUD_ACCESS_KEY_SECRET (or your profile)")
+        if code == "NoSuchBucket":
+            return UserError(f"OSS bucket does not exist ({what}); create it or fix `oss_bucket` with "
+                             "`pai-distil config set oss_bucket=NAME`")
+        if e.status == -2 or code == "":  # oss2 reports connection failures with status -2
+            return UserError(f"cannot reach OSS while {what}: {getattr(e, 'message', e)}; check `oss_endpoint`")
+        return UserError(f"OSS error {code} while {what}: {getattr(e, 'message', e)}")
+    return UserError(f"OSS transfer failed while {what}: {e}")
+
+
+class Storage:
+    """One bucket of the configured account, through the credential chain."""
+
+    def __init__(self, cfg: PaiConfig, console: Console | None = None):
+        import oss2
+
+        from .credentials import OssProvider, chain
+
+        self.cfg = cfg
+        self.console = console or Console(stderr=True)
+        auth = oss2.ProviderAuthV4(OssProvider(chain()))
+        self.bucket = oss2.Bucket(auth, cfg.oss_url(), cfg.oss_bucket, region=cfg.region,
+                                  connect_timeout=10)
+        self.resume_dir = paths.home() / "oss-resume"
+
+    def uri(self, key: str) -> str:
+        return f"oss://{self.cfg.oss_bucket}/{key}"
+
+    def key(self, *parts: str) -> str:
+        return str(PurePosixPath(self.cfg.oss_prefix, *parts))
+
+    def ensure_bucket(self) -> None:
+        import oss2
+
+        try:
+            self.bucket.get_bucket_info()
+        except oss2.exceptions.NoSuchBucket:
+            raise UserError(f"OSS bucket {self.cfg.oss_bucket!r} does not exist; create it (e.g. in the OSS "
+                            "console) or set another with `pai-distil config set oss_bucket=NAME`") from None
+        except oss2.exceptions.OssError as e:
+            raise explain(e, f"opening bucket {self.cfg.oss_bucket}") from None
+
+    # --- upload ---
+    def _unchanged(self, key: str, size: int, sha: str) -> bool:
+        import oss2
+
+        try:
+            head = self.bucket.head_object(key)
+        except oss2.exceptions.NotFound:
+            return False
+        return head.content_length == size and head.headers.get(f"x-oss-meta-{SHA_META}") == sha
+
+    def upload_file(self, path: Path, key: str, progress=None, sha: str | None = None) -> bool:
+        """Put one file unless the object already has its checksum; True when bytes were sent."""
+        import oss2
+
+        sha = sha or artifacts.sha256_file(path)
+        size = path.stat().st_size
+        if self._unchanged(key, size, sha):
+            return False
+        self.resume_dir.mkdir(parents=True, exist_ok=True)
+        oss2.resumable_upload(self.bucket, key, str(path), store=oss2.ResumableStore(root=str(self.resume_dir)),
+                              headers={f"x-oss-meta-{SHA_META}": sha}, multipart_threshold=MULTIPART_THRESHOLD,
+                              part_size=PART_SIZE, num_threads=THREADS, progress_callback=progress)
+        return True
+
+    def upload(self, local: Path, prefix: str, label: str = "upload") -> Transfer:
+        """A file or a folder to `prefix/`, with a progress bar; unchanged files are skipped."""
+        files = [local] if local.is_file() else sorted(p for p in local.rglob("*") if p.is_file() and not p.is_symlink())
+        root = local.parent if local.is_file() else local
+        total = sum(p.stat().st_size for p in files)
+        stats = Transfer()
+        try:
+            with _bar(self.console) as bar:
+                task = bar.add_task(label, total=total)
+                for p in files:
+                    key = f"{prefix.rstrip('/')}/{p.relative_to(root).as_posix()}"
+                    done_before = bar.tasks[0].completed
+                    size = p.stat().st_size
+
+                    def moved(consumed: int, _total, base=done_before) -> None:
+                        bar.update(task, completed=base + consumed)
+
+                    sent = self.upload_file(p, key, progress=moved)
+                    bar.update(task, completed=done_before + size)
+                    if sent:
+                        stats.files_sent += 1
+                        stats.bytes_sent += size
+                    else:
+                        stats.files_skipped += 1
+                        stats.bytes_skipped += size
+        except Exception as e:
+            if isinstance(e, UserError):
+                raise
+            raise explain(e, f"uploading {local}") from None
+        return stats
+
+    # --- download ---
+    def download(self, prefix: str, dest: Path, label: str = "download") -> Transfer:
+        """Every object under `prefix/` into `dest`, verified against its manifest when it has one.
+
+        Files arrive in a sibling temporary folder and replace `dest` only once all are verified.
+        """
+        import oss2
+
+        prefix = prefix.rstrip("/") + "/"
+        try:
+            objects = [o for o in oss2.ObjectIteratorV2(self.bucket, prefix=prefix) if not o.key.endswith("/")]
+        except oss2.exceptions.OssError as e:
+            raise explain(e, f"listing {self.uri(prefix)}") from None
+        tmp = dest.with_name(f".tmp-{dest.name}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        stats = Transfer()
+        try:
+            with _bar(self.console) as bar:
+                task = bar.add_task(label, total=sum(o.size for o in objects))
+                for o in objects:
+                    target = safe_join(tmp, o.key[len(prefix):])
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    self.bucket.get_object_to_file(o.key, str(target))  # CRC64 checked by oss2
+                    stats.files_sent += 1
+                    stats.bytes_sent += o.size
+                    bar.advance(task, o.size)
+        except oss2.exceptions.OssError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise explain(e, f"downloading {self.uri(prefix)}") from None
+        if artifacts.is_complete(tmp):
+            artifacts.verify(tmp)
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+        return stats
+
+
+def _bar(console: Console) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                    TimeElapsedColumn(), console=console, transient=False)
+
+
+def safe_join(root: Path, name: str) -> Path:
+    """`root/name`, refusing names that would land outside `root` (absolute, `..`, drive letters)."""
+    rel = PurePosixPath(name.replace("\\", "/"))
+    if rel.is_absolute() or ".." in rel.parts or (rel.parts and ":" in rel.parts[0]):
+        raise UserError(f"refusing {name!r}: it would be written outside {root}")
+    return root.joinpath(*rel.parts)
+
+
+def extract(archive: Path, dest: Path) -> list[Path]:
+    """Unpack a .tar(.gz) or .zip into `dest`; refuses members that escape it or are links out of it."""
+    dest.mkdir(parents=True, exist_ok=True)
+    written = []
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as z:
+            for info in z.infolist():
+                target = safe_join(dest, info.filename)
+                if info.is_dir():
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with z.open(info) as src, open(target, "wb") as out:
+                    shutil.copyfileobj(src, out)
+                written.append(target)
+        return written
+    try:
+        with tarfile.open(archive) as t:
+            members = t.getmembers()
+            for m in members:
+                safe_join(dest, m.name)
+                if m.issym() or m.islnk():
+                    raise UserError(f"refusing {m.name!r} in {archive.name}: archives with links are not extracted")
+            t.extractall(dest, filter="data")
+            written = [dest / m.name for m in members if m.isfile()]
+    except tarfile.TarError as e:
+        raise UserError(f"{archive} is not a readable archive ({e})") from None
+    return written

@@ -1,0 +1,81 @@
+"""OSS transfers of the client: downloads verified against their manifest, safe archive extraction."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+import zipfile
+
+import oss2
+import pytest
+from emulator_support import ACCESS_KEY_ID, ACCESS_KEY_SECRET, BUCKET, client_env, configure, start_emulator
+
+from pai_distil import artifacts
+from pai_distil.errors import UserError
+from pai_distil.pai.oss import extract
+
+
+def test_download_is_checked_against_the_manifest(tmp_path, monkeypatch):
+    with start_emulator(tmp_path / "emu") as emu:
+        home = tmp_path / "home"
+        configure(home, emu)
+        for k, v in client_env(home).items():
+            monkeypatch.setenv(k, v)
+        from pai_distil.pai import config
+        from pai_distil.pai.oss import Storage
+
+        art = tmp_path / "artifact"
+        (art / "sub").mkdir(parents=True)
+        (art / "weights.bin").write_bytes(b"w" * 1000)
+        (art / "sub" / "notes.txt").write_text("hello")
+        artifacts.write_manifest(art)
+        storage = Storage(config.load())
+        sent = storage.upload(art, "t/artifact")
+        assert sent.files_sent == 3 and storage.upload(art, "t/artifact").files_sent == 0
+
+        dest = tmp_path / "back"
+        storage.download("t/artifact", dest)
+        artifacts.verify(dest)
+        assert (dest / "sub" / "notes.txt").read_text() == "hello"
+
+        bucket = oss2.Bucket(oss2.Auth(ACCESS_KEY_ID, ACCESS_KEY_SECRET), emu.url, BUCKET)
+        bucket.put_object("t/artifact/weights.bin", b"x" * 1000)  # changed behind the manifest's back
+        with pytest.raises(UserError, match="weights.bin is missing or changed"):
+            storage.download("t/artifact", dest)
+        assert (dest / "weights.bin").read_bytes() == b"w" * 1000  # the verified copy is untouched
+
+
+def _tar(members: dict[str, bytes], link: tuple[str, str] | None = None) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as t:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+        if link:
+            info = tarfile.TarInfo(link[0])
+            info.type, info.linkname = tarfile.SYMTYPE, link[1]
+            t.addfile(info)
+    return buf.getvalue()
+
+
+def test_archives_that_escape_the_target_are_refused(tmp_path):
+    good = tmp_path / "good.tar.gz"
+    good.write_bytes(_tar({"ckpt/model.safetensors": b"m", "ckpt/config.json": b"{}"}))
+    written = extract(good, tmp_path / "out")
+    assert sorted(p.name for p in written) == ["config.json", "model.safetensors"]
+
+    for name, data in [("up.tar.gz", _tar({"../escaped.txt": b"x"})), ("abs.tar.gz", _tar({"/tmp/abs.txt": b"x"})),
+                       ("link.tar.gz", _tar({}, link=("ckpt/evil", "/etc/passwd")))]:
+        bad = tmp_path / name
+        bad.write_bytes(data)
+        with pytest.raises(UserError, match="refusing"):
+            extract(bad, tmp_path / "out2")
+    assert not (tmp_path / "escaped.txt").exists()
+
+    z = tmp_path / "bad.zip"
+    with zipfile.ZipFile(z, "w") as f:
+        f.writestr("../../zip-escape.txt", "x")
+    with pytest.raises(UserError, match="refusing"):
+        extract(z, tmp_path / "out3")
+    assert not list(tmp_path.glob("**/zip-escape.txt"))
