@@ -136,7 +136,7 @@ class Metadata(_Open):
     cpu: int | None = Field(None, ge=1)
     memory: int | None = Field(None, ge=1, description="MB")
     gpu: int | None = Field(None, ge=0)
-    token: str | None = Field(None, min_length=8)
+    token: str | None = Field(None, min_length=1)
 
 
 class ServiceConfig(_Open):
