@@ -290,8 +290,8 @@ def build(target_name: str = "cpu", *, base: str | None = None, wheelhouse_dir: 
     p = plan(target_name, base=base, wheelhouse_dir=wheelhouse_dir, pip_cert=pip_cert)
     if p.target.on_target and base is None and not dockercli.image_id(p.base):
         log(f"{p.base} is not built yet: building it first")
-        build(p.target.on_target, wheelhouse_dir=wheelhouse_dir, pip_cert=pip_cert, force=False, log=log, quiet=quiet)
-        p = plan(target_name, base=base, wheelhouse_dir=wheelhouse_dir, pip_cert=pip_cert)
+        built = build(p.target.on_target, wheelhouse_dir=wheelhouse_dir, pip_cert=pip_cert, log=log, quiet=quiet)
+        p = plan(target_name, base=built)
     if p.target.name == "cpu" and p.base == BASE_TAG and not dockercli.image_id(BASE_TAG):
         raise UserError(f"base image {BASE_TAG} does not exist; make it with `pai-distil images bootstrap-base` "
                         "or pass --base IMAGE (Python 3.11 with venv)")

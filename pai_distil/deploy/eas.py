@@ -152,8 +152,8 @@ def openai_snippet(base_url: str, model: str, token: str | None) -> str:
     return (
         "import os\n"
         "from openai import OpenAI\n"
-        f"client = OpenAI(base_url=\"{base_url}\", api_key=os.environ[\"EAS_TOKEN\"])  "
-        f"# EAS_TOKEN={mask_token(token)}\n"
+        f"client = OpenAI(base_url=\"{base_url}\", api_key=os.environ[\"OPENAI_API_KEY\"])  "
+        f"# OPENAI_API_KEY={mask_token(token)}\n"
         "r = client.chat.completions.create(\n"
         f"    model=\"{model}\", messages=[{{\"role\": \"user\", \"content\": \"What is 17 * 23?\"}}],\n"
         "    extra_body={\"chat_template_kwargs\": {\"enable_thinking\": True}})  # False: answer without thinking\n"

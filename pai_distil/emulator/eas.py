@@ -176,8 +176,8 @@ class Runtime:
         log.parent.mkdir(parents=True, exist_ok=True)
         argv = [sys.executable, "-m", "pai_distil", "deploy", "local", str(model_dir), "--port", str(port),
                 "--name", served]
-        if cpu:
-            argv += ["--threads", str(min(int(cpu), os.cpu_count() or 1))]
+        # metadata.cpu cores per instance; one thread otherwise: instances share this machine's cores
+        argv += ["--threads", str(min(int(cpu or 1), os.cpu_count() or 1))]
         env = {**os.environ, TOKEN_ENV: token}
         with open(log, "ab") as out:
             proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
