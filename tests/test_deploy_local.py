@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+from pathlib import Path
 
 import httpx
 import openai
@@ -170,3 +172,40 @@ def test_cli_errors_are_one_line(tmp_path, ckpt):
         proc = run(*args)
         assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and fragment in proc.stderr, proc.stderr
         assert "Traceback" not in proc.stderr
+
+
+def _cli(*args, home, **env):
+    import os
+    import subprocess
+    import sys
+
+    full = {**{k: v for k, v in os.environ.items() if not k.startswith("PAI_DISTIL_")}, "PAI_DISTIL_HOME": str(home),
+            **env}
+    return subprocess.run([sys.executable, "-m", "pai_distil", *args], cwd=ROOT, capture_output=True, text=True,
+                          env=full, timeout=600)
+
+
+def test_chat_streams_answers_and_toggles_thinking(server, tmp_path, expected):
+    proc = _cli("chat", server.removesuffix("/v1"), "--temperature", "0", "--max-tokens", "24",
+                "--message", PROMPT, "--message", "/thinking off", "--message", "/reset", "--message", PROMPT,
+                home=tmp_path, OPENAI_API_KEY=TOKEN)
+    assert proc.returncode == 0, proc.stderr
+    assert "thinking off" in proc.stderr and "conversation cleared" in proc.stderr
+    out = proc.stdout
+    assert expected[None][1] in out and expected[False][1] in out
+    assert out.index(expected[None][1]) < out.rindex(expected[False][1])
+
+
+def test_chat_with_a_wrong_token_is_one_line(server, tmp_path):
+    proc = _cli("chat", server, "--message", "hi", home=tmp_path, OPENAI_API_KEY="wrong")
+    assert proc.returncode == 2 and "refused the token" in proc.stderr and proc.stderr.count("\n") == 1
+
+
+def test_evaluate_endpoint_reports_both_thinking_modes(server, tmp_path):
+    proc = _cli("evaluate", "--endpoint", server, "-n", "6", "--max-new-tokens", "8", "--thinking", "both",
+                home=tmp_path, OPENAI_API_KEY=TOKEN)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((Path(proc.stdout.strip().splitlines()[-1]) / "report.json").read_text())
+    assert [(m["name"], m["kind"], m["enable_thinking"]) for m in report["models"]] == [
+        ("student (thinking)", "endpoint", True), ("student (no thinking)", "endpoint", False)]
+    assert report["n_problems"] == 6 and all(m["overall"]["n"] == 6 for m in report["models"])
