@@ -207,5 +207,5 @@ def test_evaluate_endpoint_reports_both_thinking_modes(server, tmp_path):
     assert proc.returncode == 0, proc.stderr
     report = json.loads((Path(proc.stdout.strip().splitlines()[-1]) / "report.json").read_text())
     assert [(m["name"], m["kind"], m["enable_thinking"]) for m in report["models"]] == [
-        ("student (thinking)", "endpoint", True), ("student (no thinking)", "endpoint", False)]
+        ("student+think", "endpoint", True), ("student+no_think", "endpoint", False)]
     assert report["n_problems"] == 6 and all(m["overall"]["n"] == 6 for m in report["models"])

@@ -62,8 +62,14 @@ def local(checkpoint, host, port, token, no_auth, name, use_docker, image, max_b
 def _target_options(f):
     f = click.option("--endpoint", envvar="PAI_DISTIL_EAS_ENDPOINT", show_envvar=True,
                      help="EAS API endpoint (default: pai-eas.REGION.aliyuncs.com; the emulator: http://127.0.0.1:8790)")(f)
-    return click.option("--region", envvar="ALIBABA_CLOUD_REGION_ID", default="cn-hangzhou", show_default=True,
-                        show_envvar=True, help="region of the EAS services")(f)
+    return click.option("--region", envvar="ALIBABA_CLOUD_REGION_ID", show_envvar=True,
+                        help="region of the EAS services (default: `pai-distil config`'s region)")(f)
+
+
+def _region(region: str | None) -> str:
+    from ..pai.config import load
+
+    return region or load().region
 
 
 def _autoscale(value: str | None) -> tuple[int, int] | None:
@@ -96,7 +102,7 @@ def _autoscale(value: str | None) -> tuple[int, int] | None:
 @click.option("--workspace-id", envvar="PAI_DISTIL_WORKSPACE_ID", help="PAI workspace of the service")
 @click.option("--oss-prefix", help="for a local checkpoint: oss://BUCKET/PATH/ to upload it to first")
 @click.option("--oss-endpoint", envvar="PAI_DISTIL_OSS_ENDPOINT", show_envvar=True,
-              help="OSS endpoint for the upload (default: https://oss-REGION.aliyuncs.com)")
+              help="OSS endpoint for the upload (default: `pai-distil config`'s, else https://oss-REGION.aliyuncs.com)")
 @click.option("--token", envvar="PAI_DISTIL_EAS_TOKEN", show_envvar=True,
               help="the service token (default: a new random one for a new service; kept on update)")
 @_target_options
@@ -117,6 +123,7 @@ def eas(checkpoint, name, engine, template, sets, image, served_model_name, inst
     from ..deploy.checkpoint import resolve
     from ..deploy.eas_config import EasOptions, build, masked
 
+    region = _region(region)
     ckpt = resolve(checkpoint)
     if ckpt.on_oss:
         oss_path = ckpt.location
@@ -145,9 +152,8 @@ def eas(checkpoint, name, engine, template, sets, image, served_model_name, inst
     if existing is not None and not given_token:
         config["metadata"].pop("token", None)  # an update keeps the service's token
     if not ckpt.on_oss:
-        sent = eas_api.upload_checkpoint(Path(ckpt.location), oss_path,
-                                         oss_endpoint or f"https://oss-{region}.aliyuncs.com", console)
-        console.print(f"checkpoint in {oss_path} ({sent} file(s) uploaded, the rest unchanged)")
+        moved = eas_api.upload_checkpoint(Path(ckpt.location), oss_path, region, oss_endpoint, console)
+        console.print(f"checkpoint in {oss_path}: {moved.summary()}")
     action, _ = eas_api.create_or_update(c, target, config)
     console.print(f"{action} EAS service [bold]{options.service_name}[/] in {region}")
     if no_wait:
@@ -177,6 +183,7 @@ def list_services(region, endpoint):
 
     from ..deploy import eas as eas_api
 
+    region = _region(region)
     target = eas_api.Target(region, endpoint)
     services = eas_api.list_services(eas_api.client(target))
     if not services:
@@ -208,6 +215,7 @@ def describe_service(name, region, endpoint, as_json):
     from ..deploy import eas as eas_api
     from ..deploy.eas_config import mask_token
 
+    region = _region(region)
     target = eas_api.Target(region, endpoint)
     svc = eas_api.describe(eas_api.client(target), target, name)
     if svc is None:
@@ -242,6 +250,7 @@ def delete_service(name, region, endpoint, yes):
     """Delete the EAS service NAME (its instances stop; the checkpoint on OSS stays)."""
     from ..deploy import eas as eas_api
 
+    region = _region(region)
     target = eas_api.Target(region, endpoint)
     c = eas_api.client(target)
     if not yes:

@@ -44,7 +44,7 @@ def evaluate(url, model, api_key_env, thinking, problems_file, n, seed, levels, 
     served = connect(url, model, api_key_env)
     label = name or served.model
     variants = {"default": [(label, None)], "on": [(label, True)], "off": [(label, False)],
-                "both": [(f"{label} (thinking)", True), (f"{label} (no thinking)", False)]}[thinking]
+                "both": [(f"{label}+think", True), (f"{label}+no_think", False)]}[thinking]
     endpoint = {"base_url": served.base_url, "model": served.model, "api_key_env": api_key_env,
                 "concurrency": concurrency}
     config = {"models": [{"name": lbl, "endpoint": endpoint, "enable_thinking": think} for lbl, think in variants],

@@ -1,7 +1,7 @@
 """PAI-EAS services through the official SDK (alibabacloud-eas20210701): create or update, wait, list, delete.
 
-Credentials come from the standard Alibaba Cloud chain (environment variables, profile, STS
-token, RAM role) through alibabacloud-credentials; they are never printed. The endpoint is
+Credentials come from the standard Alibaba Cloud chain (pai_distil.pai.credentials); they are
+never printed. Checkpoint uploads go through pai_distil.pai.oss (checksums, resumable parts). The endpoint is
 EAS's regional one (pai-eas.<region>.aliyuncs.com) unless `endpoint` names another, such as
 the local emulator (`http://127.0.0.1:8790`). The SDK is imported inside the functions.
 """
@@ -38,24 +38,13 @@ class Target:
         return "http" if self.host.split(":")[0] in ("127.0.0.1", "localhost") else "https"
 
 
-def _credential():
-    from alibabacloud_credentials.client import Client as Credentials
-
-    try:
-        cred = Credentials()
-        cred.get_credential()
-    except Exception as e:  # noqa: BLE001 - the chain raises many kinds; say what to set
-        raise UserError("no Alibaba Cloud credentials found: set ALIBABA_CLOUD_ACCESS_KEY_ID and "
-                        "ALIBABA_CLOUD_ACCESS_KEY_SECRET, or configure a profile (~/.alibabacloud/credentials) "
-                        f"({type(e).__name__})") from None
-    return cred
-
-
 def client(target: Target):
     from alibabacloud_eas20210701.client import Client
     from alibabacloud_tea_openapi.models import Config
 
-    return Client(Config(credential=_credential(), region_id=target.region, endpoint=target.host,
+    from ..pai.credentials import chain
+
+    return Client(Config(credential=chain(), region_id=target.region, endpoint=target.host,
                          protocol=target.protocol, read_timeout=30000, connect_timeout=10000))
 
 
@@ -174,38 +163,13 @@ def served_model_name(svc: dict) -> str:
         return svc.get("ServiceName", "")
 
 
-def upload_checkpoint(local: Path, oss_prefix: str, oss_endpoint: str, console) -> int:
-    """Put a checkpoint folder under `oss://bucket/prefix/` (files already there with the same MD5 are skipped)."""
-    import base64
-    import hashlib
+def upload_checkpoint(local: Path, oss_prefix: str, region: str, oss_endpoint: str | None, console):
+    """Put a checkpoint folder under `oss://bucket/prefix/` (files already there with the same checksum are skipped)."""
+    from ..pai.config import load
+    from ..pai.oss import Storage
 
-    import oss2
-    from rich.progress import Progress
-
-    cred = _credential().get_credential()
-    bucket_name, _, prefix = oss_prefix[len("oss://"):].partition("/")
-    auth = (oss2.StsAuth(cred.access_key_id, cred.access_key_secret, cred.security_token) if cred.security_token
-            else oss2.Auth(cred.access_key_id, cred.access_key_secret))
-    bucket = oss2.Bucket(auth, oss_endpoint, bucket_name)
-    files = sorted(p for p in local.rglob("*") if p.is_file())
-    sent = 0
-    with Progress(console=console, transient=True) as progress:
-        task = progress.add_task(f"upload → {oss_prefix}", total=sum(p.stat().st_size for p in files))
-        for p in files:
-            key = prefix + p.relative_to(local).as_posix()
-            md5 = hashlib.md5(p.read_bytes()).digest()
-            try:
-                head = bucket.head_object(key)
-                same = head.etag.strip('"').lower() == md5.hex()
-            except oss2.exceptions.NotFound:
-                same = False
-            except oss2.exceptions.OssError as e:
-                raise UserError(f"OSS {oss_prefix}: {e.code or e.status}: {e.message}") from None
-            if not same:
-                try:
-                    bucket.put_object_from_file(key, str(p), headers={"Content-MD5": base64.b64encode(md5).decode()})
-                except oss2.exceptions.OssError as e:
-                    raise UserError(f"OSS upload of {key} failed: {e.code or e.status}: {e.message}") from None
-                sent += 1
-            progress.advance(task, p.stat().st_size)
-    return sent
+    bucket, _, prefix = oss_prefix[len("oss://"):].partition("/")
+    changes = {"oss_bucket": bucket, "region": region, **({"oss_endpoint": oss_endpoint} if oss_endpoint else {})}
+    storage = Storage(load().model_copy(update=changes), console)
+    storage.ensure_bucket()
+    return storage.upload(local, prefix.rstrip("/"), label=f"upload → {oss_prefix}")
