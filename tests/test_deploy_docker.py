@@ -40,7 +40,8 @@ def test_serving_image_answers_and_leaves_no_container(serve_image, tmp_path):
         assert r.choices[0].finish_reason in ("stop", "length") and r.usage.completion_tokens <= 8
         assert httpx.get(base + "/models").status_code == 401
         user = dockercli.docker("inspect", "--format", "{{.Config.User}}", f"pai-distil-serve-{port}").stdout.strip()
-        assert user == "pai" and TOKEN not in dockercli.docker("image", "inspect", serve_image).stdout
+        assert user == f"{os.getuid()}:{os.getgid()}"  # the checkpoint's owner, who can read its 0600 weights
+        assert TOKEN not in dockercli.docker("image", "inspect", serve_image).stdout
     finally:
         proc.terminate()
         proc.wait(60)

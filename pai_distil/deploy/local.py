@@ -41,7 +41,10 @@ class Serve:
         return [sys.executable, *self.server_args(self.checkpoint)]
 
     def docker_argv(self, image: str, container: str) -> list[str]:
+        # as the checkpoint's owner: weights are often readable by their owner only (0600)
+        owner = os.stat(self.checkpoint)
         return [dockercli.binary(), "run", "--rm", "--init", "--name", container, "--network", "host",
+                "--user", f"{owner.st_uid}:{owner.st_gid}", "--env", "HOME=/tmp",
                 "--volume", f"{self.checkpoint}:{MODEL_MOUNT}:ro", "--env", TOKEN_ENV,
                 "--label", "pai-distil.role=serve", image, "python", *self.server_args(MODEL_MOUNT)]
 
