@@ -234,3 +234,16 @@ def test_rolling_update_fails_no_request_and_switches_to_the_new_checkpoint(emul
     assert switch > 0 and set(fps[:switch]) == {old} and set(fps[switch:]) == {new}, fps
     assert {text for fp, text in seen if fp == new} == {greedy(ckpts[1], max_tokens=8)}
     assert cli("deploy", "delete", "rolling", "--yes", env=cloud_env(emulator)).returncode == 0
+
+
+def test_failed_update_is_reported_and_the_old_version_keeps_serving(emulator, service, ckpts, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(ckpts[0], broken)
+    (broken / "model.safetensors").write_bytes(b"not weights")
+    proc = cli("deploy", "eas", str(broken), "--name", "student", "--oss-prefix", "oss://models/student/broken/",
+               *RESOURCES, "--timeout", "300", env=cloud_env(emulator, PAI_DISTIL_EAS_TOKEN=TOKEN))
+    assert proc.returncode == 2 and "is Failed: version 2 did not start" in proc.stderr, proc.stderr
+    assert "previous version keeps serving" in proc.stderr
+    assert ask(service).choices[0].message.content == greedy(ckpts[0])

@@ -109,7 +109,7 @@ def wait_settled(c, target: Target, name: str, console, timeout_s: float = 1800,
             live.update(line)
             current = svc.get("CurrentVersion")
             fresh = since_version is None or (isinstance(current, int) and current > since_version)
-            if status in SETTLED and fresh:
+            if status == FAILED or (status in SETTLED and fresh):
                 return svc
             if elapsed > timeout_s:
                 raise UserError(f"service {name} is still {status} after {timeout_s:.0f} s; follow it with "

@@ -122,10 +122,9 @@ class Runtime:
             version = self._start(name, number, doc)
         except LaunchError as e:
             if (d := self.store.get(name)) and d.get("LatestVersion") == number:
-                running = name in self.current
-                self.store.update(name, Status="Running" if running else "Failed", Reason="FAILED",
-                                  Message=f"version {number} did not start: {e}"
-                                  + ("; still serving the previous version" if running else ""))
+                serving = "; the previous version keeps serving" if name in self.current else ""
+                self.store.update(name, Status="Failed", Reason="FAILED",
+                                  Message=f"version {number} did not start: {e}{serving}")
             return
         with self.lock:
             if self.stopping or self.store.get(name) is None or (self.store.get(name) or {}).get("LatestVersion") != number:
