@@ -28,6 +28,7 @@ BASE_TAG = "pai-distil-base:bookworm"
 BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates")
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 PAI_PYTORCH = "dsw-registry.cn-hangzhou.cr.aliyuncs.com/pai/pytorch-training:2.3-gpu-py311-cu121-ubuntu22.04"
+VLLM_BASE = "vllm/vllm-openai:v0.11.0"  # any vLLM or SGLang image with its OpenAI server works as --base
 SOURCES = ("pai_distil", "jobs")  # copied into every image: the client package and the job code
 IMAGE_ENV = "PAI_DISTIL_IMAGE"  # overrides the image of `--backend local`
 
@@ -40,12 +41,21 @@ class Target:
     repository: str
     default_base: str
     skip: tuple[str, ...] = ()  # pinned packages the base image provides
+    # a thin layer: the context is the Dockerfile and these files of images/ (no packages, no sources)
+    layer: tuple[str, ...] | None = None
+    on_target: str | None = None  # the default base is this target's image of the same code
 
 
 TARGETS = {
     "cpu": Target("cpu", "Dockerfile.cpu", "requirements.txt", "pai-distil-cpu", BASE_TAG),
     # the PAI image brings its own CUDA build of torch
     "gpu": Target("gpu", "Dockerfile.gpu", "requirements.txt", "pai-distil-gpu", PAI_PYTORCH, skip=("torch",)),
+    # `deploy local --docker`: the CPU job image (it has the server's code) set up to serve
+    "serve-cpu": Target("serve-cpu", "Dockerfile.serve-cpu", "", "pai-distil-serve-cpu", "", layer=(),
+                        on_target="cpu"),
+    # PAI-EAS: a vLLM or SGLang image with a start script that serves a mounted checkpoint
+    "serve-gpu": Target("serve-gpu", "Dockerfile.serve-gpu", "", "pai-distil-serve-gpu", VLLM_BASE,
+                        layer=("serve-entrypoint.sh",)),
 }
 
 
@@ -145,6 +155,10 @@ def wheelhouse(dest: str | Path, target_name: str = "cpu", pip_args: tuple[str, 
     needs neither network nor compilers.
     """
     tgt = target(target_name)
+    if tgt.layer is not None:
+        if not tgt.on_target:
+            raise UserError(f"the {tgt.name} image installs no packages: it needs no wheelhouse")
+        tgt = target(tgt.on_target)
     if sys.version_info[:2] != (3, 11) or sys.platform != "linux" or os.uname().machine != "x86_64":
         raise UserError("a wheelhouse is made for the image's Python: run this with Python 3.11 on Linux x86_64 "
                         f"(this is Python {sys.version_info[0]}.{sys.version_info[1]} on {sys.platform})")
@@ -201,6 +215,8 @@ def plan(target_name: str = "cpu", *, base: str | None = None, wheelhouse_dir: s
          pip_cert: str | Path | None = None) -> BuildPlan:
     """The build of an image, without building: its context, args and content-hash tag."""
     tgt = target(target_name)
+    if tgt.layer is not None:
+        return _layer_plan(tgt, base, wheelhouse_dir, pip_cert)
     base = base or tgt.default_base
     files: dict[str, Path | bytes] = {
         "Dockerfile": IMAGES_DIR / tgt.dockerfile,
@@ -238,6 +254,21 @@ def plan(target_name: str = "cpu", *, base: str | None = None, wheelhouse_dir: s
                      {"BASE": base, "PIP_OPTS": pip_opts}, network, files)
 
 
+def _layer_plan(tgt: Target, base: str | None, wheelhouse_dir, pip_cert) -> BuildPlan:
+    """A thin image on a base: tagged by its Dockerfile, its files and the base's content."""
+    base = base or (plan(tgt.on_target, wheelhouse_dir=wheelhouse_dir, pip_cert=pip_cert).tag if tgt.on_target
+                    else tgt.default_base)
+    files: dict[str, Path | bytes] = {"Dockerfile": IMAGES_DIR / tgt.dockerfile,
+                                      **{name: IMAGES_DIR / name for name in tgt.layer}}
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        body = files[name].read_bytes()
+        digest.update(f"{name}\0{len(body)}\0".encode() + body)
+    digest.update(f"base\0{dockercli.image_id(base) or base}".encode())
+    content_hash = digest.hexdigest()
+    return BuildPlan(tgt, base, f"{tgt.repository}:{content_hash[:16]}", content_hash, {"BASE": base}, "none", files)
+
+
 def write_context(p: BuildPlan, directory: Path) -> None:
     for name, src in p.files.items():
         dest = directory / name
@@ -257,6 +288,10 @@ def build(target_name: str = "cpu", *, base: str | None = None, wheelhouse_dir: 
     """Build the image unless its content-hash tag exists; returns the tag (or the pushed reference)."""
     dockercli.require_engine()
     p = plan(target_name, base=base, wheelhouse_dir=wheelhouse_dir, pip_cert=pip_cert)
+    if p.target.on_target and base is None and not dockercli.image_id(p.base):
+        log(f"{p.base} is not built yet: building it first")
+        built = build(p.target.on_target, wheelhouse_dir=wheelhouse_dir, pip_cert=pip_cert, log=log, quiet=quiet)
+        p = plan(target_name, base=built)
     if p.target.name == "cpu" and p.base == BASE_TAG and not dockercli.image_id(BASE_TAG):
         raise UserError(f"base image {BASE_TAG} does not exist; make it with `pai-distil images bootstrap-base` "
                         "or pass --base IMAGE (Python 3.11 with venv)")

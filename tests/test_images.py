@@ -221,3 +221,29 @@ def test_cli_submit_local_without_engine_is_one_line(tmp_path, monkeypatch):
     assert result.exit_code == 2
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert lines[-1].startswith("error: the Docker engine is not reachable") and "--backend process" in lines[-1]
+
+
+def test_serving_images_are_thin_layers_tagged_by_content(tree, tmp_path):
+    cpu = images.plan("cpu")
+    serve = images.plan("serve-cpu")
+    assert serve.base == cpu.tag and serve.build_args == {"BASE": cpu.tag} and set(serve.files) == {"Dockerfile"}
+    assert re.fullmatch(r"pai-distil-serve-cpu:[0-9a-f]{16}", serve.tag)
+    with open(tree / "jobs" / "serve.py", "a") as f:  # the server's code is in the CPU image: both change
+        f.write("# changed\n")
+    assert images.plan("serve-cpu").base != cpu.tag and images.plan("serve-cpu").tag != serve.tag
+    gpu = images.plan("serve-gpu", base="my.registry/sglang:latest")
+    assert gpu.build_args == {"BASE": "my.registry/sglang:latest"} and "serve-entrypoint.sh" in gpu.files
+    assert images.plan("serve-gpu").base == images.VLLM_BASE
+    ctx = tmp_path / "ctx"
+    images.write_context(gpu, ctx)
+    script = (ctx / "serve-entrypoint.sh").read_text()
+    assert "--reasoning-parser" in script and "vllm serve" in script and "sglang.launch_server" in script
+    with pytest.raises(UserError, match="needs no wheelhouse"):
+        images.wheelhouse(tmp_path / "wh", "serve-gpu")
+
+
+@pytest.mark.parametrize("name", ["Dockerfile.serve-cpu", "Dockerfile.serve-gpu"])
+def test_serving_images_bake_no_token(name):
+    text = (ROOT / "images" / name).read_text()
+    assert not re.search(r"^(ENV|ARG)\s+\S*(TOKEN|SECRET|API_KEY)", text, re.I | re.M)
+    assert "EXPOSE 8000" in text

@@ -6,7 +6,7 @@ import json
 
 import click
 
-TARGETS = click.Choice(["cpu", "gpu"])
+TARGETS = click.Choice(["cpu", "gpu", "serve-cpu", "serve-gpu"])
 
 
 def _say(message: str) -> None:
@@ -15,7 +15,7 @@ def _say(message: str) -> None:
 
 @click.group()
 def images() -> None:
-    """Build the job images: CPU (for --backend local) and GPU (for PAI).
+    """Build the images: CPU jobs (--backend local), GPU jobs (PAI), serving (deploy local --docker, PAI-EAS).
 
     Offline, in three steps: `bootstrap-base` (Debian base from Debian packages), `wheelhouse DIR`
     (every pinned package as a wheel, made with this machine's pip), `build --wheelhouse DIR`
@@ -25,7 +25,8 @@ def images() -> None:
 
 @images.command()
 @click.option("--target", "-t", "target_name", type=TARGETS, default="cpu", show_default=True)
-@click.option("--base", metavar="IMAGE", help="base image (cpu: pai-distil-base:bookworm; gpu: a PAI PyTorch image)")
+@click.option("--base", metavar="IMAGE", help="base image (cpu: pai-distil-base:bookworm; gpu: a PAI PyTorch image; "
+              "serve-cpu: the cpu image; serve-gpu: a vLLM or SGLang image)")
 @click.option("--wheelhouse", "wheelhouse_dir", type=click.Path(file_okay=False),
               help="install from this folder of wheels, with the build's network disabled")
 @click.option("--pip-cert", type=click.Path(dir_okay=False), help="CA bundle for pip in an online build (a TLS proxy's)")

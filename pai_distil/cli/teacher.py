@@ -42,7 +42,7 @@ def serve(synthetic: bool, host: str, port: int, api_key_env: str, no_auth: bool
     if not no_auth and not api_key:
         raise UserError(f"environment variable {api_key_env} is not set; set it to the API key clients "
                         "must send, or pass --no-auth to serve without one")
-    _check_port(host, port)
+    check_port(host, port)
     from ..synthetic.server import MODELS, serve as run_server
 
     url_host = f"[{host}]" if ":" in host else host
@@ -52,7 +52,7 @@ def serve(synthetic: bool, host: str, port: int, api_key_env: str, no_auth: bool
     run_server(host=host, port=port, api_key=api_key, error_rate=error_rate, seed=seed, fail_rate=fail_rate)
 
 
-def _check_port(host: str, port: int) -> None:
+def check_port(host: str, port: int) -> None:
     """A busy port as a one-line error rather than uvicorn's log and exit."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:

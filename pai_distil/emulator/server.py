@@ -21,7 +21,7 @@ from . import pop
 from .auth import Keys
 from .state import Store
 
-SERVICES = ["pai_distil.emulator.dlc", "pai_distil.emulator.dsw"]
+SERVICES = ["pai_distil.emulator.dlc", "pai_distil.emulator.dsw", "pai_distil.emulator.eas"]
 OSS_SERVICE = "pai_distil.emulator.oss"
 DEFAULT_PORT = 8790
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from ..deploy.protocol import error_body, text_of as _text
 from ..judging import which_dimension
 from . import judge, teacher, world
 
@@ -42,11 +43,6 @@ class Stats:
     requests: int = 0  # chat completion requests received, failed ones included
     failures: int = 0  # requests answered with an injected 500 / 429
     completions: int = 0  # completions returned
-
-
-def error_body(message: str, type_: str, code: str | None = None, param: str | None = None) -> dict:
-    """OpenAI's error shape, which clients (the openai SDK among them) parse for the message."""
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
 def _error(status: int, message: str, type_: str, code: str | None = None, headers: dict | None = None) -> JSONResponse:
@@ -81,15 +77,6 @@ def _rng(seed: int, text: str, rv: int) -> random.Random:
     """Same (seed, problem, verbosity) -> same answer, whatever the order of requests."""
     digest = hashlib.sha256(f"{seed}\x00{rv}\x00{text}".encode()).digest()
     return random.Random(int.from_bytes(digest[:8], "big"))
-
-
-def _text(content) -> str | None:
-    """Message content as text: a string, or OpenAI's list of {"type": "text", "text": ...} parts."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list) and all(isinstance(p, dict) for p in content):
-        return "".join(p.get("text", "") for p in content if p.get("type") == "text")
-    return None
 
 
 class BadRequest(Exception):

@@ -1,0 +1,262 @@
+"""`pai-distil deploy`: serve a checkpoint locally, or as a PAI-EAS service (create, update, list, describe, delete).
+
+The server, the EAS SDK and the templates are imported inside the commands, so `--help`
+stays fast.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+import click
+
+from ..errors import UserError
+
+
+@click.group()
+def deploy() -> None:
+    """Serve a distilled model with an OpenAI-compatible API: on this machine, or on PAI-EAS."""
+
+
+@deploy.command("local")
+@click.argument("checkpoint")
+@click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--token", envvar="PAI_DISTIL_SERVE_TOKEN", show_envvar=True,
+              help="the bearer token clients must send (default: a new random one, printed once)")
+@click.option("--no-auth", is_flag=True, help="accept requests without a token")
+@click.option("--served-model-name", "--name", "name", help="model name clients ask for (default: from the checkpoint)")
+@click.option("--docker", "use_docker", is_flag=True, help="run in the CPU serving image instead of a process")
+@click.option("--image", help="with --docker: the serving image (default: serve-cpu of this code)")
+@click.option("--max-batch", default=8, show_default=True, type=click.IntRange(1, 256),
+              help="concurrent requests decoded together")
+@click.option("--threads", type=click.IntRange(1, 512), help="CPU threads for decoding (default: torch's)")
+@click.option("--no-reasoning-parser", is_flag=True, help="return <think>…</think> inline instead of reasoning_content")
+def local(checkpoint, host, port, token, no_auth, name, use_docker, image, max_batch, threads, no_reasoning_parser):
+    """Serve CHECKPOINT (a folder or a training run id) with the OpenAI API until interrupted."""
+    from ..deploy.checkpoint import resolve
+    from ..deploy.local import Serve, exec_server, serving_image
+    from .teacher import check_port
+
+    ckpt = resolve(checkpoint)
+    if ckpt.on_oss:
+        raise UserError(f"{ckpt.location} is on OSS; `deploy local` serves a local folder (download it first)")
+    if image and not use_docker:
+        raise UserError("--image applies with --docker only; add --docker or remove --image")
+    check_port(host, port)
+    docker_image = serving_image(image) if use_docker else None
+    serve = Serve(ckpt.location, name or ckpt.name, host, port, max_batch, threads, not no_reasoning_parser)
+    if no_auth:
+        token, auth = None, "no token"
+    elif token:
+        auth = "token from --token / $PAI_DISTIL_SERVE_TOKEN"
+    else:
+        token = secrets.token_urlsafe(24)
+        auth = f"token {token} (set $PAI_DISTIL_SERVE_TOKEN to choose it)"
+    where = f"in Docker ({docker_image})" if docker_image else "as a process"
+    click.echo(f"serving {ckpt.location} as model '{serve.name}' at {serve.base_url} {where}; {auth}; Ctrl-C stops it",
+               err=True)
+    exec_server(serve, token, docker_image)
+
+
+def _target_options(f):
+    f = click.option("--endpoint", envvar="PAI_DISTIL_EAS_ENDPOINT", show_envvar=True,
+                     help="EAS API endpoint (default: pai-eas.REGION.aliyuncs.com; the emulator: http://127.0.0.1:8790)")(f)
+    return click.option("--region", envvar="ALIBABA_CLOUD_REGION_ID", show_envvar=True,
+                        help="region of the EAS services (default: `pai-distil config`'s region)")(f)
+
+
+def _region(region: str | None) -> str:
+    from ..pai.config import load
+
+    return region or load().region
+
+
+def _autoscale(value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    lo, sep, hi = value.partition(":")
+    if not sep or not lo.isdigit() or not hi.isdigit() or not 1 <= int(lo) <= int(hi):
+        raise UserError(f"--autoscale {value!r}: write MIN:MAX instances, e.g. --autoscale 1:4")
+    return int(lo), int(hi)
+
+
+@deploy.command("eas")
+@click.argument("checkpoint")
+@click.option("--name", help="EAS service name (default: from the checkpoint or run id)")
+@click.option("--engine", type=click.Choice(["vllm", "sglang"]), default="vllm", show_default=True)
+@click.option("--template", type=click.Path(dir_okay=False), help="your copy of templates/eas-<engine>.json")
+@click.option("--set", "sets", multiple=True, metavar="KEY.PATH=VALUE", help="edit the generated config (repeatable)")
+@click.option("--image", help="serving image (default: the official EAS image of the engine)")
+@click.option("--served-model-name", help="model name clients ask for (default: the service name)")
+@click.option("--instance-type", help="ECS instance type per instance, e.g. ecs.gn7i-c8g1.2xlarge")
+@click.option("--resource-group", help="EAS resource group id (instead of --instance-type)")
+@click.option("--cpu", type=click.IntRange(1), help="with --resource-group: CPU cores per instance")
+@click.option("--memory", "memory_mb", type=click.IntRange(1), help="with --resource-group: memory per instance, MB")
+@click.option("--gpu", type=click.IntRange(0), help="with --resource-group: GPUs per instance")
+@click.option("--instances", type=click.IntRange(1), default=1, show_default=True)
+@click.option("--autoscale", metavar="MIN:MAX", help="scale between MIN and MAX instances on QPS")
+@click.option("--autoscale-qps", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
+              help="QPS per instance above which the autoscaler adds one")
+@click.option("--max-model-len", type=click.IntRange(1), default=4096, show_default=True)
+@click.option("--workspace-id", envvar="PAI_DISTIL_WORKSPACE_ID", help="PAI workspace of the service")
+@click.option("--oss-prefix", help="for a local checkpoint: oss://BUCKET/PATH/ to upload it to first")
+@click.option("--oss-endpoint", envvar="PAI_DISTIL_OSS_ENDPOINT", show_envvar=True,
+              help="OSS endpoint for the upload (default: `pai-distil config`'s, else https://oss-REGION.aliyuncs.com)")
+@click.option("--token", envvar="PAI_DISTIL_EAS_TOKEN", show_envvar=True,
+              help="the service token (default: a new random one for a new service; kept on update)")
+@_target_options
+@click.option("--dry-run", is_flag=True, help="print the service config (token masked) and send nothing")
+@click.option("--no-wait", is_flag=True, help="return once EAS accepted the request")
+@click.option("--timeout", "timeout_s", type=click.IntRange(1), default=1800, show_default=True,
+              help="seconds to wait for Running")
+def eas(checkpoint, name, engine, template, sets, image, served_model_name, instance_type, resource_group, cpu,
+        memory_mb, gpu, instances, autoscale, autoscale_qps, max_model_len, workspace_id, oss_prefix, oss_endpoint,
+        token, region, endpoint, dry_run, no_wait, timeout_s):
+    """Deploy CHECKPOINT (a run id, a folder or oss://...) as a PAI-EAS service: create it, or update it if it exists."""
+    import json
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from ..deploy import eas as eas_api
+    from ..deploy.checkpoint import resolve
+    from ..deploy.eas_config import EasOptions, build, masked
+
+    region = _region(region)
+    ckpt = resolve(checkpoint)
+    if ckpt.on_oss:
+        oss_path = ckpt.location
+    elif oss_prefix:
+        if not oss_prefix.startswith("oss://") or oss_prefix.rstrip("/").count("/") < 3:
+            raise UserError(f"--oss-prefix {oss_prefix!r}: write oss://BUCKET/PATH/ (a folder for the checkpoint)")
+        oss_path = oss_prefix.rstrip("/") + "/"
+    else:
+        raise UserError(f"{ckpt.location} is a local folder; EAS mounts checkpoints from OSS: pass "
+                        "--oss-prefix oss://BUCKET/PATH/ to upload it there first")
+    given_token = token
+    options = EasOptions(
+        service_name=name or ckpt.name, oss_path=oss_path, engine=engine, served_model_name=served_model_name,
+        image=image, region=region, instance_type=instance_type, resource_group=resource_group, cpu=cpu,
+        memory_mb=memory_mb, gpu=gpu, instances=instances, autoscale=_autoscale(autoscale),
+        autoscale_qps=autoscale_qps, workspace_id=workspace_id, max_model_len=max_model_len,
+        token=given_token or secrets.token_urlsafe(24), template=template)
+    config = build(options, sets)
+    if dry_run:
+        click.echo(json.dumps(masked(config), indent=2))
+        return
+    console = Console(stderr=True)
+    target = eas_api.Target(region, endpoint)
+    c = eas_api.client(target)
+    existing = eas_api.describe(c, target, options.service_name)
+    if existing is not None and not given_token:
+        config["metadata"].pop("token", None)  # an update keeps the service's token
+    if not ckpt.on_oss:
+        moved = eas_api.upload_checkpoint(Path(ckpt.location), oss_path, region, oss_endpoint, console)
+        console.print(f"checkpoint in {oss_path}: {moved.summary()}")
+    action, _ = eas_api.create_or_update(c, target, config)
+    console.print(f"{action} EAS service [bold]{options.service_name}[/] in {region}")
+    if no_wait:
+        return
+    svc = eas_api.wait_settled(c, target, options.service_name, console, timeout_s,
+                               since_version=(existing or {}).get("CurrentVersion") if action == "updated" else None)
+    _print_ready(svc)
+
+
+def _print_ready(svc: dict) -> None:
+    from ..deploy import eas as eas_api
+
+    status = svc.get("Status")
+    if status != eas_api.RUNNING:
+        raise UserError(f"service {svc.get('ServiceName')} is {status}: {svc.get('Message') or svc.get('Reason') or 'no reason given'}")
+    base_url = (svc.get("InternetEndpoint") or svc.get("IntranetEndpoint") or "").rstrip("/") + "/v1"
+    click.echo(f"service {svc.get('ServiceName')} is Running at {base_url}")
+    click.echo(eas_api.openai_snippet(base_url, eas_api.served_model_name(svc), svc.get("AccessToken")))
+
+
+@deploy.command("list")
+@_target_options
+def list_services(region, endpoint):
+    """EAS services of the region: name, status, instances, endpoint."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..deploy import eas as eas_api
+
+    region = _region(region)
+    target = eas_api.Target(region, endpoint)
+    services = eas_api.list_services(eas_api.client(target))
+    if not services:
+        click.echo(f"no EAS services in {region}; create one with `pai-distil deploy eas RUN`")
+        return
+    table = Table(box=None, pad_edge=False)
+    for col in ("name", "status", "instances", "version", "updated"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("endpoint", overflow="fold")
+    for s in services:
+        status = s.get("Status", "?")
+        table.add_row(s.get("ServiceName", "?"), f"[{eas_api.STATUS_STYLE.get(status, '')}]{status}[/]",
+                      f"{s.get('RunningInstance', 0)}/{s.get('TotalInstance', 0)}", str(s.get("CurrentVersion", "-")),
+                      s.get("UpdateTime", "-"), s.get("InternetEndpoint", "-"))
+    Console(width=None if click.get_text_stream("stdout").isatty() else 1000).print(table)
+
+
+@deploy.command("describe")
+@click.argument("name")
+@_target_options
+@click.option("--json", "as_json", is_flag=True, help="the whole DescribeService answer (token masked)")
+def describe_service(name, region, endpoint, as_json):
+    """Status, endpoint and config of the EAS service NAME."""
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..deploy import eas as eas_api
+    from ..deploy.eas_config import mask_token
+
+    region = _region(region)
+    target = eas_api.Target(region, endpoint)
+    svc = eas_api.describe(eas_api.client(target), target, name)
+    if svc is None:
+        raise UserError(f"there is no EAS service {name!r} in {region}; `pai-distil deploy list` shows them")
+    svc["AccessToken"] = mask_token(svc.get("AccessToken"))
+    try:
+        config = json.loads(svc.get("ServiceConfig") or "{}")
+        if config.get("metadata", {}).get("token"):
+            config["metadata"]["token"] = mask_token(config["metadata"]["token"])
+        svc["ServiceConfig"] = json.dumps(config)
+    except json.JSONDecodeError:
+        pass
+    if as_json:
+        click.echo(json.dumps(svc, indent=2))
+        return
+    table = Table(box=None, show_header=False, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    for key in ("ServiceName", "Status", "Message", "RunningInstance", "TotalInstance", "CurrentVersion",
+                "LatestVersion", "InternetEndpoint", "IntranetEndpoint", "AccessToken", "Image", "CreateTime",
+                "UpdateTime"):
+        table.add_row(key, str(svc.get(key, "-")))
+    table.add_row("served model", eas_api.served_model_name(svc))
+    Console().print(table)
+
+
+@deploy.command("delete")
+@click.argument("name")
+@_target_options
+@click.option("--yes", "-y", is_flag=True, help="do not ask for confirmation")
+def delete_service(name, region, endpoint, yes):
+    """Delete the EAS service NAME (its instances stop; the checkpoint on OSS stays)."""
+    from ..deploy import eas as eas_api
+
+    region = _region(region)
+    target = eas_api.Target(region, endpoint)
+    c = eas_api.client(target)
+    if not yes:
+        click.confirm(f"delete EAS service {name} in {region}?", abort=True)
+    eas_api.delete(c, target, name)
+    click.echo(f"deleting EAS service {name}")
+
+
+COMMANDS = [deploy]

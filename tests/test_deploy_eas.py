@@ -1,0 +1,249 @@
+"""`pai-distil deploy eas` against the emulated PAI-EAS: the real SDK, real servers, the official openai client."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+
+import openai
+import pytest
+
+from conftest import ROOT
+from pai_distil.deploy import eas_schema
+from serving import AK, cli, cloud_env, micro_checkpoint, start_emulator
+
+PROMPT = "Start with 4. Add 3, then multiply by 2. Work modulo 10. What is the result?"
+TOKEN = "eas-token-not-a-secret-0123"
+RESOURCES = ("--instance-type", "ecs.gn7i-c8g1.2xlarge")
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ckpts")
+    return [micro_checkpoint(root / f"student-v{i}", seed=i) for i in (0, 1)]
+
+
+@pytest.fixture(scope="module")
+def emulator(tmp_path_factory):
+    import oss2
+
+    with start_emulator(tmp_path_factory.mktemp("emulator")) as url:
+        oss2.Bucket(oss2.Auth(AK, cloud_env(url)["ALIBABA_CLOUD_ACCESS_KEY_SECRET"]), url, "models").create_bucket()
+        yield url
+
+
+def greedy(ckpt, prompt: str = PROMPT, max_tokens: int = 16, thinking: bool | None = None) -> str:
+    from pai_distil.deploy.protocol import split_reasoning
+    from pai_distil_jobs.lib.generation import generate
+    from pai_distil_jobs.lib.models import load_model
+
+    model, tok = load_model(str(ckpt))
+    return split_reasoning(generate(model, tok, [prompt], max_tokens, enable_thinking=thinking)[0]["text"])[1]
+
+
+def deploy(ckpt, name: str, url: str, *extra: str):
+    proc = cli("deploy", "eas", str(ckpt), "--name", name, "--oss-prefix", f"oss://models/{name}/{ckpt.name}/",
+               *RESOURCES, "--timeout", "300", *extra, env=cloud_env(url, PAI_DISTIL_EAS_TOKEN=TOKEN))
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def endpoint_of(proc) -> str:
+    return re.search(r"Running at (\S+/v1)", proc.stdout).group(1)
+
+
+# -- the generated config --------------------------------------------------------------------------
+
+
+def dry_run(ckpt, *extra: str, token: str = TOKEN) -> dict:
+    proc = cli("deploy", "eas", str(ckpt), "--oss-prefix", "oss://models/students/slow-thinking/", *extra,
+               "--dry-run", env=cloud_env("http://127.0.0.1:9", PAI_DISTIL_EAS_TOKEN=token))
+    assert proc.returncode == 0, proc.stderr
+    assert token not in proc.stdout
+    return json.loads(proc.stdout)
+
+
+def test_vllm_config_has_the_fields_of_eas_service_config_format(ckpts):
+    config = dry_run(ckpts[0], "--name", "distilled_student", *RESOURCES, "--autoscale", "1:4", "--instances", "2")
+    assert eas_schema.problems(config) == []
+    meta, (container,), (storage,) = config["metadata"], config["containers"], config["storage"]
+    assert meta == {"name": "distilled_student", "instance": 2, "token": "****"}
+    assert config["cloud"]["computing"]["instances"] == [{"type": "ecs.gn7i-c8g1.2xlarge"}]
+    assert container["image"].endswith("/pai-eas/vllm:0.11.2-mows0.5.1") and container["port"] == 8000
+    script = container["script"].split()
+    assert script[:3] == ["vllm", "serve", storage["mount_path"]]
+    assert script[script.index("--reasoning-parser") + 1] == "qwen3"
+    assert script[script.index("--served-model-name") + 1] == "distilled_student"
+    assert storage["oss"] == {"path": "oss://models/students/slow-thinking/", "readOnly": True}
+    for probe in ("startup_check", "readiness_check"):
+        assert container[probe]["http_get"] == {"path": "/health", "port": 8000}
+    assert config["autoscaler"] == {"min": 1, "max": 4, "scaleStrategies": [{"metricName": "qps", "threshold": 10.0}]}
+
+
+def test_readme_shows_the_generated_vllm_config(ckpts):
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"<!-- eas-vllm-json -->\n```json\n(.*?)```", readme, re.S)
+    assert block, "README lacks the generated EAS JSON block"
+    shown = json.loads(block.group(1))
+    generated = dry_run(ckpts[0], "--name", "distilled_student", *RESOURCES, "--autoscale", "1:4")
+    assert shown == generated
+
+
+def test_sglang_resource_group_template_override_and_set(ckpts, tmp_path):
+    config = dry_run(ckpts[0], "--engine", "sglang", "--resource-group", "eas-r-abc", "--cpu", "8",
+                     "--memory", "32000", "--gpu", "1", "--set", "metadata.rpc.keepalive=600000")
+    assert eas_schema.problems(config) == []
+    assert config["containers"][0]["script"].startswith("python3 -m sglang.launch_server --model-path /mnt/model")
+    assert config["metadata"]["resource"] == "eas-r-abc" and config["metadata"]["gpu"] == 1
+    assert config["metadata"]["rpc"] == {"keepalive": 600000} and "cloud" not in config
+    template = json.loads((ROOT / "templates" / "eas-vllm.json").read_text())
+    template["containers"][0]["env"] = [{"name": "VLLM_USE_V1", "value": "1"}]
+    (tmp_path / "mine.json").write_text(json.dumps(template))
+    mine = dry_run(ckpts[0], *RESOURCES, "--template", str(tmp_path / "mine.json"))
+    assert mine["containers"][0]["env"] == [{"name": "VLLM_USE_V1", "value": "1"}]
+
+
+@pytest.mark.parametrize("config, field", [
+    ({"metadata": {"name": "x", "instance": 1}, "containers": [{"image": "i", "port": 80, "script": "s"}]}, "resources"),
+    ({"metadata": {"name": "Bad-Name", "instance": 1, "resource": "r", "cpu": 1, "memory": 1},
+      "containers": [{"image": "i", "port": 80, "script": "s"}]}, "metadata.name"),
+    ({"metadata": {"name": "x", "instance": 1, "resource": "r", "cpu": 1, "memory": 1},
+      "containers": [{"image": "i", "port": 80, "script": "s", "readiness_check": {
+          "http_get": {"path": "/h", "port": 80}, "tcp_socket": {"port": 80}}}]}, "readiness_check"),
+    ({"metadata": {"name": "x", "instance": 1, "resource": "r", "cpu": 1, "memory": 1},
+      "containers": [{"image": "i", "port": 80, "script": "s"}],
+      "storage": [{"mount_path": "/m", "oss": {"path": "s3://b/k"}}]}, "storage.0.oss.path"),
+    ({"metadata": {"name": "x", "instance": 1, "resource": "r", "cpu": 1, "memory": 1},
+      "containers": [{"image": "i", "port": 80, "script": "s"}],
+      "autoscaler": {"min": 3, "max": 2, "scaleStrategies": [{"metricName": "qps", "threshold": 1}]}}, "autoscaler"),
+])
+def test_schema_rejects_configs_eas_would_reject(config, field):
+    found = eas_schema.problems(config)
+    assert found and any(field in p for p in found), found
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (("--autoscale", "4:1"), "--autoscale"),
+    (("--name", "Has-Dash"), "service name"),
+    ((), "--instance-type"),
+    (("--resource-group", "eas-r-1"), "--cpu and --memory"),
+])
+def test_bad_deploy_options_are_one_line(ckpts, args, fragment):
+    proc = cli("deploy", "eas", str(ckpts[0]), "--oss-prefix", "oss://models/s/", *args, "--dry-run",
+               env=cloud_env("http://127.0.0.1:9"))
+    assert proc.returncode == 2 and fragment in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+
+
+def test_local_checkpoint_needs_an_oss_prefix(ckpts):
+    proc = cli("deploy", "eas", str(ckpts[0]), *RESOURCES, "--dry-run", env=cloud_env("http://127.0.0.1:9"))
+    assert proc.returncode == 2 and "--oss-prefix" in proc.stderr
+
+
+# -- the emulated service ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def service(emulator, ckpts):
+    proc = deploy(ckpts[0], "student", emulator)
+    assert TOKEN not in proc.stdout + proc.stderr and "created EAS service student" in proc.stderr
+    return endpoint_of(proc)
+
+
+def ask(base_url: str, key: str = TOKEN, **kw):
+    c = openai.OpenAI(base_url=base_url, api_key=key, max_retries=0)
+    return c.chat.completions.create(model="student", messages=[{"role": "user", "content": PROMPT}],
+                                     max_tokens=16, temperature=0, **kw)
+
+
+@pytest.mark.parametrize("thinking", [None, True, False])
+def test_emulated_eas_answers_the_openai_client_with_and_without_thinking(service, ckpts, thinking):
+    extra = {} if thinking is None else {"extra_body": {"chat_template_kwargs": {"enable_thinking": thinking}}}
+    r = ask(service, **extra)
+    assert r.choices[0].message.content == greedy(ckpts[0], thinking=thinking)
+    assert r.model == "student" and r.usage.completion_tokens <= 16
+    chunks = list(ask(service, stream=True, **extra))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == r.choices[0].message.content
+
+
+@pytest.mark.parametrize("key", ["", "wrong-token"])
+def test_gateway_refuses_missing_or_wrong_token_and_keeps_serving(service, key):
+    import httpx
+
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    resp = httpx.post(service + "/chat/completions", headers=headers, json={"model": "student", "messages": []})
+    assert resp.status_code == 401
+    with pytest.raises(openai.BadRequestError, match="'messages' is required"):
+        openai.OpenAI(base_url=service, api_key=TOKEN, max_retries=0).chat.completions.create(model="student", messages=[])
+    assert ask(service).choices[0].message.content is not None
+
+
+def test_list_describe_and_signature(emulator, service):
+    env = cloud_env(emulator)
+    listed = cli("deploy", "list", env=env)
+    assert listed.returncode == 0 and re.search(r"student\s+Running\s+1/1", listed.stdout), listed.stdout
+    described = cli("deploy", "describe", "student", "--json", env=env)
+    svc = json.loads(described.stdout)
+    assert svc["Status"] == "Running" and svc["InternetEndpoint"] + "/v1" == service
+    assert TOKEN not in described.stdout and svc["AccessToken"].count("*") == 4
+    bad = cli("deploy", "list", env={**env, "ALIBABA_CLOUD_ACCESS_KEY_SECRET": "wrong-secret"})
+    assert bad.returncode == 2 and "SignatureDoesNotMatch" in bad.stderr and bad.stderr.count("\n") == 1
+    missing = cli("deploy", "describe", "nope", env=env)
+    assert missing.returncode == 2 and "no EAS service 'nope'" in missing.stderr
+
+
+def test_rolling_update_fails_no_request_and_switches_to_the_new_checkpoint(emulator, ckpts):
+    from pai_distil_jobs.serve import fingerprint
+
+    old, new = fingerprint(ckpts[0]), fingerprint(ckpts[1])
+    base = endpoint_of(deploy(ckpts[0], "rolling", emulator))
+    c = openai.OpenAI(base_url=base, api_key=TOKEN, max_retries=0)
+    seen, errors, stop = [], [], threading.Event()
+
+    def loop():
+        for i in range(400):  # bounded; stops earlier once the new version has answered a few times
+            if stop.is_set():
+                return
+            try:
+                if i % 2:
+                    chunks = list(c.chat.completions.create(
+                        model="rolling", messages=[{"role": "user", "content": PROMPT}], max_tokens=8,
+                        temperature=0, stream=True))
+                    seen.append((chunks[-1].system_fingerprint,
+                                 "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)))
+                else:
+                    r = c.chat.completions.create(model="rolling", messages=[{"role": "user", "content": PROMPT}],
+                                                  max_tokens=8, temperature=0)
+                    seen.append((r.system_fingerprint, r.choices[0].message.content))
+            except Exception as e:  # noqa: BLE001 - any failure is what this test looks for
+                errors.append(repr(e))
+            if sum(fp == new for fp, _ in seen) >= 6:
+                return
+
+    thread = threading.Thread(target=loop)
+    thread.start()
+    try:
+        proc = deploy(ckpts[1], "rolling", emulator)
+        assert "updated EAS service rolling" in proc.stderr and endpoint_of(proc) == base
+    finally:
+        thread.join(300)
+        stop.set()
+    assert errors == []
+    fps = [fp for fp, _ in seen]
+    switch = fps.index(new)
+    assert switch > 0 and set(fps[:switch]) == {old} and set(fps[switch:]) == {new}, fps
+    assert {text for fp, text in seen if fp == new} == {greedy(ckpts[1], max_tokens=8)}
+    assert cli("deploy", "delete", "rolling", "--yes", env=cloud_env(emulator)).returncode == 0
+
+
+def test_failed_update_is_reported_and_the_old_version_keeps_serving(emulator, service, ckpts, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(ckpts[0], broken)
+    (broken / "model.safetensors").write_bytes(b"not weights")
+    proc = cli("deploy", "eas", str(broken), "--name", "student", "--oss-prefix", "oss://models/student/broken/",
+               *RESOURCES, "--timeout", "300", env=cloud_env(emulator, PAI_DISTIL_EAS_TOKEN=TOKEN))
+    assert proc.returncode == 2 and "is Failed: version 2 did not start" in proc.stderr, proc.stderr
+    assert "previous version keeps serving" in proc.stderr
+    assert ask(service).choices[0].message.content == greedy(ckpts[0])
