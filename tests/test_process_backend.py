@@ -249,8 +249,11 @@ def test_follow_prints_lines_and_draws_progress(registry):
 
 def test_follow_ctrl_c_cancels_the_run(registry, home):
     record = start(registry, SLEEPING_JOB)
+    # a shell started in the background ignores SIGINT, and children inherit that: restore it, as
+    # in a terminal
     watcher = subprocess.Popen([sys.executable, "-c", f"from pai_distil.follow import follow; follow({record.id!r})"],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen = []
     for line in watcher.stdout:  # the watcher is following once it has echoed the job's output
         seen.append(line)
