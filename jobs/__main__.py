@@ -17,7 +17,8 @@ from pai_distil.stages import get_stage
 from .contract import JobContext, JobError, fail, log
 
 MODULES = {"generate": "generate", "score": "score", "slow-thinking": "slow_thinking",
-           "adaptive-thinking": "adaptive_thinking", "evaluate": "evaluate"}
+           "adaptive-thinking": "adaptive_thinking", "evaluate": "evaluate",
+           "reward-model": "reward_model", "grpo": "grpo"}
 
 
 def _torchrun_argv() -> list[str]:

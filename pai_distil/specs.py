@@ -247,6 +247,143 @@ class AdaptiveThinkingConfig(Strict):
     seed: int = 0
 
 
+class Judgment(Strict):
+    """How the judge's ratings of a candidate become one score: correctness, then length fit."""
+
+    length_weight: float = Field(
+        0.5, ge=0, description="weight of length fit (1 - |RV - target RV(CD)| / 9) beside correctness (0/1); "
+                               "keep it below 1 so a correct answer always beats a wrong one")
+    intercept: float = Field(-1.0, description="target RV = intercept + slope * CD (clamped to 0-9)")
+    slope: float = Field(0.8, description="target RV = intercept + slope * CD")
+
+    def score(self, correct: bool, rv: int | None, cd: int | None) -> float:
+        fit = 0.0
+        if rv is not None and cd is not None:
+            target = min(9.0, max(0.0, self.intercept + self.slope * cd))
+            fit = 1.0 - abs(rv - target) / 9.0
+        return float(correct) + self.length_weight * fit
+
+
+class StudentSamples(Strict):
+    """Candidates sampled from the `student` input (a checkpoint): the answers GRPO will see."""
+
+    per_problem: int = Field(4, ge=1, le=64, description="samples per problem")
+    temperature: float = Field(1.0, gt=0, le=2.0)
+    max_new_tokens: int = Field(160, ge=1)
+    batch_size: int = Field(64, ge=1)
+    seed: int = 0
+
+
+class RewardTraining(Training):
+    max_steps: int = Field(400, ge=1, description="optimizer steps")
+    learning_rate: float = Field(1e-3, gt=0)
+    max_length: int = Field(384, ge=16, description="tokens per prompt + response; longer ones are cut from the left")
+    regression_weight: float = Field(
+        0.0, ge=0, description="weight of a squared-error term pulling each score toward the judge's score "
+                               "(beside the pairwise Bradley-Terry loss); 0: pairwise only")
+
+    @model_validator(mode="after")
+    def _no_deepspeed(self) -> RewardTraining:
+        if self.deepspeed is not None:
+            raise ValueError("the reward model trains in one process; remove train.deepspeed")
+        return self
+
+
+class RewardModelConfig(Strict):
+    """A scalar reward model distilled from the judge: preference pairs, then Bradley-Terry training."""
+
+    model: Student = Field(default_factory=Student,
+                           description="architecture and initial weights; ignored with init_from_student")
+    init_from_student: bool = Field(
+        True, description="start from the `student` input's weights (the SFT student reads this task "
+                          "already); a one-output head replaces its language-model head")
+    judge: Teacher | None = Field(
+        None, description="an OpenAI-compatible judge that rates candidates without scores (student samples, "
+                          "unscored CoTs) on correctness, RV and CD; omit to take correctness from the verifier "
+                          "and skip length fit for those")
+    student_samples: StudentSamples = Field(default_factory=StudentSamples,
+                                            description="sampling of the `student` input, when given")
+    judgment: Judgment = Field(default_factory=Judgment, description="how ratings become one score per candidate")
+    min_margin: float = Field(0.2, ge=0, description="pair two candidates only when their scores differ by this much")
+    pairs_per_problem: int = Field(8, ge=1, le=1000, description="at most this many pairs per problem")
+    max_problems: int | None = Field(None, ge=1, description="use at most this many problems of the `cots` input")
+    eval_fraction: float = Field(0.1, gt=0, lt=1, description="share of problems held out to measure pairwise accuracy")
+    train: RewardTraining = Field(default_factory=RewardTraining)
+    seed: int = 0
+
+    def required_inputs(self) -> tuple[str, ...]:
+        return ("student",) if self.init_from_student else ()
+
+
+class RewardEndpoint(Strict):
+    """A served reward model (`pai-distil reward serve`, or the same API on PAI-EAS)."""
+
+    base_url: str = Field(description="base URL, e.g. http://127.0.0.1:8500 (the server answers POST /v1/score)")
+    api_key_env: str | None = Field("PAI_DISTIL_REWARD_API_KEY",
+                                    description="name of the environment variable holding the API key (never the key)")
+    timeout_s: float = Field(120.0, gt=0)
+    max_retries: int = Field(3, ge=0, le=20)
+    batch_size: int = Field(64, ge=1, le=1024, description="items per request")
+
+    _url = field_validator("base_url")(classmethod(lambda cls, v: http_url(v)))
+
+
+class Reward(Strict):
+    """reward = rm_weight * reward-model score (standardised) + correct_weight * correctness - overlong penalty."""
+
+    rm_weight: float = Field(1.0, ge=0, description="weight of the reward model's score (0: not used)")
+    correct_weight: float = Field(1.0, ge=0, description="weight of verifiable correctness, 0/1 (0: not used)")
+    endpoint: RewardEndpoint | None = Field(
+        None, description="score with a served reward model; omit to load the `reward_model` input in-process")
+    overlong_penalty: float = Field(
+        0.0, ge=0, description="subtracted from the reward of a completion cut at max_completion_length")
+
+    @model_validator(mode="after")
+    def _some_signal(self) -> Reward:
+        if self.rm_weight == 0 and self.correct_weight == 0:
+            raise ValueError("rm_weight and correct_weight are both 0: there is nothing to learn from; "
+                             "set at least one above 0")
+        return self
+
+
+class GRPOTraining(Strict):
+    max_steps: int = Field(100, ge=1, description="policy updates (one batch of groups each)")
+    prompts_per_step: int = Field(8, ge=1, description="problems per step; each gets `group_size` completions")
+    learning_rate: float = Field(2e-4, gt=0)
+    warmup_steps: int = Field(5, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    checkpoint_every: int = Field(20, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    log_every: int = Field(1, ge=1)
+    seed: int = 0
+
+
+class GRPOConfig(Strict):
+    """Group Relative Policy Optimisation of the `student` input (also the KL reference)."""
+
+    problems: SyntheticProblems | None = Field(
+        None, description="training problems from the synthetic world; omit to read the `problems` input")
+    data: ProblemData = Field(default_factory=ProblemData, description="how to read the `problems` input")
+    reward: Reward = Field(default_factory=Reward)
+    group_size: int = Field(8, ge=2, le=256, description="completions per problem; advantages are relative to the group")
+    kl_coef: float = Field(0.02, ge=0, description="weight of the KL divergence to the starting checkpoint")
+    max_completion_length: int = Field(160, ge=1, description="tokens per completion; longer ones are cut")
+    truncation_warning: float = Field(0.5, ge=0, le=1,
+                                      description="warn when more than this share of a step's completions is cut")
+    temperature: float = Field(1.0, gt=0, le=2.0, description="sampling temperature of the rollouts")
+    top_p: float = Field(1.0, gt=0, le=1.0)
+    scale_rewards: bool = Field(True, description="divide advantages by the group's standard deviation")
+    enable_thinking: bool | None = Field(None, description="passed to the chat template; null: its default")
+    user_prompt: str | None = Field(None, description="override the user message; `{problem}` is replaced")
+    train: GRPOTraining = Field(default_factory=GRPOTraining)
+
+    def required_inputs(self) -> tuple[str, ...]:
+        needs = () if self.problems is not None else ("problems",)
+        if self.reward.rm_weight > 0 and self.reward.endpoint is None:
+            needs += ("reward_model",)
+        return needs
+
+
 class Endpoint(Strict):
     """An OpenAI-compatible chat endpoint serving the model to evaluate (vLLM, PAI-EAS, DashScope)."""
 

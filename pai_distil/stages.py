@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from pydantic import BaseModel
 
 from .errors import UserError
-from .specs import AdaptiveThinkingConfig, EvaluateConfig, GenerateConfig, ScoreConfig, SlowThinkingConfig
+from .specs import (AdaptiveThinkingConfig, EvaluateConfig, GenerateConfig, GRPOConfig, RewardModelConfig, ScoreConfig,
+                    SlowThinkingConfig)
 
 
 @dataclass(frozen=True)
@@ -34,8 +35,10 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           inputs=("cots",), distributed=True),
     Stage("adaptive-thinking", "SFT with RV matched to CD (variant x) or a thinking switch (variant y)",
           AdaptiveThinkingConfig, inputs=("cots",), distributed=True),
-    Stage("reward-model", "a reward model distilled from the teacher's judgments"),
-    Stage("grpo", "GRPO of the student with the distilled reward model and verifiable correctness"),
+    Stage("reward-model", "a reward model distilled from the teacher's judgments", RewardModelConfig,
+          inputs=("cots",), optional_inputs=("student",)),
+    Stage("grpo", "GRPO of the student with the distilled reward model and verifiable correctness", GRPOConfig,
+          inputs=("student",), optional_inputs=("reward_model", "problems")),
     Stage("evaluate", "held-out accuracy and output tokens per model and difficulty level", EvaluateConfig,
           optional_inputs=("problems",), open_inputs=True),
 ]}

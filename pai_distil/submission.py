@@ -43,6 +43,8 @@ def needed_inputs(stage: Stage, config: BaseModel) -> tuple[set[str], set[str]]:
         named = {m.input for m in getattr(config, "models", []) if getattr(m, "input", None)}
         required |= named
         allowed |= named
+    if hasattr(config, "required_inputs"):  # inputs a config's settings make necessary
+        required |= set(config.required_inputs())
     return required, allowed
 
 

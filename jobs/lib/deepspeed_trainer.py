@@ -61,11 +61,11 @@ class DeepSpeedTrainer(Trainer):
 
     def train_step(self, batch: dict):
         batch = {k: v.to(self.engine.device) for k, v in batch.items()}
-        out = self.engine(**batch)
-        self.engine.backward(out.loss)
+        loss, extra = self.compute_loss(batch)
+        self.engine.backward(loss)
         self.engine.step()  # clips, steps the partitioned optimizer and the schedule, zeroes grads
         gnorm = self.engine.get_global_grad_norm()
-        return out, float(gnorm) if gnorm is not None else 0.0
+        return loss, float(gnorm) if gnorm is not None else 0.0, extra
 
     def save_model(self, path: Path) -> None:
         """Hugging Face weights and tokenizer in `path`; call on every rank (ZeRO-3 gathers)."""

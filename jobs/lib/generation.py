@@ -11,7 +11,7 @@ import torch
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 64,
              enable_thinking: bool | None = None, temperature: float = 0.0, top_p: float = 1.0,
              on_batch: Callable[[int], None] | None = None) -> list[dict]:
-    """Completions for user `prompts`: [{"text", "tokens", "truncated"}] in prompt order.
+    """Completions for user `prompts`: [{"text", "tokens", "truncated", "ids"}] in prompt order.
 
     Prompts are processed in length order so batches pad little; `tokens` counts generated
     tokens up to and including the end-of-turn token.
@@ -34,7 +34,7 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
         for row, i in zip(new.tolist(), idx):
             n = row.index(eos) + 1 if eos in row else len(row)
             text = tokenizer.decode(row[:n], skip_special_tokens=False).replace(tokenizer.eos_token, "")
-            results[i] = {"text": text, "tokens": n, "truncated": eos not in row}
+            results[i] = {"text": text, "tokens": n, "truncated": eos not in row, "ids": row[:n]}
         if on_batch:
             on_batch(len(idx))
     return results  # type: ignore[return-value]

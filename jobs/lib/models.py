@@ -10,7 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, Qwen3Config
+from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel,
+                          PreTrainedTokenizerBase, Qwen3Config)
 
 from transformers.utils import logging as hf_logging
 
@@ -22,10 +23,9 @@ from .tokenizer import build_tokenizer
 hf_logging.disable_progress_bar()
 
 
-def build_preset(name: str, seed: int) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def preset_config(name: str, tokenizer: PreTrainedTokenizerBase) -> Qwen3Config:
     shape = PRESETS[name]
-    tokenizer = build_tokenizer()
-    config = Qwen3Config(
+    return Qwen3Config(
         vocab_size=len(tokenizer),
         hidden_size=shape["hidden"],
         intermediate_size=shape["hidden"] * 4,
@@ -40,6 +40,11 @@ def build_preset(name: str, seed: int) -> tuple[PreTrainedModel, PreTrainedToken
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
+
+
+def build_preset(name: str, seed: int) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    tokenizer = build_tokenizer()
+    config = preset_config(name, tokenizer)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
@@ -47,14 +52,37 @@ def build_preset(name: str, seed: int) -> tuple[PreTrainedModel, PreTrainedToken
     return model, tokenizer
 
 
+def _tokenizer(spec: str) -> PreTrainedTokenizerBase:
+    tokenizer = AutoTokenizer.from_pretrained(spec)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def load_model(spec: str | Path, seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A model and its tokenizer from a preset, a local checkpoint directory, or a hub id."""
     spec = str(spec)
     if is_preset(spec):
         return build_preset(preset_name(spec), seed)
-    tokenizer = AutoTokenizer.from_pretrained(spec)
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = _tokenizer(spec)
     model = AutoModelForCausalLM.from_pretrained(spec, dtype=torch.float32)
+    return model, tokenizer
+
+
+def load_reward_model(spec: str | Path, seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A one-output sequence scorer: a preset, or any checkpoint (a causal LM's body gets a new
+    scalar head in place of its language-model head; a trained reward model loads as it is)."""
+    spec = str(spec)
+    if is_preset(spec):
+        tokenizer = build_tokenizer()
+        config = preset_config(preset_name(spec), tokenizer)
+        config.num_labels = 1
+        torch.manual_seed(seed)
+        model = AutoModelForSequenceClassification.from_config(config, dtype=torch.float32)
+    else:
+        tokenizer = _tokenizer(spec)
+        torch.manual_seed(seed)  # the new head's initialisation
+        model = AutoModelForSequenceClassification.from_pretrained(spec, num_labels=1, dtype=torch.float32)
+    model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer

@@ -145,17 +145,26 @@ class Trainer:
     def _unwrapped(self):
         return self.model.module if hasattr(self.model, "module") else self.model
 
+    # -- what is learned: subclasses (reward model, GRPO) replace these two -----------------------
+    def make_batch(self, examples: list[dict]) -> dict:
+        """The tensors of one step from its examples."""
+        return collate(examples, self.tokenizer.pad_token_id)
+
+    def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        """The loss of one batch, and extra numbers to log with it."""
+        return self.model(**batch).loss, {}
+
     # -- loop ----------------------------------------------------------------------------------
     def train_step(self, batch: dict):
-        """Forward, backward and one optimizer step; returns the output and the gradient norm.
-        DeepSpeedTrainer replaces it with the engine's step."""
-        out = self.model(**batch)
-        out.loss.backward()
+        """Forward, backward and one optimizer step; returns the loss, the gradient norm and the
+        extra metrics. DeepSpeedTrainer replaces it with the engine's step."""
+        loss, extra = self.compute_loss(batch)
+        loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.s.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return out, gnorm
+        return loss, gnorm, extra
 
     def _on_sigterm(self, *_):
         self._stop = True
@@ -166,22 +175,23 @@ class Trainer:
         self.resume()
         signal.signal(signal.SIGTERM, self._on_sigterm)
         self.model.train()
-        pad = self.tokenizer.pad_token_id
         t0, tokens = time.time(), 0
         metrics = self.metrics_path.open("a") if self.rank == 0 else None
         try:
             while self.step < self.s.max_steps:
-                batch = collate(self._batch(self.step), pad)
-                out, gnorm = self.train_step(batch)
+                batch = self.make_batch(self._batch(self.step))
+                loss, gnorm, extra = self.train_step(batch)
                 self.step += 1
                 tokens += int(batch["attention_mask"].sum())
                 if self.rank == 0 and (self.step % self.s.log_every == 0 or self.step == self.s.max_steps):
-                    rec = {"step": self.step, "loss": round(out.loss.item(), 5), "grad_norm": round(float(gnorm), 4),
-                           "lr": self.scheduler.get_last_lr()[0], "tokens_per_s": round(tokens / (time.time() - t0), 1)}
+                    rec = {"step": self.step, "loss": round(loss.item(), 5), "grad_norm": round(float(gnorm), 4),
+                           "lr": self.scheduler.get_last_lr()[0], "tokens_per_s": round(tokens / (time.time() - t0), 1),
+                           **extra}
                     metrics.write(json.dumps(rec) + "\n")
                     metrics.flush()
+                    shown = "".join(f" {k} {v:g}" for k, v in extra.items() if isinstance(v, int | float))
                     self.log(f"step {self.step}/{self.s.max_steps} loss {rec['loss']:.4f} "
-                             f"lr {rec['lr']:.2e} {rec['tokens_per_s']:.0f} tok/s")
+                             f"lr {rec['lr']:.2e} {rec['tokens_per_s']:.0f} tok/s{shown}")
                 if self.step % self.s.checkpoint_every == 0 and self.step < self.s.max_steps:
                     self.save_checkpoint()
                 if self._stop:

@@ -10,29 +10,16 @@ from collections import defaultdict
 import openai
 from pydantic import ValidationError
 
-from pai_distil.judging import SCALES, judge_prompt, parse_score
 from pai_distil.specs import ScoreConfig, explain
 
 from ..contract import JobContext, JobError, log
 from ..lib.cot_data import read_cots, require
-from ..lib.resumable import NotACompletion, Stopped, explain_failure, load_done, message_of, run_pool
+from ..lib.judge_client import ask as ask_judge
+from ..lib.resumable import Stopped, load_done, run_pool
 
 SCORED = "scored.jsonl"
 SUMMARY = "summary.json"
 MIN_ROWS_FOR_CHECK = 20
-
-
-async def _ask(c: openai.AsyncOpenAI, cfg: ScoreConfig, row: dict, dimension: str) -> tuple[int | None, str]:
-    j = cfg.judge
-    messages = judge_prompt(dimension, row["problem"], str(row.get("answer", "")), row["thought"], row["solution"])
-    try:
-        resp = await c.chat.completions.create(model=j.model, messages=messages, max_tokens=j.max_tokens,
-                                               temperature=j.temperature)
-        _, message, _ = message_of(resp)
-    except (openai.OpenAIError, NotACompletion, ValueError) as e:
-        raise JobError(explain_failure(e, j, role="judge")) from None
-    text = message.get("content") or ""
-    return parse_score(text, *SCALES[dimension]), text
 
 
 def run(ctx: JobContext) -> bool | None:
@@ -60,7 +47,7 @@ def run(ctx: JobContext) -> bool | None:
                            f"without a score in range; check judge.model ({cfg.judge.model!r}) and judge.max_tokens")
 
     async def ask(c: openai.AsyncOpenAI, row: dict) -> dict:
-        results = await asyncio.gather(*(_ask(c, cfg, row, d) for d in cfg.dimensions))
+        results = await asyncio.gather(*(ask_judge(c, cfg.judge, row, d) for d in cfg.dimensions))
         scored = dict(row)
         scored["verified"] = row.get("correct")
         missing = []
