@@ -1,0 +1,57 @@
+"""`pai-distil reward serve CHECKPOINT`: a trained reward model behind an HTTP scoring endpoint.
+
+The server (torch, transformers, FastAPI) is imported only when it starts, so `pai-distil
+--help` stays fast.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from ..errors import UserError
+from .teacher import _check_port
+
+
+@click.group()
+def reward() -> None:
+    """Serve a reward model trained by the reward-model stage."""
+
+
+@reward.command()
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on")
+@click.option("--port", default=8500, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--api-key-env", default="PAI_DISTIL_REWARD_API_KEY", show_default=True,
+              help="environment variable holding the API key clients must send")
+@click.option("--no-auth", is_flag=True, help="accept requests without an API key")
+@click.option("--max-items", default=256, show_default=True, type=click.IntRange(1, 100_000),
+              help="most (prompt, completion) items one request may hold")
+def serve(checkpoint: Path, host: str, port: int, api_key_env: str, no_auth: bool, max_items: int) -> None:
+    """Score (prompt, completion) pairs: POST /v1/score {"items": [{"prompt", "completion"}]}."""
+    if not (checkpoint / "config.json").is_file():
+        raise UserError(f"{str(checkpoint)!r} is not a reward model checkpoint (no config.json); pass the output "
+                        "directory of a reward-model run (`pai-distil runs show RUN` prints it)")
+    api_key = None if no_auth else os.environ.get(api_key_env)
+    if not no_auth and not api_key:
+        raise UserError(f"environment variable {api_key_env} is not set; set it to the API key clients "
+                        "must send, or pass --no-auth to serve without one")
+    _check_port(host, port)
+    try:
+        from pai_distil_jobs.lib.reward_server import serve as run_server
+    except ImportError as e:
+        raise UserError(f"serving a reward model needs the training extras ({e.name} is missing); "
+                        "install them with `pip install 'pai-distil[train]'`") from None
+
+    url_host = f"[{host}]" if ":" in host else host
+    auth = "no API key" if no_auth else f"API key from ${api_key_env}"
+
+    def ready() -> None:
+        click.echo(f"reward model {checkpoint} serving at http://{url_host}:{port}/v1/score ({auth}); Ctrl-C stops it")
+
+    run_server(checkpoint, host, port, api_key, max_items=max_items, on_ready=ready)
+
+
+COMMANDS = [reward]

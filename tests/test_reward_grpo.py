@@ -1,0 +1,318 @@
+"""The reward-model and grpo stages as real jobs, the reward endpoint over real HTTP, and GRPO's
+kill-and-resume through the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from conftest import TEST_API_KEY, free_socket, job_errors, run_job, serve_asgi
+
+from pai_distil.synthetic import world
+
+CLI = [sys.executable, "-m", "pai_distil"]
+
+
+@pytest.fixture(scope="module")
+def micro_student(tmp_path_factory) -> Path:
+    """An untrained micro student saved as a checkpoint (a real model: its samples are mostly wrong)."""
+    from pai_distil_jobs.lib.models import load_model
+
+    path = tmp_path_factory.mktemp("student")
+    model, tokenizer = load_model("preset:micro", seed=0)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def micro_reward_model(tmp_path_factory) -> Path:
+    """An untrained micro reward model checkpoint: real scoring, untrained weights."""
+    from pai_distil_jobs.lib.models import load_reward_model
+    from pai_distil_jobs.lib.reward import STATS
+
+    path = tmp_path_factory.mktemp("rm")
+    model, tokenizer = load_reward_model("preset:micro", seed=0)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    (path / STATS).write_text(json.dumps({"mean": 0.0, "std": 1.0, "max_length": 128}))
+    return path
+
+
+def noisy_cots(teacher_factory, tmp_path, n=24, verbosity=(1, 6)) -> Path:
+    """CoTs of a teacher that slips often: right and wrong candidates for the same problems."""
+    t = teacher_factory(error_rate=0.5)
+    out = tmp_path / "cots"
+    proc = run_job("generate", {"teacher": {"base_url": t.base_url, "model": "oracle-noisy"},
+                                "problems": {"n": n, "seed": 4, "levels": [2]}, "verbosity": list(verbosity)},
+                   out, env={"PAI_DISTIL_TEACHER_API_KEY": t.api_key})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return out, t
+
+
+# -- reward-model ---------------------------------------------------------------------------------
+
+
+def test_reward_model_builds_pairs_from_judgments_and_trains(teacher_factory, tmp_path, micro_student):
+    cots, t = noisy_cots(teacher_factory, tmp_path)
+    cfg = {"judge": {"base_url": t.base_url, "model": "judge", "max_tokens": 64},
+           "student_samples": {"per_problem": 2, "max_new_tokens": 24},
+           "eval_fraction": 0.25, "min_margin": 0.1,
+           "train": {"max_steps": 6, "batch_size": 4, "checkpoint_every": 3, "log_every": 1}}
+    out = tmp_path / "rm"
+    proc = run_job("reward-model", cfg, out, inputs={"cots": cots, "student": micro_student},
+                   env={"PAI_DISTIL_TEACHER_API_KEY": t.api_key}, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+
+    candidates = [json.loads(x) for x in (out / "candidates.jsonl").read_text().splitlines()]
+    sources = {c["source"] for c in candidates}
+    assert sources == {"teacher-rv1", "teacher-rv6", "student"}
+    assert len(candidates) == 24 * 2 + 24 * 2
+    assert all(c["rv"] is not None and c["cd"] == 5 for c in candidates)  # the judge rated every candidate
+    assert any(c["correct"] for c in candidates) and not all(c["correct"] for c in candidates)
+
+    pairs = [json.loads(x) for x in (out / "pairs.jsonl").read_text().splitlines()]
+    assert pairs and {"prompt", "chosen", "rejected"} <= set(pairs[0])
+    assert all(p["chosen_score"] - p["rejected_score"] >= 0.1 for p in pairs)
+    assert {p["kind"] for p in pairs} == {"correctness", "length"}
+    held = {p["problem_id"] for p in pairs if p["split"] == "eval"}
+    assert held and not held & {p["problem_id"] for p in pairs if p["split"] == "train"}
+
+    report = json.loads((out / "report.json").read_text())
+    assert report["held_out_pairs"]["overall"]["pairs"] == sum(p["split"] == "eval" for p in pairs)
+    assert 0 <= report["held_out_pairs"]["overall"]["accuracy"] <= 1
+    steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 7))
+    assert (out / "manifest.json").exists() and (out / "reward_stats.json").exists()
+
+    from pai_distil_jobs.lib.reward import RewardScorer
+
+    scorer = RewardScorer(out)
+    scores = scorer.score([pairs[0]["prompt"]] * 2, [pairs[0]["chosen"], pairs[0]["rejected"]])
+    assert len(scores) == 2 and scores == scorer.score([pairs[0]["prompt"]] * 2, [pairs[0]["chosen"], pairs[0]["rejected"]])
+
+
+def test_reward_model_without_judge_uses_the_verifier(teacher_factory, tmp_path):
+    cots, _ = noisy_cots(teacher_factory, tmp_path, n=16)
+    cfg = {"init_from_student": False, "model": {"model": "preset:micro"}, "eval_fraction": 0.25,
+           "train": {"max_steps": 2, "batch_size": 4}}
+    proc = run_job("reward-model", cfg, tmp_path / "rm", inputs={"cots": cots}, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    pairs = [json.loads(x) for x in (tmp_path / "rm" / "pairs.jsonl").read_text().splitlines()]
+    assert pairs and {p["kind"] for p in pairs} == {"correctness"}  # no RV ratings: correctness pairs only
+
+
+def test_reward_model_with_one_kind_of_candidate_fails_in_one_line(tmp_path):
+    from pai_distil.synthetic import teacher
+
+    rows = []
+    for p in world.generate_problems(10, 1, [1]):
+        thought, solution = world.split_thought(teacher.respond(p, 3))
+        rows.append({"id": p.id, "problem_id": p.id, "problem": p.text, "answer": p.answer, "thought": thought,
+                     "solution": solution, "correct": True, "domain": "synthetic"})
+    cots = tmp_path / "cots.jsonl"
+    cots.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    proc = run_job("reward-model", {"init_from_student": False, "model": {"model": "preset:micro"}},
+                   tmp_path / "rm", inputs={"cots": cots})
+    assert proc.returncode == 2
+    assert len(job_errors(proc)) == 1 and "too few preference pairs" in job_errors(proc)[0]
+
+
+# -- the reward endpoint --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def reward_server(micro_reward_model):
+    from pai_distil_jobs.lib.reward import RewardScorer
+    from pai_distil_jobs.lib.reward_server import create_app
+
+    with serve_asgi(create_app(RewardScorer(micro_reward_model).score, TEST_API_KEY, max_items=8)) as url:
+        yield url
+
+
+AUTH = {"Authorization": f"Bearer {TEST_API_KEY}"}
+ITEM = {"prompt": world.generate_problems(1, 1)[0].text, "completion": "<think>\n3 -> 4\n</think>\n\n\\boxed{4}"}
+
+
+def test_reward_endpoint_scores_a_batch(reward_server):
+    r = httpx.post(f"{reward_server}/v1/score", headers=AUTH, json={"items": [ITEM, {**ITEM, "completion": "no"}]})
+    assert r.status_code == 200, r.text
+    scores = r.json()["scores"]
+    assert len(scores) == 2 and all(isinstance(s, float) for s in scores) and scores[0] != scores[1]
+    again = httpx.post(f"{reward_server}/v1/score", headers=AUTH, json={"items": [ITEM]}).json()["scores"]
+    assert again == pytest.approx(scores[:1], abs=1e-5)  # a score does not depend on its batch
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": TEST_API_KEY}])
+def test_reward_endpoint_refuses_requests_without_the_key(reward_server, headers):
+    r = httpx.post(f"{reward_server}/v1/score", headers=headers, json={"items": [ITEM]})
+    assert r.status_code == 401 and "API key" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("body, status, fragment", [
+    (b"{not json", 400, "not valid JSON"),
+    (b"[1, 2]", 400, "JSON object"),
+    (b"{}", 400, "'items' is required"),
+    (b'{"items": []}', 400, "non-empty"),
+    (b'{"items": "text"}', 400, "'items' is required"),
+    (b'{"items": [{"prompt": "p"}]}', 400, "items[0]"),
+    (b'{"items": [{"prompt": "p", "completion": 3}]}', 400, "items[0]"),
+    (json.dumps({"items": [ITEM] * 9}).encode(), 413, "at most 8"),
+    (b"\xff\xfe", 400, "not valid JSON"),
+])
+def test_reward_endpoint_bad_bodies_get_4xx_with_a_message(reward_server, body, status, fragment):
+    r = httpx.post(f"{reward_server}/v1/score", headers=AUTH, content=body)
+    assert r.status_code == status and fragment in r.json()["error"]["message"], r.text
+    ok = httpx.post(f"{reward_server}/v1/score", headers=AUTH, json={"items": [ITEM]})
+    assert ok.status_code == 200  # still serving
+
+
+def test_reward_serve_cli_end_to_end(micro_reward_model):
+    sock = free_socket()
+    port = sock.getsockname()[1]
+    sock.close()
+    env = {**os.environ, "PAI_DISTIL_REWARD_API_KEY": TEST_API_KEY}
+    proc = subprocess.Popen([*CLI, "reward", "serve", str(micro_reward_model), "--port", str(port)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                r = httpx.post(f"http://127.0.0.1:{port}/v1/score", headers=AUTH, json={"items": [ITEM]})
+                break
+            except httpx.ConnectError:
+                assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
+                time.sleep(0.3)
+        assert r.status_code == 200 and len(r.json()["scores"]) == 1
+        assert httpx.post(f"http://127.0.0.1:{port}/v1/score", json={"items": [ITEM]}).status_code == 401
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(30)
+
+
+def test_reward_serve_without_key_is_one_line_error(micro_reward_model):
+    env = {k: v for k, v in os.environ.items() if k != "PAI_DISTIL_REWARD_API_KEY"}
+    proc = subprocess.run([*CLI, "reward", "serve", str(micro_reward_model)], env=env, capture_output=True, text=True)
+    assert proc.returncode != 0 and proc.stderr.count("error:") == 1 and "PAI_DISTIL_REWARD_API_KEY" in proc.stderr
+
+
+# -- grpo -----------------------------------------------------------------------------------------
+
+
+def grpo_config(**over) -> dict:
+    cfg = {"problems": {"n": 16, "seed": 3, "levels": [1]}, "group_size": 4, "max_completion_length": 6,
+           "train": {"max_steps": 4, "prompts_per_step": 2, "checkpoint_every": 2, "log_every": 1}}
+    cfg.update(over)
+    return cfg
+
+
+def test_grpo_logs_reward_accuracy_length_kl_per_step(tmp_path, micro_student, micro_reward_model):
+    out = tmp_path / "grpo"
+    proc = run_job("grpo", grpo_config(), out, inputs={"student": micro_student, "reward_model": micro_reward_model},
+                   timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    for r in records:
+        assert {"reward", "accuracy", "length", "kl", "truncated", "rm_score"} <= set(r)
+        assert 0 <= r["accuracy"] <= 1 and 0 < r["length"] <= 6 and r["kl"] >= 0
+    # an untrained student rambles: its completions hit the 6-token cap and the job says so
+    assert "reached max_completion_length=6" in proc.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 4 and summary["last_steps"]["accuracy"] is not None
+    assert (out / "model.safetensors").exists() and (out / "manifest.json").exists()
+
+
+def test_grpo_overlong_penalty_lowers_the_reward_of_cut_completions(tmp_path, micro_student):
+    cfg = grpo_config(reward={"rm_weight": 0, "correct_weight": 1, "overlong_penalty": 0.5})
+    cfg["train"]["max_steps"] = 1
+    proc = run_job("grpo", cfg, tmp_path / "g", inputs={"student": micro_student})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rec = json.loads((tmp_path / "g" / "metrics.jsonl").read_text().splitlines()[0])
+    assert rec["reward"] == pytest.approx(rec["accuracy"] - 0.5 * rec["truncated"], abs=1e-3)
+    assert "rm_score" not in rec
+
+
+def test_grpo_scores_with_a_served_reward_model(tmp_path, micro_student, reward_server):
+    cfg = grpo_config(reward={"rm_weight": 1, "correct_weight": 0,
+                              "endpoint": {"base_url": reward_server, "batch_size": 3}})
+    cfg["train"]["max_steps"] = 2
+    proc = run_job("grpo", cfg, tmp_path / "g", inputs={"student": micro_student},
+                   env={"PAI_DISTIL_REWARD_API_KEY": TEST_API_KEY})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    bad = run_job("grpo", cfg, tmp_path / "g2", inputs={"student": micro_student},
+                  env={"PAI_DISTIL_REWARD_API_KEY": "wrong"})
+    assert bad.returncode == 2 and "refused the key" in job_errors(bad)[0]
+
+
+def cli(home: Path, *args, timeout=600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PAI_DISTIL_HOME": str(home)}
+    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def test_grpo_inputs_are_checked_before_anything_starts(tmp_path, micro_student):
+    cfg = tmp_path / "g.yaml"
+    cfg.write_text(yaml.safe_dump(grpo_config()))
+    proc = cli(tmp_path / "h", "submit", "grpo", "-c", cfg, "-i", f"student={micro_student}", "--dry-run")
+    assert proc.returncode != 0 and "needs input 'reward_model'" in proc.stderr
+    cfg.write_text(yaml.safe_dump(grpo_config(reward={"rm_weight": 0, "correct_weight": 0})))
+    proc = cli(tmp_path / "h", "submit", "grpo", "-c", cfg, "-i", f"student={micro_student}", "--dry-run")
+    assert proc.returncode != 0 and "nothing to learn" in proc.stderr and proc.stderr.count("error:") == 1
+
+
+def _wait(predicate, timeout=300, every=0.2):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(every)
+    raise AssertionError("timed out")
+
+
+def test_grpo_killed_mid_run_resumes_from_the_newest_checkpoint(tmp_path, monkeypatch, micro_student,
+                                                              micro_reward_model):
+    from pai_distil.registry import Registry
+    from pai_distil_jobs.lib.trainer import newest_checkpoint
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("PAI_DISTIL_HOME", str(home))
+    cfg = tmp_path / "g.yaml"
+    settings = grpo_config(problems={"n": 40, "seed": 3, "levels": [1, 2]}, max_completion_length=8)
+    settings["train"].update(max_steps=40, checkpoint_every=4)
+    cfg.write_text(yaml.safe_dump(settings))
+    args = ("submit", "grpo", "-c", cfg, "-i", f"student={micro_student}", "-i", f"reward_model={micro_reward_model}")
+    assert cli(home, *args, "--detach").returncode == 0
+    run = Registry().list(stage="grpo")[0]
+    ckpt_dir, metrics = Path(run.work_dir) / "checkpoints", Path(run.output) / "metrics.jsonl"
+
+    def logged() -> list[dict]:
+        return [json.loads(x) for x in metrics.read_text().splitlines() if x.endswith("}")] if metrics.exists() else []
+
+    # kill once a step after a checkpoint of step >= 8 is logged: that step must run again, identically
+    _wait(lambda: (c := newest_checkpoint(ckpt_dir)) and int(c.name.split("-")[1]) >= 8
+          and logged()[-1]["step"] > int(c.name.split("-")[1]))
+    os.killpg(os.getpgid(Registry().get(run.id).job_pid), signal.SIGKILL)
+    dead = _wait(lambda: (r := Registry().get(run.id)).terminal and r)
+    assert dead.state == "failed"
+    killed_at = int(newest_checkpoint(ckpt_dir).name.split("-")[1])
+    assert 8 <= killed_at < 40
+    lost = {r["step"]: r for r in logged() if r["step"] > killed_at}
+    assert lost
+
+    again = cli(home, *args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resuming from checkpoint step-{killed_at:07d}" in again.stderr
+    records = logged()
+    assert [r["step"] for r in records] == list(range(1, 41))  # none twice, none lost
+    for r in records:  # steps run again after the resume sample and learn exactly as the first time
+        if r["step"] in lost:
+            for key in ("reward", "accuracy", "length", "kl", "loss"):
+                assert r[key] == pytest.approx(lost[r["step"]][key], abs=1e-4), (r, lost[r["step"]])
