@@ -101,7 +101,7 @@ def test_missing_required_input(tmp_path):
 
 def test_unknown_and_unavailable_stages(tmp_path):
     assert_one_line_error(cli("submit", "distill-magic", home=tmp_path), "unknown stage")
-    assert_one_line_error(cli("submit", "grpo", home=tmp_path), "needs input 'student'")
+    assert_one_line_error(cli("submit", "grpo", home=tmp_path), "stage grpo needs input 'problems'")
     assert_one_line_error(cli("submit", "evaluate", "--backend", "local", "-c", "examples/slow-thinking.yaml",
                               home=tmp_path), "field 'models' is required")
 

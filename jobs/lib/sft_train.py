@@ -46,11 +46,7 @@ def train_sft(ctx: JobContext, student: Student, train: Training, rows: list[dic
             f"(mean {n_tok / len(examples):.0f}); {train.max_steps} steps of batch {train.batch_size}")
     if distributed and not train.deepspeed:
         model = torch.nn.parallel.DistributedDataParallel(model)
-    settings = TrainSettings(
-        max_steps=train.max_steps, batch_size=train.batch_size, learning_rate=train.learning_rate,
-        warmup_steps=train.warmup_steps, weight_decay=train.weight_decay, checkpoint_every=train.checkpoint_every,
-        keep_checkpoints=train.keep_checkpoints, log_every=train.log_every, seed=train.seed, keep_order=keep_order,
-    )
+    settings = TrainSettings.of(train, keep_order=keep_order)
     quiet = log if rank == 0 else lambda m: None
     if train.deepspeed:
         from .deepspeed_trainer import DeepSpeedTrainer

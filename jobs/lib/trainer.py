@@ -44,6 +44,13 @@ class TrainSettings:
     seed: int = 0
     keep_order: bool = False  # True: batches follow the examples' order (curriculum), no shuffling
 
+    @classmethod
+    def of(cls, train, batch_size: int | None = None, **kw) -> TrainSettings:
+        """Settings from a stage's training config (`Training`, `RewardTraining`, `GRPOTraining`)."""
+        fields = ("max_steps", "learning_rate", "warmup_steps", "weight_decay", "checkpoint_every",
+                  "keep_checkpoints", "log_every", "seed")
+        return cls(batch_size=batch_size or train.batch_size, **{f: getattr(train, f) for f in fields}, **kw)
+
 
 def newest_checkpoint(checkpoint_dir: Path) -> Path | None:
     done = [p for p in checkpoint_dir.glob("step-*") if (p / COMPLETE).exists()]

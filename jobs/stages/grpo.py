@@ -83,10 +83,7 @@ def run(ctx: JobContext) -> bool:
     log(f"grpo: {len(examples)} problems, {t.max_steps} steps of {t.prompts_per_step} problems x {cfg.group_size} "
         f"completions (max {cfg.max_completion_length} tokens); reward = {w.rm_weight:g} x reward model ({scorer_name}) "
         f"+ {w.correct_weight:g} x correctness; KL coefficient {cfg.kl_coef:g}")
-    settings = TrainSettings(max_steps=t.max_steps, batch_size=t.prompts_per_step, learning_rate=t.learning_rate,
-                             warmup_steps=t.warmup_steps, weight_decay=t.weight_decay,
-                             checkpoint_every=t.checkpoint_every, keep_checkpoints=t.keep_checkpoints,
-                             log_every=t.log_every, seed=t.seed)
+    settings = TrainSettings.of(t, batch_size=t.prompts_per_step)
     torch.manual_seed(t.seed)
     trainer = GRPOTrainer(model, tokenizer, examples, settings, ctx.checkpoint_dir, ctx.metrics_path, cfg=cfg,
                           reference=reference, scorer=scorer, log=log)

@@ -234,10 +234,7 @@ def train(ctx: JobContext, cfg: RewardModelConfig, train_pairs: list[dict], eval
                  "chosen_score": p["chosen_score"], "rejected_score": p["rejected_score"]} for p in train_pairs]
     log(f"reward model from {source}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; "
         f"{t.max_steps} steps of {t.batch_size} pairs")
-    settings = TrainSettings(max_steps=t.max_steps, batch_size=t.batch_size, learning_rate=t.learning_rate,
-                             warmup_steps=t.warmup_steps, weight_decay=t.weight_decay,
-                             checkpoint_every=t.checkpoint_every, keep_checkpoints=t.keep_checkpoints,
-                             log_every=t.log_every, seed=t.seed)
+    settings = TrainSettings.of(t)
     trainer = RewardTrainer(model, tokenizer, examples, settings, ctx.checkpoint_dir, ctx.metrics_path, log=log,
                             regression_weight=t.regression_weight)
     if not trainer.train():

@@ -6,13 +6,12 @@ The server (torch, transformers, FastAPI) is imported only when it starts, so `p
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
 
 from ..errors import UserError
-from .teacher import _check_port
+from .teacher import check_port, api_key_of, server_options
 
 
 @click.group()
@@ -22,11 +21,7 @@ def reward() -> None:
 
 @reward.command()
 @click.argument("checkpoint", type=click.Path(path_type=Path))
-@click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on")
-@click.option("--port", default=8500, show_default=True, type=click.IntRange(1, 65535))
-@click.option("--api-key-env", default="PAI_DISTIL_REWARD_API_KEY", show_default=True,
-              help="environment variable holding the API key clients must send")
-@click.option("--no-auth", is_flag=True, help="accept requests without an API key")
+@server_options(8500, "PAI_DISTIL_REWARD_API_KEY")
 @click.option("--max-items", default=256, show_default=True, type=click.IntRange(1, 100_000),
               help="most (prompt, completion) items one request may hold")
 def serve(checkpoint: Path, host: str, port: int, api_key_env: str, no_auth: bool, max_items: int) -> None:
@@ -34,11 +29,8 @@ def serve(checkpoint: Path, host: str, port: int, api_key_env: str, no_auth: boo
     if not (checkpoint / "config.json").is_file():
         raise UserError(f"{str(checkpoint)!r} is not a reward model checkpoint (no config.json); pass the output "
                         "directory of a reward-model run (`pai-distil runs show RUN` prints it)")
-    api_key = None if no_auth else os.environ.get(api_key_env)
-    if not no_auth and not api_key:
-        raise UserError(f"environment variable {api_key_env} is not set; set it to the API key clients "
-                        "must send, or pass --no-auth to serve without one")
-    _check_port(host, port)
+    api_key = api_key_of(api_key_env, no_auth)
+    check_port(host, port)
     try:
         from pai_distil_jobs.lib.reward_server import serve as run_server
     except ImportError as e:

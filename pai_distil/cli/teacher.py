@@ -15,6 +15,32 @@ import click
 from ..errors import UserError
 
 
+def server_options(port: int, key_env: str):
+    """The options every serve command shares: address, port and the API key's environment variable."""
+    def wrap(f):
+        for option in reversed([
+            click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on"),
+            click.option("--port", default=port, show_default=True, type=click.IntRange(1, 65535)),
+            click.option("--api-key-env", default=key_env, show_default=True,
+                         help="environment variable holding the API key clients must send"),
+            click.option("--no-auth", is_flag=True, help="accept requests without an API key"),
+        ]):
+            f = option(f)
+        return f
+    return wrap
+
+
+def api_key_of(api_key_env: str, no_auth: bool) -> str | None:
+    """The key clients must send (None with --no-auth); a one-line error when it is not set."""
+    if no_auth:
+        return None
+    key = os.environ.get(api_key_env)
+    if not key:
+        raise UserError(f"environment variable {api_key_env} is not set; set it to the API key clients "
+                        "must send, or pass --no-auth to serve without one")
+    return key
+
+
 @click.group()
 def teacher() -> None:
     """Serve a teacher model for the generate and score stages."""
@@ -22,11 +48,7 @@ def teacher() -> None:
 
 @teacher.command()
 @click.option("--synthetic", is_flag=True, help="serve the oracle teacher of the synthetic reasoning world")
-@click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on")
-@click.option("--port", default=8400, show_default=True, type=click.IntRange(1, 65535))
-@click.option("--api-key-env", default="PAI_DISTIL_TEACHER_API_KEY", show_default=True,
-              help="environment variable holding the API key clients must send")
-@click.option("--no-auth", is_flag=True, help="accept requests without an API key")
+@server_options(8400, "PAI_DISTIL_TEACHER_API_KEY")
 @click.option("--error-rate", default=0.0, show_default=True, type=click.FloatRange(0, 1),
               help="how often model oracle-noisy slips on a step (0: its default of 0.1)")
 @click.option("--fail-rate", default=0.0, show_default=True, type=click.FloatRange(0, 1),
@@ -38,10 +60,7 @@ def serve(synthetic: bool, host: str, port: int, api_key_env: str, no_auth: bool
     if not synthetic:
         raise UserError("only the synthetic teacher can be served by this command; pass --synthetic "
                         "(for a real teacher, point `teacher.base_url` in the generate config at it)")
-    api_key = None if no_auth else os.environ.get(api_key_env)
-    if not no_auth and not api_key:
-        raise UserError(f"environment variable {api_key_env} is not set; set it to the API key clients "
-                        "must send, or pass --no-auth to serve without one")
+    api_key = api_key_of(api_key_env, no_auth)
     check_port(host, port)
     from ..synthetic.server import MODELS, serve as run_server
 
