@@ -146,7 +146,6 @@ def make_pairs(cfg: RewardModelConfig, candidates: list[dict]) -> list[dict]:
     rng = random.Random(cfg.seed)
     by_problem: dict[str, list[dict]] = defaultdict(list)
     for c in candidates:
-        c["score"] = round(cfg.judgment.score(c["correct"], c.get("rv"), c.get("cd")), 4)
         if all(c["completion"] != o["completion"] for o in by_problem[c["problem_id"]]):
             by_problem[c["problem_id"]].append(c)
     pids = sorted(by_problem)
@@ -199,8 +198,9 @@ def run(ctx: JobContext) -> bool:
         candidates += student_candidates(ctx, cfg, by_problem)
     if not rate(ctx, cfg, candidates):
         return False
-    write_jsonl(ctx.output / CANDIDATES, [{"prompt": user_message(c), "completion": c["completion"],
-                                           "score": cfg.judgment.score(c["correct"], c.get("rv"), c.get("cd")),
+    for c in candidates:
+        c["score"] = round(cfg.judgment.score(c["correct"], c.get("rv"), c.get("cd")), 4)
+    write_jsonl(ctx.output / CANDIDATES, [{"prompt": user_message(c), "completion": c["completion"], "score": c["score"],
                                            **{k: c.get(k) for k in ("id", "problem_id", "source", "correct", "rv", "cd")}}
                                           for c in candidates])
     pairs = make_pairs(cfg, candidates)
