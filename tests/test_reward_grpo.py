@@ -21,16 +21,19 @@ from pai_distil.synthetic import world
 CLI = [sys.executable, "-m", "pai_distil"]
 
 
+def saved(path: Path, loaded) -> Path:
+    model, tokenizer = loaded
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
 @pytest.fixture(scope="module")
 def micro_student(tmp_path_factory) -> Path:
     """An untrained micro student saved as a checkpoint (a real model: its samples are mostly wrong)."""
     from pai_distil_jobs.lib.models import load_model
 
-    path = tmp_path_factory.mktemp("student")
-    model, tokenizer = load_model("preset:micro", seed=0)
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return saved(tmp_path_factory.mktemp("student"), load_model("preset:micro", seed=0))
 
 
 @pytest.fixture(scope="module")
@@ -39,10 +42,7 @@ def micro_reward_model(tmp_path_factory) -> Path:
     from pai_distil_jobs.lib.models import load_reward_model
     from pai_distil_jobs.lib.reward import STATS
 
-    path = tmp_path_factory.mktemp("rm")
-    model, tokenizer = load_reward_model("preset:micro", seed=0)
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
+    path = saved(tmp_path_factory.mktemp("rm"), load_reward_model("preset:micro", seed=0))
     (path / STATS).write_text(json.dumps({"mean": 0.0, "std": 1.0, "max_length": 128}))
     return path
 
