@@ -20,6 +20,16 @@ ROOT = Path(__file__).resolve().parents[1]
 TEST_API_KEY = "test-key-not-a-secret"
 
 
+def stop_process(proc: subprocess.Popen, grace_s: float = 30) -> None:
+    """SIGTERM a server started by a test, then SIGKILL it if it does not exit in time."""
+    proc.terminate()
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def free_socket() -> socket.socket:
     """A bound loopback socket on a free port, handed to the server so no other process can race for it."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import httpx
 
+from conftest import stop_process
+
 ACCESS_KEY_ID = "LTAI-emulator-test"
 ACCESS_KEY_SECRET = "emu-secret-7d1f5b9e2c4a-do-not-print"  # tests scan every output for this
 BUCKET = "distil-test"
@@ -66,12 +68,7 @@ def start_emulator(data_dir: Path, port: int | None = None, env_extra: dict | No
     try:
         yield RunningEmulator(url, port, data_dir, log, proc)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 def client_env(home: Path, secret: str = ACCESS_KEY_SECRET) -> dict[str, str]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from conftest import ROOT, free_socket
+from conftest import ROOT, free_socket, stop_process
 
 
 def micro_checkpoint(dest: Path, seed: int = 0) -> Path:
@@ -59,12 +59,7 @@ def start_local(checkpoint: Path, token: str | None, *args: str, name: str = "st
         wait_healthy(f"http://127.0.0.1:{port}/health", proc)
         yield f"http://127.0.0.1:{port}/v1"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 AK, SK = "test-access-key-id", "test-access-key-secret-not-a-secret"
