@@ -52,6 +52,17 @@ class JobContext:
             checkpoint_dir=Path(env.get("PAI_DISTIL_CHECKPOINT_DIR") or output / "checkpoints"),
         )
 
+    def parsed_config(self, model):
+        """The stage's config validated as `model`; a bad one fails the job with the field named."""
+        from pydantic import ValidationError
+
+        from pai_distil.specs import explain
+
+        try:
+            return model.model_validate(self.config)
+        except ValidationError as e:
+            raise JobError(explain(e, f"{self.stage} config")) from None
+
     def input(self, name: str) -> Path:
         if name not in self.inputs:
             raise JobError(f"stage {self.stage} needs input '{name}'; pass --input {name}=PATH")

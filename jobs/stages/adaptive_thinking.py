@@ -14,11 +14,10 @@ import random
 from collections import defaultdict
 from pathlib import Path
 
-from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from pai_distil.specs import AdaptiveThinkingConfig, RVPolicy, explain
+from pai_distil.specs import AdaptiveThinkingConfig, RVPolicy
 
 from ..contract import JobContext, JobError, log
 from ..lib.cot_data import non_thinking_row, read_cots, require, thinking_row
@@ -105,10 +104,7 @@ def _table(title: str, columns: list[str], rows: list[list[str]]) -> str:
 
 
 def run(ctx: JobContext) -> bool:
-    try:
-        cfg = AdaptiveThinkingConfig.model_validate(ctx.config)
-    except ValidationError as e:
-        raise JobError(explain(e, "adaptive-thinking config")) from None
+    cfg = ctx.parsed_config(AdaptiveThinkingConfig)
     path = ctx.input("cots")
     main = int(os.environ.get("RANK", "0")) == 0
     if cfg.variant == "x":

@@ -11,10 +11,9 @@ from __future__ import annotations
 import json
 import time
 
-from pydantic import ValidationError
 
 from pai_distil import report as reports
-from pai_distil.specs import EvalModel, EvaluateConfig, explain
+from pai_distil.specs import EvalModel, EvaluateConfig
 from pai_distil.verifiers import check, verifier_for
 from pai_distil.verify.sandbox import Limits, isolation
 
@@ -24,10 +23,7 @@ from ..lib.prompts import user_message
 
 
 def run(ctx: JobContext) -> None:
-    try:
-        cfg = EvaluateConfig.model_validate(ctx.config)
-    except ValidationError as e:
-        raise JobError(explain(e, "evaluate config")) from None
+    cfg = ctx.parsed_config(EvaluateConfig)
     problems = load_problems(cfg.problems, ctx.inputs.get("problems"), prefix="eval", data=cfg.data)
     jobs = [(p, k) for p in problems for k in range(cfg.samples)]  # problem-major: samples of one problem together
     prompts = [user_message(p, cfg.user_prompt) for p, _ in jobs]

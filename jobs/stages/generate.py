@@ -18,10 +18,9 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import openai
-from pydantic import ValidationError
 
 from pai_distil import verifiers
-from pai_distil.specs import GenerateConfig, explain
+from pai_distil.specs import GenerateConfig
 from pai_distil.synthetic import world
 from pai_distil.verify.sandbox import Limits
 
@@ -217,10 +216,7 @@ def _install_sigterm(gen: Generation) -> None:
 
 
 def run(ctx: JobContext) -> bool | None:
-    try:
-        config = GenerateConfig.model_validate(ctx.config)
-    except ValidationError as e:
-        raise JobError(explain(e, "generate config")) from None
+    config = ctx.parsed_config(GenerateConfig)
     problems = load_problems(ctx, config)
     out = ctx.output / COTS
     ctx.output.mkdir(parents=True, exist_ok=True)

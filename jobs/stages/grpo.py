@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import json
 
-from pydantic import ValidationError
 
-from pai_distil.specs import GRPOConfig, explain
+from pai_distil.specs import GRPOConfig
 
 from ..contract import JobContext, JobError, log
 from ..lib.problems import load_problems
@@ -50,10 +49,7 @@ def summarize(records: list[dict]) -> dict:
 
 
 def run(ctx: JobContext) -> bool:
-    try:
-        cfg = GRPOConfig.model_validate(ctx.config)
-    except ValidationError as e:
-        raise JobError(explain(e, "grpo config")) from None
+    cfg = ctx.parsed_config(GRPOConfig)
     import torch
 
     from ..lib.grpo import GRPOTrainer

@@ -21,9 +21,8 @@ from collections import defaultdict
 from pathlib import Path
 
 import openai
-from pydantic import ValidationError
 
-from pai_distil.specs import RewardModelConfig, explain
+from pai_distil.specs import RewardModelConfig
 from pai_distil.synthetic.world import split_thought
 from pai_distil.verifiers import check
 
@@ -186,10 +185,7 @@ def accuracy_table(pairs: list[dict], margins: list[float]) -> dict:
 
 
 def run(ctx: JobContext) -> bool:
-    try:
-        cfg = RewardModelConfig.model_validate(ctx.config)
-    except ValidationError as e:
-        raise JobError(explain(e, "reward-model config")) from None
+    cfg = ctx.parsed_config(RewardModelConfig)
     by_problem = problems_of(read_cots(ctx.input("cots")), cfg.max_problems)
     if not by_problem:
         raise JobError("input 'cots' holds no chains of thought; pass the output of `generate` or `score`")

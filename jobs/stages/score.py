@@ -8,9 +8,8 @@ import json
 from collections import defaultdict
 
 import openai
-from pydantic import ValidationError
 
-from pai_distil.specs import ScoreConfig, explain
+from pai_distil.specs import ScoreConfig
 
 from ..contract import JobContext, JobError, log
 from ..lib.cot_data import read_cots, require
@@ -23,10 +22,7 @@ MIN_ROWS_FOR_CHECK = 20
 
 
 def run(ctx: JobContext) -> bool | None:
-    try:
-        cfg = ScoreConfig.model_validate(ctx.config)
-    except ValidationError as e:
-        raise JobError(explain(e, "score config")) from None
+    cfg = ctx.parsed_config(ScoreConfig)
     path = ctx.input("cots")
     rows = read_cots(path)
     for n, row in enumerate(rows, 1):

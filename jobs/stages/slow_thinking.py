@@ -5,9 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import ValidationError
 
-from pai_distil.specs import SlowThinkingConfig, explain
+from pai_distil.specs import SlowThinkingConfig
 
 from ..contract import JobContext, JobError, log
 from ..lib.cot_data import read_cots, require, thinking_row
@@ -31,10 +30,7 @@ def sft_rows(path: Path, require_correct: bool, verbosity: list[int] | None = No
 
 
 def run(ctx: JobContext) -> bool:
-    try:
-        cfg = SlowThinkingConfig.model_validate(ctx.config)
-    except ValidationError as e:
-        raise JobError(explain(e, "slow-thinking config")) from None
+    cfg = ctx.parsed_config(SlowThinkingConfig)
     rows = sft_rows(ctx.input("cots"), cfg.require_correct, cfg.verbosity)
     if cfg.max_samples:
         rows = rows[: cfg.max_samples]
