@@ -27,9 +27,10 @@ from .trainer import Trainer
 TRUNCATION_WARN_EVERY = 10  # steps between two warnings about cut completions
 
 
-def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """log p(token t | tokens < t) for t = 1..T-1."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
+def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """log p(token t | tokens < t) for t = 1..T-1, under the sampling temperature (the distribution
+    the completions were drawn from)."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float() / temperature
     return torch.gather(F.log_softmax(logits, -1), 2, input_ids[:, 1:, None])[..., 0]
 
 
@@ -78,7 +79,7 @@ class GRPOTrainer(Trainer):
             mask[i, :len(s)] = 1
             completion[i, len(e["prompt_ids"]):len(s)] = 1
         with torch.no_grad():
-            ref = token_logprobs(self.reference, ids, mask) if cfg.kl_coef else None
+            ref = token_logprobs(self.reference, ids, mask, cfg.temperature) if cfg.kl_coef else None
 
         cut = truncated.mean().item()
         if cut > cfg.truncation_warning and self.step - self._warned_at >= TRUNCATION_WARN_EVERY:
@@ -95,7 +96,7 @@ class GRPOTrainer(Trainer):
                 "ref_logprobs": ref, "stats": stats}
 
     def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
-        logp = token_logprobs(self.model, batch["input_ids"], batch["attention_mask"])
+        logp = token_logprobs(self.model, batch["input_ids"], batch["attention_mask"], self.cfg.temperature)
         mask = batch["completion_mask"].float()
         # exp(logp - logp.detach()) is 1 but carries the gradient of log p: on-policy REINFORCE with
         # group-relative advantages, one value per completion.

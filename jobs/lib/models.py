@@ -7,6 +7,7 @@ preset and a real checkpoint take the same path through training and evaluation.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -70,6 +71,16 @@ def load_model(spec: str | Path, seed: int = 0) -> tuple[PreTrainedModel, PreTra
     return model, tokenizer
 
 
+@contextmanager
+def _quiet_transformers():
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
 def load_reward_model(spec: str | Path, seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A one-output sequence scorer: a preset, or any checkpoint (a causal LM's body gets a new
     scalar head in place of its language-model head; a trained reward model loads as it is)."""
@@ -83,6 +94,8 @@ def load_reward_model(spec: str | Path, seed: int = 0) -> tuple[PreTrainedModel,
     else:
         tokenizer = _tokenizer(spec)
         torch.manual_seed(seed)  # the new head's initialisation
-        model = AutoModelForSequenceClassification.from_pretrained(spec, num_labels=1, dtype=torch.float32)
+        # A causal LM has no `score` head yet: transformers' "newly initialized" report is expected here.
+        with _quiet_transformers():
+            model = AutoModelForSequenceClassification.from_pretrained(spec, num_labels=1, dtype=torch.float32)
     model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
