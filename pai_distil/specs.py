@@ -329,7 +329,8 @@ class RewardEndpoint(Strict):
 
 
 class Reward(Strict):
-    """reward = rm_weight * reward-model score (standardised) + correct_weight * correctness - overlong penalty."""
+    """reward = rm_weight * reward-model score (standardised) + correct_weight * correctness - overlong penalty
+    - format penalty."""
 
     rm_weight: float = Field(1.0, ge=0, description="weight of the reward model's score (0: not used)")
     correct_weight: float = Field(1.0, ge=0, description="weight of verifiable correctness, 0/1 (0: not used)")
@@ -337,6 +338,9 @@ class Reward(Strict):
         None, description="score with a served reward model; omit to load the `reward_model` input in-process")
     overlong_penalty: float = Field(
         0.0, ge=0, description="subtracted from the reward of a completion cut at max_completion_length")
+    format_penalty: float = Field(
+        0.0, ge=0, description="subtracted from the reward of a completion with no final answer the verifier can "
+                               "read (guards against a reward model that scores empty or broken answers high)")
 
     @model_validator(mode="after")
     def _some_signal(self) -> Reward:

@@ -231,13 +231,15 @@ def test_grpo_logs_reward_accuracy_length_kl_per_step(tmp_path, micro_student, m
     assert (out / "model.safetensors").exists() and (out / "manifest.json").exists()
 
 
-def test_grpo_overlong_penalty_lowers_the_reward_of_cut_completions(tmp_path, micro_student):
-    cfg = grpo_config(reward={"rm_weight": 0, "correct_weight": 1, "overlong_penalty": 0.5})
+def test_grpo_penalties_lower_the_reward_of_cut_and_answerless_completions(tmp_path, micro_student):
+    cfg = grpo_config(reward={"rm_weight": 0, "correct_weight": 1, "overlong_penalty": 0.5, "format_penalty": 0.25})
     cfg["train"]["max_steps"] = 1
     proc = run_job("grpo", cfg, tmp_path / "g", inputs={"student": micro_student})
     assert proc.returncode == 0, proc.stderr[-3000:]
     rec = json.loads((tmp_path / "g" / "metrics.jsonl").read_text().splitlines()[0])
-    assert rec["reward"] == pytest.approx(rec["accuracy"] - 0.5 * rec["truncated"], abs=1e-3)
+    assert rec["no_answer"] > 0  # the untrained micro student rarely writes a boxed answer
+    expected = rec["accuracy"] - 0.5 * rec["truncated"] - 0.25 * rec["no_answer"]
+    assert rec["reward"] == pytest.approx(expected, abs=1e-3)
     assert "rm_score" not in rec
 
 

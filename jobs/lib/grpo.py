@@ -61,11 +61,14 @@ class GRPOTrainer(Trainer):
                         enable_thinking=cfg.enable_thinking, temperature=cfg.temperature, top_p=cfg.top_p)
         self.model.train()
         texts = [o["text"] for o in outs]
-        correct = torch.tensor([float(check(e, t).correct) for e, t in zip(rows, texts)])
+        verdicts = [check(e, t) for e, t in zip(rows, texts)]
+        correct = torch.tensor([float(v.correct) for v in verdicts])
+        no_answer = torch.tensor([float(v.extracted is None) for v in verdicts])
         truncated = torch.tensor([float(o["truncated"]) for o in outs])
         rm = torch.tensor(self.scorer(prompts, texts)) if self.scorer else torch.zeros(len(texts))
         w = cfg.reward
-        rewards = w.rm_weight * rm + w.correct_weight * correct - w.overlong_penalty * truncated
+        rewards = (w.rm_weight * rm + w.correct_weight * correct - w.overlong_penalty * truncated
+                   - w.format_penalty * no_answer)
         adv = group_advantages(rewards, g, cfg.scale_rewards)
 
         seqs = [e["prompt_ids"] + o["ids"] for e, o in zip(rows, outs)]
@@ -89,8 +92,8 @@ class GRPOTrainer(Trainer):
         lengths = torch.tensor([float(o["tokens"]) for o in outs])
         solved = correct.view(-1, g).max(1).values
         stats = {"reward": rewards.mean().item(), "accuracy": correct.mean().item(), "length": lengths.mean().item(),
-                 "truncated": cut, "rm_score": rm.mean().item() if self.scorer else None,
-                 "solved_groups": solved.mean().item(),
+                 "truncated": cut, "no_answer": no_answer.mean().item(),
+                 "rm_score": rm.mean().item() if self.scorer else None, "solved_groups": solved.mean().item(),
                  "mixed_groups": (correct.view(-1, g).std(1) > 0).float().mean().item()}
         return {"input_ids": ids, "attention_mask": mask, "completion_mask": completion[:, 1:], "advantages": adv,
                 "ref_logprobs": ref, "stats": stats}

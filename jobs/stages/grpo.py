@@ -1,7 +1,7 @@
 """grpo: reinforcement learning of the `student` input with group-relative advantages.
 
 reward = rm_weight * (standardised reward-model score) + correct_weight * (verified correctness)
-- overlong_penalty * (cut at max_completion_length). The reward model is the `reward_model`
+- overlong_penalty * (cut at max_completion_length) - format_penalty * (no readable final answer). The reward model is the `reward_model`
 input loaded in-process, or a served one (`reward.endpoint`); the KL reference is the starting
 checkpoint. Every step logs mean reward, accuracy, mean length, share of cut completions and KL
 to metrics.jsonl; summary.json compares the first and the last steps, so exploitation of the
@@ -42,7 +42,7 @@ def summarize(records: list[dict]) -> dict:
         vals = [r[key] for r in rs if r.get(key) is not None]
         return round(sum(vals) / len(vals), 4) if vals else None
 
-    keys = ("reward", "accuracy", "length", "truncated", "kl", "rm_score")
+    keys = ("reward", "accuracy", "length", "truncated", "no_answer", "kl", "rm_score")
     first, last = records[:WINDOW], records[-WINDOW:]
     return {"steps": records[-1]["step"] if records else 0,
             "first_steps": {k: mean(first, k) for k in keys}, "last_steps": {k: mean(last, k) for k in keys}}
