@@ -58,15 +58,11 @@ def test_validate_accepts_the_example_pipelines(example):
     assert cli("validate", f"examples/{example}.yaml").returncode == 0
 
 
-@pytest.mark.parametrize(("example", "stage"), [("evaluate-benchmarks", "evaluate"), ("generate-math", "generate"),
+@pytest.mark.parametrize(("example", "stage"), [("slow-thinking-config", "slow-thinking"),
+                                                ("evaluate-benchmarks", "evaluate"), ("generate-math", "generate"),
                                                 ("refine-shorter", "generate")])
 def test_validate_accepts_the_example_stage_configs(example, stage):
     proc = cli("validate", f"examples/{example}.yaml", "--stage", stage)
-    assert proc.returncode == 0, proc.stderr
-
-
-def test_validate_accepts_a_stage_config():
-    proc = cli("validate", "examples/slow-thinking-config.yaml", "--stage", "slow-thinking")
     assert proc.returncode == 0, proc.stderr
 
 

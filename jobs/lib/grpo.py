@@ -27,7 +27,8 @@ from .trainer import Trainer
 TRUNCATION_WARN_EVERY = 10  # steps between two warnings about cut completions
 
 
-def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                   temperature: float = 1.0) -> torch.Tensor:
     """log p(token t | tokens < t) for t = 1..T-1, under the sampling temperature (the distribution
     the completions were drawn from)."""
     logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float() / temperature

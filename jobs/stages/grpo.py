@@ -1,11 +1,12 @@
 """grpo: reinforcement learning of the `student` input with group-relative advantages.
 
 reward = rm_weight * (standardised reward-model score) + correct_weight * (verified correctness)
-- overlong_penalty * (cut at max_completion_length) - format_penalty * (no readable final answer). The reward model is the `reward_model`
-input loaded in-process, or a served one (`reward.endpoint`); the KL reference is the starting
-checkpoint. Every step logs mean reward, accuracy, mean length, share of cut completions and KL
-to metrics.jsonl; summary.json compares the first and the last steps, so exploitation of the
-reward model (reward up, accuracy flat or down, length drifting) is visible at a glance.
+- overlong_penalty * (cut at max_completion_length) - format_penalty * (no readable final answer).
+The reward model is the `reward_model` input loaded in-process, or a served one
+(`reward.endpoint`); the KL reference is the starting checkpoint. Every step logs mean reward,
+accuracy, mean length, the shares of cut and answerless completions and KL to metrics.jsonl;
+summary.json compares the first and the last steps, so exploitation of the reward model (reward
+up, accuracy flat or down, length drifting) is visible at a glance.
 """
 
 from __future__ import annotations
