@@ -95,6 +95,10 @@ class DeepSpeed(Strict):
 
 class Training(Strict):
     max_steps: int = Field(600, ge=1, description="optimizer steps")
+    schedule_steps: int | None = Field(
+        None, ge=1, description="length of the learning-rate schedule (warmup, then cosine decay); default "
+                                "max_steps. Above max_steps, training stops partway down the schedule: a "
+                                "student that has not converged, with room left for reinforcement learning")
     batch_size: int = Field(32, ge=1)
     learning_rate: float = Field(3e-3, gt=0)
     warmup_steps: int = Field(30, ge=0)
@@ -293,10 +297,16 @@ class RewardModelConfig(Strict):
     """A scalar reward model distilled from the judge: preference pairs, then Bradley-Terry training."""
 
     model: Student = Field(default_factory=Student,
-                           description="architecture and initial weights; ignored with init_from_student")
+                           description="architecture and initial weights; ignored with a `base` input or "
+                                       "init_from_student")
     init_from_student: bool = Field(
         True, description="start from the `student` input's weights (the SFT student reads this task "
-                          "already); a one-output head replaces its language-model head")
+                          "already) and add a one-output head; a `base` input (e.g. a student trained to "
+                          "convergence, a better judge of steps than a student stopped early) comes first")
+    likelihood_weight: float = Field(
+        1.0, ge=0, description="score = head + likelihood_weight * the model's log-likelihood of the response: "
+                               "what the language model knows about right steps counts from the start; "
+                               "0 gives a plain sequence classifier")
     judge: Teacher | None = Field(
         None, description="an OpenAI-compatible judge that rates candidates without scores (student samples, "
                           "unscored CoTs) on correctness, RV and CD; omit to take correctness from the verifier "

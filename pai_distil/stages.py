@@ -36,7 +36,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("adaptive-thinking", "SFT with RV matched to CD (variant x) or a thinking switch (variant y)",
           AdaptiveThinkingConfig, inputs=("cots",), distributed=True),
     Stage("reward-model", "a reward model distilled from the teacher's judgments", RewardModelConfig,
-          inputs=("cots",), optional_inputs=("student",)),
+          inputs=("cots",), optional_inputs=("student", "base")),
     Stage("grpo", "GRPO of the student with the distilled reward model and verifiable correctness", GRPOConfig,
           inputs=("student",), optional_inputs=("reward_model", "problems")),
     Stage("evaluate", "held-out accuracy and output tokens per model and difficulty level", EvaluateConfig,

@@ -100,14 +100,49 @@ def test_reward_model_builds_pairs_from_judgments_and_trains(teacher_factory, tm
     assert len(scores) == 2 and scores == scorer.score([pairs[0]["prompt"]] * 2, [pairs[0]["chosen"], pairs[0]["rejected"]])
 
 
-def test_reward_model_without_judge_uses_the_verifier(teacher_factory, tmp_path):
+def test_reward_model_resumes_exactly_from_its_newest_checkpoint(tmp_path):
+    """Head and language model both come back from a checkpoint: a run stopped at step 2 and
+    resumed ends with the weights of a run that never stopped."""
+    import torch
+    from pai_distil_jobs.lib.models import load_reward_model
+    from pai_distil_jobs.lib.reward import RewardTrainer, encode
+    from pai_distil_jobs.lib.trainer import TrainSettings
+
+    problem = world.generate_problems(1, seed=5, levels=[1])[0]
+    right = f"<think>\n{problem.start} -> {problem.answer}\n</think>\n\nThe answer is \\boxed{{{problem.answer}}}."
+    wrong = right.replace(f"{{{problem.answer}}}", f"{{{(int(problem.answer) + 1) % 10}}}")
+
+    def trained(ckpt_dir: Path, max_steps: int):  # one schedule of 4 steps, whatever max_steps
+        model, tok = load_reward_model("preset:micro", seed=0)
+        ex = {"chosen": encode(tok, problem.text, right, 128), "rejected": encode(tok, problem.text, wrong, 128),
+              "chosen_score": 1.0, "rejected_score": 0.0}
+        settings = TrainSettings(max_steps=max_steps, schedule_steps=4, batch_size=2, learning_rate=1e-2,
+                                 warmup_steps=1, checkpoint_every=2)
+        RewardTrainer(model, tok, [ex] * 4, settings, ckpt_dir, tmp_path / f"{ckpt_dir.name}.jsonl",
+                      log=lambda *_: None).train()
+        return model
+
+    straight = trained(tmp_path / "straight", 4)
+    trained(tmp_path / "stopped", 3)  # its last checkpoint is step 2 (the final step is not one)
+    resumed = trained(tmp_path / "stopped", 4)
+    assert straight.head.weight.abs().sum() > 0
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), name
+
+
+def test_reward_model_without_judge_uses_the_verifier(teacher_factory, tmp_path, micro_student):
     cots, _ = noisy_cots(teacher_factory, tmp_path, n=16)
     cfg = {"init_from_student": False, "model": {"model": "preset:micro"}, "eval_fraction": 0.25,
-           "train": {"max_steps": 2, "batch_size": 4}}
-    proc = run_job("reward-model", cfg, tmp_path / "rm", inputs={"cots": cots}, timeout=300)
+           "likelihood_weight": 0.5, "train": {"max_steps": 2, "batch_size": 4}}
+    proc = run_job("reward-model", cfg, tmp_path / "rm", inputs={"cots": cots, "base": micro_student}, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"reward model from {micro_student}" in proc.stdout  # the `base` input comes before `model`
     pairs = [json.loads(x) for x in (tmp_path / "rm" / "pairs.jsonl").read_text().splitlines()]
     assert pairs and {p["kind"] for p in pairs} == {"correctness"}  # no RV ratings: correctness pairs only
+
+    from pai_distil_jobs.lib.models import load_reward_model
+
+    assert load_reward_model(tmp_path / "rm")[0].likelihood_weight == 0.5  # saved with the checkpoint
 
 
 def test_reward_model_with_one_kind_of_candidate_fails_in_one_line(tmp_path):

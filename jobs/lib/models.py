@@ -7,13 +7,10 @@ preset and a real checkpoint take the same path through training and evaluation.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel,
-                          PreTrainedTokenizerBase, Qwen3Config)
-
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, Qwen3Config
 from transformers.utils import logging as hf_logging
 
 from pai_distil.presets import PRESETS, is_preset, preset_name
@@ -71,31 +68,20 @@ def load_model(spec: str | Path, seed: int = 0) -> tuple[PreTrainedModel, PreTra
     return model, tokenizer
 
 
-@contextmanager
-def _quiet_transformers():
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
+def load_reward_model(spec: str | Path, seed: int = 0, likelihood_weight: float = 1.0):
+    """A reward model (`reward.RewardModel`) and its tokenizer: a trained one as it was saved, or a
+    new head on a preset or on any causal-LM checkpoint (`likelihood_weight` applies to new ones)."""
+    from safetensors import safe_open
 
+    from .reward import HEAD, RewardModel
 
-def load_reward_model(spec: str | Path, seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """A one-output sequence scorer: a preset, or any checkpoint (a causal LM's body gets a new
-    scalar head in place of its language-model head; a trained reward model loads as it is)."""
-    spec = str(spec)
-    if is_preset(spec):
-        tokenizer = build_tokenizer()
-        config = preset_config(preset_name(spec), tokenizer)
-        config.num_labels = 1
-        torch.manual_seed(seed)
-        model = AutoModelForSequenceClassification.from_config(config, dtype=torch.float32)
-    else:
-        tokenizer = _tokenizer(spec)
-        torch.manual_seed(seed)  # the new head's initialisation
-        # A causal LM has no `score` head yet: transformers' "newly initialized" report is expected here.
-        with _quiet_transformers():
-            model = AutoModelForSequenceClassification.from_pretrained(spec, num_labels=1, dtype=torch.float32)
-    model.config.pad_token_id = tokenizer.pad_token_id
+    head = Path(spec) / HEAD
+    if not is_preset(str(spec)) and head.exists():
+        with safe_open(str(head), framework="pt") as f:
+            likelihood_weight = float((f.metadata() or {}).get("likelihood_weight", likelihood_weight))
+    lm, tokenizer = load_model(spec, seed=seed)
+    torch.manual_seed(seed)
+    model = RewardModel(lm, likelihood_weight)
+    if head.exists():
+        model.load_head(head)
     return model, tokenizer

@@ -1,9 +1,18 @@
-"""The scalar reward model: encoding (prompt, response) pairs, Bradley-Terry training on the shared
-trainer, and scoring in-process (GRPO, the reward server).
+"""The scalar reward model: a causal LM with a one-output head, its Bradley-Terry training on the
+shared trainer, and scoring in-process (GRPO, the reward server).
 
-A reward model is a Hugging Face sequence classifier with one output, saved with
-`reward_stats.json` (mean and standard deviation of its scores on held-out candidates): scores
-are reported standardised with them, so a weight in GRPO's reward means the same for every model.
+score(prompt, response) = head(last hidden state) + likelihood_weight * log p(response | prompt)
+
+The second term is the model's own log-likelihood of the response. A small model cannot learn to
+check arithmetic from a few thousand preference pairs through a head on the last token alone
+(it learns the style of the teacher instead); through its language-model head it already
+knows which steps are likely, and Bradley-Terry training sharpens that. likelihood_weight 0
+gives the classic sequence-classifier reward model.
+
+A checkpoint is the language model as Hugging Face saves it, `reward_head.safetensors`, and
+`reward_stats.json` (likelihood weight, and mean and standard deviation of the scores on held-out
+candidates: scores are reported standardised with them, so a weight in GRPO's reward means the
+same for every model).
 """
 
 from __future__ import annotations
@@ -14,20 +23,27 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from .trainer import Trainer
 
 STATS = "reward_stats.json"
+HEAD = "reward_head.safetensors"
 
 
-def encode(tokenizer, prompt: str, response: str, max_length: int) -> list[int]:
-    """Token ids of the conversation as the chat template writes it; cut from the left when too
-    long, so the answer at the end is always seen."""
-    messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
-    ids = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=False)
-    if isinstance(ids, dict) or hasattr(ids, "input_ids"):
-        ids = ids["input_ids"]
-    return list(ids)[-max_length:]
+def encode(tokenizer, prompt: str, response: str, max_length: int) -> tuple[list[int], int]:
+    """Token ids of the conversation as the chat template writes it, and how many of the last ones
+    are the response's; cut from the left when too long, so the answer at the end is always seen."""
+    def ids_of(messages, **kw) -> list[int]:
+        ids = tokenizer.apply_chat_template(messages, tokenize=True, **kw)
+        return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "input_ids") else ids)
+
+    user = [{"role": "user", "content": prompt}]
+    full = ids_of(user + [{"role": "assistant", "content": response}], add_generation_prompt=False)
+    head = ids_of(user, add_generation_prompt=True)
+    shared = next((i for i, (a, b) in enumerate(zip(full, head)) if a != b), min(len(full), len(head)))
+    ids = full[-max_length:]
+    return ids, min(len(full) - shared, len(ids) - 1)
 
 
 def pad_left(seqs: list[list[int]], pad: int) -> dict:
@@ -40,28 +56,75 @@ def pad_left(seqs: list[list[int]], pad: int) -> dict:
     return {"input_ids": ids, "attention_mask": mask}
 
 
-def scores_of(model, batch: dict) -> torch.Tensor:
-    """One score per sequence (the head's output at the last token)."""
-    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0]
+def batch_of(encoded: list[tuple[list[int], int]], pad: int) -> dict:
+    """Left-padded ids and attention mask, and `response_mask`: the response tokens of each row."""
+    batch = pad_left([ids for ids, _ in encoded], pad)
+    resp = torch.zeros_like(batch["attention_mask"])
+    for i, (_, n) in enumerate(encoded):
+        if n > 0:
+            resp[i, -n:] = 1
+    batch["response_mask"] = resp
+    return batch
+
+
+class RewardModel(nn.Module):
+    """A causal LM and a one-output head; see the module docstring for the score."""
+
+    def __init__(self, lm, likelihood_weight: float = 1.0):
+        super().__init__()
+        self.lm = lm
+        self.likelihood_weight = float(likelihood_weight)
+        self.head = nn.Linear(lm.config.hidden_size, 1)
+        nn.init.zeros_(self.head.weight)  # at the start the score is the likelihood alone
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, input_ids, attention_mask, response_mask) -> torch.Tensor:
+        hidden = self.lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        score = self.head(hidden[:, -1])[:, 0]
+        if self.likelihood_weight:
+            logp = self.lm.get_output_embeddings()(hidden[:, :-1]).float().log_softmax(-1)
+            token_logp = logp.gather(2, input_ids[:, 1:, None])[..., 0]
+            score = score + self.likelihood_weight * (token_logp * response_mask[:, 1:]).sum(1)
+        return score
+
+    def save_pretrained(self, path: str | Path) -> None:
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        self.lm.save_pretrained(path)
+        save_file({k: v.contiguous() for k, v in self.head.state_dict().items()}, str(path / HEAD),
+                  metadata={"likelihood_weight": str(self.likelihood_weight)})
+
+    def load_head(self, path: str | Path) -> None:
+        from safetensors.torch import load_file
+
+        self.head.load_state_dict(load_file(str(path)))
+
+    def load_weights(self, path: str | Path) -> None:
+        """Load a checkpoint directory written by `save_pretrained` into this model (resume)."""
+        from safetensors.torch import load_file
+
+        self.lm.load_state_dict(load_file(str(Path(path) / "model.safetensors")), strict=False)
+        self.load_head(Path(path) / HEAD)
 
 
 class RewardTrainer(Trainer):
     """Pairwise Bradley-Terry loss, -log sigmoid(r_chosen - r_rejected), plus an optional squared
-    error pulling each score toward its judge score. Examples: {"chosen", "rejected"} token ids
-    and their judge scores."""
+    error pulling each score toward its judge score. Examples: {"chosen", "rejected"} as `encode`
+    returns them, and their judge scores."""
 
     def __init__(self, *args, regression_weight: float = 0.0, **kw):
         super().__init__(*args, **kw)
         self.regression_weight = regression_weight
 
     def make_batch(self, examples: list[dict]) -> dict:
-        batch = pad_left([e["chosen"] for e in examples] + [e["rejected"] for e in examples],
+        batch = batch_of([e["chosen"] for e in examples] + [e["rejected"] for e in examples],
                          self.tokenizer.pad_token_id)
         batch["targets"] = torch.tensor([e["chosen_score"] for e in examples] + [e["rejected_score"] for e in examples])
         return batch
 
     def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
-        r = scores_of(self.model, batch)
+        r = self.model(batch["input_ids"], batch["attention_mask"], batch["response_mask"])
         n = r.shape[0] // 2
         margin = r[:n] - r[n:]
         loss = -F.logsigmoid(margin).mean()
@@ -76,11 +139,12 @@ def score_texts(model, tokenizer, prompts: list[str], responses: list[str], max_
     """Raw scores of (prompt, response) pairs, in order; batches are formed by length."""
     model.eval()
     seqs = [encode(tokenizer, p, r, max_length) for p, r in zip(prompts, responses, strict=True)]
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i][0]))
     out = [0.0] * len(seqs)
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        values = scores_of(model, pad_left([seqs[i] for i in idx], tokenizer.pad_token_id)).tolist()
+        batch = batch_of([seqs[i] for i in idx], tokenizer.pad_token_id)
+        values = model(batch["input_ids"], batch["attention_mask"], batch["response_mask"]).tolist()
         for i, v in zip(idx, values):
             out[i] = float(v)
     return out

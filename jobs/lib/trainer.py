@@ -33,6 +33,7 @@ COMPLETE = "COMPLETE"
 @dataclass
 class TrainSettings:
     max_steps: int
+    schedule_steps: int | None = None  # the cosine schedule's length; default max_steps
     batch_size: int = 32
     learning_rate: float = 3e-3
     warmup_steps: int = 20
@@ -49,7 +50,8 @@ class TrainSettings:
         """Settings from a stage's training config (`Training`, `RewardTraining`, `GRPOTraining`)."""
         fields = ("max_steps", "learning_rate", "warmup_steps", "weight_decay", "checkpoint_every",
                   "keep_checkpoints", "log_every", "seed")
-        return cls(batch_size=batch_size or train.batch_size, **{f: getattr(train, f) for f in fields}, **kw)
+        return cls(batch_size=batch_size or train.batch_size, schedule_steps=getattr(train, "schedule_steps", None),
+                   **{f: getattr(train, f) for f in fields}, **kw)
 
 
 def newest_checkpoint(checkpoint_dir: Path) -> Path | None:
@@ -75,7 +77,8 @@ class Trainer:
     def _lr_factor(self, step: int) -> float:
         if step < self.s.warmup_steps:
             return (step + 1) / self.s.warmup_steps
-        progress = (step - self.s.warmup_steps) / max(1, self.s.max_steps - self.s.warmup_steps)
+        length = self.s.schedule_steps or self.s.max_steps
+        progress = (step - self.s.warmup_steps) / max(1, length - self.s.warmup_steps)
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     def _batch(self, step: int) -> list[dict]:
@@ -131,8 +134,11 @@ class Trainer:
             return
         from safetensors.torch import load_file
 
-        weights = load_file(str(ckpt / "model.safetensors"))
-        self._unwrapped().load_state_dict(weights, strict=False)
+        model = self._unwrapped()
+        if hasattr(model, "load_weights"):  # a model that is more than one Hugging Face module
+            model.load_weights(ckpt)
+        else:
+            model.load_state_dict(load_file(str(ckpt / "model.safetensors")), strict=False)
         state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

@@ -6,9 +6,10 @@ will see). The judge rates each on correctness, reasoning verbosity (RV) and cog
 difficulty (CD); `judgment` turns the ratings into one score (correctness first, then how well
 the length fits the difficulty). Pairs of candidates of one problem whose scores differ become
 preference rows {"prompt", "chosen", "rejected"}; a held-out share of the problems measures
-pairwise accuracy. Training is the shared trainer with a Bradley-Terry loss, so checkpoints,
-resume and SIGTERM behave as in the SFT stages; candidates and ratings are files, so a restarted
-job neither samples nor asks the judge again.
+pairwise accuracy. The model starts from the `base` input when given, else from the student
+(`lib/reward.py` says how it scores). Training is the shared trainer with a Bradley-Terry loss,
+so checkpoints, resume and SIGTERM behave as in the SFT stages; candidates and ratings are
+files, so a restarted job neither samples nor asks the judge again.
 """
 
 from __future__ import annotations
@@ -223,13 +224,16 @@ def train(ctx: JobContext, cfg: RewardModelConfig, train_pairs: list[dict], eval
     from ..lib.trainer import TrainSettings
 
     t = cfg.train
-    source = str(ctx.input("student")) if cfg.init_from_student else cfg.model.model
-    model, tokenizer = load_reward_model(source, seed=cfg.model.seed)
+    if "base" in ctx.inputs:
+        source = str(ctx.input("base"))
+    else:
+        source = str(ctx.input("student")) if cfg.init_from_student else cfg.model.model
+    model, tokenizer = load_reward_model(source, seed=cfg.model.seed, likelihood_weight=cfg.likelihood_weight)
     examples = [{"chosen": encode(tokenizer, p["prompt"], p["chosen"], t.max_length),
                  "rejected": encode(tokenizer, p["prompt"], p["rejected"], t.max_length),
                  "chosen_score": p["chosen_score"], "rejected_score": p["rejected_score"]} for p in train_pairs]
-    log(f"reward model from {source}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; "
-        f"{t.max_steps} steps of {t.batch_size} pairs")
+    log(f"reward model from {source}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
+        f"score = head + {model.likelihood_weight:g} x log-likelihood; {t.max_steps} steps of {t.batch_size} pairs")
     settings = TrainSettings.of(t)
     trainer = RewardTrainer(model, tokenizer, examples, settings, ctx.checkpoint_dir, ctx.metrics_path, log=log,
                             regression_weight=t.regression_weight)
