@@ -15,6 +15,7 @@ from pathlib import Path
 from .errors import UserError
 
 MANIFEST = "manifest.json"
+REWARD_HEAD = "reward_head.safetensors"  # marks a reward model checkpoint (beside the language model's files)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

@@ -239,6 +239,12 @@ def test_reward_serve_without_key_is_one_line_error(micro_reward_model):
     assert proc.returncode != 0 and proc.stderr.count("error:") == 1 and "PAI_DISTIL_REWARD_API_KEY" in proc.stderr
 
 
+def test_reward_serve_of_a_student_checkpoint_is_one_line_error(micro_student):
+    proc = subprocess.run([*CLI, "reward", "serve", str(micro_student), "--no-auth"], capture_output=True, text=True)
+    assert proc.returncode != 0 and proc.stderr.count("error:") == 1 and "reward_head.safetensors" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 # -- grpo -----------------------------------------------------------------------------------------
 
 

@@ -25,10 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pai_distil.artifacts import REWARD_HEAD as HEAD
+
 from .trainer import Trainer
 
 STATS = "reward_stats.json"
-HEAD = "reward_head.safetensors"
 
 
 def encode(tokenizer, prompt: str, response: str, max_length: int) -> tuple[list[int], int]:

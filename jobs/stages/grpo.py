@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 
-
+from pai_distil.artifacts import REWARD_HEAD
 from pai_distil.specs import GRPOConfig
 
 from ..contract import JobContext, JobError, log
@@ -33,8 +33,9 @@ def _scorer(ctx: JobContext, cfg: GRPOConfig):
     from ..lib.reward import RewardScorer
 
     path = ctx.input("reward_model")
-    if not (path / "config.json").exists():
-        raise JobError(f"input 'reward_model' ({path}) is not a checkpoint; pass the output of the reward-model stage")
+    if not (path / REWARD_HEAD).exists():
+        raise JobError(f"input 'reward_model' ({path}) is not a reward model checkpoint (no {REWARD_HEAD}); "
+                       "pass the output of the reward-model stage")
     return RewardScorer(path).score, str(path)
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from ..artifacts import REWARD_HEAD
 from ..errors import UserError
 from .teacher import check_port, api_key_of, server_options
 
@@ -26,8 +27,8 @@ def reward() -> None:
               help="most (prompt, completion) items one request may hold")
 def serve(checkpoint: Path, host: str, port: int, api_key_env: str, no_auth: bool, max_items: int) -> None:
     """Score (prompt, completion) pairs: POST /v1/score {"items": [{"prompt", "completion"}]}."""
-    if not (checkpoint / "config.json").is_file():
-        raise UserError(f"{str(checkpoint)!r} is not a reward model checkpoint (no config.json); pass the output "
+    if not (checkpoint / REWARD_HEAD).is_file():
+        raise UserError(f"{str(checkpoint)!r} is not a reward model checkpoint (no {REWARD_HEAD}); pass the output "
                         "directory of a reward-model run (`pai-distil runs show RUN` prints it)")
     api_key = api_key_of(api_key_env, no_auth)
     check_port(host, port)
