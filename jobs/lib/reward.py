@@ -9,10 +9,10 @@ check arithmetic from a few thousand preference pairs through a head on the last
 knows which steps are likely, and Bradley-Terry training sharpens that. likelihood_weight 0
 gives the classic sequence-classifier reward model.
 
-A checkpoint is the language model as Hugging Face saves it, `reward_head.safetensors`, and
-`reward_stats.json` (likelihood weight, and mean and standard deviation of the scores on held-out
-candidates: scores are reported standardised with them, so a weight in GRPO's reward means the
-same for every model).
+A checkpoint is the language model as Hugging Face saves it, `reward_head.safetensors` (the head,
+with the likelihood weight in its metadata), and `reward_stats.json` (mean and standard deviation
+of the scores on held-out candidates: scores are reported standardised with them, so a weight in
+GRPO's reward means the same for every model).
 """
 
 from __future__ import annotations
