@@ -285,6 +285,10 @@ class RewardTraining(Training):
     regression_weight: float = Field(
         0.0, ge=0, description="weight of a squared-error term pulling each score toward the judge's score "
                                "(beside the pairwise Bradley-Terry loss); 0: pairwise only")
+    lm_weight: float = Field(
+        1.0, ge=0, description="weight of the language-model loss on the chosen responses: it keeps the likelihood "
+                               "term a likelihood, so text the model would never write (runs of blank lines, "
+                               "an empty answer) stays unlikely and a GRPO policy cannot win with it; 0: off")
 
     @model_validator(mode="after")
     def _no_deepspeed(self) -> RewardTraining:
@@ -304,9 +308,13 @@ class RewardModelConfig(Strict):
                           "already) and add a one-output head; a `base` input (e.g. a student trained to "
                           "convergence, a better judge of steps than a student stopped early) comes first")
     likelihood_weight: float = Field(
-        1.0, ge=0, description="score = head + likelihood_weight * the model's log-likelihood of the response: "
-                               "what the language model knows about right steps counts from the start; "
-                               "0 gives a plain sequence classifier")
+        20.0, ge=0, description="score = head + likelihood_weight * the model's log-likelihood of the response: "
+                                "what the language model knows about right steps counts from the start "
+                                "(with the per-token mean, about a typical response's length in tokens); "
+                                "0 gives a plain sequence classifier")
+    likelihood: Literal["mean", "sum"] = Field(
+        "mean", description="the log-likelihood per response token (mean), neutral to length, or summed (sum), "
+                            "which pays for shorter responses and lets a GRPO policy win by saying nothing")
     judge: Teacher | None = Field(
         None, description="an OpenAI-compatible judge that rates candidates without scores (student samples, "
                           "unscored CoTs) on correctness, RV and CD; omit to take correctness from the verifier "

@@ -89,8 +89,9 @@ def test_reward_model_builds_pairs_from_judgments_and_trains(teacher_factory, tm
     report = json.loads((out / "report.json").read_text())
     assert report["held_out_pairs"]["overall"]["pairs"] == sum(p["split"] == "eval" for p in pairs)
     assert 0 <= report["held_out_pairs"]["overall"]["accuracy"] <= 1
-    steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert steps == list(range(1, 7))
+    metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == list(range(1, 7))
+    assert all(m["chosen_nll"] > 0 for m in metrics)  # the language-model loss is on by default
     assert (out / "manifest.json").exists() and (out / "reward_stats.json").exists()
 
     from pai_distil_jobs.lib.reward import RewardScorer
@@ -133,7 +134,7 @@ def test_reward_model_resumes_exactly_from_its_newest_checkpoint(tmp_path):
 def test_reward_model_without_judge_uses_the_verifier(teacher_factory, tmp_path, micro_student):
     cots, _ = noisy_cots(teacher_factory, tmp_path, n=16)
     cfg = {"init_from_student": False, "model": {"model": "preset:micro"}, "eval_fraction": 0.25,
-           "likelihood_weight": 0.5, "train": {"max_steps": 2, "batch_size": 4}}
+           "likelihood_weight": 0.5, "likelihood": "sum", "train": {"max_steps": 2, "batch_size": 4}}
     proc = run_job("reward-model", cfg, tmp_path / "rm", inputs={"cots": cots, "base": micro_student}, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"reward model from {micro_student}" in proc.stdout  # the `base` input comes before `model`
@@ -142,7 +143,56 @@ def test_reward_model_without_judge_uses_the_verifier(teacher_factory, tmp_path,
 
     from pai_distil_jobs.lib.models import load_reward_model
 
-    assert load_reward_model(tmp_path / "rm")[0].likelihood_weight == 0.5  # saved with the checkpoint
+    saved = load_reward_model(tmp_path / "rm")[0]
+    assert (saved.likelihood_weight, saved.likelihood) == (0.5, "sum")  # saved with the checkpoint
+
+
+def test_reward_likelihood_per_token_is_neutral_to_length(micro_student):
+    """The default score adds the mean log-probability of the response tokens, the `sum` form their
+    total; with the head at zero the score is that term alone."""
+    import torch
+
+    from pai_distil_jobs.lib.models import load_reward_model
+    from pai_distil_jobs.lib.reward import batch_of, encode
+
+    model, tok = load_reward_model(micro_student, likelihood_weight=1.0)
+    assert model.likelihood == "mean"
+    model.eval()
+    encoded = [encode(tok, "What is 2 + 2?", r, 256) for r in ("4", "The answer is \\boxed{4}. " * 8)]
+    batch = batch_of(encoded, tok.pad_token_id)
+    with torch.no_grad():
+        logits = model.lm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        token_logp = logits[:, :-1].float().log_softmax(-1).gather(2, batch["input_ids"][:, 1:, None])[..., 0]
+        total = (token_logp * batch["response_mask"][:, 1:]).sum(1)
+        mean = model(**batch)
+        model.likelihood = "sum"
+        summed = model(**batch)
+    n = torch.tensor([n for _, n in encoded], dtype=torch.float)
+    assert torch.allclose(summed, total, atol=1e-4)
+    assert torch.allclose(mean, total / n, atol=1e-4)
+    assert summed[1] < summed[0] - 20  # the sum pays for saying less; the mean does not scale with length
+
+
+def test_reward_loss_adds_the_language_model_loss_of_the_chosen_responses(micro_student, tmp_path):
+    from pai_distil_jobs.lib.models import load_reward_model
+    from pai_distil_jobs.lib.reward import RewardTrainer, encode
+    from pai_distil_jobs.lib.trainer import TrainSettings
+
+    model, tok = load_reward_model(micro_student)
+    prompt = "What is 2 + 2?"
+    examples = [{"chosen": encode(tok, prompt, "The answer is \\boxed{4}.", 128),
+                 "rejected": encode(tok, prompt, "The answer is \\boxed{5}.", 128),
+                 "chosen_score": 1.0, "rejected_score": 0.0}]
+
+    def loss(lm_weight):
+        trainer = RewardTrainer(model, tok, examples, TrainSettings(max_steps=1, batch_size=1), tmp_path / "ck",
+                                tmp_path / "metrics.jsonl",
+                                log=lambda *a: None, lm_weight=lm_weight)
+        return trainer.compute_loss(trainer.make_batch(examples))
+
+    (plain, _), (with_lm, metrics) = loss(0.0), loss(0.5)
+    assert metrics["chosen_nll"] > 0
+    assert abs((with_lm - plain).item() - 0.5 * metrics["chosen_nll"]) < 1e-3
 
 
 def test_reward_model_with_one_kind_of_candidate_fails_in_one_line(tmp_path):

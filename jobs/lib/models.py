@@ -68,9 +68,10 @@ def load_model(spec: str | Path, seed: int = 0) -> tuple[PreTrainedModel, PreTra
     return model, tokenizer
 
 
-def load_reward_model(spec: str | Path, seed: int = 0, likelihood_weight: float = 1.0):
+def load_reward_model(spec: str | Path, seed: int = 0, likelihood_weight: float = 20.0, likelihood: str = "mean"):
     """A reward model (`reward.RewardModel`) and its tokenizer: a trained one as it was saved, or a
-    new head on a preset or on any causal-LM checkpoint (`likelihood_weight` applies to new ones)."""
+    new head on a preset or on any causal-LM checkpoint (`likelihood_weight` and `likelihood`
+    apply to new ones; checkpoints written before the per-token form existed summed)."""
     from safetensors import safe_open
 
     from .reward import HEAD, RewardModel
@@ -78,10 +79,12 @@ def load_reward_model(spec: str | Path, seed: int = 0, likelihood_weight: float 
     head = Path(spec) / HEAD
     if not is_preset(str(spec)) and head.exists():
         with safe_open(str(head), framework="pt") as f:
-            likelihood_weight = float((f.metadata() or {}).get("likelihood_weight", likelihood_weight))
+            saved = f.metadata() or {}
+        likelihood_weight = float(saved.get("likelihood_weight", likelihood_weight))
+        likelihood = saved.get("likelihood", "sum")
     lm, tokenizer = load_model(spec, seed=seed)
     torch.manual_seed(seed)
-    model = RewardModel(lm, likelihood_weight)
+    model = RewardModel(lm, likelihood_weight, likelihood)
     if head.exists():
         model.load_head(head)
     return model, tokenizer

@@ -1,16 +1,19 @@
 """The scalar reward model: a causal LM with a one-output head, its Bradley-Terry training on the
 shared trainer, and scoring in-process (GRPO, the reward server).
 
-score(prompt, response) = head(last hidden state) + likelihood_weight * log p(response | prompt)
+score(prompt, response) = head(last hidden state) + likelihood_weight * L(response | prompt)
 
-The second term is the model's own log-likelihood of the response. A small model cannot learn to
+L is the model's own log-likelihood of the response, by default per token (`likelihood="mean"`):
+a sum over tokens pays for saying less, and a policy trained against it learns to answer with
+nothing (an empty response scores highest). The mean is neutral to length and still marks a
+wrong step, and a response the model would never write (no reasoning, an empty one) scores low. A small model cannot learn to
 check arithmetic from a few thousand preference pairs through a head on the last token alone
 (it learns the style of the teacher instead); through its language-model head it already
 knows which steps are likely, and Bradley-Terry training sharpens that. likelihood_weight 0
 gives the classic sequence-classifier reward model.
 
 A checkpoint is the language model as Hugging Face saves it, `reward_head.safetensors` (the head,
-with the likelihood weight in its metadata), and `reward_stats.json` (mean and standard deviation
+with the likelihood weight and form in its metadata), and `reward_stats.json` (mean and standard deviation
 of the scores on held-out candidates: scores are reported standardised with them, so a weight in
 GRPO's reward means the same for every model).
 """
@@ -30,6 +33,7 @@ from pai_distil.artifacts import REWARD_HEAD as HEAD
 from .trainer import Trainer
 
 STATS = "reward_stats.json"
+LIKELIHOODS = ("mean", "sum")
 
 
 def encode(tokenizer, prompt: str, response: str, max_length: int) -> tuple[list[int], int]:
@@ -71,22 +75,34 @@ def batch_of(encoded: list[tuple[list[int], int]], pad: int) -> dict:
 class RewardModel(nn.Module):
     """A causal LM and a one-output head; see the module docstring for the score."""
 
-    def __init__(self, lm, likelihood_weight: float = 1.0):
+    def __init__(self, lm, likelihood_weight: float = 20.0, likelihood: str = "mean"):
         super().__init__()
+        if likelihood not in LIKELIHOODS:
+            raise ValueError(f"likelihood must be one of {LIKELIHOODS}, not {likelihood!r}")
         self.lm = lm
         self.likelihood_weight = float(likelihood_weight)
+        self.likelihood = likelihood
         self.head = nn.Linear(lm.config.hidden_size, 1)
         nn.init.zeros_(self.head.weight)  # at the start the score is the likelihood alone
         nn.init.zeros_(self.head.bias)
 
     def forward(self, input_ids, attention_mask, response_mask) -> torch.Tensor:
+        return self.score_and_likelihood(input_ids, attention_mask, response_mask)[0]
+
+    def score_and_likelihood(self, input_ids, attention_mask, response_mask) -> tuple[torch.Tensor, torch.Tensor]:
+        """The scores, and the mean log-probability of each row's response tokens (zeros when the
+        score has no likelihood term and none is asked for in training)."""
         hidden = self.lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         score = self.head(hidden[:, -1])[:, 0]
-        if self.likelihood_weight:
+        mean = torch.zeros_like(score)
+        if self.likelihood_weight or self.training:
             logp = self.lm.get_output_embeddings()(hidden[:, :-1]).float().log_softmax(-1)
             token_logp = logp.gather(2, input_ids[:, 1:, None])[..., 0]
-            score = score + self.likelihood_weight * (token_logp * response_mask[:, 1:]).sum(1)
-        return score
+            mask = response_mask[:, 1:].to(token_logp.dtype)
+            total = (token_logp * mask).sum(1)
+            mean = total / mask.sum(1).clamp(min=1)
+            score = score + self.likelihood_weight * (mean if self.likelihood == "mean" else total)
+        return score, mean
 
     def save_pretrained(self, path: str | Path) -> None:
         from safetensors.torch import save_file
@@ -94,7 +110,7 @@ class RewardModel(nn.Module):
         path = Path(path)
         self.lm.save_pretrained(path)
         save_file({k: v.contiguous() for k, v in self.head.state_dict().items()}, str(path / HEAD),
-                  metadata={"likelihood_weight": str(self.likelihood_weight)})
+                  metadata={"likelihood_weight": str(self.likelihood_weight), "likelihood": self.likelihood})
 
     def load_head(self, path: str | Path) -> None:
         from safetensors.torch import load_file
@@ -111,12 +127,18 @@ class RewardModel(nn.Module):
 
 class RewardTrainer(Trainer):
     """Pairwise Bradley-Terry loss, -log sigmoid(r_chosen - r_rejected), plus an optional squared
-    error pulling each score toward its judge score. Examples: {"chosen", "rejected"} as `encode`
-    returns them, and their judge scores."""
+    error pulling each score toward its judge score, plus the language-model loss on the chosen
+    responses. Examples: {"chosen", "rejected"} as `encode` returns them, and their judge scores.
 
-    def __init__(self, *args, regression_weight: float = 0.0, **kw):
+    Why the language-model loss: Bradley-Terry only asks that chosen score above rejected, and left
+    alone it moves the likelihood anywhere that serves that, e.g. runs of blank lines become likely.
+    A policy trained against the score then finds those. Keeping the model a model of good
+    responses keeps text it would never write unlikely."""
+
+    def __init__(self, *args, regression_weight: float = 0.0, lm_weight: float = 0.0, **kw):
         super().__init__(*args, **kw)
         self.regression_weight = regression_weight
+        self.lm_weight = lm_weight
 
     def make_batch(self, examples: list[dict]) -> dict:
         batch = batch_of([e["chosen"] for e in examples] + [e["rejected"] for e in examples],
@@ -125,13 +147,19 @@ class RewardTrainer(Trainer):
         return batch
 
     def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
-        r = self.model(batch["input_ids"], batch["attention_mask"], batch["response_mask"])
+        r, mean_logp = self.model.score_and_likelihood(batch["input_ids"], batch["attention_mask"],
+                                                       batch["response_mask"])
         n = r.shape[0] // 2
         margin = r[:n] - r[n:]
         loss = -F.logsigmoid(margin).mean()
         if self.regression_weight:
             loss = loss + self.regression_weight * F.mse_loss(r, batch["targets"].to(r.dtype))
-        return loss, {"pair_accuracy": round((margin > 0).float().mean().item(), 4)}
+        metrics = {"pair_accuracy": round((margin > 0).float().mean().item(), 4)}
+        if self.lm_weight:
+            nll = -mean_logp[:n].mean()
+            loss = loss + self.lm_weight * nll
+            metrics["chosen_nll"] = round(nll.item(), 4)
+        return loss, metrics
 
 
 @torch.inference_mode()

@@ -228,15 +228,17 @@ def train(ctx: JobContext, cfg: RewardModelConfig, train_pairs: list[dict], eval
         source = str(ctx.input("base"))
     else:
         source = str(ctx.input("student")) if cfg.init_from_student else cfg.model.model
-    model, tokenizer = load_reward_model(source, seed=cfg.model.seed, likelihood_weight=cfg.likelihood_weight)
+    model, tokenizer = load_reward_model(source, seed=cfg.model.seed, likelihood_weight=cfg.likelihood_weight,
+                                         likelihood=cfg.likelihood)
     examples = [{"chosen": encode(tokenizer, p["prompt"], p["chosen"], t.max_length),
                  "rejected": encode(tokenizer, p["prompt"], p["rejected"], t.max_length),
                  "chosen_score": p["chosen_score"], "rejected_score": p["rejected_score"]} for p in train_pairs]
     log(f"reward model from {source}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
-        f"score = head + {model.likelihood_weight:g} x log-likelihood; {t.max_steps} steps of {t.batch_size} pairs")
+        f"score = head + {model.likelihood_weight:g} x log-likelihood ({model.likelihood} per response), "
+        f"language-model loss x {t.lm_weight:g}; {t.max_steps} steps of {t.batch_size} pairs")
     settings = TrainSettings.of(t)
     trainer = RewardTrainer(model, tokenizer, examples, settings, ctx.checkpoint_dir, ctx.metrics_path, log=log,
-                            regression_weight=t.regression_weight)
+                            regression_weight=t.regression_weight, lm_weight=t.lm_weight)
     if not trainer.train():
         return False
 
