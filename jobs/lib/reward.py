@@ -5,17 +5,17 @@ score(prompt, response) = head(last hidden state) + likelihood_weight * L(respon
 
 L is the model's own log-likelihood of the response, by default per token (`likelihood="mean"`):
 a sum over tokens pays for saying less, and a policy trained against it learns to answer with
-nothing (an empty response scores highest). The mean is neutral to length and still marks a
-wrong step, and a response the model would never write (no reasoning, an empty one) scores low. A small model cannot learn to
-check arithmetic from a few thousand preference pairs through a head on the last token alone
-(it learns the style of the teacher instead); through its language-model head it already
-knows which steps are likely, and Bradley-Terry training sharpens that. likelihood_weight 0
-gives the classic sequence-classifier reward model.
+nothing. The mean is neutral to length and still marks a wrong step. A small model cannot learn
+to check arithmetic from a few thousand preference pairs through a head on the last token alone
+(it learns the style of the teacher instead); through its language-model head it already knows
+which steps are likely, and Bradley-Terry training sharpens that (with a language-model loss
+that keeps it a model of good responses; see RewardTrainer). likelihood_weight 0 gives the
+classic sequence-classifier reward model.
 
 A checkpoint is the language model as Hugging Face saves it, `reward_head.safetensors` (the head,
-with the likelihood weight and form in its metadata), and `reward_stats.json` (mean and standard deviation
-of the scores on held-out candidates: scores are reported standardised with them, so a weight in
-GRPO's reward means the same for every model).
+with the likelihood weight and form in its metadata), and `reward_stats.json` (mean and standard
+deviation of the scores on held-out candidates: scores are reported standardised with them, so a
+weight in GRPO's reward means the same for every model).
 """
 
 from __future__ import annotations
