@@ -29,7 +29,8 @@ class Store:
 
     def put(self, key: str, doc: dict) -> dict:
         path = self._path(key)
-        tmp = path.with_name(f".tmp-{os.getpid()}-{threading.get_ident()}-{path.name}")
+        # not *.json: `all` globs for those, and a half-replaced write would be listed twice
+        tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
         with self.lock:
             tmp.write_text(json.dumps(doc, indent=1, sort_keys=True))
             os.replace(tmp, path)
@@ -47,6 +48,8 @@ class Store:
     def all(self) -> list[dict]:
         docs = []
         for p in sorted(self.root.glob("*.json")):
+            if p.name.startswith("."):  # a write in progress (and pathlib's glob matches dotfiles)
+                continue
             try:
                 docs.append(json.loads(p.read_text()))
             except (OSError, json.JSONDecodeError):
