@@ -297,6 +297,12 @@ class RewardTraining(Training):
         return self
 
 
+# The reward model's likelihood term: its forms, and the default weight (with the per-token mean,
+# about a typical response's length in tokens, which gives it the scale the sum had).
+Likelihood = Literal["mean", "sum"]
+LIKELIHOOD_WEIGHT = 20.0
+
+
 class RewardModelConfig(Strict):
     """A scalar reward model distilled from the judge: preference pairs, then Bradley-Terry training."""
 
@@ -308,11 +314,11 @@ class RewardModelConfig(Strict):
                           "already) and add a one-output head; a `base` input (e.g. a student trained to "
                           "convergence, a better judge of steps than a student stopped early) comes first")
     likelihood_weight: float = Field(
-        20.0, ge=0, description="score = head + likelihood_weight * the model's log-likelihood of the response: "
-                                "what the language model knows about right steps counts from the start "
-                                "(with the per-token mean, about a typical response's length in tokens); "
-                                "0 gives a plain sequence classifier")
-    likelihood: Literal["mean", "sum"] = Field(
+        LIKELIHOOD_WEIGHT, ge=0,
+        description="score = head + likelihood_weight * the model's log-likelihood of the response: what the "
+                    "language model knows about right steps counts from the start (with the per-token mean, "
+                    "about a typical response's length in tokens); 0 gives a plain sequence classifier")
+    likelihood: Likelihood = Field(
         "mean", description="the log-likelihood per response token (mean), neutral to length, or summed (sum), "
                             "which pays for shorter responses and lets a GRPO policy win by saying nothing")
     judge: Teacher | None = Field(

@@ -186,8 +186,7 @@ def test_reward_loss_adds_the_language_model_loss_of_the_chosen_responses(micro_
 
     def loss(lm_weight):
         trainer = RewardTrainer(model, tok, examples, TrainSettings(max_steps=1, batch_size=1), tmp_path / "ck",
-                                tmp_path / "metrics.jsonl",
-                                log=lambda *a: None, lm_weight=lm_weight)
+                                tmp_path / "metrics.jsonl", log=lambda *a: None, lm_weight=lm_weight)
         return trainer.compute_loss(trainer.make_batch(examples))
 
     (plain, _), (with_lm, metrics) = loss(0.0), loss(0.5)

@@ -23,17 +23,19 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
+from typing import get_args
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from pai_distil.artifacts import REWARD_HEAD as HEAD
+from pai_distil.specs import LIKELIHOOD_WEIGHT, Likelihood
 
 from .trainer import Trainer
 
 STATS = "reward_stats.json"
-LIKELIHOODS = ("mean", "sum")
+LIKELIHOODS = get_args(Likelihood)
 
 
 def encode(tokenizer, prompt: str, response: str, max_length: int) -> tuple[list[int], int]:
@@ -75,7 +77,7 @@ def batch_of(encoded: list[tuple[list[int], int]], pad: int) -> dict:
 class RewardModel(nn.Module):
     """A causal LM and a one-output head; see the module docstring for the score."""
 
-    def __init__(self, lm, likelihood_weight: float = 20.0, likelihood: str = "mean"):
+    def __init__(self, lm, likelihood_weight: float = LIKELIHOOD_WEIGHT, likelihood: str = "mean"):
         super().__init__()
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {LIKELIHOODS}, not {likelihood!r}")
@@ -89,13 +91,14 @@ class RewardModel(nn.Module):
     def forward(self, input_ids, attention_mask, response_mask) -> torch.Tensor:
         return self.score_and_likelihood(input_ids, attention_mask, response_mask)[0]
 
-    def score_and_likelihood(self, input_ids, attention_mask, response_mask) -> tuple[torch.Tensor, torch.Tensor]:
+    def score_and_likelihood(self, input_ids, attention_mask, response_mask,
+                             with_likelihood: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """The scores, and the mean log-probability of each row's response tokens (zeros when the
-        score has no likelihood term and none is asked for in training)."""
+        score has no likelihood term and `with_likelihood` does not ask for it)."""
         hidden = self.lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         score = self.head(hidden[:, -1])[:, 0]
         mean = torch.zeros_like(score)
-        if self.likelihood_weight or self.training:
+        if self.likelihood_weight or with_likelihood:
             logp = self.lm.get_output_embeddings()(hidden[:, :-1]).float().log_softmax(-1)
             token_logp = logp.gather(2, input_ids[:, 1:, None])[..., 0]
             mask = response_mask[:, 1:].to(token_logp.dtype)
@@ -148,7 +151,7 @@ class RewardTrainer(Trainer):
 
     def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
         r, mean_logp = self.model.score_and_likelihood(batch["input_ids"], batch["attention_mask"],
-                                                       batch["response_mask"])
+                                                       batch["response_mask"], with_likelihood=bool(self.lm_weight))
         n = r.shape[0] // 2
         margin = r[:n] - r[n:]
         loss = -F.logsigmoid(margin).mean()

@@ -29,7 +29,8 @@ class Store:
 
     def put(self, key: str, doc: dict) -> dict:
         path = self._path(key)
-        # not *.json: `all` globs for those, and a half-replaced write would be listed twice
+        # not *.json: `all` globs for those (pathlib's glob matches dotfiles too), and a write in
+        # progress would be listed as a second document
         tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
         with self.lock:
             tmp.write_text(json.dumps(doc, indent=1, sort_keys=True))
@@ -48,8 +49,6 @@ class Store:
     def all(self) -> list[dict]:
         docs = []
         for p in sorted(self.root.glob("*.json")):
-            if p.name.startswith("."):  # a write in progress (and pathlib's glob matches dotfiles)
-                continue
             try:
                 docs.append(json.loads(p.read_text()))
             except (OSError, json.JSONDecodeError):
