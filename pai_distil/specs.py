@@ -37,7 +37,9 @@ class SyntheticProblems(Strict):
 
     n: int = Field(300, ge=1, le=1_000_000, description="number of problems")
     seed: int = Field(0, description="seed of the generator; different seeds give disjoint-looking sets")
-    levels: list[int] = Field(default_factory=lambda: sorted(LEVEL_STEPS), description="difficulty levels to draw from")
+    levels: list[int] = Field(default_factory=lambda: sorted(LEVEL_STEPS),
+                              description="difficulty levels, drawn in turn; repeat a level to weight it "
+                                          "([2, 2, 2, 1]: three level-2 problems to one level-1)")
 
     @field_validator("levels")
     @classmethod

@@ -213,3 +213,10 @@ def test_teacher_that_never_answers_times_out(tmp_path):
         proc = run_job("generate", config(url, n=2, verbosity=[4], max_retries=0, timeout_s=0.5), tmp_path / "out",
                        env=KEY_ENV)
     assert_failed_cleanly(proc, tmp_path / "out", "unreachable", "no answer within 0.5 s")
+
+
+def test_repeated_levels_weigh_the_draw():
+    """Levels are drawn in turn, so a level named three times gives three problems in four."""
+    problems = world.generate_problems(400, seed=7, levels=[2, 2, 2, 1])
+    assert sum(p.level == 2 for p in problems) == 300
+    assert {p.level for p in problems[3::4]} == {1}

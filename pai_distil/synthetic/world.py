@@ -104,7 +104,8 @@ def make_problem(rng: random.Random, level: int, pid: str) -> Problem:
 
 
 def generate_problems(n: int, seed: int, levels: list[int] | None = None, prefix: str = "p") -> list[Problem]:
-    """`n` problems spread evenly over `levels` (round robin), reproducible from `seed`."""
+    """`n` problems drawn from `levels` in turn (round robin: a repeated level weighs more), reproducible
+    from `seed`."""
     levels = levels or sorted(LEVEL_STEPS)
     rng = random.Random(seed)
     return [make_problem(rng, levels[i % len(levels)], f"{prefix}{seed}-{i:06d}") for i in range(n)]
