@@ -299,9 +299,10 @@ class RewardTraining(Training):
         return self
 
 
-# The reward model's likelihood term: its forms, and the default weight (with the per-token mean,
-# about a typical response's length in tokens, which gives it the scale the sum had).
+# The reward model's likelihood term: its forms, the default form, and the default weight (with the
+# per-token mean, about a typical response's length in tokens, which gives it the scale the sum had).
 Likelihood = Literal["mean", "sum"]
+LIKELIHOOD: Likelihood = "mean"
 LIKELIHOOD_WEIGHT = 20.0
 
 
@@ -321,7 +322,7 @@ class RewardModelConfig(Strict):
                     "language model knows about right steps counts from the start (with the per-token mean, "
                     "about a typical response's length in tokens); 0 gives a plain sequence classifier")
     likelihood: Likelihood = Field(
-        "mean", description="the log-likelihood per response token (mean), neutral to length, or summed (sum), "
+        LIKELIHOOD, description="the log-likelihood per response token (mean), neutral to length, or summed (sum), "
                             "which pays for shorter responses and lets a GRPO policy win by saying nothing")
     judge: Teacher | None = Field(
         None, description="an OpenAI-compatible judge that rates candidates without scores (student samples, "

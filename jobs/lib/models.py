@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from transformers.utils import logging as hf_logging
 
 from pai_distil.presets import PRESETS, is_preset, preset_name
-from pai_distil.specs import LIKELIHOOD_WEIGHT
+from pai_distil.specs import LIKELIHOOD, LIKELIHOOD_WEIGHT
 
 from .tokenizer import build_tokenizer
 
@@ -70,7 +70,7 @@ def load_model(spec: str | Path, seed: int = 0) -> tuple[PreTrainedModel, PreTra
 
 
 def load_reward_model(spec: str | Path, seed: int = 0, likelihood_weight: float = LIKELIHOOD_WEIGHT,
-                      likelihood: str = "mean"):
+                      likelihood: str = LIKELIHOOD):
     """A reward model (`reward.RewardModel`) and its tokenizer: a trained one as it was saved, or a
     new head on a preset or on any causal-LM checkpoint (`likelihood_weight` and `likelihood`
     apply to new ones; checkpoints written before the per-token form existed summed)."""

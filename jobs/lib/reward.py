@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pai_distil.artifacts import REWARD_HEAD as HEAD
-from pai_distil.specs import LIKELIHOOD_WEIGHT, Likelihood
+from pai_distil.specs import LIKELIHOOD, LIKELIHOOD_WEIGHT, Likelihood
 
 from .trainer import Trainer
 
@@ -77,7 +77,7 @@ def batch_of(encoded: list[tuple[list[int], int]], pad: int) -> dict:
 class RewardModel(nn.Module):
     """A causal LM and a one-output head; see the module docstring for the score."""
 
-    def __init__(self, lm, likelihood_weight: float = LIKELIHOOD_WEIGHT, likelihood: str = "mean"):
+    def __init__(self, lm, likelihood_weight: float = LIKELIHOOD_WEIGHT, likelihood: str = LIKELIHOOD):
         super().__init__()
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {LIKELIHOODS}, not {likelihood!r}")
