@@ -26,6 +26,22 @@ def micro_checkpoint(dest: Path, seed: int = 0) -> Path:
     return dest
 
 
+def micro_reward_checkpoint(dest: Path, seed: int = 0) -> Path:
+    """An untrained micro reward model checkpoint (weights, reward head, tokenizer, score statistics)."""
+    import json
+
+    from pai_distil.artifacts import write_manifest
+    from pai_distil_jobs.lib.models import load_reward_model
+    from pai_distil_jobs.lib.reward import STATS
+
+    model, tokenizer = load_reward_model("preset:micro", seed=seed)
+    model.save_pretrained(dest)
+    tokenizer.save_pretrained(dest)
+    (dest / STATS).write_text(json.dumps({"mean": 0.0, "std": 1.0, "max_length": 128}))
+    write_manifest(dest)
+    return dest
+
+
 def free_port() -> int:
     with free_socket() as s:
         return s.getsockname()[1]

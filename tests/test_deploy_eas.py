@@ -11,7 +11,7 @@ import pytest
 
 from conftest import ROOT
 from pai_distil.deploy import eas_schema
-from serving import AK, cli, cloud_env, micro_checkpoint, start_emulator
+from serving import AK, cli, cloud_env, micro_checkpoint, micro_reward_checkpoint, start_emulator
 
 PROMPT = "Start with 4. Add 3, then multiply by 2. Work modulo 10. What is the result?"
 TOKEN = "eas-token-not-a-secret-0123"
@@ -247,3 +247,106 @@ def test_failed_update_is_reported_and_the_old_version_keeps_serving(emulator, s
     assert proc.returncode == 2 and "is Failed: version 2 did not start" in proc.stderr, proc.stderr
     assert "previous version keeps serving" in proc.stderr
     assert ask(service).choices[0].message.content == greedy(ckpts[0])
+
+
+# -- a reward model as its own service ------------------------------------------------------------------
+
+JOB_IMAGE = "registry.example.com/team/pai-distil-gpu:0123456789abcdef"
+ITEM = {"prompt": PROMPT, "completion": "<think>4+3=7, 7*2=14, 14 mod 10 = 4</think> The answer is 4."}
+
+
+@pytest.fixture(scope="module")
+def reward_ckpt(tmp_path_factory):
+    return micro_reward_checkpoint(tmp_path_factory.mktemp("rm") / "reward-model")
+
+
+def test_reward_model_config_runs_the_reward_server_of_the_job_image(reward_ckpt):
+    config = dry_run(reward_ckpt, "--name", "distilled_rm", *RESOURCES, "--image", JOB_IMAGE)
+    assert eas_schema.problems(config) == []
+    (container,), (storage,) = config["containers"], config["storage"]
+    assert container["image"] == JOB_IMAGE and container["port"] == 8000
+    assert container["script"].split() == ["python3", "-m", "pai_distil", "reward", "serve", storage["mount_path"],
+                                           "--host", "0.0.0.0", "--port", "8000"]
+    # the server checks the service token too; like metadata.token, it is masked in what is printed
+    assert container["env"] == [{"name": "PAI_DISTIL_REWARD_API_KEY", "value": "****"}]
+    assert config["metadata"]["token"] == "****"
+    assert container["readiness_check"]["http_get"] == {"path": "/health", "port": 8000}
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (("--engine", "vllm", "--image", JOB_IMAGE), "is a reward model (reward_head.safetensors), which vllm cannot"),
+    (("--engine", "reward",), "pass --image REGISTRY/pai-distil-gpu:TAG"),
+    (("--served-model-name", "rm", "--image", JOB_IMAGE), "--served-model-name"),
+])
+def test_bad_reward_deploy_options_are_one_line(reward_ckpt, tmp_path, args, fragment):
+    proc = cli("deploy", "eas", str(reward_ckpt), "--oss-prefix", "oss://models/rm/", *RESOURCES, *args, "--dry-run",
+               env=cloud_env("http://127.0.0.1:9", PAI_DISTIL_HOME=str(tmp_path)))
+    assert proc.returncode == 2 and fragment in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_engine_reward_of_a_student_is_one_line(ckpts):
+    proc = cli("deploy", "eas", str(ckpts[0]), "--engine", "reward", "--oss-prefix", "oss://models/s/", *RESOURCES,
+               "--image", JOB_IMAGE, "--dry-run", env=cloud_env("http://127.0.0.1:9"))
+    assert proc.returncode == 2 and "is not a reward model" in proc.stderr and proc.stderr.count("\n") == 1
+
+
+@pytest.fixture(scope="module")
+def reward_service(emulator, reward_ckpt):
+    proc = deploy(reward_ckpt, "reward_model", emulator, "--image", JOB_IMAGE)
+    assert TOKEN not in proc.stdout + proc.stderr and "created EAS service reward_model" in proc.stderr
+    base = re.search(r"Running at (\S+) \(POST /v1/score\)", proc.stdout).group(1)
+    assert f"base_url: {base}" in proc.stdout and "api_key_env: PAI_DISTIL_REWARD_API_KEY" in proc.stdout
+    return base
+
+
+def test_grpo_reward_client_scores_through_the_emulated_eas_endpoint(reward_service, reward_ckpt, monkeypatch):
+    from pai_distil.specs import RewardEndpoint
+    from pai_distil_jobs.contract import JobError
+    from pai_distil_jobs.lib.reward import RewardScorer
+    from pai_distil_jobs.lib.reward_client import RemoteScorer
+
+    endpoint = RewardEndpoint(base_url=reward_service, batch_size=2)
+    monkeypatch.setenv("PAI_DISTIL_REWARD_API_KEY", TOKEN)
+    prompts, completions = [PROMPT] * 3, [ITEM["completion"], "The answer is 5.", ""]
+    scores = RemoteScorer(endpoint)(prompts, completions)
+    assert scores == pytest.approx(RewardScorer(reward_ckpt).score(prompts, completions), abs=1e-5)
+    monkeypatch.setenv("PAI_DISTIL_REWARD_API_KEY", "wrong-token")
+    with pytest.raises(JobError, match="refused the key"):
+        RemoteScorer(endpoint)(prompts[:1], completions[:1])
+
+
+@pytest.mark.parametrize("headers, status", [
+    ({}, 401), ({"Authorization": "Bearer wrong-token"}, 401),
+    ({"Authorization": TOKEN}, 200),  # the bare token, as EAS's own examples send it
+])
+def test_reward_service_needs_the_service_token(reward_service, headers, status):
+    import httpx
+
+    r = httpx.post(f"{reward_service}/v1/score", headers=headers, json={"items": [ITEM]}, timeout=60)
+    assert r.status_code == status, r.text
+    assert status != 200 or len(r.json()["scores"]) == 1
+
+
+def test_an_update_without_a_token_keeps_the_one_the_reward_server_checks(emulator, reward_service, reward_ckpt):
+    import httpx
+
+    proc = cli("deploy", "eas", str(reward_ckpt), "--name", "reward_model", "--oss-prefix",
+               f"oss://models/reward_model/{reward_ckpt.name}/", *RESOURCES, "--image", JOB_IMAGE, "--timeout", "300",
+               env=cloud_env(emulator))
+    assert proc.returncode == 0 and "updated EAS service reward_model" in proc.stderr, proc.stderr
+    r = httpx.post(f"{reward_service}/v1/score", headers={"Authorization": f"Bearer {TOKEN}"},
+                   json={"items": [ITEM]}, timeout=60)
+    assert r.status_code == 200, r.text
+
+
+def test_describe_masks_the_token_in_the_reward_container_env(emulator, reward_service):
+    described = cli("deploy", "describe", "reward_model", "--json", env=cloud_env(emulator))
+    assert described.returncode == 0 and TOKEN not in described.stdout
+    config = json.loads(json.loads(described.stdout)["ServiceConfig"])
+    assert config["containers"][0]["env"] == [{"name": "PAI_DISTIL_REWARD_API_KEY", "value": "****"}]
+
+
+def test_deploy_local_of_a_reward_model_points_to_reward_serve(reward_ckpt):
+    proc = cli("deploy", "local", str(reward_ckpt), "--no-auth", env=cloud_env("http://127.0.0.1:9"))
+    assert proc.returncode == 2 and "pai-distil reward serve" in proc.stderr and proc.stderr.count("\n") == 1

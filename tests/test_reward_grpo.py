@@ -15,6 +15,7 @@ import httpx
 import pytest
 import yaml
 from conftest import TEST_API_KEY, free_socket, job_errors, run_job, serve_asgi
+from serving import micro_reward_checkpoint
 
 from pai_distil.synthetic import world
 
@@ -39,12 +40,7 @@ def micro_student(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def micro_reward_model(tmp_path_factory) -> Path:
     """An untrained micro reward model checkpoint: real scoring, untrained weights."""
-    from pai_distil_jobs.lib.models import load_reward_model
-    from pai_distil_jobs.lib.reward import STATS
-
-    path = saved(tmp_path_factory.mktemp("rm"), load_reward_model("preset:micro", seed=0))
-    (path / STATS).write_text(json.dumps({"mean": 0.0, "std": 1.0, "max_length": 128}))
-    return path
+    return micro_reward_checkpoint(tmp_path_factory.mktemp("rm"))
 
 
 def noisy_cots(teacher_factory, tmp_path, n=24, verbosity=(1, 6)) -> Path:
@@ -235,10 +231,15 @@ def test_reward_endpoint_scores_a_batch(reward_server):
     assert again == pytest.approx(scores[:1], abs=1e-5)  # a score does not depend on its batch
 
 
-@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": TEST_API_KEY}])
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "wrong"}])
 def test_reward_endpoint_refuses_requests_without_the_key(reward_server, headers):
     r = httpx.post(f"{reward_server}/v1/score", headers=headers, json={"items": [ITEM]})
     assert r.status_code == 401 and "API key" in r.json()["error"]["message"]
+
+
+def test_reward_endpoint_takes_the_bare_key_as_eas_forwards_it(reward_server):
+    r = httpx.post(f"{reward_server}/v1/score", headers={"Authorization": TEST_API_KEY}, json={"items": [ITEM]})
+    assert r.status_code == 200, r.text
 
 
 @pytest.mark.parametrize("body, status, fragment", [

@@ -2,7 +2,8 @@
 
 Request: {"items": [{"prompt": "...", "completion": "..."}, ...]}; response: {"scores": [...],
 "model": NAME}, scores standardised as in-process (`RewardScorer`). Every request needs
-`Authorization: Bearer KEY` when a key is set; a malformed body is answered 400 (or 413 for too
+`Authorization: Bearer KEY` (or the bare key, as EAS's gateway accepts and forwards it) when a
+key is set; a malformed body is answered 400 (or 413 for too
 many items) with a message saying what is wrong, and a failure while scoring is a 500 with a
 message: the server keeps serving. The same API runs as a PAI-EAS service while GRPO trains.
 """
@@ -16,6 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
+from pai_distil.deploy.protocol import authorized
 from pai_distil.synthetic.server import error_body
 
 DEFAULT_MAX_ITEMS = 256
@@ -54,11 +56,9 @@ def create_app(scorer, api_key: str | None, name: str = "reward", max_items: int
 
     @app.post("/v1/score")
     async def score(request: Request):
-        if api_key is not None:
-            scheme, _, given = request.headers.get("authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or given.strip() != api_key:
-                return _error(401, "Incorrect or missing API key; send it as 'Authorization: Bearer KEY'.",
-                              code="invalid_api_key")
+        if not authorized(request.headers.get("authorization"), api_key):
+            return _error(401, "Incorrect or missing API key; send it as 'Authorization: Bearer KEY'.",
+                          code="invalid_api_key")
         try:
             body = json.loads(await request.body())
         except (json.JSONDecodeError, UnicodeDecodeError):

@@ -41,6 +41,8 @@ def local(checkpoint, host, port, token, no_auth, name, use_docker, image, max_b
     ckpt = resolve(checkpoint)
     if ckpt.on_oss:
         raise UserError(f"{ckpt.location} is on OSS; `deploy local` serves a local folder (download it first)")
+    if ckpt.reward:
+        raise UserError(f"{ckpt.location} is a reward model; serve it with `pai-distil reward serve {checkpoint}`")
     if image and not use_docker:
         raise UserError("--image applies with --docker only; add --docker or remove --image")
     check_port(host, port)
@@ -84,10 +86,13 @@ def _autoscale(value: str | None) -> tuple[int, int] | None:
 @deploy.command("eas")
 @click.argument("checkpoint")
 @click.option("--name", help="EAS service name (default: from the checkpoint or run id)")
-@click.option("--engine", type=click.Choice(["vllm", "sglang"]), default="vllm", show_default=True)
+@click.option("--engine", type=click.Choice(["vllm", "sglang", "reward"]),
+              help="the server: vllm or sglang for a student, reward for a reward model (default: reward for a "
+                   "reward-model checkpoint, else vllm; give `reward` for a reward model already on OSS)")
 @click.option("--template", type=click.Path(dir_okay=False), help="your copy of templates/eas-<engine>.json")
 @click.option("--set", "sets", multiple=True, metavar="KEY.PATH=VALUE", help="edit the generated config (repeatable)")
-@click.option("--image", help="serving image (default: the official EAS image of the engine)")
+@click.option("--image", help="serving image (default: the official EAS image of vllm or sglang; for reward, "
+                              "`pai-distil config`'s job image)")
 @click.option("--served-model-name", help="model name clients ask for (default: the service name)")
 @click.option("--instance-type", help="ECS instance type per instance, e.g. ecs.gn7i-c8g1.2xlarge")
 @click.option("--resource-group", help="EAS resource group id (instead of --instance-type)")
@@ -113,7 +118,10 @@ def _autoscale(value: str | None) -> tuple[int, int] | None:
 def eas(checkpoint, name, engine, template, sets, image, served_model_name, instance_type, resource_group, cpu,
         memory_mb, gpu, instances, autoscale, autoscale_qps, max_model_len, workspace_id, oss_prefix, oss_endpoint,
         token, region, endpoint, dry_run, no_wait, timeout_s):
-    """Deploy CHECKPOINT (a run id, a folder or oss://...) as a PAI-EAS service: create it, or update it if it exists."""
+    """Deploy CHECKPOINT (a run id, a folder or oss://...) as a PAI-EAS service: create it, or update it if it exists.
+
+    A student serves the OpenAI API (vLLM or SGLang); a reward model serves POST /v1/score for GRPO.
+    """
     import json
     from pathlib import Path
 
@@ -121,10 +129,14 @@ def eas(checkpoint, name, engine, template, sets, image, served_model_name, inst
 
     from ..deploy import eas as eas_api
     from ..deploy.checkpoint import resolve
-    from ..deploy.eas_config import EasOptions, build, masked
+    from ..deploy.eas_config import REWARD, EasOptions, build, engine_for, masked
+    from ..pai.config import load
 
     region = _region(region)
     ckpt = resolve(checkpoint)
+    engine = engine_for(engine, ckpt.reward, ckpt.location)
+    if engine == REWARD:
+        image = image or load().image
     if ckpt.on_oss:
         oss_path = ckpt.location
     elif oss_prefix:
@@ -150,7 +162,8 @@ def eas(checkpoint, name, engine, template, sets, image, served_model_name, inst
     c = eas_api.client(target)
     existing = eas_api.describe(c, target, options.service_name)
     if existing is not None and not given_token:
-        config["metadata"].pop("token", None)  # an update keeps the service's token
+        options.token = existing.get("AccessToken")  # an update keeps the service's token
+        config = build(options, sets)
     if not ckpt.on_oss:
         moved = eas_api.upload_checkpoint(Path(ckpt.location), oss_path, region, oss_endpoint, console)
         console.print(f"checkpoint in {oss_path}: {moved.summary()}")
@@ -160,18 +173,22 @@ def eas(checkpoint, name, engine, template, sets, image, served_model_name, inst
         return
     svc = eas_api.wait_settled(c, target, options.service_name, console, timeout_s,
                                since_version=(existing or {}).get("CurrentVersion") if action == "updated" else None)
-    _print_ready(svc)
+    _print_ready(svc, engine == REWARD)
 
 
-def _print_ready(svc: dict) -> None:
+def _print_ready(svc: dict, reward: bool) -> None:
     from ..deploy import eas as eas_api
 
     status = svc.get("Status")
     if status != eas_api.RUNNING:
         raise UserError(f"service {svc.get('ServiceName')} is {status}: {svc.get('Message') or svc.get('Reason') or 'no reason given'}")
-    base_url = (svc.get("InternetEndpoint") or svc.get("IntranetEndpoint") or "").rstrip("/") + "/v1"
-    click.echo(f"service {svc.get('ServiceName')} is Running at {base_url}")
-    click.echo(eas_api.openai_snippet(base_url, eas_api.served_model_name(svc), svc.get("AccessToken")))
+    base_url = (svc.get("InternetEndpoint") or svc.get("IntranetEndpoint") or "").rstrip("/")
+    if reward:
+        click.echo(f"service {svc.get('ServiceName')} is Running at {base_url} (POST /v1/score)")
+        click.echo(eas_api.reward_snippet(base_url, svc.get("AccessToken")))
+        return
+    click.echo(f"service {svc.get('ServiceName')} is Running at {base_url}/v1")
+    click.echo(eas_api.openai_snippet(base_url + "/v1", eas_api.served_model_name(svc), svc.get("AccessToken")))
 
 
 @deploy.command("list")
@@ -213,21 +230,18 @@ def describe_service(name, region, endpoint, as_json):
     from rich.table import Table
 
     from ..deploy import eas as eas_api
-    from ..deploy.eas_config import mask_token
+    from ..deploy.eas_config import mask_token, masked
 
     region = _region(region)
     target = eas_api.Target(region, endpoint)
     svc = eas_api.describe(eas_api.client(target), target, name)
     if svc is None:
         raise UserError(f"there is no EAS service {name!r} in {region}; `pai-distil deploy list` shows them")
-    svc["AccessToken"] = mask_token(svc.get("AccessToken"))
     try:
-        config = json.loads(svc.get("ServiceConfig") or "{}")
-        if config.get("metadata", {}).get("token"):
-            config["metadata"]["token"] = mask_token(config["metadata"]["token"])
-        svc["ServiceConfig"] = json.dumps(config)
+        svc["ServiceConfig"] = json.dumps(masked(json.loads(svc.get("ServiceConfig") or "{}"), svc.get("AccessToken")))
     except json.JSONDecodeError:
         pass
+    svc["AccessToken"] = mask_token(svc.get("AccessToken"))
     if as_json:
         click.echo(json.dumps(svc, indent=2))
         return

@@ -6,9 +6,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..artifacts import REWARD_HEAD
 from ..errors import UserError
 
-TRAINING_STAGES = ("slow-thinking", "adaptive-thinking", "grpo")
+TRAINING_STAGES = ("slow-thinking", "adaptive-thinking", "grpo", "reward-model")
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")  # EAS service names: lower case, digits, underscores
 
 
@@ -17,6 +18,7 @@ class Checkpoint:
     location: str  # a local folder, or oss://bucket/prefix/
     name: str  # a default service / served-model name derived from it
     run_id: str | None = None
+    reward: bool | None = None  # a reward model (REWARD_HEAD beside the weights); None: not known (on OSS)
 
     @property
     def on_oss(self) -> bool:
@@ -57,7 +59,7 @@ def resolve(ref: str) -> Checkpoint:
     path = Path(ref).expanduser()
     if path.exists():
         path = check_local(path)
-        return Checkpoint(str(path), default_name(path.name))
+        return Checkpoint(str(path), default_name(path.name), reward=(path / REWARD_HEAD).is_file())
     from ..registry import Registry
 
     try:
@@ -70,6 +72,7 @@ def resolve(ref: str) -> Checkpoint:
                         f"({', '.join(TRAINING_STAGES)})")
     if record.state not in ("succeeded", "cached") or not record.output:
         raise UserError(f"run {record.id} is {record.state}; deploy it once it has succeeded")
+    reward = record.stage == "reward-model"
     if record.output.startswith("oss://"):
-        return Checkpoint(record.output.rstrip("/") + "/", default_name(record.id), record.id)
-    return Checkpoint(str(check_local(Path(record.output))), default_name(record.id), record.id)
+        return Checkpoint(record.output.rstrip("/") + "/", default_name(record.id), record.id, reward)
+    return Checkpoint(str(check_local(Path(record.output))), default_name(record.id), record.id, reward)

@@ -150,6 +150,17 @@ def openai_snippet(base_url: str, model: str, token: str | None) -> str:
     )
 
 
+def reward_snippet(base_url: str, token: str | None) -> str:
+    """The `reward.endpoint` block of a grpo config that scores with the service; the key stays in the environment."""
+    return (
+        "# grpo config: score with this service (export PAI_DISTIL_REWARD_API_KEY=<the service token>)\n"
+        "reward:\n"
+        "  endpoint:\n"
+        f"    base_url: {base_url}\n"
+        f"    api_key_env: PAI_DISTIL_REWARD_API_KEY  # token {mask_token(token)}"
+    )
+
+
 def served_model_name(svc: dict) -> str:
     """The `--served-model-name` of the service's start command, else the service name."""
     import shlex

@@ -16,21 +16,35 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..artifacts import REWARD_HEAD
 from ..errors import UserError
 from . import eas_schema
 
 TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "templates"
+REWARD = "reward"  # the engine of a reward model: `pai-distil reward serve` in the project's job image
 ENGINES = {
     # image: the official EAS images of each engine; {region} is filled in
     "vllm": {"template": "eas-vllm.json", "image": "eas-registry-vpc.{region}.cr.aliyuncs.com/pai-eas/vllm:0.11.2-mows0.5.1"},
     "sglang": {"template": "eas-sglang.json",
                "image": "eas-registry-vpc.{region}.cr.aliyuncs.com/pai-eas/sglang:0.5.5-mows0.5.1"},
+    # no official image: the job image (`images build --target gpu --push`, `config set image=`) has the server
+    REWARD: {"template": "eas-reward.json", "image": None},
 }
 REASONING_PARSER = "qwen3"  # the `<think>…</think>` format with enable_thinking, which the students use
 MODEL_DIR = "/mnt/model"
 PORT = 8000
 _PLACEHOLDER = re.compile(r"\$\{([a-z_]+)\}")
 MASK = "****"
+
+
+def engine_for(requested: str | None, reward: bool | None, where: str) -> str:
+    """The engine of a checkpoint: `--engine` when it fits, else the reward server for a reward model, else vLLM."""
+    if reward and requested not in (None, REWARD):
+        raise UserError(f"{where} is a reward model ({REWARD_HEAD}), which {requested} cannot serve: "
+                        "remove --engine or pass --engine reward")
+    if reward is False and requested == REWARD:
+        raise UserError(f"{where} is not a reward model (no {REWARD_HEAD}): deploy it with --engine vllm or sglang")
+    return requested or (REWARD if reward else "vllm")
 
 
 @dataclass
@@ -59,7 +73,9 @@ class EasOptions:
 
     def variables(self) -> dict:
         if self.engine not in ENGINES:
-            raise UserError(f"unknown engine {self.engine!r}; choose vllm or sglang")
+            raise UserError(f"unknown engine {self.engine!r}; choose one of {', '.join(ENGINES)}")
+        if self.engine == REWARD:
+            self._check_reward()
         if not eas_schema.valid_name(self.service_name):
             raise UserError(f"service name {self.service_name!r} is not valid on EAS: lower-case letters, digits and "
                             "underscores, starting with a letter (at most 64); pass --name")
@@ -83,6 +99,17 @@ class EasOptions:
             "reasoning_parser": REASONING_PARSER, "max_model_len": self.max_model_len, "token": self.token,
             "autoscaler": autoscaler,
         }
+
+    def _check_reward(self) -> None:
+        if self.served_model_name:
+            raise UserError("--served-model-name names the chat model of vllm and sglang; a reward service answers "
+                            "POST /v1/score: remove it")
+        if not self.image:
+            raise UserError("--engine reward runs the pai-distil job image: pass --image REGISTRY/pai-distil-gpu:TAG "
+                            "(`pai-distil images build --target gpu --push REGISTRY`) or set it once with "
+                            "`pai-distil config set image=...`")
+        if not self.token:
+            raise UserError("the reward server checks the service token: pass --token or set $PAI_DISTIL_EAS_TOKEN")
 
     def template_path(self) -> Path:
         path = Path(self.template).expanduser() if self.template else TEMPLATES_DIR / ENGINES[self.engine]["template"]
@@ -173,12 +200,23 @@ def build(options: EasOptions, sets: tuple[str, ...] = ()) -> dict:
     return config
 
 
-def masked(config: dict) -> dict:
-    """A copy safe to print: the token replaced by ****."""
-    out = copy.deepcopy(config)
-    if isinstance(out.get("metadata"), dict) and out["metadata"].get("token"):
-        out["metadata"]["token"] = MASK
-    return out
+def masked(config: dict, *tokens: str | None) -> dict:
+    """A copy safe to print: the service token (metadata.token, and `tokens`) replaced by **** wherever it
+    appears, so a template that also hands it to the container (eas-reward.json) does not show it."""
+    meta = config.get("metadata") if isinstance(config.get("metadata"), dict) else {}
+    hidden = [t for t in (meta.get("token"), *tokens) if t]
+
+    def walk(node):
+        if isinstance(node, dict):
+            return {k: walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        if isinstance(node, str):
+            for t in hidden:
+                node = node.replace(t, MASK)
+        return node
+
+    return walk(config)
 
 
 def mask_token(token: str | None) -> str:

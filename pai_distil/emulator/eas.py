@@ -8,7 +8,8 @@ Running, Failed, Deleting). The body is the EAS service config, validated as EAS
 Each service version runs as `pai-distil deploy local` processes (one per `metadata.instance`):
 the checkpoint is copied out of the emulator's OSS from the config's `storage` mount, and the
 engine's start command (vLLM's `vllm serve`, SGLang's `launch_server`) is read for the model
-path and `--served-model-name`. Clients call the stable endpoint
+path and `--served-model-name`. A reward model's command (`pai-distil reward serve PATH ...`, in
+the job image) runs as it is, on a local port, with the container's `env`. Clients call the stable endpoint
 `http://<emulator>/api/predict/<service>/v1/...`, a proxy that checks the service token (as
 EAS's gateway does) and forwards to the current version. An update brings the new version up
 and healthy before traffic moves to it; the old one stops once its last request finished, so
@@ -147,18 +148,18 @@ class Runtime:
 
     def _start(self, name: str, number: int, doc: dict) -> Version:
         config = doc["Config"]
-        oss_path, served = launch_plan(config)
+        plan = launch_plan(config)
         model_dir = self.root / name / f"v{number}" / "model"
         shutil.rmtree(model_dir, ignore_errors=True)
-        bucket, _, prefix = oss_path[len("oss://"):].partition("/")
+        bucket, _, prefix = plan.oss_path[len("oss://"):].partition("/")
         if store_of(self.emulator).download_prefix(bucket, prefix, model_dir) == 0:
-            raise LaunchError(f"no objects under {oss_path} in the emulator's OSS")
+            raise LaunchError(f"no objects under {plan.oss_path} in the emulator's OSS")
         count = max(1, min(int(config["metadata"].get("instance") or 1), MAX_INSTANCES))
         cpu = config["metadata"].get("cpu")
         version = Version(number)
         try:
             for i in range(count):
-                version.instances.append(self._spawn(name, number, i, model_dir, served, doc["AccessToken"], cpu))
+                version.instances.append(self._spawn(name, number, i, model_dir, plan, doc["AccessToken"], cpu))
             for inst in version.instances:
                 _wait_healthy(inst)
         except LaunchError:
@@ -166,18 +167,23 @@ class Runtime:
             raise
         return version
 
-    def _spawn(self, name: str, number: int, index: int, model_dir: Path, served: str, token: str,
+    def _spawn(self, name: str, number: int, index: int, model_dir: Path, plan: LaunchPlan, token: str,
                cpu: int | None) -> Instance:
         from ..deploy.local import TOKEN_ENV
 
         port = _free_port()
         log = self.root / name / f"v{number}" / f"instance-{index}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
-        argv = [sys.executable, "-m", "pai_distil", "deploy", "local", str(model_dir), "--port", str(port),
-                "--name", served]
         # metadata.cpu cores per instance; one thread otherwise: instances share this machine's cores
-        argv += ["--threads", str(min(int(cpu or 1), os.cpu_count() or 1))]
-        env = {**os.environ, TOKEN_ENV: token}
+        threads = str(min(int(cpu or 1), os.cpu_count() or 1))
+        if plan.reward_args is not None:
+            argv = [sys.executable, "-m", "pai_distil", "reward", "serve", str(model_dir), *plan.reward_args,
+                    "--host", "127.0.0.1", "--port", str(port)]
+            env = {**os.environ, "OMP_NUM_THREADS": threads, **plan.env}
+        else:
+            argv = [sys.executable, "-m", "pai_distil", "deploy", "local", str(model_dir), "--port", str(port),
+                    "--name", plan.served, "--threads", threads]
+            env = {**os.environ, TOKEN_ENV: token}
         with open(log, "ab") as out:
             proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         return Instance(port, proc, log)
@@ -197,8 +203,33 @@ class Runtime:
             v.stop()
 
 
-def launch_plan(config: dict) -> tuple[str, str]:
-    """(OSS path of the checkpoint, served model name) read from a service config's command and storage."""
+@dataclass
+class LaunchPlan:
+    """What a service version runs, read from its config's command, env and storage."""
+
+    oss_path: str  # the checkpoint
+    served: str  # the served model name
+    reward_args: list[str] | None = None  # `reward serve` options besides the address; None: a chat model
+    env: dict[str, str] = field(default_factory=dict)  # the container's env
+
+
+def _reward_args(args: list[str]) -> list[str] | None:
+    """The options of a `reward serve PATH ...` command, without --host and --port (the emulator picks them)."""
+    starts = [i for i in range(len(args) - 2) if args[i:i + 2] == ["reward", "serve"]]
+    if not starts:
+        return None
+    rest, out = args[starts[0] + 3:], []
+    while rest:
+        arg, rest = rest[0], rest[1:]
+        if arg in ("--host", "--port"):
+            rest = rest[1:]
+        elif not arg.startswith(("--host=", "--port=")):
+            out.append(arg)
+    return out
+
+
+def launch_plan(config: dict) -> LaunchPlan:
+    """How to run a service config here: its checkpoint on OSS, its server and that server's options."""
     container = config["containers"][0]
     args = shlex.split(container.get("script") or container.get("command") or "")
     model = None
@@ -209,14 +240,16 @@ def launch_plan(config: dict) -> tuple[str, str]:
         model = args[args.index("serve") + 1]  # `vllm serve MODEL`
     if model is None:
         raise LaunchError("the emulator runs OpenAI-compatible model servers (`vllm serve PATH`, "
-                          "`sglang.launch_server --model-path PATH`); the start command names no model path")
+                          "`sglang.launch_server --model-path PATH`) and reward servers (`pai_distil reward "
+                          "serve PATH`); the start command names no model path")
     served = args[args.index("--served-model-name") + 1] if "--served-model-name" in args else config["metadata"]["name"]
+    env = {e["name"]: e["value"] for e in container.get("env") or []}
     for mount in config.get("storage") or []:
         root = mount.get("mount_path", "").rstrip("/")
         oss = (mount.get("oss") or {}).get("path")
         if oss and (model == root or model.startswith(root + "/")):
             rel = model[len(root):].strip("/")
-            return oss.rstrip("/") + "/" + (rel + "/" if rel else ""), served
+            return LaunchPlan(oss.rstrip("/") + "/" + (rel + "/" if rel else ""), served, _reward_args(args), env)
     raise LaunchError(f"the model path {model} is not under an OSS storage mount of the service")
 
 
