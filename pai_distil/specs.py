@@ -331,6 +331,11 @@ class RewardModelConfig(Strict):
     student_samples: StudentSamples = Field(default_factory=StudentSamples,
                                             description="sampling of the `student` input, when given")
     judgment: Judgment = Field(default_factory=Judgment, description="how ratings become one score per candidate")
+    cut_chains: int = Field(
+        1, ge=0, le=16,
+        description="per problem, right teacher chains cut short after a random number of their lines, answering "
+                    "the last number reached, as extra candidates for the judge: without them the head learns "
+                    "that short answers are right, and a GRPO policy learns to skip steps; 0: none")
     min_margin: float = Field(0.2, ge=0, description="pair two candidates only when their scores differ by this much")
     pairs_per_problem: int = Field(8, ge=1, le=1000, description="at most this many pairs per problem")
     max_problems: int | None = Field(None, ge=1, description="use at most this many problems of the `cots` input")

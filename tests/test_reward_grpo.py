@@ -70,8 +70,10 @@ def test_reward_model_builds_pairs_from_judgments_and_trains(teacher_factory, tm
 
     candidates = [json.loads(x) for x in (out / "candidates.jsonl").read_text().splitlines()]
     sources = {c["source"] for c in candidates}
-    assert sources == {"teacher-rv1", "teacher-rv6", "student"}
-    assert len(candidates) == 24 * 2 + 24 * 2
+    assert sources == {"teacher-rv1", "teacher-rv6", "teacher-cut", "student"}
+    cut = [c for c in candidates if c["source"] == "teacher-cut"]
+    assert 0 < len(cut) <= 24 and len(candidates) == 24 * 2 + 24 * 2 + len(cut)
+    assert sum(not c["correct"] for c in cut) > len(cut) / 2  # the answer of an unfinished chain is mostly wrong
     assert all(c["rv"] is not None and c["cd"] == 5 for c in candidates)  # the judge rated every candidate
     assert any(c["correct"] for c in candidates) and not all(c["correct"] for c in candidates)
 
@@ -95,6 +97,24 @@ def test_reward_model_builds_pairs_from_judgments_and_trains(teacher_factory, tm
     scorer = RewardScorer(out)
     scores = scorer.score([pairs[0]["prompt"]] * 2, [pairs[0]["chosen"], pairs[0]["rejected"]])
     assert len(scores) == 2 and scores == scorer.score([pairs[0]["prompt"]] * 2, [pairs[0]["chosen"], pairs[0]["rejected"]])
+
+
+def test_a_chain_cut_short_answers_the_last_value_it_reached():
+    import random
+
+    from pai_distil.synthetic import teacher
+    from pai_distil_jobs.stages.reward_model import cut_short
+
+    three, one = world.generate_problems(2, 5, [2, 1])
+    thought, solution = world.split_thought(teacher.respond(three, 3))
+    steps = three.steps()
+    for seed in range(10):
+        cut_thought, cut_solution = cut_short({"thought": thought, "solution": solution}, random.Random(seed))
+        kept = cut_thought.splitlines()
+        assert 1 <= len(kept) < len(steps) and thought.startswith(cut_thought)
+        assert world.extract_answer(cut_solution) == str(steps[len(kept) - 1].after)
+    one_thought, one_solution = world.split_thought(teacher.respond(one, 3))
+    assert cut_short({"thought": one_thought, "solution": one_solution}, random.Random(0)) is None
 
 
 def test_reward_model_resumes_exactly_from_its_newest_checkpoint(tmp_path):

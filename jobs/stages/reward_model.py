@@ -1,8 +1,9 @@
 """reward-model: a scalar reward model distilled from the judge's ratings.
 
 Candidates for every problem are the teacher's chains of the `cots` input (several verbosities,
-right and wrong: a noisy teacher slips) and samples of the `student` input (the answers GRPO
-will see). The judge rates each on correctness, reasoning verbosity (RV) and cognitive
+right and wrong: a noisy teacher slips), right chains cut short (`cut_chains`: the answer of a
+solver that skipped steps, so the head does not learn that shorter is better) and samples of the
+`student` input (the answers GRPO will see). The judge rates each on correctness, reasoning verbosity (RV) and cognitive
 difficulty (CD); `judgment` turns the ratings into one score (correctness first, then how well
 the length fits the difficulty). Pairs of candidates of one problem whose scores differ become
 preference rows {"prompt", "chosen", "rejected"}; a held-out share of the problems measures
@@ -18,6 +19,7 @@ import asyncio
 import json
 import os
 import random
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -66,6 +68,43 @@ def teacher_candidates(by_problem: dict[str, list[dict]]) -> list[dict]:
             out.append({**problem_row(row), "id": str(row.get("id") or f"{pid}-t{k}"), "problem_id": pid,
                         "completion": assistant_text(row), "source": f"teacher-rv{row.get('requested_rv', '?')}",
                         "correct": bool(row["correct"]), "rv": row.get("rv"), "cd": row.get("cd")})
+    return out
+
+
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+_BOXED = re.compile(r"\\boxed\{[^{}]*\}")
+
+
+def cut_short(row: dict, rng: random.Random) -> tuple[str, str] | None:
+    """(thought, solution) of a chain stopped after a random number of its lines, answering the last
+    number the kept lines reached: the answer of a solver that skipped the rest. None when the chain
+    has fewer than two lines or the kept ones hold no number."""
+    lines = [line for line in str(row["thought"]).splitlines() if line.strip()]
+    if len(lines) < 2:
+        return None
+    kept = lines[:rng.randint(1, len(lines) - 1)]
+    numbers = _NUMBER.findall(kept[-1])
+    if not numbers:
+        return None
+    boxed = "\\boxed{" + numbers[-1] + "}"
+    solution = str(row["solution"])
+    solution = _BOXED.sub(lambda _: boxed, solution) if _BOXED.search(solution) else f"The answer is {boxed}."
+    return "\n".join(kept), solution
+
+
+def cut_candidates(by_problem: dict[str, list[dict]], per_problem: int, seed: int) -> list[dict]:
+    """Right teacher chains cut short (see `cut_short`), left for the judge to rate like student samples."""
+    rng = random.Random(seed)
+    out = []
+    for pid, rows in by_problem.items():
+        right = [r for r in rows if r["correct"]]
+        for k in range(per_problem if right else 0):
+            cut = cut_short(rng.choice(right), rng)
+            if cut is not None:
+                thought, solution = cut
+                out.append({**problem_row(right[0]), "id": f"{pid}-cut{k}", "problem_id": pid,
+                            "completion": assistant_text({"thought": thought, "solution": solution}),
+                            "source": "teacher-cut", "correct": None, "rv": None, "cd": None})
     return out
 
 
@@ -190,7 +229,7 @@ def run(ctx: JobContext) -> bool:
     by_problem = problems_of(read_cots(ctx.input("cots")), cfg.max_problems)
     if not by_problem:
         raise JobError("input 'cots' holds no chains of thought; pass the output of `generate` or `score`")
-    candidates = teacher_candidates(by_problem)
+    candidates = teacher_candidates(by_problem) + cut_candidates(by_problem, cfg.cut_chains, cfg.seed)
     if "student" in ctx.inputs:
         candidates += student_candidates(ctx, cfg, by_problem)
     if not rate(ctx, cfg, candidates):
