@@ -95,6 +95,17 @@ class DeepSpeed(Strict):
         return self
 
 
+class StopAt(Strict):
+    """Stop training once the student answers held-out problems this well (greedy pass@1)."""
+
+    accuracy: float = Field(gt=0, le=1, description="held-out accuracy that ends training, e.g. 0.5")
+    every: int = Field(50, ge=1, description="check every N steps")
+    problems: SyntheticProblems = Field(
+        default_factory=lambda: SyntheticProblems(n=200, seed=90_001, levels=[1]),
+        description="the held-out problems (synthetic world); pick a seed the training data does not use")
+    max_new_tokens: int = Field(128, ge=1)
+
+
 class Training(Strict):
     max_steps: int = Field(600, ge=1, description="optimizer steps")
     schedule_steps: int | None = Field(
@@ -112,6 +123,16 @@ class Training(Strict):
     seed: int = 0
     deepspeed: DeepSpeed | None = Field(
         None, description="train with DeepSpeed ZeRO (a config generated from these fields); omit for plain DDP")
+    stop_at: StopAt | None = Field(
+        None, description="end training early once held-out accuracy reaches a target: a student just good "
+                          "enough, whatever its seed (how fast a seed learns varies several-fold)")
+
+    @model_validator(mode="after")
+    def _stop_at_needs_whole_weights(self) -> Training:
+        if self.stop_at and self.deepspeed and self.deepspeed.stage == 3:
+            raise ValueError("stop_at decodes with the model on one process, which ZeRO-3 partitions; "
+                             "use deepspeed.stage 2, or drop stop_at")
+        return self
 
 
 # -- real data ------------------------------------------------------------------------------------

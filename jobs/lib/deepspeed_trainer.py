@@ -44,10 +44,11 @@ def init_distributed() -> None:
 
 class DeepSpeedTrainer(Trainer):
     def __init__(self, model, tokenizer, examples: list[dict], settings: TrainSettings, checkpoint_dir: Path,
-                 metrics_path: Path, train: Training, log=print):
+                 metrics_path: Path, train: Training, log=print, stop_check=None):
         import deepspeed
 
-        super().__init__(model, tokenizer, examples, settings, checkpoint_dir, metrics_path, log=log)
+        super().__init__(model, tokenizer, examples, settings, checkpoint_dir, metrics_path, log=log,
+                         stop_check=stop_check)
         self.config = zero_config(train, self.world)
         self.stage = train.deepspeed.stage
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(

@@ -48,13 +48,19 @@ def train_sft(ctx: JobContext, student: Student, train: Training, rows: list[dic
         model = torch.nn.parallel.DistributedDataParallel(model)
     settings = TrainSettings.of(train, keep_order=keep_order)
     quiet = log if rank == 0 else lambda m: None
+    stop_check = None
+    if train.stop_at:
+        from .stop_at import AccuracyTarget
+
+        stop_check = AccuracyTarget(train.stop_at, tokenizer, log=quiet)
     if train.deepspeed:
         from .deepspeed_trainer import DeepSpeedTrainer
 
         trainer = DeepSpeedTrainer(model, tokenizer, examples, settings, ctx.checkpoint_dir, ctx.metrics_path,
-                                   train, log=quiet)
+                                   train, log=quiet, stop_check=stop_check)
     else:
-        trainer = Trainer(model, tokenizer, examples, settings, ctx.checkpoint_dir, ctx.metrics_path, log=quiet)
+        trainer = Trainer(model, tokenizer, examples, settings, ctx.checkpoint_dir, ctx.metrics_path, log=quiet,
+                          stop_check=stop_check)
     finished = trainer.train()
     if finished and train.deepspeed:
         trainer.save_model(ctx.output)  # every rank: ZeRO-3 gathers the partitioned weights
@@ -63,8 +69,10 @@ def train_sft(ctx: JobContext, student: Student, train: Training, rows: list[dic
         final.save_pretrained(ctx.output)
         tokenizer.save_pretrained(ctx.output)
     if finished and rank == 0:
-        (ctx.output / "training_summary.json").write_text(json.dumps(
-            {"steps": trainer.step, "examples": len(examples), "student": student.model}, indent=1))
+        summary = {"steps": trainer.step, "examples": len(examples), "student": student.model}
+        if train.stop_at:
+            summary["stopped_at_target"] = trainer.stopped_early
+        (ctx.output / "training_summary.json").write_text(json.dumps(summary, indent=1))
         log(f"saved the student to {ctx.output}")
     if distributed:
         dist.barrier()

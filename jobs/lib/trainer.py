@@ -61,8 +61,12 @@ def newest_checkpoint(checkpoint_dir: Path) -> Path | None:
 
 class Trainer:
     def __init__(self, model, tokenizer, examples: list[dict], settings: TrainSettings,
-                 checkpoint_dir: Path, metrics_path: Path, log=print):
+                 checkpoint_dir: Path, metrics_path: Path, log=print, stop_check=None):
+        """`stop_check(model, step) -> (stop, metrics)`, with an `every` attribute: called on rank 0
+        every `every` steps; training ends early (as finished) when it says stop."""
         self.model, self.tokenizer, self.examples, self.s = model, tokenizer, examples, settings
+        self.stop_check = stop_check
+        self.stopped_early = False
         self.checkpoint_dir, self.metrics_path, self.log = Path(checkpoint_dir), Path(metrics_path), log
         self.rank = dist.get_rank() if dist.is_initialized() else 0
         self.world = dist.get_world_size() if dist.is_initialized() else 1
@@ -179,11 +183,25 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return loss, gnorm, extra
 
+    def _target_reached(self, metrics) -> bool:
+        """Run `stop_check` on rank 0 and tell every rank what it decided."""
+        decision = torch.zeros(1)
+        if self.rank == 0:
+            reached, extra = self.stop_check(self._unwrapped(), self.step)
+            metrics.write(json.dumps({"step": self.step, **extra}) + "\n")
+            metrics.flush()
+            decision[0] = float(reached)
+        self.model.train()  # decoding switched it to eval mode
+        if dist.is_initialized():
+            dist.broadcast(decision, 0)
+        return bool(decision.item())
+
     def _on_sigterm(self, *_):
         self._stop = True
 
     def train(self) -> bool:
-        """Train to `max_steps`. Returns False when stopped early by SIGTERM (checkpoint saved)."""
+        """Train to `max_steps`, or until `stop_check` says stop. Returns False when stopped by SIGTERM
+        (checkpoint saved)."""
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         self.resume()
         signal.signal(signal.SIGTERM, self._on_sigterm)
@@ -205,6 +223,10 @@ class Trainer:
                     shown = "".join(f" {k} {v:g}" for k, v in extra.items() if isinstance(v, int | float))
                     self.log(f"step {self.step}/{self.s.max_steps} loss {rec['loss']:.4f} "
                              f"lr {rec['lr']:.2e} {rec['tokens_per_s']:.0f} tok/s{shown}")
+                if (self.stop_check and self.step % self.stop_check.every == 0 and self.step < self.s.max_steps
+                        and self._target_reached(metrics)):
+                    self.stopped_early = True
+                    return True
                 if self.step % self.s.checkpoint_every == 0 and self.step < self.s.max_steps:
                     self.save_checkpoint()
                 if self._stop:
