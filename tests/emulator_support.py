@@ -90,9 +90,10 @@ def configure(home: Path, emu: RunningEmulator, **extra: str) -> None:
     oss2.Bucket(oss2.Auth(ACCESS_KEY_ID, ACCESS_KEY_SECRET), emu.url, BUCKET).create_bucket()
 
 
-def cli(home: Path, *args, secret: str = ACCESS_KEY_SECRET, timeout: float = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([*CLI, *map(str, args)], env=client_env(home, secret), capture_output=True, text=True,
-                          timeout=timeout)
+def cli(home: Path, *args, secret: str = ACCESS_KEY_SECRET, timeout: float = 900,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *map(str, args)], env={**client_env(home, secret), **(env or {})},
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def dlc_client(emu: RunningEmulator, secret: str = ACCESS_KEY_SECRET):

@@ -162,6 +162,27 @@ def test_dry_run_body_is_a_dlc_create_job_request(tmp_path):
     assert not {"MASTER_ADDR", "RANK", "WORLD_SIZE"} & set(body["Envs"])  # DLC sets these per pod
 
 
+def test_api_key_env_reaches_a_job_only_with_pass_secrets(emu, tmp_path):
+    key = {"TEST_TEACHER_KEY": "teacher-key-7f3a"}
+    home = tmp_path / "home"
+    configure(home, emu)
+    gen = tmp_path / "gen.yaml"
+    with start_teacher(api_key=key["TEST_TEACHER_KEY"]) as t:
+        gen.write_text(yaml.safe_dump({"teacher": {"base_url": t.base_url, "api_key_env": "TEST_TEACHER_KEY",
+                                                   "max_retries": 0}, "problems": {"n": 6, "seed": 2}}))
+        withheld = cli(home, "submit", "generate", "-c", gen, "--backend", "pai", env=key)
+        assert withheld.returncode != 0, withheld.stderr[-2000:]
+        assert "not handed $TEST_TEACHER_KEY" in withheld.stderr and "pass_secrets=true" in withheld.stderr
+
+        assert cli(home, "config", "set", "pass_secrets=true").returncode == 0
+        dry = cli(home, "submit", "generate", "-c", gen, "--backend", "pai", "--dry-run", env=key)
+        assert json.loads(dry.stdout)["Envs"]["TEST_TEACHER_KEY"] == "***"
+        handed = cli(home, "submit", "generate", "-c", gen, "--backend", "pai", env=key)
+        assert handed.returncode == 0, handed.stderr[-2000:]
+        assert "not handed" not in handed.stderr and t.app.state.stats.completions == 6
+    assert not [o for o in (dry.stdout, dry.stderr, handed.stdout, handed.stderr) if key["TEST_TEACHER_KEY"] in o]
+
+
 def test_wrong_secret_is_one_line_from_the_cli(emu, teacher, tmp_path):
     home = tmp_path / "home"
     configure(home, emu)

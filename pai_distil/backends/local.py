@@ -54,6 +54,11 @@ def container_name(run_id: str, rank: int) -> str:
 
 def secret_names(config: dict) -> list[str]:
     """Names of the variables holding this job's secrets: its config's `*api_key_env` values, and known names."""
+    return sorted(set(named_secrets(config)) | set(SECRET_ENV))
+
+
+def named_secrets(config: dict) -> list[str]:
+    """The variable names a stage config's `*api_key_env` fields hold (teacher, judge, reward service)."""
     named: list[str] = []
 
     def walk(value) -> None:
@@ -68,7 +73,7 @@ def secret_names(config: dict) -> list[str]:
                 walk(v)
 
     walk(config)
-    return sorted(set(named) | set(SECRET_ENV))
+    return sorted(set(named))
 
 
 def needs_endpoints(config: dict) -> bool:

@@ -73,6 +73,13 @@ class Plan:
         env = contract_env(spec, _mount("run", CONFIG_FILE), inputs=inputs, output=_mount("output"),
                            checkpoint_dir=_mount("checkpoints"))
         self.env = {k: v for k, v in env.items() if k not in DLC_SETS}
+        from .local import named_secrets
+
+        present = [n for n in named_secrets(spec.config) if os.environ.get(n)]
+        # Envs are the only way DLC hands a job a value, and they show in the job's description.
+        if cfg.pass_secrets:
+            self.env.update({n: os.environ[n] for n in present})
+        self.withheld = [] if cfg.pass_secrets else present
 
     def image(self) -> str:
         """The job image: PAI pulls it from a registry, so it is named in the config, never guessed."""
@@ -136,6 +143,11 @@ class PaiBackend(ProcessBackend):
         from ..pai.oss import Storage, Transfer
 
         plan.image()  # a missing setting fails before anything is uploaded
+        if plan.withheld:
+            names = ", ".join(f"${n}" for n in plan.withheld)
+            console.print(f"[yellow]warning:[/] the job is not handed {names} (its config's api_key_env): an "
+                          "endpoint that needs it will refuse the job. `pai-distil config set pass_secrets=true` "
+                          "hands it as a DLC Env, which workspace members can read")
         directory = run_dir(record.id)
         config_path = write_run_files(spec, directory)
         storage = Storage(plan.cfg, console)

@@ -41,6 +41,9 @@ class PaiConfig(Strict):
     vpc_id: str | None = None
     switch_id: str | None = None
     security_group_id: str | None = None
+    pass_secrets: bool = Field(
+        False, description="hand a job the variables its config's api_key_env fields name (teacher, judge, reward "
+                           "service tokens) as DLC Envs, which whoever can read the job in the workspace sees")
 
     @field_validator("oss_endpoint", "dlc_endpoint", "dsw_endpoint")
     @classmethod
