@@ -192,6 +192,14 @@ def test_list_describe_and_signature(emulator, service):
     assert missing.returncode == 2 and "no EAS service 'nope'" in missing.stderr
 
 
+def test_eas_endpoint_can_come_from_pai_distil_config(emulator, service, tmp_path):
+    env = {k: v for k, v in cloud_env(emulator).items() if k != "PAI_DISTIL_EAS_ENDPOINT"}
+    env["PAI_DISTIL_HOME"] = str(tmp_path / "home")
+    assert cli("config", "set", f"eas_endpoint={emulator}", env=env).returncode == 0
+    listed = cli("deploy", "list", env=env)
+    assert listed.returncode == 0 and re.search(r"student\s+Running", listed.stdout), listed.stderr
+
+
 def test_rolling_update_fails_no_request_and_switches_to_the_new_checkpoint(emulator, ckpts):
     from pai_distil_jobs.serve import fingerprint
 

@@ -63,7 +63,8 @@ def local(checkpoint, host, port, token, no_auth, name, use_docker, image, max_b
 
 def _target_options(f):
     f = click.option("--endpoint", envvar="PAI_DISTIL_EAS_ENDPOINT", show_envvar=True,
-                     help="EAS API endpoint (default: pai-eas.REGION.aliyuncs.com; the emulator: http://127.0.0.1:8790)")(f)
+                     help="EAS API endpoint (default: `pai-distil config`'s eas_endpoint, else pai-eas.REGION.aliyuncs.com; "
+                          "the emulator: http://127.0.0.1:8790)")(f)
     return click.option("--region", envvar="ALIBABA_CLOUD_REGION_ID", show_envvar=True,
                         help="region of the EAS services (default: `pai-distil config`'s region)")(f)
 
@@ -72,6 +73,13 @@ def _region(region: str | None) -> str:
     from ..pai.config import load
 
     return region or load().region
+
+
+def _endpoint(endpoint: str | None) -> str | None:
+    """--endpoint, else `pai-distil config`'s eas_endpoint, else None (EAS's regional one)."""
+    from ..pai.config import load
+
+    return endpoint or load().eas_endpoint
 
 
 def _autoscale(value: str | None) -> tuple[int, int] | None:
@@ -158,7 +166,7 @@ def eas(checkpoint, name, engine, template, sets, image, served_model_name, inst
         click.echo(json.dumps(masked(config), indent=2))
         return
     console = Console(stderr=True)
-    target = eas_api.Target(region, endpoint)
+    target = eas_api.Target(region, _endpoint(endpoint))
     c = eas_api.client(target)
     existing = eas_api.describe(c, target, options.service_name)
     if existing is not None and not given_token:
@@ -201,7 +209,7 @@ def list_services(region, endpoint):
     from ..deploy import eas as eas_api
 
     region = _region(region)
-    target = eas_api.Target(region, endpoint)
+    target = eas_api.Target(region, _endpoint(endpoint))
     services = eas_api.list_services(eas_api.client(target))
     if not services:
         click.echo(f"no EAS services in {region}; create one with `pai-distil deploy eas RUN`")
@@ -233,7 +241,7 @@ def describe_service(name, region, endpoint, as_json):
     from ..deploy.eas_config import mask_token, masked
 
     region = _region(region)
-    target = eas_api.Target(region, endpoint)
+    target = eas_api.Target(region, _endpoint(endpoint))
     svc = eas_api.describe(eas_api.client(target), target, name)
     if svc is None:
         raise UserError(f"there is no EAS service {name!r} in {region}; `pai-distil deploy list` shows them")
@@ -265,7 +273,7 @@ def delete_service(name, region, endpoint, yes):
     from ..deploy import eas as eas_api
 
     region = _region(region)
-    target = eas_api.Target(region, endpoint)
+    target = eas_api.Target(region, _endpoint(endpoint))
     c = eas_api.client(target)
     if not yes:
         click.confirm(f"delete EAS service {name} in {region}?", abort=True)

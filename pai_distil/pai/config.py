@@ -30,6 +30,7 @@ class PaiConfig(Strict):
     oss_prefix: str = Field("pai-distil", description="folder in the bucket for everything pai-distil writes")
     dlc_endpoint: str | None = Field(None, description="e.g. https://pai-dlc.cn-hangzhou.aliyuncs.com; default from region")
     dsw_endpoint: str | None = Field(None, description="e.g. https://pai-dsw.cn-hangzhou.aliyuncs.com; default from region")
+    eas_endpoint: str | None = Field(None, description="e.g. https://pai-eas.cn-hangzhou.aliyuncs.com; default from region")
     image: str | None = Field(None, description="job image (a GPU training image in ACR)")
     ecs_spec: str | None = Field(None, description="instance type per node on public resources, e.g. ml.gu7i.c32m188.1-gu30")
     quota_id: str | None = Field(None, description="resource quota / group id; jobs then use ResourceConfig")
@@ -45,7 +46,7 @@ class PaiConfig(Strict):
         False, description="hand a job the variables its config's api_key_env fields name (teacher, judge, reward "
                            "service tokens) as DLC Envs, which whoever can read the job in the workspace sees")
 
-    @field_validator("oss_endpoint", "dlc_endpoint", "dsw_endpoint")
+    @field_validator("oss_endpoint", "dlc_endpoint", "dsw_endpoint", "eas_endpoint")
     @classmethod
     def _url(cls, v: str | None) -> str | None:
         if v is not None and not v.startswith(("http://", "https://")):
