@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+import yaml
 from conftest import job_errors, run_job
 
 from pai_distil.specs import SlowThinkingConfig
@@ -57,6 +62,20 @@ def test_an_unreached_target_trains_to_max_steps(tmp_path):
     assert summary == {**summary, "steps": 25, "stopped_at_target": False}
     assert [m["step"] for m in metrics(out) if "heldout_accuracy" in m] == [10, 20]
     assert "held-out accuracy" in proc.stdout and "stop_at 100.0%" in proc.stdout
+
+
+def test_two_processes_stop_at_the_same_step(tmp_path):
+    """Rank 0 decides and every rank follows: no rank waits in a collective the others left."""
+    cfg = tmp_path / "student.yaml"
+    cfg.write_text(yaml.safe_dump(config(0.1, 400)))
+    env = {**os.environ, "PAI_DISTIL_HOME": str(tmp_path / "home")}
+    proc = subprocess.run([sys.executable, "-m", "pai_distil", "submit", "slow-thinking", "-c", str(cfg),
+                           "-i", f"cots={level1_cots(tmp_path)}", "--nproc-per-node", "2"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((Path(proc.stdout.strip()) / "training_summary.json").read_text())
+    assert summary["stopped_at_target"] is True and summary["steps"] < 400
+    assert proc.stderr.count("target reached") == 1  # logged by rank 0 alone
 
 
 @pytest.mark.parametrize("bad, field", [({"accuracy": 0}, "accuracy"), ({"accuracy": 0.5, "every": 0}, "every"),
