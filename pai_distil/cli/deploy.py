@@ -69,17 +69,14 @@ def _target_options(f):
                         help="region of the EAS services (default: `pai-distil config`'s region)")(f)
 
 
-def _region(region: str | None) -> str:
+def _target(region: str | None, endpoint: str | None):
+    """The EAS region and API endpoint: the options, else `pai-distil config`'s region and
+    eas_endpoint (read once), else EAS's regional endpoint."""
+    from ..deploy import eas as eas_api
     from ..pai.config import load
 
-    return region or load().region
-
-
-def _endpoint(endpoint: str | None) -> str | None:
-    """--endpoint, else `pai-distil config`'s eas_endpoint, else None (EAS's regional one)."""
-    from ..pai.config import load
-
-    return endpoint or load().eas_endpoint
+    cfg = load() if region is None or endpoint is None else None
+    return eas_api.Target(region or cfg.region, endpoint or cfg.eas_endpoint)
 
 
 def _autoscale(value: str | None) -> tuple[int, int] | None:
@@ -140,7 +137,8 @@ def eas(checkpoint, name, engine, template, sets, image, served_model_name, inst
     from ..deploy.eas_config import REWARD, EasOptions, build, engine_for, masked
     from ..pai.config import load
 
-    region = _region(region)
+    target = _target(region, endpoint)
+    region = target.region
     ckpt = resolve(checkpoint)
     engine = engine_for(engine, ckpt.reward, ckpt.location)
     if engine == REWARD:
@@ -166,7 +164,6 @@ def eas(checkpoint, name, engine, template, sets, image, served_model_name, inst
         click.echo(json.dumps(masked(config), indent=2))
         return
     console = Console(stderr=True)
-    target = eas_api.Target(region, _endpoint(endpoint))
     c = eas_api.client(target)
     existing = eas_api.describe(c, target, options.service_name)
     if existing is not None and not given_token:
@@ -208,8 +205,8 @@ def list_services(region, endpoint):
 
     from ..deploy import eas as eas_api
 
-    region = _region(region)
-    target = eas_api.Target(region, _endpoint(endpoint))
+    target = _target(region, endpoint)
+    region = target.region
     services = eas_api.list_services(eas_api.client(target))
     if not services:
         click.echo(f"no EAS services in {region}; create one with `pai-distil deploy eas RUN`")
@@ -240,8 +237,8 @@ def describe_service(name, region, endpoint, as_json):
     from ..deploy import eas as eas_api
     from ..deploy.eas_config import mask_token, masked
 
-    region = _region(region)
-    target = eas_api.Target(region, _endpoint(endpoint))
+    target = _target(region, endpoint)
+    region = target.region
     svc = eas_api.describe(eas_api.client(target), target, name)
     if svc is None:
         raise UserError(f"there is no EAS service {name!r} in {region}; `pai-distil deploy list` shows them")
@@ -272,8 +269,8 @@ def delete_service(name, region, endpoint, yes):
     """Delete the EAS service NAME (its instances stop; the checkpoint on OSS stays)."""
     from ..deploy import eas as eas_api
 
-    region = _region(region)
-    target = eas_api.Target(region, _endpoint(endpoint))
+    target = _target(region, endpoint)
+    region = target.region
     c = eas_api.client(target)
     if not yes:
         click.confirm(f"delete EAS service {name} in {region}?", abort=True)
