@@ -44,8 +44,9 @@ def main() -> int:
                 # torchrun's children inherit the job contract variables; DLC's RANK/WORLD_SIZE are
                 # node-level and torchrun rewrites them per process.
                 os.execv(sys.executable, _torchrun_argv())
-            # One process in all: run here, as torchrun's only worker would (and keep our exit code).
-            os.environ.update(LOCAL_RANK="0", RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1")
+            # One process in all: run here, without a process group (and keep our exit code). No
+            # LOCAL_RANK: accelerate would read it as a distributed launch and wait for a rendezvous.
+            os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1")
         module = importlib.import_module(f"pai_distil_jobs.stages.{MODULES[ctx.stage]}")
         ctx.output.mkdir(parents=True, exist_ok=True)
         finished = module.run(ctx)

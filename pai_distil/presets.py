@@ -18,3 +18,21 @@ def is_preset(model: str) -> bool:
 
 def preset_name(model: str) -> str:
     return str(model)[len(PREFIX):]
+
+
+CONFIG_KEY = "pai_distil_preset"  # written into a preset's config.json, so its descendants stay presets
+
+
+def trains_like_preset(model: str) -> bool:
+    """True for a preset or a checkpoint grown from one (its config.json names the preset): such models
+    take the test bench's training defaults; every other checkpoint takes the field's."""
+    import json
+    from pathlib import Path
+
+    if is_preset(model):
+        return True
+    config = Path(model) / "config.json"
+    try:
+        return CONFIG_KEY in json.loads(config.read_text())
+    except (OSError, ValueError):  # a hub id, or no readable config: a real checkpoint
+        return False

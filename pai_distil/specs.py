@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -84,7 +84,7 @@ class DeepSpeed(Strict):
     """DeepSpeed ZeRO: optimizer state (stage 2) and parameters too (stage 3) partitioned across processes."""
 
     stage: Literal[2, 3] = Field(2, description="ZeRO stage: 2 partitions optimizer state and gradients, 3 also parameters")
-    bf16: bool = Field(False, description="bf16 mixed precision (GPUs that support it; leave off on CPU)")
+    bf16: bool | None = Field(None, description="bf16 mixed precision; default: train.bf16 (on where the GPU supports it)")
     offload_optimizer: bool = Field(False, description="keep optimizer state in CPU memory (ZeRO-Offload)")
     offload_param: bool = Field(False, description="stage 3 only: keep parameters in CPU memory")
 
@@ -106,23 +106,73 @@ class StopAt(Strict):
     max_new_tokens: int = Field(128, ge=1)
 
 
+class Lora(Strict):
+    """PEFT LoRA: train low-rank adapters instead of every weight; the output is the merged checkpoint
+    plus the adapter in `adapter/`."""
+
+    r: int = Field(16, ge=1, le=4096, description="rank of the adapter matrices")
+    alpha: int = Field(32, ge=1, description="scaling numerator: updates are scaled by alpha / r")
+    dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the adapter's input")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="module names to adapt (e.g. [q_proj, v_proj]), or all-linear")
+
+
+class FSDP(Strict):
+    """PyTorch FSDP through accelerate: parameters, gradients and optimizer state sharded across GPUs."""
+
+    sharding: Literal["full_shard", "shard_grad_op"] = Field(
+        "full_shard", description="full_shard: parameters too, like ZeRO-3; shard_grad_op: gradients and optimizer "
+                                  "state, like ZeRO-2 (FSDP2)")
+    offload: bool = Field(False, description="keep parameters and optimizer state in CPU memory")
+
+
+# Defaults that depend on what is trained: a tiny preset learns fast at a high rate on short chains;
+# a real checkpoint needs the field's small rate and long sequences. `None` in a config means "by kind".
+PRESET_TRAINING = {"learning_rate": 3e-3, "max_length": 1024, "gradient_checkpointing": False}
+CHECKPOINT_TRAINING = {"learning_rate": 1e-5, "max_length": 8192, "gradient_checkpointing": True}
+
+
 class Training(Strict):
-    max_steps: int = Field(600, ge=1, description="optimizer steps")
+    """Supervised training on TRL and accelerate: one process per GPU (or CPU process), bf16 on GPUs."""
+
+    max_steps: int = Field(600, ge=1, le=100_000_000, description="optimizer steps")
     schedule_steps: int | None = Field(
-        None, ge=1, description="length of the learning-rate schedule (warmup, then cosine decay); default "
-                                "max_steps. Above max_steps, training stops partway down the schedule: a "
-                                "student that has not converged, with room left for reinforcement learning")
-    batch_size: int = Field(32, ge=1)
-    learning_rate: float = Field(3e-3, gt=0)
-    warmup_steps: int = Field(30, ge=0)
-    weight_decay: float = Field(0.0, ge=0)
-    max_length: int = Field(1024, ge=16, description="tokens per training sequence; longer ones are cut")
+        None, ge=1, le=100_000_000,
+        description="length of the learning-rate schedule (warmup, then cosine decay); default "
+                    "max_steps. Above max_steps, training stops partway down the schedule: a "
+                    "student that has not converged, with room left for reinforcement learning")
+    batch_size: int = Field(32, ge=1, le=1_000_000,
+                            description="sequences per optimizer step, over all processes and accumulation steps")
+    gradient_accumulation_steps: int = Field(
+        1, ge=1, le=4096, description="micro-batches per optimizer step: each process takes "
+                                      "batch_size / (processes x this) sequences at a time")
+    learning_rate: float | None = Field(None, gt=0, le=10, allow_inf_nan=False,
+                                        description="peak learning rate; default 3e-3 for presets, 1e-5 for checkpoints")
+    warmup_steps: int = Field(30, ge=0, le=100_000_000)
+    weight_decay: float = Field(0.0, ge=0, le=10, allow_inf_nan=False)
+    max_length: int | None = Field(None, ge=16, le=1_048_576,
+                                   description="tokens per training sequence; longer ones are cut (see max_truncated); "
+                                               "default 1024 for presets, 8192 for checkpoints")
+    max_truncated: float = Field(0.05, ge=0, le=1, description="fail when more than this share of rows is cut at "
+                                                               "max_length (warned above 1 %)")
+    bf16: bool | None = Field(None, description="bf16 mixed precision; default: on where the GPU supports it, off on CPU")
+    gradient_checkpointing: bool | None = Field(
+        None, description="recompute activations in the backward pass (less memory, ~30 % slower); default off "
+                          "for presets, on for checkpoints")
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
+        "auto", description="attention kernel; auto: flash_attention_2 on GPUs when installed, else sdpa")
+    packing: bool = Field(False, description="pack several rows into each max_length sequence (padding-free, "
+                                             "attention kept within each row); faster on GPUs, slower on CPU")
+    padding_free: bool = Field(False, description="concatenate a batch's rows without padding (implied by packing)")
+    lora: Lora | None = Field(None, description="train LoRA adapters (PEFT) instead of every weight")
     checkpoint_every: int = Field(100, ge=1, description="save a resumable checkpoint every N steps")
     keep_checkpoints: int = Field(2, ge=1)
     log_every: int = Field(10, ge=1)
+    max_bad_steps: int = Field(3, ge=1, description="fail the run after this many steps in a row with a non-finite loss")
     seed: int = 0
     deepspeed: DeepSpeed | None = Field(
         None, description="train with DeepSpeed ZeRO (a config generated from these fields); omit for plain DDP")
+    fsdp: FSDP | None = Field(None, description="shard the model with PyTorch FSDP; omit for plain DDP")
     stop_at: StopAt | None = Field(
         None, description="end training early once held-out accuracy reaches a target: a student just good "
                           "enough, whatever its seed (how fast a seed learns varies several-fold)")
@@ -132,7 +182,24 @@ class Training(Strict):
         if self.stop_at and self.deepspeed and self.deepspeed.stage == 3:
             raise ValueError("stop_at decodes with the model on one process, which ZeRO-3 partitions; "
                              "use deepspeed.stage 2, or drop stop_at")
+        if self.stop_at and self.fsdp:
+            raise ValueError("stop_at decodes with the model on one process, which FSDP shards; drop stop_at or fsdp")
+        if self.deepspeed and self.fsdp:
+            raise ValueError("deepspeed and fsdp both shard the model; choose one")
+        if self.lora and (self.fsdp or (self.deepspeed and self.deepspeed.stage == 3)):
+            raise ValueError("lora merges the adapter into whole weights at the end; use it with plain DDP or "
+                             "deepspeed.stage 2, not with ZeRO-3 or fsdp")
         return self
+
+    def by_kind(self, preset: bool) -> tuple[Training, dict]:
+        """This config with every `None` default filled for a preset or a real checkpoint, and what was
+        filled (printed at the start of training, so a user sees every default applied)."""
+        defaults = getattr(self, "PRESET" if preset else "CHECKPOINT")
+        filled = {k: v for k, v in defaults.items() if getattr(self, k) is None}
+        return self.model_copy(update=filled), filled
+
+    PRESET: ClassVar[dict] = PRESET_TRAINING
+    CHECKPOINT: ClassVar[dict] = CHECKPOINT_TRAINING
 
 
 # -- real data ------------------------------------------------------------------------------------
@@ -302,9 +369,15 @@ class StudentSamples(Strict):
 
 
 class RewardTraining(Training):
-    max_steps: int = Field(400, ge=1, description="optimizer steps")
-    learning_rate: float = Field(1e-3, gt=0)
-    max_length: int = Field(384, ge=16, description="tokens per prompt + response; longer ones are cut from the left")
+    """Reward-model training on TRL's RewardTrainer (one process; the head is ours)."""
+
+    PRESET: ClassVar[dict] = {"learning_rate": 1e-3, "max_length": 384, "gradient_checkpointing": False}
+    CHECKPOINT: ClassVar[dict] = {"learning_rate": 5e-6, "max_length": 4096, "gradient_checkpointing": True}
+
+    max_steps: int = Field(400, ge=1, le=100_000_000, description="optimizer steps")
+    max_length: int | None = Field(None, ge=16, le=1_048_576,
+                                   description="tokens per prompt + response; longer ones are cut from the left; "
+                                               "default 384 for presets, 4096 for checkpoints")
     regression_weight: float = Field(
         0.0, ge=0, description="weight of a squared-error term pulling each score toward the judge's score "
                                "(beside the pairwise Bradley-Terry loss); 0: pairwise only")

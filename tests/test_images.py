@@ -118,7 +118,7 @@ def test_zero_configs_follow_the_training_settings():
     cfg = zero_config(train, world_size=2)
     assert cfg["train_micro_batch_size_per_gpu"] == 16 and cfg["train_batch_size"] == 32
     assert cfg["gradient_accumulation_steps"] == 1 and cfg["zero_optimization"]["stage"] == 2
-    assert cfg["bf16"] == {"enabled": False} and "offload_optimizer" not in cfg["zero_optimization"]
+    assert cfg["bf16"] == {"enabled": "auto"} and "offload_optimizer" not in cfg["zero_optimization"]
     z3 = zero_config(Training(batch_size=8, deepspeed={"stage": 3, "bf16": True, "offload_optimizer": True,
                                                        "offload_param": True}), world_size=8)
     assert z3["zero_optimization"]["stage"] == 3 and z3["bf16"]["enabled"]

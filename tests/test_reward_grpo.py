@@ -123,7 +123,7 @@ def test_reward_model_resumes_exactly_from_its_newest_checkpoint(tmp_path):
     import torch
     from pai_distil_jobs.lib.models import load_reward_model
     from pai_distil_jobs.lib.reward import RewardTrainer, encode
-    from pai_distil_jobs.lib.trainer import TrainSettings
+    from pai_distil_jobs.lib.legacy_loop import TrainSettings
 
     problem = world.generate_problems(1, seed=5, levels=[1])[0]
     right = f"<think>\n{problem.start} -> {problem.answer}\n</think>\n\nThe answer is \\boxed{{{problem.answer}}}."
@@ -192,7 +192,7 @@ def test_reward_likelihood_per_token_is_neutral_to_length(micro_student):
 def test_reward_loss_adds_the_language_model_loss_of_the_chosen_responses(micro_student, tmp_path):
     from pai_distil_jobs.lib.models import load_reward_model
     from pai_distil_jobs.lib.reward import RewardTrainer, encode
-    from pai_distil_jobs.lib.trainer import TrainSettings
+    from pai_distil_jobs.lib.legacy_loop import TrainSettings
 
     model, tok = load_reward_model(micro_student)
     prompt = "What is 2 + 2?"

@@ -22,7 +22,7 @@ from pai_distil.specs import GRPOConfig
 from pai_distil.verifiers import check
 
 from .generation import generate
-from .trainer import Trainer
+from .legacy_loop import Trainer
 
 TRUNCATION_WARN_EVERY = 10  # steps between two warnings about cut completions
 

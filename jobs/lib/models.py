@@ -13,7 +13,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, Qwen3Config
 from transformers.utils import logging as hf_logging
 
-from pai_distil.presets import PRESETS, is_preset, preset_name
+from pai_distil.presets import CONFIG_KEY, PRESETS, is_preset, preset_name
 from pai_distil.specs import LIKELIHOOD, LIKELIHOOD_WEIGHT
 
 from .tokenizer import build_tokenizer
@@ -46,6 +46,7 @@ def build_preset(name: str, seed: int) -> tuple[PreTrainedModel, PreTrainedToken
     config = preset_config(name, tokenizer)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    setattr(model.config, CONFIG_KEY, name)  # saved in config.json: descendants keep the preset defaults
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
@@ -59,13 +60,32 @@ def _tokenizer(spec: str) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def load_model(spec: str | Path, seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """A model and its tokenizer from a preset, a local checkpoint directory, or a hub id."""
+def attention_kernel(requested: str | None) -> str:
+    """`auto`: flash-attention on a GPU when the package is installed, else PyTorch's sdpa."""
+    if requested and requested != "auto":
+        return requested
+    if torch.cuda.is_available():
+        import importlib.util
+
+        if importlib.util.find_spec("flash_attn") is not None:
+            return "flash_attention_2"
+    return "sdpa"
+
+
+def load_model(spec: str | Path, seed: int = 0, attn_implementation: str | None = None,
+               dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A model and its tokenizer from a preset, a local checkpoint directory, or a hub id.
+
+    Weights load in fp32 by default: they are the optimizer's master copy, and bf16 runs as mixed
+    precision over them (bf16 master weights lose updates of ~1e-5 relative size)."""
     spec = str(spec)
+    attn = attention_kernel(attn_implementation)
     if is_preset(spec):
-        return build_preset(preset_name(spec), seed)
+        model, tokenizer = build_preset(preset_name(spec), seed)
+        model.set_attn_implementation(attn)
+        return model.to(dtype), tokenizer
     tokenizer = _tokenizer(spec)
-    model = AutoModelForCausalLM.from_pretrained(spec, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(spec, dtype=dtype, attn_implementation=attn)
     return model, tokenizer
 
 
@@ -90,3 +110,7 @@ def load_reward_model(spec: str | Path, seed: int = 0, likelihood_weight: float 
     if head.exists():
         model.load_head(head)
     return model, tokenizer
+
+
+def set_generation_stops(model, tokenizer) -> None:
+    """Placeholder: the end-of-turn stops land with the template work."""

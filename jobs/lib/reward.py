@@ -32,7 +32,7 @@ from torch import nn
 from pai_distil.artifacts import REWARD_HEAD as HEAD
 from pai_distil.specs import LIKELIHOOD, LIKELIHOOD_WEIGHT, Likelihood
 
-from .trainer import Trainer
+from .legacy_loop import Trainer
 
 STATS = "reward_stats.json"
 LIKELIHOODS = get_args(Likelihood)

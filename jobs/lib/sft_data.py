@@ -44,3 +44,13 @@ def collate(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
         labels[i, :n] = torch.tensor(e["labels"])
         mask[i, :n] = 1
     return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+def encode_rows(tokenizer, rows: list[dict], max_length: int, max_truncated: float = 0.05, log=print) -> list[dict]:
+    """Every row encoded (placeholder until the truncation report lands)."""
+    from ..contract import JobError
+
+    out = [e for r in rows if (e := encode_messages(tokenizer, r["messages"], max_length, r.get("chat_template_kwargs")))]
+    if not out:
+        raise JobError(f"every training row is longer than train.max_length={max_length}; raise it")
+    return out

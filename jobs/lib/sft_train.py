@@ -1,80 +1,122 @@
-"""The SFT driver shared by the distillation stages: model, data, distributed setup, final save."""
+"""The SFT driver shared by the distillation stages: TRL's `SFTTrainer` over accelerate.
+
+One process per GPU (`cuda:LOCAL_RANK`, NCCL) or per CPU process (gloo), bf16 where the GPU
+supports it, DeepSpeed ZeRO / FSDP / LoRA when asked. Rows are tokenized here (the loss mask
+comes from the chat template, see `sft_data`), so TRL trains exactly the tokens we chose.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 
-import torch
-import torch.distributed as dist
-
+from pai_distil.presets import trains_like_preset
 from pai_distil.specs import Student, Training
 
-from ..contract import JobContext, JobError, log
+from ..contract import JobContext, log
 from .models import load_model
-from .sft_data import encode_messages
-from .trainer import Trainer, TrainSettings
+from .sft_data import encode_rows
+from .trainer import JobCallback, JobTrainerMixin, TrainSettings, fit, set_cpu_threads, tensorboard_callback, \
+    training_arguments
 
 
-def _init_distributed() -> bool:
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("gloo")
-        return True
-    return False
+def _sft_trainer_class():
+    from trl import SFTTrainer
+
+    class JobSFTTrainer(JobTrainerMixin, SFTTrainer):
+        """TRL's SFTTrainer with the job contract's checkpoints, schedule and divergence check."""
+
+    return JobSFTTrainer
+
+
+def lora_config(lora):
+    from peft import LoraConfig
+
+    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                      target_modules=lora.target_modules, task_type="CAUSAL_LM")
+
+
+def say_defaults(filled: dict, preset: bool, say) -> None:
+    if filled:
+        kind = "a preset" if preset else "a checkpoint"
+        say(f"defaults for {kind}: " + ", ".join(f"train.{k}={v}" for k, v in filled.items())
+            + " (set them in the config to override)")
 
 
 def train_sft(ctx: JobContext, student: Student, train: Training, rows: list[dict], keep_order: bool = False) -> bool:
-    """Train `student` on SFT rows; write the final HF checkpoint to ctx.output. False if stopped early.
+    """Train `student` on SFT rows; write the final HF checkpoint to ctx.output. False if stopped early
+    by SIGTERM (a checkpoint was saved).
 
     `keep_order`: batches follow the rows' order (a curriculum) instead of being shuffled.
     """
-    if train.deepspeed:  # DeepSpeed sets up its own group (gloo on CPU, NCCL on GPU)
-        from .deepspeed_trainer import init_distributed
+    import datasets
+    from trl import SFTConfig
 
-        init_distributed()
-    distributed = dist.is_initialized() or _init_distributed()
-    rank = dist.get_rank() if distributed else 0
-    model, tokenizer = load_model(student.model, seed=student.seed)
-    examples = [e for r in rows
-                if (e := encode_messages(tokenizer, r["messages"], train.max_length, r.get("chat_template_kwargs")))]
-    if not examples:
-        raise JobError(f"every training row is longer than train.max_length={train.max_length}; raise it")
-    if rank == 0:
-        n_tok = sum(len(e["input_ids"]) for e in examples)
-        n_params = sum(p.numel() for p in model.parameters())
-        log(f"model {n_params / 1e6:.2f}M parameters; {len(examples)} sequences, {n_tok} tokens "
-            f"(mean {n_tok / len(examples):.0f}); {train.max_steps} steps of batch {train.batch_size}")
-    if distributed and not train.deepspeed:
-        model = torch.nn.parallel.DistributedDataParallel(model)
+    datasets.disable_progress_bars()  # job logs are files: TRL's data preparation bars are noise there
+
+    rank = int(os.environ.get("RANK", "0"))
+    say = log if rank == 0 else (lambda m: None)
+    threads = set_cpu_threads()
+    preset = trains_like_preset(student.model)
+    train, filled = train.by_kind(preset)
+    say_defaults(filled, preset, say)
+    model, tokenizer = load_model(student.model, seed=student.seed, attn_implementation=train.attn_implementation)
+    examples = encode_rows(tokenizer, rows, train.max_length, train.max_truncated, log=say)
     settings = TrainSettings.of(train, keep_order=keep_order)
-    quiet = log if rank == 0 else lambda m: None
+    args = training_arguments(settings, ctx.checkpoint_dir, len(examples), cls=SFTConfig,
+                              max_length=train.max_length, packing=train.packing, padding_free=train.padding_free,
+                              dataset_num_proc=None, shuffle_dataset=False)
+    n_tok = sum(len(e["input_ids"]) for e in examples)
+    say(f"model {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on {args.device} "
+        f"({'bf16' if args.bf16 else 'fp32'}, {model.config._attn_implementation}, {threads} CPU threads); "
+        f"{len(examples)} sequences, {n_tok} tokens (mean {n_tok / len(examples):.0f}); {train.max_steps} steps "
+        f"of batch {train.batch_size} = {args.world_size} processes x {args.per_device_train_batch_size} "
+        f"x {args.gradient_accumulation_steps} accumulation")
     stop_check = None
     if train.stop_at:
         from .stop_at import AccuracyTarget
 
-        stop_check = AccuracyTarget(train.stop_at, tokenizer, log=quiet)
-    if train.deepspeed:
-        from .deepspeed_trainer import DeepSpeedTrainer
-
-        trainer = DeepSpeedTrainer(model, tokenizer, examples, settings, ctx.checkpoint_dir, ctx.metrics_path,
-                                   train, log=quiet, stop_check=stop_check)
-    else:
-        trainer = Trainer(model, tokenizer, examples, settings, ctx.checkpoint_dir, ctx.metrics_path, log=quiet,
-                          stop_check=stop_check)
-    finished = trainer.train()
-    if finished and train.deepspeed:
-        trainer.save_model(ctx.output)  # every rank: ZeRO-3 gathers the partitioned weights
-    elif finished and rank == 0:
-        final = model.module if distributed else model
-        final.save_pretrained(ctx.output)
-        tokenizer.save_pretrained(ctx.output)
-    if finished and rank == 0:
-        summary = {"steps": trainer.step, "examples": len(examples), "student": student.model}
+        stop_check = AccuracyTarget(train.stop_at, tokenizer, log=say)
+    callback = JobCallback(ctx.metrics_path, log=say, stop_check=stop_check)
+    callbacks = [callback] + ([tensorboard_callback(ctx.output)] if rank == 0 else [])
+    dataset = datasets.Dataset.from_list([{"input_ids": e["input_ids"], "labels": e["labels"]} for e in examples])
+    trainer = _sft_trainer_class()(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                                   peft_config=lora_config(train.lora) if train.lora else None, callbacks=callbacks)
+    trainer.job = settings
+    if train.lora and rank == 0:
+        trained = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+        say(f"LoRA r={train.lora.r}: {trained / 1e6:.3f}M trainable parameters")
+    if not fit(trainer, callback, ctx.checkpoint_dir, log=say):
+        return False
+    save_final(trainer, tokenizer, ctx, train)
+    if rank == 0:
+        summary = {"steps": trainer.state.global_step, "examples": len(examples), "student": student.model}
         if train.stop_at:
-            summary["stopped_at_target"] = trainer.stopped_early
+            summary["stopped_at_target"] = callback.stopped_early
         (ctx.output / "training_summary.json").write_text(json.dumps(summary, indent=1))
-        log(f"saved the student to {ctx.output}")
-    if distributed:
-        dist.barrier()
-        dist.destroy_process_group()
-    return finished
+        say(f"saved the student to {ctx.output}")
+    return True
+
+
+def save_final(trainer, tokenizer, ctx: JobContext, train: Training) -> None:
+    """The student as a Hugging Face checkpoint in ctx.output, whole also under ZeRO-3 / FSDP; with
+    LoRA, the merged model there and the adapter alone in `adapter/`."""
+    from .models import set_generation_stops
+
+    if train.lora:
+        trainer.save_model(str(ctx.output / "adapter"))
+        if trainer.is_world_process_zero():
+            merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
+            set_generation_stops(merged, tokenizer)
+            merged.save_pretrained(ctx.output)
+            tokenizer.save_pretrained(ctx.output)
+    else:
+        if trainer.is_world_process_zero():
+            set_generation_stops(trainer.accelerator.unwrap_model(trainer.model), tokenizer)
+        trainer.save_model(str(ctx.output))  # every rank: ZeRO-3 / FSDP gather the sharded weights
+    if train.deepspeed and trainer.is_world_process_zero():
+        from pai_distil.deepspeed_config import zero_config
+        from .trainer import world_size
+
+        (ctx.output / "deepspeed_config.json").write_text(json.dumps(zero_config(train, world_size()), indent=1))
+    trainer.accelerator.wait_for_everyone()

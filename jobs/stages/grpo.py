@@ -56,7 +56,7 @@ def run(ctx: JobContext) -> bool:
 
     from ..lib.grpo import GRPOTrainer
     from ..lib.models import load_model
-    from ..lib.trainer import TrainSettings
+    from ..lib.legacy_loop import TrainSettings
 
     student = ctx.input("student")
     rows = load_problems(cfg.problems, ctx.inputs.get("problems"), prefix="grpo", data=cfg.data)

@@ -258,15 +258,19 @@ def run(ctx: JobContext) -> bool:
 
 def train(ctx: JobContext, cfg: RewardModelConfig, train_pairs: list[dict], eval_pairs: list[dict],
           candidates: list[dict]) -> bool:
+    from pai_distil.presets import trains_like_preset
+
     from ..lib.models import load_reward_model
     from ..lib.reward import STATS, RewardTrainer, encode, score_texts
-    from ..lib.trainer import TrainSettings
+    from ..lib.legacy_loop import TrainSettings
 
-    t = cfg.train
     if "base" in ctx.inputs:
         source = str(ctx.input("base"))
     else:
         source = str(ctx.input("student")) if cfg.init_from_student else cfg.model.model
+    t, filled = cfg.train.by_kind(trains_like_preset(source))
+    if filled:
+        log("defaults applied: " + ", ".join(f"train.{k}={v}" for k, v in filled.items()))
     model, tokenizer = load_reward_model(source, seed=cfg.model.seed, likelihood_weight=cfg.likelihood_weight,
                                          likelihood=cfg.likelihood)
     examples = [{"chosen": encode(tokenizer, p["prompt"], p["chosen"], t.max_length),
