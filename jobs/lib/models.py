@@ -16,6 +16,7 @@ from transformers.utils import logging as hf_logging
 from pai_distil.presets import CONFIG_KEY, PRESETS, is_preset, preset_name
 from pai_distil.specs import LIKELIHOOD, LIKELIHOOD_WEIGHT
 
+from .threads import set_cpu_threads
 from .tokenizer import build_tokenizer
 
 # Job logs are files, not terminals: transformers' tqdm bars only add noise there.
@@ -79,6 +80,7 @@ def load_model(spec: str | Path, seed: int = 0, attn_implementation: str | None 
     Weights load in fp32 by default: they are the optimizer's master copy, and bf16 runs as mixed
     precision over them (bf16 master weights lose updates of ~1e-5 relative size)."""
     spec = str(spec)
+    set_cpu_threads()
     attn = attention_kernel(attn_implementation)
     if is_preset(spec):
         model, tokenizer = build_preset(preset_name(spec), seed)

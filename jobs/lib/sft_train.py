@@ -16,8 +16,8 @@ from pai_distil.specs import Student, Training
 from ..contract import JobContext, log
 from .models import load_model
 from .sft_data import encode_rows
-from .trainer import JobCallback, JobTrainerMixin, TrainSettings, fit, set_cpu_threads, tensorboard_callback, \
-    training_arguments
+from .threads import set_cpu_threads
+from .trainer import JobCallback, JobTrainerMixin, TrainSettings, fit, tensorboard_callback, training_arguments
 
 
 def _sft_trainer_class():

@@ -89,16 +89,6 @@ def use_bf16(requested: bool | None) -> bool:
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
-def set_cpu_threads() -> int:
-    """One intra-op thread pool per process sized to the CPUs this process may use: on a shared 2-core
-    machine, torch's default of every core per process ran 5-7x slower and far more erratically."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    threads = max(1, cpus // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
-    torch.set_num_threads(threads)
-    return threads
-
-
 # -- schedule and checkpoints ------------------------------------------------------------------------
 
 

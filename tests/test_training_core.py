@@ -1,0 +1,136 @@
+"""The training core on TRL: LoRA, divergence, batch splitting, defaults by kind, TensorBoard, schedule."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from conftest import job_errors, run_job
+
+from pai_distil.artifacts import is_complete
+from pai_distil.synthetic import teacher, world
+
+
+def cots(tmp_path: Path, n: int = 24) -> Path:
+    path = tmp_path / "cots.jsonl"
+    with open(path, "w") as f:
+        for p in world.generate_problems(n, 4, levels=[1]):
+            thought, solution = world.split_thought(teacher.respond(p, 2))
+            f.write(json.dumps({"problem": p.text, "thought": thought, "solution": solution, "correct": True}) + "\n")
+    return path
+
+
+def weights(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "model.safetensors"))
+
+
+def test_lora_trains_only_adapters_and_the_merged_checkpoint_loads(tmp_path):
+    from pai_distil_jobs.lib.models import build_preset
+
+    base = tmp_path / "base"
+    model, tok = build_preset("micro", seed=0)
+    model.save_pretrained(base)
+    tok.save_pretrained(base)
+    cfg = {"student": {"model": str(base)},
+           "train": {"max_steps": 12, "batch_size": 4, "learning_rate": 1e-2, "warmup_steps": 1,
+                     "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}}}
+    out = tmp_path / "out"
+    proc = run_job("slow-thinking", cfg, out, inputs={"cots": cots(tmp_path)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert is_complete(out) and (out / "adapter" / "adapter_config.json").exists()
+    before, after = weights(base), weights(out)
+    assert set(before) == set(after)  # merged: plain weights, no adapter tensors
+    changed = {k for k in before if not (before[k] == after[k]).all()}
+    assert changed and all(("q_proj" in k or "v_proj" in k) for k in changed), changed
+
+    ev = run_job("evaluate", {"problems": {"n": 4, "seed": 9, "levels": [1]}, "max_new_tokens": 16,
+                              "models": [{"name": "lora", "model": str(out)}]}, tmp_path / "eval")
+    assert ev.returncode == 0, ev.stderr[-3000:]
+
+
+def test_a_diverging_loss_fails_the_run_and_leaves_no_artifact(tmp_path):
+    import torch
+
+    from pai_distil_jobs.lib.models import build_preset
+
+    broken = tmp_path / "nan"
+    model, tok = build_preset("micro", seed=0)
+    with torch.no_grad():
+        model.model.norm.weight.fill_(float("nan"))
+    model.save_pretrained(broken)
+    tok.save_pretrained(broken)
+    cfg = {"student": {"model": str(broken)}, "train": {"max_steps": 20, "batch_size": 4, "max_bad_steps": 2}}
+    out = tmp_path / "out"
+    proc = run_job("slow-thinking", cfg, out, inputs={"cots": cots(tmp_path, 8)})
+    errors = job_errors(proc)
+    assert proc.returncode == 2 and len(errors) == 1 and "diverged" in errors[0] and "learning_rate" in errors[0]
+    assert "Traceback" not in proc.stderr and not is_complete(out)
+
+
+def test_a_batch_that_does_not_split_is_one_line(tmp_path):
+    cfg = {"student": {"model": "preset:micro"},
+           "train": {"max_steps": 2, "batch_size": 6, "gradient_accumulation_steps": 4}}
+    proc = run_job("slow-thinking", cfg, tmp_path / "out", inputs={"cots": cots(tmp_path, 8)})
+    errors = job_errors(proc)
+    assert proc.returncode == 2 and len(errors) == 1 and "multiple of 4" in errors[0], proc.stderr[-2000:]
+
+
+def test_accumulation_gives_the_same_step_as_one_big_batch(tmp_path):
+    """4 sequences in one batch or in 2 micro-batches of 2: one optimizer step, the same weights."""
+    import torch
+
+    data = cots(tmp_path, 4)
+    runs = {}
+    for accum in (1, 2):
+        out = tmp_path / f"accum{accum}"
+        cfg = {"student": {"model": "preset:micro"},
+               "train": {"max_steps": 1, "batch_size": 4, "gradient_accumulation_steps": accum, "warmup_steps": 0}}
+        proc = run_job("slow-thinking", cfg, out, inputs={"cots": data})
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        runs[accum] = weights(out)
+    for k, a in runs[1].items():
+        assert torch.allclose(a, runs[2][k], atol=1e-5), k
+
+
+def test_a_real_checkpoint_gets_the_fields_defaults_printed(tmp_path):
+    from transformers import AutoModelForCausalLM, Qwen3Config
+
+    from pai_distil_jobs.lib.tokenizer import build_tokenizer
+
+    tok = build_tokenizer()
+    config = Qwen3Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    ckpt = tmp_path / "real"
+    AutoModelForCausalLM.from_config(config).save_pretrained(ckpt)
+    tok.save_pretrained(ckpt)
+    out = tmp_path / "out"
+    proc = run_job("slow-thinking", {"student": {"model": str(ckpt)}, "train": {"max_steps": 2, "batch_size": 2}},
+                   out, inputs={"cots": cots(tmp_path, 4)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "defaults for a checkpoint: train.learning_rate=1e-05, train.max_length=8192, " \
+           "train.gradient_checkpointing=True" in proc.stdout
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))  # beside metrics.jsonl
+
+
+def test_the_schedule_warms_up_then_decays_to_a_tenth():
+    from pai_distil_jobs.lib.trainer import schedule
+
+    f = schedule(warmup=4, length=104)
+    assert [f(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert f(54) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert f(104) == pytest.approx(0.1) and f(10_000) == pytest.approx(0.1)
+
+
+def test_training_values_that_cannot_work_are_refused():
+    from pai_distil.specs import SlowThinkingConfig
+
+    for bad, field in [({"learning_rate": float("inf")}, "learning_rate"), ({"max_steps": 1e29}, "max_steps"),
+                       ({"lora": {"r": 8}, "fsdp": {}}, "lora"),
+                       ({"deepspeed": {"stage": 2}, "fsdp": {}}, "fsdp")]:
+        with pytest.raises(ValueError, match=field):
+            SlowThinkingConfig.model_validate({"train": bad})
