@@ -91,6 +91,23 @@ def load_model(spec: str | Path, seed: int = 0, attn_implementation: str | None 
     return model, tokenizer
 
 
+def inference_device() -> torch.device:
+    """Where a job decodes: this process's GPU when there is one (`LOCAL_RANK`), else the CPU."""
+    if torch.cuda.is_available():
+        import os
+
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def load_for_inference(spec: str | Path, seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A model ready to decode: on the GPU in bf16 when the node has one (fp32 on CPU), in eval mode."""
+    device = inference_device()
+    bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    model, tokenizer = load_model(spec, seed=seed, dtype=torch.bfloat16 if bf16 else torch.float32)
+    return model.to(device).eval(), tokenizer
+
+
 def load_reward_model(spec: str | Path, seed: int = 0, likelihood_weight: float = LIKELIHOOD_WEIGHT,
                       likelihood: str = LIKELIHOOD):
     """A reward model (`reward.RewardModel`) and its tokenizer: a trained one as it was saved, or a

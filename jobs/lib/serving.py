@@ -22,7 +22,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from pai_distil.deploy.protocol import THINK_CLOSE, THINK_OPEN, BadRequest
 
-from .models import load_model
+from .models import load_for_inference
 
 
 @dataclass
@@ -90,7 +90,7 @@ class Engine:
     def __init__(self, checkpoint: str, max_batch: int = 8, threads: int | None = None):
         if threads:
             torch.set_num_threads(threads)
-        self.model, self.tokenizer = load_model(checkpoint)
+        self.model, self.tokenizer = load_for_inference(checkpoint)
         self.model.eval()
         tok = self.tokenizer
         self.stop_ids = {i for i in (tok.eos_token_id, tok.convert_tokens_to_ids("<|endoftext|>")) if isinstance(i, int)}
@@ -183,7 +183,7 @@ class Engine:
         first = batch[0]
         sample = first.temperature > 0
         self.model.generate(
-            input_ids=ids, attention_mask=mask, max_new_tokens=max(j.max_tokens for j in batch),
+            input_ids=ids.to(self.model.device), attention_mask=mask.to(self.model.device), max_new_tokens=max(j.max_tokens for j in batch),
             do_sample=sample, temperature=first.temperature if sample else None,
             top_p=first.top_p if sample else None, top_k=None, eos_token_id=sorted(self.stop_ids),
             pad_token_id=self.pad_id, streamer=_BatchStreamer(self, batch),

@@ -97,11 +97,11 @@ def _answers(ctx: JobContext, cfg: EvaluateConfig, m: EvalModel, prompts: list[s
     import torch
 
     from ..lib.generation import generate
-    from ..lib.models import load_model
+    from ..lib.models import load_for_inference
 
     source = str(ctx.input(m.input)) if m.input else m.model
     try:
-        model, tokenizer = load_model(source, seed=m.seed)
+        model, tokenizer = load_for_inference(source, seed=m.seed)
     except OSError as e:
         raise JobError(f"model '{m.name}' ({source}) cannot be loaded: {str(e).splitlines()[0]}") from None
     torch.manual_seed(cfg.seed)
