@@ -13,7 +13,7 @@ import os
 from pai_distil.presets import trains_like_preset
 from pai_distil.specs import Student, Training
 
-from ..contract import JobContext, log
+from ..contract import JobContext, JobError, log
 from .models import load_model
 from .sft_data import encode_rows
 from .threads import set_cpu_threads
@@ -83,6 +83,11 @@ def train_sft(ctx: JobContext, student: Student, train: Training, rows: list[dic
     trainer = _sft_trainer_class()(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                                    peft_config=lora_config(train.lora) if train.lora else None, callbacks=callbacks)
     trainer.job = settings
+    if train.fsdp and not trainer.is_fsdp_enabled:
+        raise JobError("train.fsdp needs GPUs (accelerate runs FSDP on multi-GPU nodes only); on CPUs drop it "
+                       "or use train.deepspeed")
+    if train.fsdp or train.deepspeed:
+        say("sharding: " + (f"FSDP2 {train.fsdp.sharding}" if train.fsdp else f"DeepSpeed ZeRO-{train.deepspeed.stage}"))
     if train.lora and rank == 0:
         trained = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
         say(f"LoRA r={train.lora.r}: {trained / 1e6:.3f}M trainable parameters")

@@ -158,6 +158,8 @@ def training_arguments(s: TrainSettings, checkpoint_dir: Path, examples: int, cl
     if s.deepspeed is not None:
         from pai_distil.deepspeed_config import zero_config
 
+        if not cuda:
+            _skip_deepspeed_cpu_kernel()
         kw["deepspeed"] = zero_config(s, world_size())
     if s.fsdp is not None:
         kw["fsdp"] = True
@@ -165,6 +167,15 @@ def training_arguments(s: TrainSettings, checkpoint_dir: Path, examples: int, cl
                              "cpu_offload": s.fsdp.offload, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
                              "state_dict_type": "FULL_STATE_DICT"}
     return cls(**{**kw, **extra})
+
+
+def _skip_deepspeed_cpu_kernel() -> None:
+    """On CPUs DeepSpeed would JIT-compile a shared-memory allreduce kernel when its process group
+    starts, which needs a C++ toolchain (the job images have none) and minutes of two cores; gloo's
+    own allreduce serves. (By module path: the package attribute `deepspeed.comm.torch` is PyTorch.)"""
+    import importlib
+
+    importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
 
 
 # -- the trainer -------------------------------------------------------------------------------------
