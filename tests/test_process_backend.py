@@ -78,13 +78,13 @@ def registry(home) -> Registry:
 
 
 def start(registry: Registry, code: str, *, nodes: int = 1, inputs: dict | None = None, env: dict | None = None,
-          stage: str = "generate") -> RunRecord:
+          stage: str = "generate", config: dict | None = None) -> RunRecord:
     run_id = new_run_id(stage)
     work = paths.work_dir(stage, run_id)
     record = registry.create(run_id, stage, "process", cache_key=run_id, work_dir=work, output=work / "output",
                              log_path=paths.run_dir(run_id) / "job.log")
     spec = JobSpec(run_id=run_id, stage=stage, command=[sys.executable, "-c", PRELUDE + textwrap.dedent(code)],
-                   config={"answer": 42}, inputs=inputs or {}, output=str(work / "output"),
+                   config=config or {"answer": 42}, inputs=inputs or {}, output=str(work / "output"),
                    checkpoint_dir=str(work / "checkpoints"), nodes=nodes, procs_per_node=2, env=env or {})
     return get_backend("process", registry).start(spec, record)
 

@@ -9,8 +9,9 @@ checkpoint dirs read-write, and the job runs as a non-root user. Networking:
   model): the host network, so a teacher on 127.0.0.1 is reachable;
 - several nodes: the host network, `MASTER_ADDR=127.0.0.1`, so torchrun forms one group.
 
-Secrets reach containers only as `docker run -e NAME` (no value on any command line; the docker
-client takes it from its own environment), and containers are removed when they end.
+Secrets (only those the config names, see `job_env`) reach containers as `docker run -e NAME`
+(no value on any command line; the docker client takes it from its own environment), and
+containers are removed when they end.
 
 `start` spawns a detached supervisor (`python -m pai_distil.backends.local RUN_ID REGISTRY`)
 that runs the `docker run` clients, prefixes every line with its node (several nodes), and
@@ -34,15 +35,13 @@ from ..errors import UserError
 from ..paths import run_dir
 from ..registry import ACTIVE, Registry, RunRecord
 from ..specs import JobSpec
+from .job_env import named_secrets
 from .process import CONFIG_FILE, ProcessBackend, contract_env, free_port, write_run_files
 from .supervisor import NO_ARTIFACT, Supervisor, supervise
 
 SUPERVISOR_MODULE = "pai_distil.backends.local"
 MOUNT = PurePosixPath("/pai")
 IMAGE_UID = 1000  # the image's `pai` user, for jobs started by root
-# Names of secrets handed to a job when set here; plus every `api_key_env` its config names.
-SECRET_ENV = ("ALIBABA_CLOUD_ACCESS_KEY_ID", "ALIBABA_CLOUD_ACCESS_KEY_SECRET", "ALIBABA_CLOUD_SECURITY_TOKEN",
-              "OSS_ACCESS_KEY_ID", "OSS_ACCESS_KEY_SECRET", "HF_TOKEN", "DASHSCOPE_API_KEY")
 TAIL_LINES = 20  # a failed node's last lines, copied into the log's closing note
 SEARCH_LINES = 400  # where its `pai-distil job error:` line is looked for
 DOCKER_FAILED = 125  # `docker run` itself failed (image, mounts, engine)
@@ -50,30 +49,6 @@ DOCKER_FAILED = 125  # `docker run` itself failed (image, mounts, engine)
 
 def container_name(run_id: str, rank: int) -> str:
     return f"pai-distil-{run_id}-node{rank}"
-
-
-def secret_names(config: dict) -> list[str]:
-    """Names of the variables holding this job's secrets: its config's `*api_key_env` values, and known names."""
-    return sorted(set(named_secrets(config)) | set(SECRET_ENV))
-
-
-def named_secrets(config: dict) -> list[str]:
-    """The variable names a stage config's `*api_key_env` fields hold (teacher, judge, reward service)."""
-    named: list[str] = []
-
-    def walk(value) -> None:
-        if isinstance(value, dict):
-            for k, v in value.items():
-                if k.endswith("api_key_env") and isinstance(v, str) and v:
-                    named.append(v)
-                else:
-                    walk(v)
-        elif isinstance(value, list):
-            for v in value:
-                walk(v)
-
-    walk(config)
-    return sorted(set(named))
 
 
 def needs_endpoints(config: dict) -> bool:
@@ -132,7 +107,7 @@ def docker_argv(spec: JobSpec, image: str, rank: int, master_port: int, config_p
         argv += ["--mount", m]
     for k, v in env.items():
         argv += ["-e", f"{k}={v}"]
-    for name in secret_names(spec.config):
+    for name in named_secrets(spec.config):
         if name in os.environ and name not in env:
             argv += ["-e", name]  # the value comes from the docker client's environment
     return argv + [image, *_container_command(spec.command)]

@@ -36,6 +36,7 @@ SUPERVISOR_MODULE = "pai_distil.backends.pai"
 JOB_FILE = "dlc-job.json"
 MAX_POLL_ERRORS = 5
 DLC_SETS = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK")  # DLC gives every pod its own
+CREDENTIAL_ENV = ("ALIBABA_CLOUD_ACCESS_KEY_ID", "ALIBABA_CLOUD_ACCESS_KEY_SECRET", "ALIBABA_CLOUD_SECURITY_TOKEN")
 
 
 def _mount(*parts: str) -> str:
@@ -73,7 +74,7 @@ class Plan:
         env = contract_env(spec, _mount("run", CONFIG_FILE), inputs=inputs, output=_mount("output"),
                            checkpoint_dir=_mount("checkpoints"))
         self.env = {k: v for k, v in env.items() if k not in DLC_SETS}
-        from .local import named_secrets
+        from .job_env import named_secrets
 
         present = [n for n in named_secrets(spec.config) if os.environ.get(n)]
         # Envs are the only way DLC hands a job a value, and they show in the job's description.
@@ -115,12 +116,14 @@ def load_config(need_credentials: bool = True):
 
 def dry_run_body(spec: JobSpec) -> dict:
     """The CreateJob body `start` would send (nothing uploaded, no credentials needed)."""
-    from ..pai.dlc import masked, request_body
-    from .local import secret_names
+    from ..masking import masked
+    from ..pai.dlc import SECRET_MARK, request_body
+    from .job_env import named_secrets
 
     plan = Plan(spec, load_config(need_credentials=False))
-    secrets = [os.environ[n] for n in secret_names(spec.config) if os.environ.get(n)]
-    return masked(request_body(plan.request()), secrets)
+    names = [*named_secrets(spec.config), *CREDENTIAL_ENV]
+    return masked(request_body(plan.request()), names=names, values=[os.environ.get(n) for n in names],
+                  mark=SECRET_MARK)
 
 
 class PaiBackend(ProcessBackend):

@@ -3,7 +3,8 @@
 `start` returns at once: a detached supervisor (its own session, so Ctrl-C in the terminal
 does not reach it) runs the job, appends its output to the run's log and records the outcome
 in the registry. The job-contract environment is built by `contract_env`, which the Docker
-backend reuses with container paths.
+backend reuses with container paths; the supervisor and its job see only that, the secrets the
+config names and harmless variables (`job_env`), never the rest of the client's environment.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from ..errors import RunFailed
 from ..paths import run_dir
 from ..registry import ACTIVE, Registry, RunRecord
 from ..specs import JobSpec
+from .job_env import job_environment
 
 SUPERVISOR_MODULE = "pai_distil.backends.supervisor"
 SPEC_FILE = "spec.json"
@@ -103,7 +105,7 @@ class ProcessBackend:
         config_path = write_run_files(spec, run_dir(record.id))
         Path(spec.output).mkdir(parents=True, exist_ok=True)
         Path(spec.checkpoint_dir).mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **contract_env(spec, config_path, master_port=free_port())}
+        env = job_environment(spec.config, contract_env(spec, config_path, master_port=free_port()))
         return self.spawn_supervisor(record, SUPERVISOR_MODULE, env)
 
     def spawn_supervisor(self, record: RunRecord, module: str, env: dict[str, str]) -> RunRecord:

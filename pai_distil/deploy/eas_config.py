@@ -35,6 +35,7 @@ MODEL_DIR = "/mnt/model"
 PORT = 8000
 _PLACEHOLDER = re.compile(r"\$\{([a-z_]+)\}")
 MASK = "****"
+TOKEN_ENVS = ("PAI_DISTIL_REWARD_API_KEY",)  # env entries of the templates that carry the service token
 
 
 def engine_for(requested: str | None, reward: bool | None, where: str) -> str:
@@ -201,22 +202,12 @@ def build(options: EasOptions, sets: tuple[str, ...] = ()) -> dict:
 
 
 def masked(config: dict, *tokens: str | None) -> dict:
-    """A copy safe to print: the service token (metadata.token, and `tokens`) replaced by **** wherever it
-    appears, so a template that also hands it to the container (eas-reward.json) does not show it."""
+    """A copy safe to print: metadata.token and `tokens` masked where they are and in the text, so a
+    template that also hands the token to the container (eas-reward.json) does not show it."""
+    from ..masking import masked as mask
+
     meta = config.get("metadata") if isinstance(config.get("metadata"), dict) else {}
-    hidden = [t for t in (meta.get("token"), *tokens) if t]
-
-    def walk(node):
-        if isinstance(node, dict):
-            return {k: walk(v) for k, v in node.items()}
-        if isinstance(node, list):
-            return [walk(v) for v in node]
-        if isinstance(node, str):
-            for t in hidden:
-                node = node.replace(t, MASK)
-        return node
-
-    return walk(config)
+    return mask(config, names=["token", *TOKEN_ENVS], values=[meta.get("token"), *tokens], mark=MASK)
 
 
 def mask_token(token: str | None) -> str:

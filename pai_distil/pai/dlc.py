@@ -9,7 +9,6 @@ JobMaxRunningTimeMinutes, and Settings.Tags carrying the run id, which makes a s
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from typing import Iterator
@@ -180,12 +179,3 @@ def wait(dlc, job_id: str, until=TERMINAL, timeout_s: float = 3600.0):
         if job.status in until or time.monotonic() > deadline:
             return job
         time.sleep(delay)
-
-
-def masked(body: dict, secrets: list[str]) -> dict:
-    """`body` with any secret value replaced, for printing."""
-    text = json.dumps(body)
-    for s in secrets:
-        if s:
-            text = text.replace(s, SECRET_MARK)
-    return json.loads(text)

@@ -1,0 +1,65 @@
+"""What a job may see of this machine's environment: the job contract, the secrets its config
+names, and an allowlist of harmless variables. Every backend builds a job's environment here.
+
+Why an allowlist rather than the client's environment minus known secrets: a job runs
+third-party libraries and judges model-written code, and anything it is handed can end up in a
+log or an artifact. Credentials are named too many ways (`*_SECRET`, `*_TOKEN`, cloud SDK
+profiles) for a denylist to catch; a job needs only the keys its config names (`api_key_env`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from ..paths import ENV_HOME
+
+# Exact names a job may inherit: how to find programs and files, the locale, proxies and
+# certificates for the endpoints it calls, thread counts, and pai-distil's own non-secret settings.
+HARMLESS = frozenset({
+    "PATH", "HOME", "USER", "LOGNAME", "SHELL", "TERM", "TZ", "TMPDIR", "LANG", "LANGUAGE", "VIRTUAL_ENV",
+    "http_proxy", "https_proxy", "no_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY",
+    "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
+    "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TOKENIZERS_PARALLELISM",
+    ENV_HOME, "PAI_DISTIL_STOP_GRACE_S",
+})
+# Families of settings of the libraries a job runs (devices, NCCL, the hub's cache and offline mode).
+HARMLESS_PREFIXES = ("LC_", "CUDA_", "NCCL_", "NVIDIA_", "HF_", "TRANSFORMERS_", "TORCH_", "PYTORCH_")
+# Secrets that a harmless prefix would admit. A job on this machine that downloads a private
+# model finds the hub's token where `hf auth login` keeps it (under HOME or HF_HOME) instead.
+NEVER = frozenset({"HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"})
+
+
+def named_secrets(config: dict) -> list[str]:
+    """The variable names a stage config's `*api_key_env` fields hold (teacher, judge, reward service)."""
+    named: list[str] = []
+
+    def walk(value) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if k.endswith("api_key_env") and isinstance(v, str) and v:
+                    named.append(v)
+                else:
+                    walk(v)
+        elif isinstance(value, list):
+            for v in value:
+                walk(v)
+
+    walk(config)
+    return sorted(set(named))
+
+
+def harmless(name: str) -> bool:
+    return name not in NEVER and (name in HARMLESS or name.startswith(HARMLESS_PREFIXES))
+
+
+def job_environment(config: dict, contract: Mapping[str, str], environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The whole environment of a job on this machine: harmless variables, its secrets, then its contract.
+
+    Example: `job_environment(spec.config, contract_env(spec, path))` is what a `process` job gets.
+    """
+    environ = os.environ if environ is None else environ
+    env = {k: v for k, v in environ.items() if harmless(k)}
+    env.update({k: environ[k] for k in named_secrets(config) if k in environ})
+    env.update(contract)
+    return env
