@@ -58,24 +58,97 @@ def write_manifest(root: str | Path, **meta) -> dict:
 
 
 def read_manifest(root: str | Path) -> dict | None:
+    """The manifest of an artifact, None when it has none; a UserError when it is not a manifest."""
     p = Path(root) / MANIFEST
-    return json.loads(p.read_text()) if p.is_file() else None
+    if not p.is_file():
+        return None
+    try:
+        manifest = json.loads(p.read_bytes())
+        files = manifest["files"]
+        if not all(isinstance(f["path"], str) and isinstance(f["size"], int) and isinstance(f["sha256"], str)
+                   for f in files):
+            raise TypeError("a file entry lacks path, size or sha256")
+    except (ValueError, TypeError, KeyError) as e:  # ValueError: bad JSON or bytes; the rest: wrong shape
+        why = f"missing {e}" if isinstance(e, KeyError) else str(e).splitlines()[0][:120]
+        raise UserError(f"{p} is not a valid manifest ({why}); rerun the stage that writes {root}") from None
+    return manifest
 
 
 def is_complete(root: str | Path) -> bool:
     return (Path(root) / MANIFEST).is_file()
 
 
-def verify(root: str | Path) -> None:
-    """Raise UserError unless every file of the manifest is present with its size and checksum."""
+def verify(root: str | Path, checked: Checked | None = None) -> None:
+    """Raise UserError unless every file of the manifest is present with its size and checksum.
+
+    With `checked`, a file unchanged since its checksum last matched (same size, mtime, ctime and
+    inode) is not read again, so verifying an 8B checkpoint before every submit costs a few stats.
+    """
     root = Path(root)
     manifest = read_manifest(root)
     if manifest is None:
         raise UserError(f"{root} is not a complete artifact (no {MANIFEST}); rerun the stage that makes it")
     for f in manifest["files"]:
         p = root / f["path"]
-        if not p.is_file() or p.stat().st_size != f["size"] or sha256_file(p) != f["sha256"]:
-            raise UserError(f"artifact {root}: file {f['path']} is missing or changed since it was written; rerun the stage")
+        try:
+            st = p.stat()
+        except OSError:
+            st = None
+        if st is not None and st.st_size == f["size"] and checked is not None and checked.matches(p, st, f["sha256"]):
+            continue
+        if st is None or not p.is_file() or st.st_size != f["size"] or sha256_file(p) != f["sha256"]:
+            raise UserError(f"artifact {root}: file {f['path']} is missing or changed since its manifest was "
+                            "written; rerun the stage that writes it, or pass the changed file itself as the input")
+        if checked is not None:
+            checked.add(p, st, f["sha256"])
+    if checked is not None:
+        checked.save()
+
+
+class Checked:
+    """Files whose sha256 matched a manifest, keyed by path and stat, kept in one JSON file.
+
+    Why a stat check may stand in for the checksum: a write changes ctime, which no tool can set
+    back, and a replaced file has a new inode; a file with the same size, mtime, ctime and inode
+    as when it was hashed has not been written since.
+    """
+
+    LIMIT = 50_000  # entries kept; older ones are forgotten (and hashed again when next used)
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        try:
+            self.entries = json.loads(self.path.read_text())
+        except (OSError, ValueError):  # missing or torn: start afresh, at the cost of hashing again
+            self.entries = {}
+        if not isinstance(self.entries, dict):
+            self.entries = {}
+        self.changed = False
+
+    @staticmethod
+    def _key(st: os.stat_result) -> list:
+        return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
+
+    def matches(self, path: Path, st: os.stat_result, sha256: str) -> bool:
+        return self.entries.get(str(path)) == [*self._key(st), sha256]
+
+    def add(self, path: Path, st: os.stat_result, sha256: str) -> None:
+        self.entries.pop(str(path), None)
+        self.entries[str(path)] = [*self._key(st), sha256]
+        self.changed = True
+
+    def save(self) -> None:
+        if not self.changed:
+            return
+        entries = dict(list(self.entries.items())[-self.LIMIT:])
+        tmp = self.path.with_name(f".tmp-{os.getpid()}-{self.path.name}")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(entries))
+            os.replace(tmp, self.path)
+        except OSError:  # a cache: when it cannot be written, files are hashed again next time
+            pass
+        self.changed = False
 
 
 def digest(path: str | Path) -> str:

@@ -20,6 +20,11 @@ def runs_db() -> Path:
     return home() / "runs.sqlite"
 
 
+def checked_files() -> Path:
+    """Files whose checksum matched their manifest, by stat (artifacts.Checked)."""
+    return home() / "checked-files.json"
+
+
 def run_dir(run_id: str) -> Path:
     """Per-run files: the job spec, the config, the log."""
     return home() / "runs" / run_id

@@ -17,7 +17,7 @@ from pathlib import Path
 from pydantic import BaseModel
 from rich.console import Console
 
-from . import __version__, artifacts, paths
+from . import __version__, artifacts, model_refs, paths
 from .errors import RunFailed, UserError
 from .specs import JobSpec, validate
 from .stages import Stage, get_stage
@@ -58,14 +58,21 @@ def check_names(stage: Stage, config: BaseModel, names: set[str], where: str, hi
 
 
 def resolve_paths(inputs: dict[str, str], where: str) -> dict[str, str]:
-    """Absolute paths of inputs, which must exist and not be an unfinished artifact."""
+    """Absolute paths of inputs, which must exist, not be an unfinished artifact, and hold what their
+    manifest says: the cache key trusts an artifact's manifest for its content."""
     resolved = {}
+    checked = artifacts.Checked(paths.checked_files())
     for name, raw in inputs.items():
         p = Path(raw).expanduser()
         if not p.exists():
             raise UserError(f"{where}: input '{name}' path {raw!r} does not exist; check the path")
         if p.is_dir() and (p.parent / WORK_MARKER).exists() and not artifacts.is_complete(p):
             raise UserError(f"{where}: input '{name}' ({raw}) is an unfinished artifact; rerun the stage that writes it")
+        if p.is_dir() and artifacts.is_complete(p):
+            try:
+                artifacts.verify(p, checked)
+            except UserError as e:
+                raise UserError(f"{where}: input '{name}': {e.message}") from None
         resolved[name] = str(p.resolve())
     return resolved
 
@@ -77,6 +84,9 @@ def cache_key(stage: str, config: BaseModel, inputs: dict[str, str]) -> str:
         "config": config.model_dump(mode="json"),
         "inputs": {n: artifacts.digest(p) for n, p in sorted(inputs.items())},
     }
+    models = model_refs.local_digests(body["config"])  # a checkpoint edited in place is new work
+    if models:
+        body["models"] = models
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
@@ -113,6 +123,8 @@ def execute(prep: Prepared, backend: str, *, force: bool = False, detach: bool =
     spec = prep.spec
     if not force:
         hit = registry.find_succeeded(prep.cache_key)
+        if hit is not None and not _intact(hit.output, console):
+            hit = None
         if hit is not None:
             record = registry.create(spec.run_id, spec.stage, backend, prep.cache_key, str(prep.work_dir),
                                      hit.output, hit.log_path, pipeline=pipeline, state="cached")
@@ -138,6 +150,16 @@ def execute(prep: Prepared, backend: str, *, force: bool = False, detach: bool =
         raise RunFailed(f"run {record.id} ({record.stage}) {record.state}: {reason}")
     console.print(f"[green]done[/]: {record.stage} → {record.output}", soft_wrap=True)
     return record
+
+
+def _intact(output: str, console: Console) -> bool:
+    """Whether a cached output still holds what its manifest says; an edited one is run again."""
+    try:
+        artifacts.verify(output, artifacts.Checked(paths.checked_files()))
+    except UserError as e:
+        console.print(f"[yellow]not a cache hit[/]: {e.message}", soft_wrap=True)
+        return False
+    return True
 
 
 def parse_inputs(pairs: tuple[str, ...]) -> dict[str, str]:

@@ -79,3 +79,32 @@ def test_archives_that_escape_the_target_are_refused(tmp_path):
     with pytest.raises(UserError, match="refusing"):
         extract(z, tmp_path / "out3")
     assert not list(tmp_path.glob("**/zip-escape.txt"))
+
+
+def test_extraction_refuses_links_already_in_the_destination_and_bombs(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "ckpt").symlink_to(outside)  # planted before the archive arrives
+    z = tmp_path / "through-link.zip"
+    with zipfile.ZipFile(z, "w") as f:
+        f.writestr("ckpt/model.safetensors", "m")
+    tgz = tmp_path / "through-link.tar.gz"
+    tgz.write_bytes(_tar({"ckpt/config.json": b"{}"}))
+    for archive in (z, tgz):
+        with pytest.raises(UserError, match="symbolic link already in"):
+            extract(archive, dest)
+    assert not list(outside.iterdir())
+
+    bomb = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as f:
+        f.writestr("zeros.bin", b"\0" * (40 << 20))  # 40 MiB of zeros in a ~40 KB archive
+    assert bomb.stat().st_size < 100_000
+    with pytest.raises(UserError, match="unpacks to more than"):
+        extract(bomb, tmp_path / "bomb-out")
+    tar_bomb = tmp_path / "bomb.tar.gz"
+    tar_bomb.write_bytes(_tar({"zeros.bin": b"\0" * (40 << 20)}))
+    with pytest.raises(UserError, match="unpacks to more than"):
+        extract(tar_bomb, tmp_path / "bomb-out2")
+    assert extract(bomb, tmp_path / "bomb-out3", max_bytes=1 << 30) == [tmp_path / "bomb-out3" / "zeros.bin"]

@@ -7,7 +7,8 @@ CRC64 OSS returns for every part and object. On top of it:
 - uploads skip a file whose object already carries the same sha256 (`x-oss-meta-sha256`);
 - large files go as parallel multipart uploads, resumable after an interruption;
 - downloads land in a temporary folder, are checked against the artifact's manifest, then move;
-- archives are extracted only when no member escapes the target folder.
+- archives are extracted only when no member escapes the target folder or writes through a link
+  already there, and what they unpack to fits a size limit (no zip bombs).
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ MULTIPART_THRESHOLD = 8 * 1024 * 1024
 PART_SIZE = 4 * 1024 * 1024
 THREADS = 4
 SHA_META = "sha256"
+MAX_EXTRACT_BYTES = 64 << 30  # what an archive may unpack to at most
+MAX_RATIO = 100  # ... and at most this many times its own size: weights and text compress far less
+MIN_EXTRACT_LIMIT = 16 << 20  # small archives may unpack to this whatever their ratio
 
 
 @dataclass
@@ -209,31 +213,55 @@ def safe_join(root: Path, name: str) -> Path:
     return root.joinpath(*rel.parts)
 
 
-def extract(archive: Path, dest: Path) -> list[Path]:
-    """Unpack a .tar(.gz) or .zip into `dest`; refuses members that escape it or are links out of it."""
+def extract(archive: Path, dest: Path, max_bytes: int | None = None) -> list[Path]:
+    """Unpack a .tar(.gz) or .zip into `dest`; refuses members that escape it or are links, paths through
+    a link already in `dest`, and contents over `max_bytes` (default: MAX_RATIO times the archive's size,
+    at least MIN_EXTRACT_LIMIT and at most MAX_EXTRACT_BYTES)."""
     dest.mkdir(parents=True, exist_ok=True)
+    ratio_limit = max(archive.stat().st_size * MAX_RATIO, MIN_EXTRACT_LIMIT)
+    limit = max_bytes if max_bytes is not None else min(MAX_EXTRACT_BYTES, ratio_limit)
+    too_big = f"refusing {archive.name}: it unpacks to more than {limit} bytes (a zip bomb, or pass max_bytes)"
     written = []
     if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as z:
+            if sum(i.file_size for i in z.infolist()) > limit:
+                raise UserError(too_big)
+            total = 0
             for info in z.infolist():
-                target = safe_join(dest, info.filename)
+                target = _unlinked(dest, safe_join(dest, info.filename))
                 if info.is_dir():
                     target.mkdir(parents=True, exist_ok=True)
                     continue
                 target.parent.mkdir(parents=True, exist_ok=True)
                 with z.open(info) as src, open(target, "wb") as out:
-                    shutil.copyfileobj(src, out)
+                    while block := src.read(1 << 20):  # sizes in the directory can lie: count what comes out
+                        total += len(block)
+                        if total > limit:
+                            raise UserError(too_big)
+                        out.write(block)
                 written.append(target)
         return written
     try:
         with tarfile.open(archive) as t:
             members = t.getmembers()
             for m in members:
-                safe_join(dest, m.name)
+                _unlinked(dest, safe_join(dest, m.name))
                 if m.issym() or m.islnk():
                     raise UserError(f"refusing {m.name!r} in {archive.name}: archives with links are not extracted")
+            if sum(m.size for m in members if m.isfile()) > limit:
+                raise UserError(too_big)
             t.extractall(dest, filter="data")
             written = [dest / m.name for m in members if m.isfile()]
-    except tarfile.TarError as e:
+    except tarfile.TarError as e:  # FilterError included
         raise UserError(f"{archive} is not a readable archive ({e})") from None
     return written
+
+
+def _unlinked(dest: Path, target: Path) -> Path:
+    """`target`, unless it or a folder on the way to it below `dest` is a symbolic link (it would write elsewhere)."""
+    path = dest
+    for part in target.relative_to(dest).parts:
+        path = path / part
+        if path.is_symlink():
+            raise UserError(f"refusing to extract through {path}: it is a symbolic link already in {dest}")
+    return target
