@@ -94,10 +94,15 @@ def pid_alive(pid: int | None) -> bool:
 class Registry:
     def __init__(self, path: str | Path | None = None):
         self.path = Path(path) if path is not None else paths.runs_db()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with closing(self._connect()) as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(_SCHEMA)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with closing(self._connect()) as db:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.executescript(_SCHEMA)
+        except (OSError, sqlite3.Error) as e:  # a home that is a file, unwritable, or a registry that is not one
+            why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            raise UserError(f"cannot use the run registry {self.path} ({why}); point --home or "
+                            f"${paths.ENV_HOME} at a writable directory") from None
 
     def _connect(self) -> sqlite3.Connection:
         # autocommit: every statement is its own short transaction; wait for a busy writer

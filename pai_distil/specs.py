@@ -18,8 +18,20 @@ from .presets import PRESETS, is_preset, preset_name
 from .synthetic.world import LEVEL_STEPS
 
 
+MAX_INT = 2**53  # above any count or seed a config holds; `max_steps: 1e29` is a typo, not a plan
+
+
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Unknown fields, non-finite numbers (`.inf`, `.nan`) and absurd integers are refused."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*")
+    @classmethod
+    def _sane_integer(cls, v):
+        if isinstance(v, int) and not isinstance(v, bool) and abs(v) > MAX_INT:
+            raise ValueError(f"{v:.3g} is beyond any count this tool uses (at most 2**53); check the number")
+        return v
 
 
 def http_url(v: str) -> str:
@@ -477,10 +489,10 @@ class Reward(Strict):
 
 
 class GRPOTraining(Strict):
-    max_steps: int = Field(100, ge=1, description="policy updates (one batch of groups each)")
+    max_steps: int = Field(100, ge=1, le=100_000_000, description="policy updates (one batch of groups each)")
     prompts_per_step: int = Field(8, ge=1, description="problems per step; each gets `group_size` completions")
     learning_rate: float = Field(2e-4, gt=0)
-    warmup_steps: int = Field(5, ge=0)
+    warmup_steps: int = Field(5, ge=0, le=100_000_000)
     weight_decay: float = Field(0.0, ge=0)
     checkpoint_every: int = Field(20, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
@@ -626,16 +638,51 @@ class Pipeline(Strict):
 # -- loading ------------------------------------------------------------------------------------
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML that refuses a key given twice in one mapping (PyYAML keeps the last silently), so a
+    repeated stage id or setting is reported with its line instead of quietly overriding the first."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: set = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` keys may be overridden, as YAML says
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one mapping (line {key_node.start_mark.line + 1}); "
+                                "keep one", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def _unique_json_keys(pairs: list) -> dict:
+    keys = [k for k, _ in pairs]
+    for k in keys:
+        if keys.count(k) > 1:
+            raise ValueError(f"key {k!r} appears twice in one object")
+    return dict(pairs)
+
+
 def read_mapping(path: str | Path, what: str = "config") -> dict[str, Any]:
-    """A YAML or JSON file as a mapping, with one-line errors."""
+    """A YAML or JSON file as a mapping, with one-line errors (bad syntax, bytes or repeated keys)."""
     p = Path(path)
     if not p.is_file():
         raise UserError(f"{what} file {str(p)!r} does not exist; check the path")
+    is_yaml = p.suffix in (".yaml", ".yml")
     try:
-        data = yaml.safe_load(p.read_text()) if p.suffix in (".yaml", ".yml") else json.loads(p.read_text())
-    except (yaml.YAMLError, json.JSONDecodeError) as e:
+        text = p.read_bytes().decode("utf-8")
+        data = yaml.load(text, _UniqueKeyLoader) if is_yaml else json.loads(text, object_pairs_hook=_unique_json_keys)
+    except UnicodeDecodeError as e:
+        raise UserError(f"{what} file {str(p)!r} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    except (yaml.YAMLError, ValueError) as e:  # ValueError: JSON syntax, or a repeated key
         first = str(e).strip().splitlines()[0]
-        raise UserError(f"{what} file {str(p)!r} is not valid {'YAML' if p.suffix in ('.yaml', '.yml') else 'JSON'}: {first}") from None
+        if isinstance(e, ValueError) and "appears twice" in first:  # JSON is YAML: its loader finds the line
+            try:
+                yaml.load(text, _UniqueKeyLoader)
+            except yaml.YAMLError as located:
+                first = str(located).strip().splitlines()[0]
+        raise UserError(f"{what} file {str(p)!r} is not valid {'YAML' if is_yaml else 'JSON'}: {first}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -15,12 +15,15 @@ from ..contract import JobError
 def read_jsonl(path: Path) -> list[dict]:
     """JSON objects, one per non-empty line; a bad line is reported with its number."""
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            if not raw.strip():
                 continue
             try:
-                row = json.loads(line)
+                row = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                raise JobError(f"{path} row {n} is not UTF-8 text (a binary file?); "
+                               "give a JSONL file, one JSON object per line") from None
             except json.JSONDecodeError as e:
                 raise JobError(f"{path} row {n} is not JSON ({e.msg}); fix or remove that line") from None
             if not isinstance(row, dict):
