@@ -381,7 +381,7 @@ class StudentSamples(Strict):
 
 
 class RewardTraining(Training):
-    """Reward-model training on TRL's RewardTrainer (one process; the head is ours)."""
+    """Reward-model training on transformers' Trainer over accelerate (one process; the head and loss are ours)."""
 
     PRESET: ClassVar[dict] = {"learning_rate": 1e-3, "max_length": 384, "gradient_checkpointing": False}
     CHECKPOINT: ClassVar[dict] = {"learning_rate": 5e-6, "max_length": 4096, "gradient_checkpointing": True}

@@ -122,8 +122,8 @@ def test_reward_model_resumes_exactly_from_its_newest_checkpoint(tmp_path):
     resumed ends with the weights of a run that never stopped."""
     import torch
     from pai_distil_jobs.lib.models import load_reward_model
-    from pai_distil_jobs.lib.reward import RewardTrainer, encode
-    from pai_distil_jobs.lib.legacy_loop import TrainSettings
+    from pai_distil_jobs.lib.reward import encode, reward_trainer
+    from pai_distil_jobs.lib.trainer import TrainSettings, fit
 
     problem = world.generate_problems(1, seed=5, levels=[1])[0]
     right = f"<think>\n{problem.start} -> {problem.answer}\n</think>\n\nThe answer is \\boxed{{{problem.answer}}}."
@@ -135,12 +135,14 @@ def test_reward_model_resumes_exactly_from_its_newest_checkpoint(tmp_path):
               "chosen_score": 1.0, "rejected_score": 0.0}
         settings = TrainSettings(max_steps=max_steps, schedule_steps=4, batch_size=2, learning_rate=1e-2,
                                  warmup_steps=1, checkpoint_every=2)
-        RewardTrainer(model, tok, [ex] * 4, settings, ckpt_dir, tmp_path / f"{ckpt_dir.name}.jsonl",
-                      log=lambda *_: None).train()
+        trainer, callback = reward_trainer(model, tok, [ex] * 4, settings, ckpt_dir,
+                                           tmp_path / f"{ckpt_dir.name}.jsonl", log=lambda *_: None)
+        fit(trainer, callback, ckpt_dir, log=lambda *_: None)
         return model
 
     straight = trained(tmp_path / "straight", 4)
-    trained(tmp_path / "stopped", 3)  # its last checkpoint is step 2 (the final step is not one)
+    trained(tmp_path / "stopped", 3)
+    (tmp_path / "stopped" / "step-0000003").rename(tmp_path / "stopped" / "final")  # resume from step 2
     resumed = trained(tmp_path / "stopped", 4)
     assert straight.head.weight.abs().sum() > 0
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
@@ -191,8 +193,7 @@ def test_reward_likelihood_per_token_is_neutral_to_length(micro_student):
 
 def test_reward_loss_adds_the_language_model_loss_of_the_chosen_responses(micro_student, tmp_path):
     from pai_distil_jobs.lib.models import load_reward_model
-    from pai_distil_jobs.lib.reward import RewardTrainer, encode
-    from pai_distil_jobs.lib.legacy_loop import TrainSettings
+    from pai_distil_jobs.lib.reward import encode, pair_batch, pair_loss
 
     model, tok = load_reward_model(micro_student)
     prompt = "What is 2 + 2?"
@@ -201,9 +202,7 @@ def test_reward_loss_adds_the_language_model_loss_of_the_chosen_responses(micro_
                  "chosen_score": 1.0, "rejected_score": 0.0}]
 
     def loss(lm_weight):
-        trainer = RewardTrainer(model, tok, examples, TrainSettings(max_steps=1, batch_size=1), tmp_path / "ck",
-                                tmp_path / "metrics.jsonl", log=lambda *a: None, lm_weight=lm_weight)
-        return trainer.compute_loss(trainer.make_batch(examples))
+        return pair_loss(model, pair_batch(examples, tok.pad_token_id), lm_weight=lm_weight)
 
     (plain, _), (with_lm, metrics) = loss(0.0), loss(0.5)
     assert metrics["chosen_nll"] > 0

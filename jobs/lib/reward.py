@@ -9,8 +9,18 @@ nothing. The mean is neutral to length and still marks a wrong step. A small mod
 to check arithmetic from a few thousand preference pairs through a head on the last token alone
 (it learns the style of the teacher instead); through its language-model head it already knows
 which steps are likely, and Bradley-Terry training sharpens that (with a language-model loss
-that keeps it a model of good responses; see RewardTrainer). likelihood_weight 0 gives the
+that keeps it a model of good responses; see `pair_loss`). likelihood_weight 0 gives the
 classic sequence-classifier reward model.
+
+Why transformers' `Trainer` (through the shared `JobTrainerMixin`) rather than TRL's
+`RewardTrainer`: TRL's trainer is built for `AutoModelForSequenceClassification` and refuses any
+other model (`config.num_labels == 1`, scores from `outputs.logits`, right-padded
+`chosen_ids`/`rejected_ids` from its own collator, a model card per checkpoint). Our score needs
+the language-model head's log-likelihood of the response tokens beside the head, left padding
+(the head reads the last position) and a response mask, so its loss, collator and data
+preparation would all be replaced, leaving only the checks that refuse our model. What it would
+give on GPUs (device placement, bf16, accumulation, gradient checkpointing, DDP) is
+`Trainer`'s, and we keep that.
 
 A checkpoint is the language model as Hugging Face saves it, `reward_head.safetensors` (the head,
 with the likelihood weight and form in its metadata), and `reward_stats.json` (mean and standard
@@ -32,7 +42,6 @@ from torch import nn
 from pai_distil.artifacts import REWARD_HEAD as HEAD
 from pai_distil.specs import LIKELIHOOD, LIKELIHOOD_WEIGHT, Likelihood
 
-from .legacy_loop import Trainer
 
 STATS = "reward_stats.json"
 LIKELIHOODS = get_args(Likelihood)
@@ -107,6 +116,9 @@ class RewardModel(nn.Module):
             score = score + self.likelihood_weight * (mean if self.likelihood == "mean" else total)
         return score, mean
 
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        self.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
+
     def save_pretrained(self, path: str | Path) -> None:
         from safetensors.torch import save_file
 
@@ -128,41 +140,89 @@ class RewardModel(nn.Module):
         self.load_head(Path(path) / HEAD)
 
 
-class RewardTrainer(Trainer):
+def pair_batch(examples: list[dict], pad: int) -> dict:
+    """One batch of preference rows (`{"chosen", "rejected"}` as `encode` returns them, and their judge
+    scores): the chosen responses first, then the rejected ones, and `targets`, their judge scores."""
+    batch = batch_of([e["chosen"] for e in examples] + [e["rejected"] for e in examples], pad)
+    batch["targets"] = torch.tensor([e["chosen_score"] for e in examples] + [e["rejected_score"] for e in examples])
+    return batch
+
+
+def pair_loss(model: RewardModel, batch: dict, regression_weight: float = 0.0,
+              lm_weight: float = 0.0) -> tuple[torch.Tensor, dict]:
     """Pairwise Bradley-Terry loss, -log sigmoid(r_chosen - r_rejected), plus an optional squared
     error pulling each score toward its judge score, plus the language-model loss on the chosen
-    responses. Examples: {"chosen", "rejected"} as `encode` returns them, and their judge scores.
+    responses; and the numbers to log with it (`pair_accuracy`, `chosen_nll`).
 
     Why the language-model loss: Bradley-Terry only asks that chosen score above rejected, and left
     alone it moves the likelihood anywhere that serves that, e.g. runs of blank lines become likely.
     A policy trained against the score then finds those. Keeping the model a model of good
     responses keeps text it would never write unlikely."""
+    r, mean_logp = model.score_and_likelihood(batch["input_ids"], batch["attention_mask"], batch["response_mask"],
+                                              with_likelihood=bool(lm_weight))
+    n = r.shape[0] // 2
+    margin = r[:n] - r[n:]
+    loss = -F.logsigmoid(margin).mean()
+    if regression_weight:
+        loss = loss + regression_weight * F.mse_loss(r, batch["targets"].to(r.dtype))
+    metrics = {"pair_accuracy": (margin > 0).float().mean().item()}
+    if lm_weight:
+        nll = -mean_logp[:n].mean()
+        loss = loss + lm_weight * nll
+        metrics["chosen_nll"] = nll.item()
+    return loss, metrics
 
-    def __init__(self, *args, regression_weight: float = 0.0, lm_weight: float = 0.0, **kw):
-        super().__init__(*args, **kw)
-        self.regression_weight = regression_weight
-        self.lm_weight = lm_weight
 
-    def make_batch(self, examples: list[dict]) -> dict:
-        batch = batch_of([e["chosen"] for e in examples] + [e["rejected"] for e in examples],
-                         self.tokenizer.pad_token_id)
-        batch["targets"] = torch.tensor([e["chosen_score"] for e in examples] + [e["rejected_score"] for e in examples])
-        return batch
+def _reward_trainer_class():
+    from transformers import Trainer
 
-    def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
-        r, mean_logp = self.model.score_and_likelihood(batch["input_ids"], batch["attention_mask"],
-                                                       batch["response_mask"], with_likelihood=bool(self.lm_weight))
-        n = r.shape[0] // 2
-        margin = r[:n] - r[n:]
-        loss = -F.logsigmoid(margin).mean()
-        if self.regression_weight:
-            loss = loss + self.regression_weight * F.mse_loss(r, batch["targets"].to(r.dtype))
-        metrics = {"pair_accuracy": round((margin > 0).float().mean().item(), 4)}
-        if self.lm_weight:
-            nll = -mean_logp[:n].mean()
-            loss = loss + self.lm_weight * nll
-            metrics["chosen_nll"] = round(nll.item(), 4)
-        return loss, metrics
+    from .trainer import JobTrainerMixin
+
+    class JobRewardTrainer(JobTrainerMixin, Trainer):
+        """transformers' Trainer with our pairwise loss; checkpoints in the reward model's own format."""
+
+        regression_weight = lm_weight = 0.0
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            loss, metrics = pair_loss(model, inputs, self.regression_weight, self.lm_weight)
+            for k, v in metrics.items():
+                self._pair_metrics.setdefault(k, []).append(v)
+            return (loss, None) if return_outputs else loss
+
+        def log(self, logs: dict, start_time: float | None = None) -> None:
+            if "loss" in logs:  # a training record: add the window's mean of our numbers
+                logs.update({k: sum(v) / len(v) for k, v in self._pair_metrics.items() if v})
+                self._pair_metrics = {}
+            super().log(logs, start_time)
+
+        def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+            output_dir = output_dir or self.args.output_dir
+            if self.args.should_save:
+                self.accelerator.unwrap_model(self.model).save_pretrained(output_dir)
+                self.processing_class.save_pretrained(output_dir)
+
+        def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+            (model or self.model).load_weights(resume_from_checkpoint)
+
+    return JobRewardTrainer
+
+
+def reward_trainer(model: RewardModel, tokenizer, examples: list[dict], settings, checkpoint_dir: Path,
+                   metrics_path: Path, *, regression_weight: float = 0.0, lm_weight: float = 0.0,
+                   tensorboard: Path | None = None, log=print):
+    """A trainer of `model` on preference rows (see `pair_batch`) and its `JobCallback`; run it with
+    `trainer.fit(trainer, callback, checkpoint_dir)`, which resumes from the newest complete checkpoint in `checkpoint_dir`."""
+    from .trainer import JobCallback, tensorboard_callback, training_arguments
+
+    args = training_arguments(settings, checkpoint_dir, len(examples))
+    callback = JobCallback(metrics_path, log=log)
+    callbacks = [callback] + ([tensorboard_callback(tensorboard)] if tensorboard else [])
+    pad = tokenizer.pad_token_id
+    trainer = _reward_trainer_class()(model=model, args=args, train_dataset=examples, processing_class=tokenizer,
+                                      data_collator=lambda rows: pair_batch(rows, pad), callbacks=callbacks)
+    trainer.job, trainer._pair_metrics = settings, {}
+    trainer.regression_weight, trainer.lm_weight = regression_weight, lm_weight
+    return trainer, callback
 
 
 @torch.inference_mode()
@@ -170,13 +230,14 @@ def score_texts(model, tokenizer, prompts: list[str], responses: list[str], max_
                 batch_size: int = 64) -> list[float]:
     """Raw scores of (prompt, response) pairs, in order; batches are formed by length."""
     model.eval()
+    device = next(model.parameters()).device
     seqs = [encode(tokenizer, p, r, max_length) for p, r in zip(prompts, responses, strict=True)]
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i][0]))
     out = [0.0] * len(seqs)
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        batch = batch_of([seqs[i] for i in idx], tokenizer.pad_token_id)
-        values = model(batch["input_ids"], batch["attention_mask"], batch["response_mask"]).tolist()
+        batch = {k: v.to(device) for k, v in batch_of([seqs[i] for i in idx], tokenizer.pad_token_id).items()}
+        values = model(batch["input_ids"], batch["attention_mask"], batch["response_mask"]).float().tolist()
         for i, v in zip(idx, values):
             out[i] = float(v)
     return out

@@ -8,8 +8,9 @@ difficulty (CD); `judgment` turns the ratings into one score (correctness first,
 the length fits the difficulty). Pairs of candidates of one problem whose scores differ become
 preference rows {"prompt", "chosen", "rejected"}; a held-out share of the problems measures
 pairwise accuracy. The model starts from the `base` input when given, else from the student
-(`lib/reward.py` says how it scores). Training is the shared trainer with a Bradley-Terry loss,
-so checkpoints, resume and SIGTERM behave as in the SFT stages; candidates and ratings are
+(`lib/reward.py` says how it scores). Training is transformers' Trainer over accelerate with a
+Bradley-Terry loss and the shared job layer, so checkpoints, resume and SIGTERM behave as in the
+SFT stages; candidates and ratings are
 files, so a restarted job neither samples nor asks the judge again.
 """
 
@@ -261,8 +262,8 @@ def train(ctx: JobContext, cfg: RewardModelConfig, train_pairs: list[dict], eval
     from pai_distil.presets import trains_like_preset
 
     from ..lib.models import load_reward_model
-    from ..lib.reward import STATS, RewardTrainer, encode, score_texts
-    from ..lib.legacy_loop import TrainSettings
+    from ..lib.reward import STATS, encode, reward_trainer, score_texts
+    from ..lib.trainer import TrainSettings, fit
 
     if "base" in ctx.inputs:
         source = str(ctx.input("base"))
@@ -280,10 +281,14 @@ def train(ctx: JobContext, cfg: RewardModelConfig, train_pairs: list[dict], eval
         f"score = head + {model.likelihood_weight:g} x log-likelihood ({model.likelihood} per response), "
         f"language-model loss x {t.lm_weight:g}; {t.max_steps} steps of {t.batch_size} pairs")
     settings = TrainSettings.of(t)
-    trainer = RewardTrainer(model, tokenizer, examples, settings, ctx.checkpoint_dir, ctx.metrics_path, log=log,
-                            regression_weight=t.regression_weight, lm_weight=t.lm_weight)
-    if not trainer.train():
+    trainer, callback = reward_trainer(model, tokenizer, examples, settings, ctx.checkpoint_dir, ctx.metrics_path,
+                                       regression_weight=t.regression_weight, lm_weight=t.lm_weight,
+                                       tensorboard=ctx.output, log=log)
+    log(f"training on {trainer.args.device} ({'bf16' if trainer.args.bf16 else 'fp32'}): batch {t.batch_size} = "
+        f"{trainer.args.per_device_train_batch_size} x {trainer.args.gradient_accumulation_steps} accumulation")
+    if not fit(trainer, callback, ctx.checkpoint_dir, log=log):
         return False
+    model = trainer.accelerator.unwrap_model(trainer.model)
 
     prompts = [p["prompt"] for p in eval_pairs]
     chosen = score_texts(model, tokenizer, prompts, [p["chosen"] for p in eval_pairs], t.max_length)
@@ -299,7 +304,7 @@ def train(ctx: JobContext, cfg: RewardModelConfig, train_pairs: list[dict], eval
     tokenizer.save_pretrained(ctx.output)
     (ctx.output / STATS).write_text(json.dumps({"mean": mean, "std": std, "max_length": t.max_length}, indent=1))
     table = accuracy_table(eval_pairs, margins)
-    report = {"held_out_pairs": table, "train_pairs": len(train_pairs), "steps": trainer.step,
+    report = {"held_out_pairs": table, "train_pairs": len(train_pairs), "steps": trainer.state.global_step,
               "candidates": len(candidates), "wrong_candidates": sum(not c["correct"] for c in candidates),
               "score_stats": {"mean": mean, "std": std}}
     (ctx.output / REPORT).write_text(json.dumps(report, indent=1))
