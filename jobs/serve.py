@@ -24,6 +24,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from pai_distil.deploy.protocol import UNAUTHORIZED, BadRequest, ThinkSplitter, authorized, error_body, parse_chat
+from pai_distil.http_limits import BodyLimits
 
 TOKEN_ENV = "PAI_DISTIL_SERVE_TOKEN"
 
@@ -58,6 +59,7 @@ def create_app(engine, served_name: str, token: str | None, system_fingerprint: 
     from .lib.serving import Job
 
     app = FastAPI(title="pai-distil model server", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(BodyLimits)
     created = int(time.time())
 
     def denied(request: Request) -> JSONResponse | None:

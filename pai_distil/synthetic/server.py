@@ -22,6 +22,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from ..deploy.protocol import error_body, text_of as _text
+from ..http_limits import BodyLimits
 from ..judging import which_dimension
 from . import judge, teacher, world
 
@@ -123,6 +124,7 @@ def create_app(api_key: str | None, error_rate: float = 0.0, seed: int = 0, fail
         reasoning parser and DeepSeek do) instead of inline `<think>…</think>`.
     """
     app = FastAPI(title="pai-distil synthetic teacher", docs_url=None, redoc_url=None)
+    app.add_middleware(BodyLimits)
     stats = Stats()
     app.state.stats = stats
     noisy_rate = error_rate or NOISY_DEFAULT_ERROR_RATE
