@@ -7,6 +7,10 @@ Each check rebuilds the string the client signed from the request as received, s
 secret, a tampered body or a mangled header all fail the same way. Functions take plain values
 (method, decoded path, decoded query pairs, lower-cased headers, body), not a framework request,
 so any router can call them. Secrets are only compared, never logged or returned.
+
+As on the real services, a signature is not enough: the request's date must lie within 15
+minutes of the server's clock, and a POP request's `x-acs-signature-nonce` is accepted once, so
+a captured request cannot be replayed.
 """
 
 from __future__ import annotations
@@ -14,7 +18,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import threading
+import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
 from urllib.parse import quote
 
 # oss2 keeps this list on the client side too: query keys that take part in a V1 signature.
@@ -32,6 +40,7 @@ OSS_V4_DEFAULT_SIGNED = ("content-type", "content-md5")
 OSS_MISMATCH = ("The request signature we calculated does not match the signature you provided. "
                 "Check your key and signing method.")
 POP_MISMATCH = "Specified signature does not match our calculation."
+SKEW_S = 15 * 60  # how far a request's date may be from the server's clock, either way
 
 
 class AuthError(Exception):
@@ -71,6 +80,43 @@ class Keys:
 
     def __repr__(self) -> str:  # never show secrets, even in a debugger or a traceback
         return f"Keys({sorted(self._pairs)})"
+
+
+class Nonces:
+    """Signature nonces seen within the date window: a nonce is accepted once."""
+
+    def __init__(self, window_s: float = SKEW_S):
+        self.window_s = window_s
+        self._seen: dict[tuple[str, str], float] = {}
+        self._lock = threading.Lock()
+
+    def use(self, nonce: str, ak: str) -> None:
+        now = time.time()
+        with self._lock:
+            if len(self._seen) > 10_000:  # forget nonces whose requests are stale anyway
+                self._seen = {n: t for n, t in self._seen.items() if now - t < 2 * self.window_s}
+            if (ak, nonce) in self._seen:
+                raise AuthError("SignatureNonceUsed", "Specified signature nonce was used already.", ak)
+            self._seen[(ak, nonce)] = now
+
+
+def request_time(value: str) -> float | None:
+    """Seconds since the epoch of a request date as the services send it: RFC 1123 (`Date`),
+    ISO 8601 (`x-acs-date`) or the compact `20261201T230000Z` of `x-oss-date` in V4; None if unreadable."""
+    for parse in (lambda v: datetime.strptime(v, "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc),
+                  lambda v: datetime.strptime(v, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc),
+                  parsedate_to_datetime):
+        try:
+            return parse(value.strip()).timestamp()
+        except (TypeError, ValueError, IndexError):
+            continue
+    return None
+
+
+def _check_time(value: str | None, ak: str, code: str, message: str) -> None:
+    t = request_time(value) if value else None
+    if t is None or abs(time.time() - t) > SKEW_S:
+        raise AuthError(code, message, ak)
 
 
 def _same(a: str, b: str) -> bool:
@@ -150,10 +196,13 @@ def verify_oss(req: SignedRequest, keys: Keys) -> str:
         expected = hmac.new(_v4_signing_key(secret, scope), to_sign.encode(), hashlib.sha256).hexdigest()
         if not _same(expected, fields.get("Signature", "")):
             raise AuthError("SignatureDoesNotMatch", OSS_MISMATCH, ak, to_sign)
-        return ak
-    if auth.startswith("OSS "):
-        return _verify_sha1(auth[4:], oss_string_to_sign_v1(req), keys, OSS_MISMATCH)
-    raise AuthError("AccessDenied", "AccessDenied: anonymous access is not allowed on this emulator; sign the request")
+    elif auth.startswith("OSS "):
+        ak = _verify_sha1(auth[4:], oss_string_to_sign_v1(req), keys, OSS_MISMATCH)
+    else:
+        raise AuthError("AccessDenied", "AccessDenied: anonymous access is not allowed on this emulator; sign the request")
+    _check_time(req.headers.get("x-oss-date") or req.headers.get("date"), ak, "RequestTimeTooSkewed",
+                "The difference between the request time and the current time is too large.")
+    return ak
 
 
 # --- POP (tea-openapi: DLC, DSW, EAS) -------------------------------------------------------------
@@ -174,8 +223,21 @@ def roa_string_to_sign(req: SignedRequest) -> str:
                       h.get("date", ""), acs + resource])
 
 
-def verify_pop(req: SignedRequest, keys: Keys) -> str:
-    """Check a tea-openapi request's signature (ACS3-HMAC-SHA256 or ROA HMAC-SHA1); returns the AccessKey id."""
+def verify_pop(req: SignedRequest, keys: Keys, nonces: Nonces | None = None) -> str:
+    """Check a tea-openapi request's signature (ACS3-HMAC-SHA256 or ROA HMAC-SHA1), its date and,
+    with `nonces`, that its signature nonce is new; returns the AccessKey id."""
+    ak = _verify_pop_signature(req, keys)
+    _check_time(req.headers.get("x-acs-date") or req.headers.get("date"), ak, "InvalidTimeStamp.Expired",
+                "Specified time stamp or date value is expired.")
+    if nonces is not None:
+        nonce = req.headers.get("x-acs-signature-nonce")
+        if not nonce:
+            raise AuthError("MissingSignatureNonce", "SignatureNonce is mandatory for this action.", ak)
+        nonces.use(nonce, ak)
+    return ak
+
+
+def _verify_pop_signature(req: SignedRequest, keys: Keys) -> str:
     auth = req.headers.get("authorization", "")
     if auth.startswith("ACS3-HMAC-SHA256 "):
         fields = _auth_fields(auth[len("ACS3-HMAC-SHA256 "):])

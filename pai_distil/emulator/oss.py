@@ -9,6 +9,7 @@ Errors are OSS's XML error documents with its codes and status codes.
 from __future__ import annotations
 
 import base64
+import re
 import time
 import uuid
 from email.utils import formatdate
@@ -24,12 +25,13 @@ from .objects import ObjectInfo, ObjectStore, store_of
 
 REGION = "cn-emulator"
 MAX_KEYS = 1000
+BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9-]{1,61}[a-z0-9]")  # OSS: 3-63, lower case, digits, inner hyphens
 MIN_PART = 100 * 1024  # OSS: every part but the last must be at least 100 KiB
 
 
 class OssError(Exception):
     STATUS = {"NoSuchBucket": 404, "NoSuchKey": 404, "NoSuchUpload": 404, "BucketNotEmpty": 409,
-              "InvalidAccessKeyId": 403, "SignatureDoesNotMatch": 403, "AccessDenied": 403, "InvalidDigest": 400,
+              "InvalidAccessKeyId": 403, "SignatureDoesNotMatch": 403, "AccessDenied": 403, "RequestTimeTooSkewed": 403, "InvalidDigest": 400,
               "InvalidPart": 400, "InvalidPartOrder": 400, "EntityTooSmall": 400, "InvalidArgument": 400,
               "InvalidBucketName": 400, "MalformedXML": 400, "InvalidRange": 416, "NotImplemented": 501,
               "BucketAlreadyExists": 409}
@@ -158,7 +160,7 @@ class Oss:
     async def bucket_op(self, request: Request, bucket: str) -> Response:
         m, q = request.method, request.query_params
         if m == "PUT" and not q:
-            if not (3 <= len(bucket) <= 63) or not all(c.islower() or c.isdigit() or c == "-" for c in bucket):
+            if not BUCKET_NAME.fullmatch(bucket):
                 raise OssError("InvalidBucketName", "The specified bucket is not valid.", BucketName=bucket)
             if bucket == "api":
                 raise OssError("InvalidBucketName", "`api` is reserved by the emulator's POP APIs.", BucketName=bucket)

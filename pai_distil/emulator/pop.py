@@ -37,7 +37,8 @@ async def signed_request(request: Request) -> SignedRequest:
 async def require_signature(request: Request) -> str:
     """FastAPI dependency: the AccessKey id that signed the request, or a POP auth error."""
     try:
-        ak = verify_pop(await signed_request(request), request.app.state.emulator.keys)
+        emulator = request.app.state.emulator
+        ak = verify_pop(await signed_request(request), emulator.keys, emulator.nonces)
     except AuthError as e:
         status = 404 if e.code == "InvalidAccessKeyId" else 400
         code = "InvalidAccessKeyId.NotFound" if e.code == "InvalidAccessKeyId" else e.code

@@ -18,7 +18,7 @@ from typing import Any, Iterable
 from fastapi import APIRouter, FastAPI
 
 from . import pop
-from .auth import Keys
+from .auth import Keys, Nonces
 from .state import Store
 
 SERVICES = ["pai_distil.emulator.dlc", "pai_distil.emulator.dsw", "pai_distil.emulator.eas"]
@@ -36,6 +36,7 @@ class Emulator:
     port: int = DEFAULT_PORT
     executor: str = "auto"  # how DLC pods run: docker, process, or auto (Docker when the job's image is here)
     services: dict[str, Any] = field(default_factory=dict)  # module name -> module, once mounted
+    nonces: Nonces = field(default_factory=Nonces)  # POP signature nonces already used
 
     def store(self, name: str) -> Store:
         return Store(self.data_dir / "state" / name)
