@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import sqlite3
 import time
 from contextlib import closing
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from . import paths
+from . import paths, work_lock
 from .artifacts import is_complete
 from .errors import UserError
 
@@ -208,13 +209,22 @@ class Registry:
         return None
 
     def _reconcile(self, record: RunRecord) -> RunRecord:
-        if record.state in ACTIVE and record.supervisor_pid and not pid_alive(record.supervisor_pid):
-            # conditional: the supervisor may have recorded its outcome just before exiting
-            self.update(record.id, where_state=ACTIVE, state="failed", error=SUPERVISOR_GONE,
-                        finished_at=time.time())
-            with closing(self._connect()) as db:
-                record = _record(db.execute("SELECT * FROM runs WHERE id = ?", (record.id,)).fetchone())
-        return record
+        """An active run whose supervisor is gone is failed, and a job it left running is stopped; so is
+        one whose work dir nothing holds (its supervisor's pid now names another process)."""
+        if record.state not in ACTIVE or not record.supervisor_pid:
+            return record
+        if not pid_alive(record.supervisor_pid):
+            error = SUPERVISOR_GONE
+            if record.work_dir and work_lock.signal_holder(record.work_dir, signal.SIGTERM, record.id):
+                error += "; its job was stopped (it saved a checkpoint, which a resubmit resumes from)"
+        elif record.work_dir and work_lock.lock_path(record.work_dir).exists() and work_lock.holder(record.work_dir) is None:
+            error = SUPERVISOR_GONE + "; nothing of the run holds its work dir"
+        else:
+            return record
+        # conditional: the supervisor may have recorded its outcome just before exiting
+        self.update(record.id, where_state=ACTIVE, state="failed", error=error, finished_at=time.time())
+        with closing(self._connect()) as db:
+            return _record(db.execute("SELECT * FROM runs WHERE id = ?", (record.id,)).fetchone())
 
 
 def _record(row: sqlite3.Row) -> RunRecord:

@@ -17,7 +17,7 @@ from pathlib import Path
 from pydantic import BaseModel
 from rich.console import Console
 
-from . import __version__, artifacts, model_refs, paths
+from . import __version__, artifacts, model_refs, paths, work_lock
 from .errors import RunFailed, UserError
 from .specs import JobSpec, validate
 from .stages import Stage, get_stage
@@ -130,16 +130,20 @@ def execute(prep: Prepared, backend: str, *, force: bool = False, detach: bool =
                                      hit.output, hit.log_path, pipeline=pipeline, state="cached")
             console.print(f"[green]cache hit[/]: {spec.stage} unchanged since run {hit.id}; reusing {hit.output} (--force reruns)", soft_wrap=True)
             return record
-    elif prep.work_dir.exists():
-        shutil.rmtree(prep.work_dir)
-    output = Path(spec.output)
-    output.mkdir(parents=True, exist_ok=True)
-    (output.parent / WORK_MARKER).touch()
-    (output / artifacts.MANIFEST).unlink(missing_ok=True)  # a rerun is incomplete until it finishes
-    log_path = paths.run_dir(spec.run_id) / "job.log"
-    record = registry.create(spec.run_id, spec.stage, backend, prep.cache_key, str(prep.work_dir),
-                             spec.output, str(log_path), pipeline=pipeline)
-    runner.start(spec, record)
+    _take_work_dir(registry, prep, console)
+    try:
+        if force and prep.work_dir.exists():
+            shutil.rmtree(prep.work_dir)
+        output = Path(spec.output)
+        output.mkdir(parents=True, exist_ok=True)
+        (output.parent / WORK_MARKER).touch()
+        (output / artifacts.MANIFEST).unlink(missing_ok=True)  # a rerun is incomplete until it finishes
+        log_path = paths.run_dir(spec.run_id) / "job.log"
+        record = registry.create(spec.run_id, spec.stage, backend, prep.cache_key, str(prep.work_dir),
+                                 spec.output, str(log_path), pipeline=pipeline)
+        runner.start(spec, record)  # the supervisor now holds the work dir's lock too
+    finally:
+        work_lock.release(prep.work_dir)
     if detach:
         console.print(f"submitted run [bold]{spec.run_id}[/]; follow it with `pai-distil runs logs -f {spec.run_id}`")
         return record
@@ -150,6 +154,26 @@ def execute(prep: Prepared, backend: str, *, force: bool = False, detach: bool =
         raise RunFailed(f"run {record.id} ({record.stage}) {record.state}: {reason}")
     console.print(f"[green]done[/]: {record.stage} → {record.output}", soft_wrap=True)
     return record
+
+
+def _take_work_dir(registry, prep: Prepared, console: Console) -> None:
+    """Hold the work dir's lock for this run; a job left running by a dead supervisor is stopped first
+    (it saves a checkpoint, which this run resumes from). Refuses, naming it, a run still running."""
+    try:
+        work_lock.hold(prep.work_dir, prep.spec.run_id)
+        return
+    except UserError:
+        other = (work_lock.holder(prep.work_dir) or {}).get("run_id")
+        try:
+            record = registry.get(other) if other else None
+        except UserError:  # a run of another registry (another home): not ours to stop
+            record = None
+        if record is None or not record.terminal:
+            raise
+    console.print(f"run {record.id} is {record.state} but its job still runs without its supervisor; stopping it",
+                  soft_wrap=True)
+    work_lock.stop_orphan(prep.work_dir)
+    work_lock.hold(prep.work_dir, prep.spec.run_id)
 
 
 def _intact(output: str, console: Console) -> bool:

@@ -225,7 +225,7 @@ class ContainerSupervisor(Supervisor):
             name = container_name(spec.run_id, rank)
             proc = subprocess.Popen([dockercli.binary(), *docker_argv(spec, spec.image, rank, port, config_path)],
                                     env=dockercli.env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
+                                    stderr=subprocess.STDOUT, start_new_session=True, pass_fds=self.lock_fds)
             self.names.append(name)
             self.procs.append(proc)
             self.tails.append(collections.deque(maxlen=SEARCH_LINES))
@@ -234,6 +234,7 @@ class ContainerSupervisor(Supervisor):
             t = threading.Thread(target=self.pump, args=(rank, proc, prefix, log_path), daemon=True)
             t.start()
             self.threads.append(t)
+        self.job_holds_lock()  # each `docker run` client lives as long as its container
 
     def pump(self, rank: int, proc: subprocess.Popen, prefix: str, log_path: str) -> None:
         """Copy a node's output into the run's log, line by line, with its prefix."""

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from pai_distil_jobs.contract import input_env_name
 
+from .. import work_lock
 from ..errors import RunFailed
 from ..paths import run_dir
 from ..registry import ACTIVE, Registry, RunRecord
@@ -116,9 +117,13 @@ class ProcessBackend:
         if record.log_path != str(log_path):
             self.registry.update(record.id, log_path=str(log_path))  # before the supervisor reads it
         argv = [sys.executable, "-m", module, record.id, str(self.registry.path)]
+        lock = work_lock.held_fd(record.work_dir)  # handed on: the supervisor holds the work dir from now on
+        if lock is not None:
+            env = {**env, work_lock.FD_ENV: str(lock)}
         with _sigterm_blocked():
             spawned = subprocess.run([sys.executable, "-I", "-S", "-c", _DETACH, str(log_path), *argv], env=env,
-                                     stdin=subprocess.DEVNULL, capture_output=True, text=True)
+                                     stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                                     pass_fds=() if lock is None else (lock,))
         if spawned.returncode != 0 or not spawned.stdout.strip().isdigit():
             error = f"could not start the supervisor: {(spawned.stderr.strip().splitlines() or ['?'])[-1]}"
             self.registry.update(record.id, state="failed", error=error, finished_at=time.time())

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from pai_distil_jobs.contract import ERROR_PREFIX
 
+from .. import work_lock
 from ..artifacts import is_complete
 from ..paths import run_dir
 from ..registry import ACTIVE, Registry
@@ -55,6 +56,13 @@ class Supervisor:
         self.stop_requested = False
         self.procs: list[subprocess.Popen] = []
         self.grace_s = float(os.environ.get(GRACE_ENV) or DEFAULT_GRACE_S)
+        lock = os.environ.get(work_lock.FD_ENV, "")
+        self.lock_fds = (int(lock),) if lock.isdigit() else ()  # the work dir's lock, passed on to the job
+
+    def job_holds_lock(self) -> None:
+        """Name the job's process groups in the lock file, so they can be stopped if this supervisor dies."""
+        for fd in self.lock_fds:
+            work_lock.describe(fd, self.run_id, [p.pid for p in self.procs])
 
     def request_stop(self, *_) -> None:
         self.stop_requested = True
@@ -93,7 +101,8 @@ class Supervisor:
             for rank in range(spec.nodes):
                 self.procs.append(subprocess.Popen(
                     spec.command, env={**os.environ, "RANK": str(rank)}, stdin=subprocess.DEVNULL,
-                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True, pass_fds=self.lock_fds))
+        self.job_holds_lock()
 
     def wait(self) -> int | None:
         """Wait for every launcher; returns the first non-zero exit status seen, if any.
