@@ -13,8 +13,8 @@ from typing import Annotated, Any, ClassVar, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from . import model_refs
 from .errors import UserError
-from .presets import PRESETS, is_preset, preset_name
 from .synthetic.world import LEVEL_STEPS
 
 
@@ -84,12 +84,7 @@ class Student(Strict):
     model: str = Field("preset:tiny", description="preset:<name>, a local checkpoint directory, or a hub id")
     seed: int = Field(0, description="initialisation seed for presets")
 
-    @field_validator("model")
-    @classmethod
-    def _preset_known(cls, v: str) -> str:
-        if is_preset(v) and preset_name(v) not in PRESETS:
-            raise ValueError(f"unknown preset {v!r}; choose one of {', '.join('preset:' + p for p in PRESETS)}")
-        return v
+    _model = field_validator("model")(classmethod(lambda cls, v: model_refs.check(v)))
 
 
 class DeepSpeed(Strict):
@@ -350,6 +345,9 @@ class AdaptiveThinkingConfig(Strict):
     soft_switch_ratio: float = Field(
         0.5, ge=0, le=1, description="variant y: fraction of samples that carry /think or /no_think in the user "
                                      "turn instead of the chat template's enable_thinking flag")
+    no_template_switch: Literal["refuse", "soft_switch"] = Field(
+        "refuse", description="variant y, when the student's chat template ignores enable_thinking (Qwen2.5's): "
+                              "refuse to train, or train every non-thinking row with /no_think in the user turn")
     seed: int = 0
 
 
@@ -548,6 +546,8 @@ class EvalModel(Strict):
         None, description="passed to the chat template (endpoints: chat_template_kwargs); null: the template's default")
     max_new_tokens: int | None = Field(None, ge=1, description="this model's output budget; default: the evaluate-wide one")
     seed: int = 0
+
+    _model = field_validator("model")(classmethod(lambda cls, v: v if v is None else model_refs.check(v)))
 
     @model_validator(mode="after")
     def _one_source(self) -> EvalModel:

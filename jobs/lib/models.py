@@ -16,6 +16,7 @@ from transformers.utils import logging as hf_logging
 from pai_distil.presets import CONFIG_KEY, PRESETS, is_preset, preset_name
 from pai_distil.specs import LIKELIHOOD, LIKELIHOOD_WEIGHT
 
+from .hub import load_kwargs
 from .threads import set_cpu_threads
 from .tokenizer import build_tokenizer
 
@@ -53,12 +54,18 @@ def build_preset(name: str, seed: int) -> tuple[PreTrainedModel, PreTrainedToken
     return model, tokenizer
 
 
-def _tokenizer(spec: str) -> PreTrainedTokenizerBase:
-    tokenizer = AutoTokenizer.from_pretrained(spec)
+def _tokenizer(spec: str, **kwargs) -> PreTrainedTokenizerBase:
+    tokenizer = AutoTokenizer.from_pretrained(spec, **kwargs)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def load_tokenizer(spec: str | Path) -> PreTrainedTokenizerBase:
+    """The tokenizer alone, a preset's or a checkpoint's: for checks of the chat template before training."""
+    spec = str(spec)
+    return build_tokenizer() if is_preset(spec) else _tokenizer(spec, **load_kwargs(spec))
 
 
 def attention_kernel(requested: str | None) -> str:
@@ -86,8 +93,9 @@ def load_model(spec: str | Path, seed: int = 0, attn_implementation: str | None 
         model, tokenizer = build_preset(preset_name(spec), seed)
         model.set_attn_implementation(attn)
         return model.to(dtype), tokenizer
-    tokenizer = _tokenizer(spec)
-    model = AutoModelForCausalLM.from_pretrained(spec, dtype=dtype, attn_implementation=attn)
+    source = load_kwargs(spec)  # a hub id that cannot be had fails here in seconds, in one line
+    tokenizer = _tokenizer(spec, **source)
+    model = AutoModelForCausalLM.from_pretrained(spec, dtype=dtype, attn_implementation=attn, **source)
     return model, tokenizer
 
 
@@ -131,5 +139,21 @@ def load_reward_model(spec: str | Path, seed: int = 0, likelihood_weight: float 
     return model, tokenizer
 
 
+def end_tokens(tokenizer, model=None) -> list[int]:
+    """Every token a reply ends at: eos, the chat template's end of turn (`<|im_end|>`, which is not the
+    eos of base checkpoints such as Qwen3-Base) and the model's generation_config eos ids."""
+    from .chat_template import end_of_turn
+
+    ids = [tokenizer.eos_token_id, end_of_turn(tokenizer)]
+    if model is not None:
+        gen = model.generation_config.eos_token_id
+        ids += gen if isinstance(gen, list) else [gen]
+    return sorted({i for i in ids if isinstance(i, int)})
+
+
 def set_generation_stops(model, tokenizer) -> None:
-    """Placeholder: the end-of-turn stops land with the template work."""
+    """Write the end tokens into the model's generation_config (saved as generation_config.json), so vLLM,
+    SGLang and `generate` stop a reply at the template's end of turn, not only at eos."""
+    model.generation_config.eos_token_id = end_tokens(tokenizer, model)
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id

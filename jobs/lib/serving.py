@@ -22,7 +22,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from pai_distil.deploy.protocol import THINK_CLOSE, THINK_OPEN, BadRequest
 
-from .models import load_for_inference
+from .models import end_tokens, load_for_inference
 
 
 @dataclass
@@ -93,11 +93,12 @@ class Engine:
         self.model, self.tokenizer = load_for_inference(checkpoint)
         self.model.eval()
         tok = self.tokenizer
-        self.stop_ids = {i for i in (tok.eos_token_id, tok.convert_tokens_to_ids("<|endoftext|>")) if isinstance(i, int)}
-        gen_eos = self.model.generation_config.eos_token_id
-        self.stop_ids |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
+        # eos, the template's end of turn (a base model's eos is <|endoftext|>, its turns end with <|im_end|>),
+        # generation_config's eos ids, and <|endoftext|>, which ends a document whatever the template
+        endoftext = tok.convert_tokens_to_ids("<|endoftext|>")
+        self.stop_ids = set(end_tokens(tok, self.model)) | ({endoftext} if isinstance(endoftext, int) and endoftext != tok.unk_token_id else set())
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        self.strip = [t for t in (tok.eos_token, tok.pad_token, "<|endoftext|>") if t]
+        self.strip = [t for t in {tok.pad_token, *tok.convert_ids_to_tokens(sorted(self.stop_ids))} if t]
         self.context = int(getattr(self.model.config, "max_position_embeddings", 0) or 0) or None
         self.max_batch = max_batch
         self._queue: queue.Queue[Job] = queue.Queue()

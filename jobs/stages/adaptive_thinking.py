@@ -71,8 +71,10 @@ def order_rows(rows: list[dict], curriculum: str, seed: int) -> list[dict]:
     return rows
 
 
-def build_y(by_problem: dict[str, list[dict]], cfg: AdaptiveThinkingConfig) -> tuple[list[dict], dict]:
-    """Thinking rows plus, for a share of problems, a non-thinking row (empty thought)."""
+def build_y(by_problem: dict[str, list[dict]], cfg: AdaptiveThinkingConfig,
+            soft_only: bool = False) -> tuple[list[dict], dict]:
+    """Thinking rows plus, for a share of problems, a non-thinking row (empty thought); `soft_only`: every
+    non-thinking row switches with /no_think (for templates without enable_thinking)."""
     rng = random.Random(cfg.seed)
     rows, counts = [], defaultdict(int)
     for problem_rows in by_problem.values():
@@ -85,11 +87,32 @@ def build_y(by_problem: dict[str, list[dict]], cfg: AdaptiveThinkingConfig) -> t
         rows.append(thinking_row(think, " /think" if soft else ""))
         counts["thinking"] += 1
         if rng.random() < cfg.no_think_ratio:
-            soft = rng.random() < cfg.soft_switch_ratio
+            soft = rng.random() < cfg.soft_switch_ratio or soft_only
             rows.append(non_thinking_row(think, soft))
             counts["non-thinking (/no_think)" if soft else "non-thinking (enable_thinking=False)"] += 1
     rng.shuffle(rows)
     return rows, dict(counts)
+
+
+def build_y_for_template(by_problem: dict[str, list[dict]], cfg: AdaptiveThinkingConfig,
+                         say=log) -> tuple[list[dict], dict]:
+    """`build_y`, checked against the student's template: a template that ignores enable_thinking would
+    make the non-thinking rows contradict the thinking ones and both modes one at inference."""
+    rows, counts = build_y(by_problem, cfg)
+    if not any("chat_template_kwargs" in r for r in rows):
+        return rows, counts
+    from ..lib.chat_template import honours_enable_thinking
+    from ..lib.models import load_tokenizer
+
+    if honours_enable_thinking(load_tokenizer(cfg.student.model)):
+        return rows, counts
+    if cfg.no_template_switch == "refuse":
+        raise JobError(f"variant y: the chat template of {cfg.student.model} ignores enable_thinking (its prompt is "
+                       "the same with True and False), so non-thinking rows would contradict thinking ones; use a "
+                       "student with a thinking switch (Qwen3), or set no_template_switch: soft_switch to train "
+                       "/no_think rows instead")
+    say("variant y: the student's chat template ignores enable_thinking; every non-thinking row uses /no_think")
+    return build_y(by_problem, cfg, soft_only=True)
 
 
 def _table(title: str, columns: list[str], rows: list[list[str]]) -> str:
@@ -116,7 +139,8 @@ def run(ctx: JobContext) -> bool:
                          "-" if s["mean_rv"] is None else f"{s['mean_rv']:.1f}"] for s in stats]))
         sft = [thinking_row(r) for r in rows]
     else:
-        sft, counts = build_y(_group(read_cots(path), path), cfg)
+        sft, counts = build_y_for_template(_group(read_cots(path), path), cfg,
+                                           say=log if main else (lambda m: None))
         if main:
             log(_table("ThoughtY training mix", ["kind", "rows"], [[k, str(v)] for k, v in counts.items()]))
     if not sft:

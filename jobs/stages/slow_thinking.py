@@ -17,8 +17,8 @@ def sft_rows(path: Path, require_correct: bool, verbosity: list[int] | None = No
     """SFT rows (`messages`) from a generate/score artifact, a CoT-sample JSONL or an SFT JSONL."""
     out = []
     for n, row in enumerate(read_cots(path), 1):
-        if "messages" in row:
-            out.append({"messages": row["messages"]})
+        if "messages" in row:  # an assistant turn's reasoning_content becomes its think block (sft_data)
+            out.append({k: row[k] for k in ("messages", "chat_template_kwargs") if k in row})
             continue
         require(row, n, ("problem", "thought", "solution"), f"input 'cots' ({path})")
         if require_correct and not row.get("correct"):
