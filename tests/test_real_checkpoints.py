@@ -329,3 +329,20 @@ def test_saved_generation_config_stops_at_both(tmp_path):
     set_generation_stops(model, tok)
     model.save_pretrained(tmp_path)
     assert GenerationConfig.from_pretrained(tmp_path).eos_token_id == [ENDOFTEXT, IM_END]
+
+
+def test_a_checkpoint_path_missing_where_the_job_runs_is_one_line():
+    from pai_distil_jobs.lib.hub import load_kwargs
+
+    with pytest.raises(JobError, match="no checkpoint directory at '/nowhere/ckpt' where this job runs"):
+        load_kwargs("/nowhere/ckpt")
+
+
+def test_a_job_given_an_uncached_hub_id_offline_fails_in_one_line(tmp_path):
+    from conftest import job_errors, run_job
+
+    cfg = {"models": [{"name": "qwen", "model": "Qwen/Qwen3-0.6B-not-cached"}], "problems": {"n": 2}}
+    proc = run_job("evaluate", cfg, tmp_path / "out", env={"HF_HUB_OFFLINE": "1"})  # its speed: the test above
+    assert proc.returncode == 2
+    assert len(job_errors(proc)) == 1 and "Traceback" not in proc.stderr
+    assert "'Qwen/Qwen3-0.6B-not-cached' is not in the local Hugging Face cache" in job_errors(proc)[0]

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pai_distil.model_refs import HUB_ID
+
 from ..contract import JobError
 
 TIMEOUT_S = 10
@@ -19,6 +21,9 @@ def load_kwargs(spec: str) -> dict:
     raises JobError (one line) when the model cannot be had."""
     if Path(spec).is_dir():
         return {}
+    if not HUB_ID.match(spec):  # a path (configs are checked on the client; this job runs elsewhere)
+        raise JobError(f"no checkpoint directory at {spec!r} where this job runs; check the path (a local "
+                       "directory is seen by --backend process jobs only; evaluate also takes it as an input)")
     from huggingface_hub import constants, model_info, try_to_load_from_cache
     from huggingface_hub.errors import RepositoryNotFoundError
 
