@@ -14,10 +14,10 @@ from collections.abc import Mapping
 
 from ..paths import ENV_HOME
 
-# Exact names a job may inherit: how to find programs and files, the locale, proxies and
+# Exact names a job may inherit: how to find programs, files and its own code, the locale, proxies and
 # certificates for the endpoints it calls, thread counts, and pai-distil's own non-secret settings.
 HARMLESS = frozenset({
-    "PATH", "HOME", "USER", "LOGNAME", "SHELL", "TERM", "TZ", "TMPDIR", "LANG", "LANGUAGE", "VIRTUAL_ENV",
+    "PATH", "HOME", "USER", "LOGNAME", "SHELL", "TERM", "TZ", "TMPDIR", "LANG", "LANGUAGE", "VIRTUAL_ENV", "PYTHONPATH",
     "http_proxy", "https_proxy", "no_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY",
     "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
     "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TOKENIZERS_PARALLELISM",
