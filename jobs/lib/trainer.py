@@ -357,6 +357,8 @@ def fit(trainer, callback: JobCallback, checkpoint_dir: Path, log=print) -> bool
             log(f"resuming from checkpoint {ckpt.name} (step {step} of {trainer.args.max_steps})")
     trainer.accelerator.wait_for_everyone()
     trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+    if torch.cuda.is_available() and trainer.is_world_process_zero():
+        log(f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB allocated on rank 0")
     if callback.sigterm:
         log(f"SIGTERM: saved checkpoint at step {trainer.state.global_step}; exiting")
         return False
