@@ -54,7 +54,7 @@ def verifier_for(row: dict) -> str:
 def check(row: dict, response: str, sandbox=None) -> Verdict:
     """The verdict on `response` (a full answer, `<think>` block included or not) to `row`.
 
-    `sandbox` (verify.sandbox.Limits) bounds each run of a code answer.
+    `sandbox` (verify.sandbox.Limits) bounds each run of a code answer (default: sandbox.default()).
     """
     kind = verifier_for(row)
     answer = "" if row.get("answer") is None else str(row["answer"])
@@ -71,10 +71,10 @@ def check(row: dict, response: str, sandbox=None) -> Verdict:
         from .verify import choice
 
         return choice.check(answer, response, row.get("choices"))
-    from .verify import code, sandbox as sb
+    from .verify import code
 
     meta = row.get("meta") or {}
-    return code.check(response, row.get("tests") or [], sandbox or sb.Limits(),
+    return code.check(response, row.get("tests") or [], sandbox,
                       fn_name=row.get("fn_name") or meta.get("fn_name"))
 
 

@@ -215,7 +215,8 @@ def test_hostile_code_answers_fail_and_the_evaluation_continues(tmp_path):
     assert by_id["sum"]["response"].startswith("<think>\nI will write it.\n</think>")
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["models"][0]["overall"]["accuracy"] == pytest.approx(0.2)
-    assert "audit hook" in report["sandbox"]["isolation"] and "sandbox" in proc.stdout
+    sandbox = report["sandbox"]["isolation"]
+    assert sandbox.split(":")[0] in ("bwrap", "docker") and f"code answers run in a sandbox: {sandbox}" in proc.stdout
 
 
 # -- configuration and input errors ---------------------------------------------------------------

@@ -365,6 +365,20 @@ def test_grpo_scores_with_a_served_reward_model(tmp_path, micro_student, reward_
     assert bad.returncode == 2 and "refused the key" in job_errors(bad)[0]
 
 
+def test_grpo_on_code_problems_names_its_sandbox_and_refuses_none(tmp_path, micro_student):
+    rows = [{"id": f"c{i}", "problem": "Read A and B; print A + B.", "domain": "code",
+             "tests": [{"input": "1 2\n", "output": "3\n"}]} for i in range(2)]
+    (tmp_path / "code.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    inputs = {"student": micro_student, "problems": tmp_path / "code.jsonl"}
+    cfg = grpo_config(problems=None, reward={"rm_weight": 0, "correct_weight": 1}, sandbox={"timeout_s": 2})
+    cfg["train"]["max_steps"] = 1
+    proc = run_job("grpo", cfg, tmp_path / "g", inputs=inputs)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "grpo: code answers run in a sandbox: bwrap:" in proc.stdout or "sandbox: docker:" in proc.stdout
+    refused = run_job("grpo", {**cfg, "sandbox": {"isolation": "none"}}, tmp_path / "g2", inputs=inputs)
+    assert refused.returncode == 2 and "sandbox.allow_unsandboxed: true" in job_errors(refused)[0]
+
+
 def cli(home: Path, *args, timeout=600) -> subprocess.CompletedProcess:
     env = {**os.environ, "PAI_DISTIL_HOME": str(home)}
     return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout)
@@ -428,41 +442,3 @@ def test_grpo_killed_mid_run_resumes_from_the_newest_checkpoint(tmp_path, monkey
         if r["step"] in lost:
             for key in ("reward", "accuracy", "length", "kl", "loss"):
                 assert r[key] == pytest.approx(lost[r["step"]][key], abs=1e-4), (r, lost[r["step"]])
-
-
-def test_grpo_with_vllm_rollouts_where_vllm_is_missing_fails_in_one_line(tmp_path, micro_student):
-    cfg = grpo_config(rollout="vllm", reward={"rm_weight": 0, "correct_weight": 1})
-    proc = run_job("grpo", cfg, tmp_path / "g", inputs={"student": micro_student})
-    assert proc.returncode == 2
-    assert len(job_errors(proc)) == 1 and "rollout: vllm needs vLLM" in job_errors(proc)[0]
-
-
-def test_group_rewards_score_correctness_cuts_and_missing_answers():
-    from types import SimpleNamespace
-
-    from pai_distil.specs import GRPOConfig
-    from pai_distil_jobs.lib.grpo import GroupRewards
-    from pai_distil_jobs.lib.models import load_tokenizer
-
-    tok = load_tokenizer("preset:micro")
-    problem = world.generate_problems(1, seed=5, levels=[1])[0]
-    row = {"problem": problem.text, "answer": problem.answer, "domain": "synthetic", "prompt": problem.text,
-           "opened": ""}
-    end = tok.convert_tokens_to_ids("<|im_end|>")
-    right = tok(f"The answer is \\boxed{{{problem.answer}}}.", add_special_tokens=False)["input_ids"] + [end]
-    wrong = tok(f"The answer is \\boxed{{{int(problem.answer) + 1}}}.", add_special_tokens=False)["input_ids"] + [end]
-    cut = tok("The answer is", add_special_tokens=False)["input_ids"]
-    cfg = GRPOConfig(problems={"n": 1}, truncation_warning=1.0)
-    rewards = GroupRewards([row, row], cfg, tok, [end], scorer=lambda p, c: [float(len(x)) for x in c])
-    logged = {}
-    kw = {"completion_ids": [right, wrong, cut, right], "index": [0, 0, 1, 1],
-          "log_metric": lambda k, v: logged.setdefault(k, v), "trainer_state": SimpleNamespace(global_step=0)}
-    assert rewards.correct(**kw) == [1.0, 0.0, 0.0, 1.0]
-    assert rewards.overlong(**kw) == [0.0, 0.0, 1.0, 0.0]
-    assert rewards.no_answer(**kw) == [0.0, 0.0, 1.0, 0.0]
-    assert rewards.reward_model(**kw)[0] == len(f"The answer is \\boxed{{{problem.answer}}}.")  # end token dropped
-    assert logged == {"accuracy": 0.5, "solved_groups": 1.0, "mixed_groups": 1.0, "truncated": 0.25,
-                      "no_answer": 0.25, "rm_score": logged["rm_score"]}
-    funcs, weights = rewards.functions()
-    assert [f.__name__ for f in funcs] == ["correct", "overlong", "no_answer", "reward_model"]
-    assert weights == [1.0, -0.0, -0.0, 1.0]

@@ -12,7 +12,7 @@ import pytest
 
 from pai_distil import verifiers
 from pai_distil.verify import agreement, choice, code, math_answer
-from pai_distil.verify.sandbox import Limits, isolation, run_python
+from pai_distil.verify.sandbox import Limits, describe, run_python
 from pai_distil.verify.text import last_boxed
 
 PAIRS = Path(__file__).resolve().parents[1] / "examples" / "verifier-pairs"
@@ -172,17 +172,32 @@ def test_output_comparison():
     assert not code.same_output("1 2", "1 3")
 
 
+def test_integers_and_words_compare_exactly_and_only_expected_decimals_within_tolerance():
+    assert not code.same_output("998244350", "998244353")  # within 1e-6 relative, still wrong
+    assert not code.same_output("1.0", "1") and code.same_output("1", "1.0000001e0")  # the expected one decides
+    assert code.same_output("2 0.50000001", "2 0.5") and not code.same_output("2 0.5001", "2 0.5")
+    assert not code.same_output("true", "1") and not code.same_output("nan", "0.5")
+
+
+def test_function_results_compare_by_type_and_value():
+    assert not code.same_value(True, 1) and not code.same_value(1, True) and not code.same_value(0, False)
+    assert not code.same_value(998244350, 998244353) and not code.same_value(3.0, 3) and not code.same_value("1", 1)
+    assert code.same_value(3, 3.0) and code.same_value(0.1 + 0.2, 0.3) and code.same_value(None, None)
+    assert not code.same_value([1, 2], [1, 2, 3]) and code.same_value({"a": [1.0]}, {"a": [1.0000000001]})
+    assert not code.same_value({"a": 1}, {"a": 1, "b": 2}) and not code.same_value([True], [1])
+
+
 HOSTILE = {
     "infinite loop": ("while True:\n    pass", "timeout"),
     "sleep": ("import time\ntime.sleep(60)", "timeout"),
     "fork bomb": ("import os\nwhile True:\n    os.fork()", "blocked"),
-    "multiprocessing": ("import multiprocessing as mp\nmp.Process(target=print).start()", "blocked"),
+    "multiprocessing": ("import multiprocessing as mp\nmp.Process(target=print).start()", "fail"),  # inside
     "huge allocation": ("x = bytearray(50 * 1024 ** 3)", "memory"),
     "growing list": ("x = []\nwhile True:\n    x.append(bytearray(10 ** 7))", "memory"),
     "network call": ("import urllib.request\nurllib.request.urlopen('http://{host}/', timeout=2)", "blocked"),
     "raw socket": ("import socket\nsocket.create_connection(('{hostname}', {port}), timeout=2)", "blocked"),
-    "subprocess": ("import subprocess\nsubprocess.run(['sh', '-c', 'echo hi'])", "blocked"),
-    "write outside": ("open('/tmp/pai-distil-sandbox-escape', 'w').write('x')", "blocked"),
+    "subprocess": ("import subprocess\nsubprocess.run(['sh', '-c', 'echo hi'])", "fail"),  # runs, inside
+    "write outside": ("open('/tmp/pai-distil-sandbox-escape', 'w').write('x')", "fail"),  # the sandbox's own /tmp
     "endless output": ("while True:\n    print('x' * 10000)", "output_limit"),
 }
 
@@ -238,8 +253,8 @@ def test_evaluation_continues_after_hostile_answers():
     assert verdicts == [False, False, True]
 
 
-def test_sandbox_runs_in_its_own_temp_dir_and_says_how_it_isolates():
+def test_sandbox_runs_in_a_scratch_dir_of_its_own_and_says_which_boundary():
     r = run_python("import os\nprint(os.getcwd())\nopen('scratch.txt', 'w').write('ok')", limits=FAST)
-    assert r.status == "ok" and "pai-distil-sandbox-" in r.stdout
-    assert not Path(r.stdout.strip()).exists()  # removed afterwards
-    assert "audit hook" in isolation()
+    assert r.status == "ok" and r.stdout.strip() == "/tmp"
+    assert not Path("/tmp/scratch.txt").exists()  # the sandbox's /tmp, not this machine's
+    assert describe(FAST).split(":")[0] in ("bwrap", "docker")

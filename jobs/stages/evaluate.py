@@ -15,9 +15,10 @@ import time
 from pai_distil import report as reports
 from pai_distil.specs import EvalModel, EvaluateConfig
 from pai_distil.verifiers import check, verifier_for
-from pai_distil.verify.sandbox import Limits, isolation
+from pai_distil.verify.sandbox import Limits
 
 from ..contract import JobContext, JobError, log
+from ..lib.code_sandbox import open_sandbox
 from ..lib.problems import level_of, load_problems, source_of
 from ..lib.prompts import user_message
 
@@ -27,11 +28,9 @@ def run(ctx: JobContext) -> None:
     problems = load_problems(cfg.problems, ctx.inputs.get("problems"), prefix="eval", data=cfg.data)
     jobs = [(p, k) for p in problems for k in range(cfg.samples)]  # problem-major: samples of one problem together
     prompts = [user_message(p, cfg.user_prompt) for p, _ in jobs]
-    limits = Limits(timeout_s=cfg.sandbox.timeout_s, memory_mb=cfg.sandbox.memory_mb)
-    has_code = any(verifier_for(p) == "code" for p in problems)
     sources = sorted({source_of(p) for p in problems})
-    log(f"evaluate: {len(problems)} problems ({', '.join(sources)}) x {cfg.samples} sample(s), {len(cfg.models)} models"
-        + (f"; code runs in a sandbox: {isolation()}" if has_code else ""))
+    log(f"evaluate: {len(problems)} problems ({', '.join(sources)}) x {cfg.samples} sample(s), {len(cfg.models)} models")
+    limits, sandbox = open_sandbox(cfg.sandbox, problems, "evaluate")
 
     results, predictions = {}, {}
     # Served models first: a wrong URL or key then fails in seconds, not after an hour of local decoding.
@@ -51,8 +50,8 @@ def run(ctx: JobContext) -> None:
     report = {"n_problems": len(problems), "samples": cfg.samples, "temperature": cfg.temperature,
               "top_p": cfg.top_p, "max_new_tokens": cfg.max_new_tokens, "sources": sources,
               "models": [results[m.name] for m in cfg.models]}
-    if has_code:
-        report["sandbox"] = {"timeout_s": limits.timeout_s, "memory_mb": limits.memory_mb, "isolation": isolation()}
+    if sandbox:
+        report["sandbox"] = {"timeout_s": limits.timeout_s, "memory_mb": limits.memory_mb, "isolation": sandbox}
     (ctx.output / reports.REPORT).write_text(json.dumps(report, indent=1))
     with open(ctx.output / "predictions.jsonl", "w") as f:
         for m in cfg.models:

@@ -26,6 +26,7 @@ from pai_distil.verify.sandbox import Limits
 
 from ..contract import JobContext, JobError, log
 from ..lib import problems, prompts
+from ..lib.code_sandbox import open_sandbox
 from ..lib.resumable import NotACompletion, explain_failure, load_done, message_of
 
 COTS = "cots.jsonl"
@@ -108,8 +109,9 @@ def read_completion(resp) -> tuple[str, str, str | None, int | None]:
 class Generation:
     """Asks the teacher for every missing (problem, verbosity) pair and appends the answers."""
 
-    def __init__(self, config: GenerateConfig, out: Path, total: int, done: int):
+    def __init__(self, config: GenerateConfig, out: Path, total: int, done: int, limits: Limits):
         self.config = config
+        self.limits = limits  # of each run of a code answer
         self.out = out
         self.total = total
         self.done = done
@@ -182,11 +184,10 @@ class Generation:
         """The verdict; code runs in a worker thread so the other requests keep flowing meanwhile."""
         if problem.get("answer") in (None, "") and not problem.get("tests"):
             return False  # e.g. a CoT row without a reference answer: nothing to check against
-        limits = Limits(timeout_s=self.config.sandbox.timeout_s, memory_mb=self.config.sandbox.memory_mb)
         if verifiers.verifier_for(problem) == "code":
-            verdict = await asyncio.to_thread(verifiers.check, problem, solution, limits)
+            verdict = await asyncio.to_thread(verifiers.check, problem, solution, self.limits)
         else:
-            verdict = verifiers.check(problem, solution, limits)
+            verdict = verifiers.check(problem, solution, self.limits)
         return verdict.correct
 
     def check_parseable(self) -> None:
@@ -230,7 +231,8 @@ def run(ctx: JobContext) -> bool | None:
     log(f"generate: asking teacher {config.teacher.model!r} at {config.teacher.base_url} for {len(todo)} "
         f"chains of thought ({what} x verbosity {config.verbosity})")
 
-    gen = Generation(config, out, total=len(wanted), done=resumed)
+    limits, _ = open_sandbox(config.sandbox, [p for p, _ in todo], "generate")
+    gen = Generation(config, out, total=len(wanted), done=resumed, limits=limits)
     gen.progress(force=True)
 
     async def main() -> None:

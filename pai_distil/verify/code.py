@@ -2,9 +2,13 @@
 the sandbox, one run per case, reporting pass/fail per case.
 
 Test cases are LiveCodeBench-shaped: {"input", "output", "testtype": "stdin" | "functional"}.
-stdin cases compare printed output line by line (trailing spaces ignored, numbers within 1e-6);
-functional cases (LeetCode style) call `Solution().<fn_name>` or a top-level `<fn_name>` with
-the input's JSON lines as arguments and compare the JSON result.
+Only a case's input goes into the sandbox; its expected output stays here and is compared here.
+stdin cases compare printed output line by line (trailing spaces ignored), token by token where
+lines differ: integers and words exactly, decimals within 1e-6 where the expected token is one.
+functional cases (LeetCode style) have the harness call `Solution().<fn_name>` or a top-level
+`<fn_name>` with the input's JSON lines as arguments; its JSON result is compared here by type
+and value: `true` is not `1`, an expected integer needs that integer, and only an expected
+float allows a tolerance.
 """
 
 from __future__ import annotations
@@ -13,24 +17,14 @@ import json
 import math
 import re
 
-from .sandbox import DEFAULT, Limits, run_python
+from .sandbox import Limits, run_python
 from .text import final_part
 from .verdict import Verdict
 
 _FENCE_RE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)```", re.DOTALL)
+_DECIMAL_RE = re.compile(r"[+-]?(\d+\.\d*|\.\d+|\d+(\.\d*)?[eE][+-]?\d+)")
 STOPS = {"timeout", "memory", "blocked", "output_limit"}  # after one of these, later cases are skipped
-
-PRELUDE = "from typing import *\nimport collections, heapq, itertools, math, bisect, functools\n"  # as LeetCode has
-_DRIVER = '''
-
-def __pai_distil_main():
-    import json, sys
-    args = [json.loads(line) for line in sys.stdin.read().splitlines() if line.strip()]
-    target = Solution().{fn} if "Solution" in globals() else globals()["{fn}"]
-    print(json.dumps(target(*args)))
-
-__pai_distil_main()
-'''
+FLOAT_TOLERANCE = 1e-6  # relative and absolute, for decimals only
 
 
 def extract_program(response: str) -> str | None:
@@ -44,26 +38,54 @@ def extract_program(response: str) -> str | None:
 
 
 def same_output(got: str, expected: str) -> bool:
-    """Printed output equal up to trailing whitespace, or token by token with numbers within 1e-6."""
+    """Printed output equal up to trailing whitespace, or token by token where every token is equal
+    but expected decimals, which may differ by FLOAT_TOLERANCE."""
     g = [line.rstrip() for line in got.strip().splitlines()]
     e = [line.rstrip() for line in expected.strip().splitlines()]
     if g == e:
         return True
     gt, et = got.split(), expected.split()
-    return len(gt) == len(et) and all(a == b or _close(a, b) for a, b in zip(gt, et, strict=True))
+    return len(gt) == len(et) and all(a == b or _close_decimal(a, b) for a, b in zip(gt, et, strict=True))
 
 
-def _close(a: str, b: str) -> bool:
+def _close_decimal(got: str, expected: str) -> bool:
+    if not _DECIMAL_RE.fullmatch(expected):
+        return False  # integers and words compare exactly
     try:
-        x, y = float(a), float(b)
+        x, y = float(got), float(expected)
     except ValueError:
         return False
-    return math.isfinite(x) and math.isfinite(y) and math.isclose(x, y, rel_tol=1e-6, abs_tol=1e-6)
+    return math.isfinite(x) and math.isclose(x, y, rel_tol=FLOAT_TOLERANCE, abs_tol=FLOAT_TOLERANCE)
 
 
-def run_tests(program: str, tests: list[dict], limits: Limits = DEFAULT, fn_name: str | None = None) -> list[dict]:
+def same_value(got, expected) -> bool:
+    """JSON values equal by type and value; a tolerance only where `expected` is a float."""
+    if isinstance(expected, bool) or isinstance(got, bool):
+        return type(got) is type(expected) and got == expected
+    if isinstance(expected, float):
+        return isinstance(got, (int, float)) and math.isclose(got, expected, rel_tol=FLOAT_TOLERANCE,
+                                                              abs_tol=FLOAT_TOLERANCE)
+    if isinstance(expected, list):
+        return (isinstance(got, list) and len(got) == len(expected)
+                and all(same_value(a, b) for a, b in zip(got, expected, strict=True)))
+    if isinstance(expected, dict):
+        return (isinstance(got, dict) and got.keys() == expected.keys()
+                and all(same_value(got[k], expected[k]) for k in expected))
+    return type(got) is type(expected) and got == expected
+
+
+def _same_result(stdout: str, expected: str) -> bool:
+    """The harness's result (the last line it printed) against the case's expected JSON."""
+    lines = stdout.strip().splitlines()
+    try:
+        return bool(lines) and same_value(json.loads(lines[-1]), json.loads(expected))
+    except json.JSONDecodeError:
+        return False
+
+
+def run_tests(program: str, tests: list[dict], limits: Limits | None = None, fn_name: str | None = None) -> list[dict]:
     """One result per case: {"case", "status", "seconds"}; status is pass, fail, timeout, error, memory,
-    blocked, output_limit or skipped."""
+    blocked, output_limit or skipped. Raises SandboxUnavailable when no sandbox runs here."""
     results: list[dict] = []
     stopped = None
     for i, case in enumerate(tests):
@@ -74,12 +96,11 @@ def run_tests(program: str, tests: list[dict], limits: Limits = DEFAULT, fn_name
         if functional and not fn_name:
             results.append({"case": i, "status": "error", "seconds": 0.0, "why": "functional test without fn_name"})
             continue
-        source = PRELUDE + program + _DRIVER.format(fn=fn_name) if functional else program
-        run = run_python(source, str(case.get("input", "")), limits)
+        run = run_python(program, str(case.get("input", "")), limits, fn_name if functional else None)
         status = run.status
         if status == "ok":
             expected = str(case.get("output", ""))
-            ok = _same_json(run.stdout, expected) if functional else same_output(run.stdout, expected)
+            ok = _same_result(run.stdout, expected) if functional else same_output(run.stdout, expected)
             status = "pass" if ok else "fail"
         result = {"case": i, "status": status, "seconds": run.seconds}
         if status not in ("pass", "fail") and run.stderr.strip():
@@ -90,14 +111,7 @@ def run_tests(program: str, tests: list[dict], limits: Limits = DEFAULT, fn_name
     return results
 
 
-def _same_json(got: str, expected: str) -> bool:
-    try:
-        return json.loads(got.strip().splitlines()[-1]) == json.loads(expected)
-    except (json.JSONDecodeError, IndexError):
-        return same_output(got, expected)
-
-
-def check(response: str, tests: list[dict], limits: Limits = DEFAULT, fn_name: str | None = None) -> Verdict:
+def check(response: str, tests: list[dict], limits: Limits | None = None, fn_name: str | None = None) -> Verdict:
     program = extract_program(response)
     if program is None:
         return Verdict(False, None, {"cases": [], "why": "no code block in the final answer"})

@@ -1,87 +1,66 @@
-"""Run an untrusted Python program: own temp dir, time/memory/output/process limits, no network.
+"""Run an untrusted Python program on one test case's input, behind an isolation boundary, with
+time, memory, output and process limits.
 
-Built for model-written programs that loop, fork, allocate or reach out by mistake, not for an
-adversary: audit hooks can be undone from inside Python, so the kernel layers (namespace,
-rlimits, process group, unprivileged user) are the ones that hold against deliberate escapes.
-Layers:
-- a process group of its own, killed whole (SIGKILL) when the wall-clock limit passes;
-- resource limits set in the child before the program runs: RLIMIT_AS (memory), RLIMIT_CPU,
-  RLIMIT_FSIZE (stdout goes to a file, so endless printing stops too), RLIMIT_CORE=0 and
-  RLIMIT_NPROC;
-- when started as root, the child drops to the unprivileged user `nobody` where the interpreter
-  is readable by it (so RLIMIT_NPROC holds); and always, an audit hook refuses writes, deletes and
-  renames outside the temp dir;
-- network: a fresh, empty network namespace (`unshare --net`, or `unshare --user --net` without
-  root) where the kernel allows it — see `isolation()` — and always a Python audit hook that
-  refuses sockets, process creation (fork, exec, subprocess, os.system) and ctypes.
+Each run gets a fresh host temp dir holding the program, the harness (harness.py) and nothing
+else; the sandbox sees those two files read-only, reads the case's input on stdin and writes
+stdout and stderr to files here, bounded by RLIMIT_FSIZE. The expected output is never written
+anywhere the program can reach: the caller compares what comes back. The boundary (bubblewrap,
+Docker, or none for trusted code) is chosen by `Limits.isolation`; see isolation.py.
+
+    r = run_python("print(sum(map(int, input().split())))", "1 2\\n")
+    r.status, r.stdout  # ("ok", "3\\n")
 """
 
 from __future__ import annotations
 
-import functools
-import os
-import shutil
+import re
 import signal
-import stat
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-NOBODY = 65534
-BLOCKED = "pai-distil sandbox blocked"
+from ..images import BASE_TAG
+from . import isolation
+from .isolation import SandboxUnavailable
 
-# Runs in the child before the program: limits, privilege drop, audit hook, then the program.
-GUARD = r'''
-import os, resource, sys
-mem, cpu, fsize, nproc, drop = (int(x) for x in sys.argv[1:6])
-program = sys.argv[6]
-home = os.path.dirname(program) + os.sep
-resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
-resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
-resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
-if drop:
-    os.setgroups([]); os.setgid(drop); os.setuid(drop)
-resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
-_DENY = ("socket.", "os.fork", "os.forkpty", "os.posix_spawn", "os.exec", "os.spawn", "os.system",
-         "subprocess.Popen", "pty.spawn", "ctypes.", "os.kill", "os.killpg", "signal.pthread_kill")
-_FS = {"os.remove", "os.rename", "os.rmdir", "os.mkdir", "os.chmod", "os.chown", "os.truncate",
-       "os.symlink", "os.link", "os.utime", "shutil.rmtree", "shutil.move", "shutil.copyfile"}
-def _outside(path):
-    try:
-        return not os.path.realpath(os.fsdecode(path)).startswith(home)
-    except (TypeError, ValueError):
-        return not isinstance(path, int)  # an fd is fine (already opened)
-_W = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
-def _writes(mode, flags):
-    return any(c in mode for c in "wax+") if isinstance(mode, str) else bool((flags or 0) & _W)
-def _hook(event, args):
-    if event.startswith(_DENY):
-        raise PermissionError("%s: %s" % (BLOCKED, event))
-    if event == "open" and _writes(args[1], args[2]) and _outside(args[0]):
-        raise PermissionError("%s: writing %s" % (BLOCKED, args[0]))
-    if event in _FS and args and _outside(args[0]):
-        raise PermissionError("%s: %s %s" % (BLOCKED, event, args[0]))
-sys.addaudithook(_hook)
-sys.argv = [program]
-del resource, mem, cpu, fsize, nproc, drop
-import runpy
-runpy.run_path(program, run_name="__main__")
-'''.replace("BLOCKED", repr(BLOCKED))
+__all__ = ["DEFAULT", "Limits", "RunResult", "SandboxUnavailable", "boundary", "default", "describe",
+           "run_python", "set_default"]
+
+HARNESS = Path(__file__).with_name("harness.py")
+# the kernel's answer when the program reached for what the boundary withholds
+_REFUSED = re.compile(r"Errno (1|11|13|30|97|101|111)\]|Read-only file system|Network is unreachable|"
+                      r"Connection refused|Resource temporarily unavailable|Operation not permitted")
 
 
 @dataclass(frozen=True)
 class Limits:
     timeout_s: float = 6.0  # wall clock per run
-    memory_mb: int = 1024  # address space
-    output_mb: int = 16  # stdout file size
-    processes: int = 16  # RLIMIT_NPROC headroom above what the user already runs (threads count)
+    memory_mb: int = 1024  # address space per process (Docker: the whole container)
+    output_mb: int = 16  # stdout and stderr file size
+    processes: int = 16  # processes and threads of the program (RLIMIT_NPROC in its own user namespace)
+    isolation: str = "auto"  # auto | bwrap | docker | none
+    allow_unsandboxed: bool = False  # let `none` (or `auto` where nothing else runs) run code unisolated
+    image: str | None = None  # the Docker image with python3 for `docker`; None: images.BASE_TAG
+
+    @classmethod
+    def of(cls, config) -> Limits:
+        """The limits a stage's `sandbox` config (specs.CodeSandbox) asks for."""
+        return cls(**config.model_dump())
 
 
 DEFAULT = Limits()
+_default = DEFAULT
+
+
+def set_default(limits: Limits) -> None:
+    """The limits of runs whose caller names none (GRPO's rollouts ask the verifier without them)."""
+    global _default
+    _default = limits
+
+
+def default() -> Limits:
+    return _default
 
 
 @dataclass
@@ -93,109 +72,66 @@ class RunResult:
     seconds: float
 
 
-@functools.cache
-def _net_prefix() -> tuple[str, ...]:
-    """The `unshare` invocation that gives the child an empty network namespace here, or ()."""
-    exe = shutil.which("unshare")
-    if exe is None:
-        return ()
-    options = [(exe, "--net")] if os.geteuid() == 0 else []
-    options.append((exe, "--user", "--map-root-user", "--net"))
-    for prefix in options:
-        try:
-            if subprocess.run([*prefix, "true"], capture_output=True, timeout=10).returncode == 0:
-                return prefix
-        except (OSError, subprocess.TimeoutExpired):
-            continue
-    return ()
+def boundary(limits: Limits | None = None) -> isolation.Boundary:
+    """The boundary these limits ask for on this machine; SandboxUnavailable (one line) when none runs."""
+    limits = limits or _default
+    return isolation.choose(limits.isolation, limits.image or BASE_TAG, limits.allow_unsandboxed)
 
 
-@functools.cache
-def _can_drop() -> bool:
-    """Whether the child can run as `nobody`: we are root and nobody can read the interpreter."""
-    if os.geteuid() != 0:
-        return False
-    for path in {Path(os.__file__).parent, Path(sys.executable).resolve().parent}:
-        for d in (path, *path.parents):
-            if not d.stat().st_mode & stat.S_IXOTH:
-                return False
-    return True
+def describe(limits: Limits | None = None) -> str:
+    """Which sandbox is in force, for logs and reports; SandboxUnavailable when none runs."""
+    return boundary(limits).describe()
 
 
-def isolation() -> str:
-    """How the network is cut off on this machine (for logs and reports)."""
-    prefix = _net_prefix()
-    ns = f"network namespace ({' '.join(['unshare', *prefix[1:]])})" if prefix else "no network namespace available"
-    user = ", runs as nobody" if _can_drop() else ""
-    return f"{ns} + audit hook refusing sockets and process creation{user}"
-
-
-def _user_processes() -> int:
-    uid, n = os.getuid(), 0
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                n += entry.stat().st_uid == uid
-            except OSError:
-                pass
-    return n
-
-
-def run_python(program: str, stdin: str = "", limits: Limits = DEFAULT) -> RunResult:
-    """Run `program` with `stdin`; never raises for anything the program does."""
-    tmp = Path(tempfile.mkdtemp(prefix="pai-distil-sandbox-"))
-    try:
-        (tmp / "main.py").write_text(program, encoding="utf-8")
-        (tmp / "guard.py").write_text(GUARD, encoding="utf-8")
-        (tmp / "stdin.txt").write_text(stdin, encoding="utf-8")
-        drop = NOBODY if _can_drop() else 0
-        if drop:
-            for p in (tmp, *tmp.iterdir()):
-                os.chown(p, NOBODY, NOBODY)
-        nproc = limits.processes if drop else _user_processes() + limits.processes
-        args = [str(limits.memory_mb << 20), str(int(limits.timeout_s) + 1), str(limits.output_mb << 20),
-                str(nproc), str(drop), str(tmp / "main.py")]
-        cmd = [*_net_prefix(), sys.executable, "-I", "-B", str(tmp / "guard.py"), *args]
-        env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp), "TMPDIR": str(tmp), "LANG": "C.UTF-8"}
+def run_python(program: str, stdin: str = "", limits: Limits | None = None, fn_name: str | None = None) -> RunResult:
+    """Run `program` on `stdin` (with `fn_name`: call that function on stdin's JSON lines and print
+    its JSON result); never raises for anything the program does."""
+    limits = limits or _default
+    b = boundary(limits)
+    with tempfile.TemporaryDirectory(prefix="pai-distil-sandbox-") as tmp:
+        run = Path(tmp)  # private to us: input, output, and the box
+        box = run / "sandbox"  # what the program sees, read-only, as /sandbox
+        box.mkdir()
+        (box / "main.py").write_text(program, encoding="utf-8")
+        (box / "harness.py").write_bytes(HARNESS.read_bytes())
+        for path, mode in ((box, 0o755), (box / "main.py", 0o644), (box / "harness.py", 0o644)):
+            path.chmod(mode)  # readable to the sandbox's unprivileged user
+        (run / "stdin.txt").write_text(stdin, encoding="utf-8")
+        argv = ["/sandbox/harness.py", "/sandbox/main.py", str(limits.memory_mb << 20), str(int(limits.timeout_s) + 1),
+                str(limits.output_mb << 20), str(limits.processes if b.rlimit_nproc else 0),
+                *([fn_name] if fn_name else [])]
         start = time.monotonic()
-        with (open(tmp / "stdin.txt", "rb") as fin, open(tmp / "stdout", "wb") as fout,
-              open(tmp / "stderr", "wb") as ferr):
-            proc = subprocess.Popen(cmd, stdin=fin, stdout=fout, stderr=ferr, cwd=tmp, env=env, start_new_session=True)
-            timed_out = False
-            try:
-                proc.wait(timeout=limits.timeout_s)
-            except subprocess.TimeoutExpired:
-                timed_out = True
-            finally:
-                _kill_group(proc.pid)
-                proc.wait()
-        seconds = time.monotonic() - start
-        out = _read(tmp / "stdout", limits.output_mb << 20)
-        err = _read(tmp / "stderr", 1 << 16)
-        return RunResult(_status(proc.returncode, timed_out, err), proc.returncode, out, err, round(seconds, 3))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        with (open(run / "stdin.txt", "rb") as fin, open(run / "stdout", "wb") as fout,
+              open(run / "stderr", "wb") as ferr):
+            returncode, timed_out = b.run(box, argv, limits, fin, fout, ferr)
+        seconds = round(time.monotonic() - start, 3)
+        cap = limits.output_mb << 20
+        full = any((run / f).stat().st_size >= cap for f in ("stdout", "stderr"))
+        out = _read(run / "stdout", cap)
+        err = _read(run / "stderr", 1 << 16, tail=True)
+    return RunResult("output_limit" if full else _status(returncode, timed_out, err), returncode, out, err, seconds)
 
 
-def _kill_group(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _read(path: Path, limit: int) -> str:
+def _read(path: Path, limit: int, tail: bool = False) -> str:
+    """At most `limit` bytes of the file: its start, or with `tail` its end (where a traceback is)."""
     with open(path, "rb") as f:
+        if tail:
+            f.seek(max(0, path.stat().st_size - limit))
         return f.read(limit).decode("utf-8", errors="replace")
 
 
+def _signalled(returncode: int, sig: int) -> bool:
+    return returncode in (-sig, 128 + sig)  # directly, or as bwrap and Docker report a signalled child
+
+
 def _status(returncode: int, timed_out: bool, stderr: str) -> str:
-    if timed_out or returncode in (-signal.SIGXCPU, -signal.SIGKILL):
+    if timed_out or _signalled(returncode, signal.SIGXCPU) or _signalled(returncode, signal.SIGKILL):
         return "timeout"
-    if returncode == -signal.SIGXFSZ or "File too large" in stderr:
+    if _signalled(returncode, signal.SIGXFSZ) or "File too large" in stderr:
         return "output_limit"
-    if BLOCKED in stderr:
-        return "blocked"
-    if "MemoryError" in stderr:
+    if returncode == 0:
+        return "ok"
+    last = stderr.strip().splitlines()[-1] if stderr.strip() else ""
+    if "MemoryError" in last:
         return "memory"
-    return "ok" if returncode == 0 else "error"
+    return "blocked" if _REFUSED.search(last) else "error"
