@@ -496,15 +496,35 @@ class Reward(Strict):
 
 
 class GRPOTraining(Strict):
+    """GRPO's optimisation on TRL's GRPOTrainer over accelerate: one process per GPU, bf16 on GPUs."""
+
+    PRESET: ClassVar[dict] = {"learning_rate": 2e-4, "gradient_checkpointing": False}
+    CHECKPOINT: ClassVar[dict] = {"learning_rate": 1e-6, "gradient_checkpointing": True}
+
     max_steps: int = Field(100, ge=1, le=100_000_000, description="policy updates (one batch of groups each)")
     prompts_per_step: int = Field(8, ge=1, description="problems per step; each gets `group_size` completions")
-    learning_rate: float = Field(2e-4, gt=0)
+    gradient_accumulation_steps: int = Field(
+        1, ge=1, le=4096, description="micro-batches per step: each process computes the loss of prompts_per_step x "
+                                      "group_size / (processes x this) completions at a time")
+    learning_rate: float | None = Field(None, gt=0, le=10, description="peak learning rate; default 2e-4 for "
+                                                                       "presets, 1e-6 for checkpoints")
     warmup_steps: int = Field(5, ge=0, le=100_000_000)
     weight_decay: float = Field(0.0, ge=0)
+    bf16: bool | None = Field(None, description="bf16 mixed precision; default: on where the GPU supports it, off on CPU")
+    gradient_checkpointing: bool | None = Field(
+        None, description="recompute activations in the backward pass; default off for presets, on for checkpoints")
+    lora: Lora | None = Field(None, description="train LoRA adapters (PEFT) instead of every weight; the KL "
+                                                "reference is the model with the adapter off")
     checkpoint_every: int = Field(20, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
     log_every: int = Field(1, ge=1)
+    max_bad_steps: int = Field(3, ge=1, description="fail the run after this many steps in a row with a non-finite loss")
     seed: int = 0
+
+    by_kind = Training.by_kind
+
+
+GRPOLoss = Literal["grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo"]
 
 
 class GRPOConfig(Strict):
@@ -522,6 +542,13 @@ class GRPOConfig(Strict):
     temperature: float = Field(1.0, gt=0, le=2.0, description="sampling temperature of the rollouts")
     top_p: float = Field(1.0, gt=0, le=1.0)
     scale_rewards: bool = Field(True, description="divide advantages by the group's standard deviation")
+    loss_type: GRPOLoss = Field(
+        "dapo", description="TRL's loss variant: dapo sums the token losses of a step over its completion tokens "
+                            "(no length bias); grpo averages per completion; dr_grpo divides by a constant; bnpo per "
+                            "micro-batch; cispo, sapo, luspo and vespo (sequence-level) as their papers")
+    rollout: Literal["hf", "vllm"] = Field(
+        "hf", description="how rollouts are sampled: hf (transformers generate) or vllm (vLLM colocated on the "
+                          "training GPUs; needs vllm in the job image)")
     enable_thinking: bool | None = Field(None, description="passed to the chat template; null: its default")
     user_prompt: str | None = Field(None, description="override the user message; `{problem}` is replaced")
     sandbox: CodeSandbox = Field(default_factory=CodeSandbox, description="limits when verifying code answers")

@@ -442,3 +442,41 @@ def test_grpo_killed_mid_run_resumes_from_the_newest_checkpoint(tmp_path, monkey
         if r["step"] in lost:
             for key in ("reward", "accuracy", "length", "kl", "loss"):
                 assert r[key] == pytest.approx(lost[r["step"]][key], abs=1e-4), (r, lost[r["step"]])
+
+
+def test_grpo_with_vllm_rollouts_where_vllm_is_missing_fails_in_one_line(tmp_path, micro_student):
+    cfg = grpo_config(rollout="vllm", reward={"rm_weight": 0, "correct_weight": 1})
+    proc = run_job("grpo", cfg, tmp_path / "g", inputs={"student": micro_student})
+    assert proc.returncode == 2
+    assert len(job_errors(proc)) == 1 and "rollout: vllm needs vLLM" in job_errors(proc)[0]
+
+
+def test_group_rewards_score_correctness_cuts_and_missing_answers():
+    from types import SimpleNamespace
+
+    from pai_distil.specs import GRPOConfig
+    from pai_distil_jobs.lib.grpo import GroupRewards
+    from pai_distil_jobs.lib.models import load_tokenizer
+
+    tok = load_tokenizer("preset:micro")
+    problem = world.generate_problems(1, seed=5, levels=[1])[0]
+    row = {"problem": problem.text, "answer": problem.answer, "domain": "synthetic", "prompt": problem.text,
+           "opened": ""}
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    right = tok(f"The answer is \\boxed{{{problem.answer}}}.", add_special_tokens=False)["input_ids"] + [end]
+    wrong = tok(f"The answer is \\boxed{{{int(problem.answer) + 1}}}.", add_special_tokens=False)["input_ids"] + [end]
+    cut = tok("The answer is", add_special_tokens=False)["input_ids"]
+    cfg = GRPOConfig(problems={"n": 1}, truncation_warning=1.0)
+    rewards = GroupRewards([row, row], cfg, tok, [end], scorer=lambda p, c: [float(len(x)) for x in c])
+    logged = {}
+    kw = {"completion_ids": [right, wrong, cut, right], "index": [0, 0, 1, 1],
+          "log_metric": lambda k, v: logged.setdefault(k, v), "trainer_state": SimpleNamespace(global_step=0)}
+    assert rewards.correct(**kw) == [1.0, 0.0, 0.0, 1.0]
+    assert rewards.overlong(**kw) == [0.0, 0.0, 1.0, 0.0]
+    assert rewards.no_answer(**kw) == [0.0, 0.0, 1.0, 0.0]
+    assert rewards.reward_model(**kw)[0] == len(f"The answer is \\boxed{{{problem.answer}}}.")  # end token dropped
+    assert logged == {"accuracy": 0.5, "solved_groups": 1.0, "mixed_groups": 1.0, "truncated": 0.25,
+                      "no_answer": 0.25, "rm_score": logged["rm_score"]}
+    funcs, weights = rewards.functions()
+    assert [f.__name__ for f in funcs] == ["correct", "overlong", "no_answer", "reward_model"]
+    assert weights == [1.0, -0.0, -0.0, 1.0]

@@ -1,117 +1,149 @@
-"""GRPO on the shared trainer: each step samples a group of completions per problem, rewards them,
-and takes one policy-gradient step on group-relative advantages with a KL penalty to the
-starting checkpoint.
+"""GRPO on TRL's `GRPOTrainer`: our verifiers, reward model and penalties as its reward functions.
 
-Why our own loop rather than TRL's GRPOTrainer: on two CPU cores almost all of a step is
-sampling, and batched `generate` of a whole step's groups in one call (jobs/lib/generation) is
-what makes it affordable; the loop also inherits the trainer's exact resume (sampling is seeded
-by the step, so a resumed run draws the same completions), atomic checkpoints and SIGTERM
-handling, and reads rewards from any scorer (in-process reward model, served one, verifier).
-Updates are on-policy (one optimizer step per batch of samples), so the importance ratio is 1
-and needs no clipping.
+TRL gives what a real checkpoint on GPUs needs and a hand-written loop lacked: log-probabilities
+of the completion tokens only (`logits_to_keep` and a selective log-softmax, not a full-vocabulary
+log-softmax over every position, which at Qwen's 152 k vocabulary is ~10 GB per tensor), updates
+in micro-batches with gradient accumulation, bf16, gradient checkpointing, LoRA, vLLM rollouts
+and its loss variants. We add the job contract (`JobTrainerMixin`: atomic checkpoints, SIGTERM,
+the schedule, the divergence check) and the numbers the README documents.
+
+Each optimizer step generates its own rollouts (`steps_per_generation` = accumulation steps, one
+pass over them): no buffered completions straddle a checkpoint, so a resumed run, whose RNG state
+transformers restores from the checkpoint, samples the same completions a run that never stopped
+would have. Updates are on-policy, so the importance ratio is 1 and the clipping never binds.
+
+reward = correct_weight x correctness + rm_weight x reward-model score - overlong_penalty x cut
+- format_penalty x no readable answer (TRL's `reward_weights` over the functions below).
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Callable
-
-import torch
-import torch.nn.functional as F
 
 from pai_distil.specs import GRPOConfig
 from pai_distil.verifiers import check
 
-from .generation import generate
-from .legacy_loop import Trainer
-
 TRUNCATION_WARN_EVERY = 10  # steps between two warnings about cut completions
+# TRL's metric names -> ours (metrics.jsonl, summary.json); the rest of TRL's are left out
+RENAMED = {"completions/mean_length": "length"}
+KEPT = {"reward", "kl", "entropy", "num_tokens", "accuracy", "truncated", "no_answer", "rm_score", "solved_groups",
+        "mixed_groups"}
 
 
-def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                   temperature: float = 1.0) -> torch.Tensor:
-    """log p(token t | tokens < t) for t = 1..T-1, under the sampling temperature (the distribution
-    the completions were drawn from)."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float() / temperature
-    return torch.gather(F.log_softmax(logits, -1), 2, input_ids[:, 1:, None])[..., 0]
+class GroupRewards:
+    """The reward functions of one GRPO run, in TRL's calling convention: each takes the batch's
+    `completion_ids` and the dataset's `index` column (the problem row) and returns one value per
+    completion, logging its share of the step's numbers through `log_metric`.
 
+    Args:
+        rows (list[dict]): the problems, each with its user message as `prompt` and `opened`, the text
+            the generation prompt opened the reply with (R1-Distill's `<think>`).
+        cfg (GRPOConfig): weights, penalties and the truncation warning.
+        tokenizer: decodes completions as `generation.generate` does.
+        stops (list[int]): the end tokens; a completion that ends without one was cut.
+        scorer (callable, optional): (prompts, completions) -> standardised reward-model scores.
+        log (callable): where the truncation warning goes.
+    """
 
-def group_advantages(rewards: torch.Tensor, group: int, scale: bool) -> torch.Tensor:
-    r = rewards.view(-1, group)
-    adv = r - r.mean(1, keepdim=True)
-    if scale:
-        adv = adv / (r.std(1, keepdim=True) + 1e-4)
-    return adv.reshape(-1)
-
-
-class GRPOTrainer(Trainer):
-    """Examples are problem rows with their rendered prompt ids; `scorer(prompts, completions)`
-    returns reward-model scores (None when the reward model's weight is 0)."""
-
-    def __init__(self, model, tokenizer, examples, settings, checkpoint_dir, metrics_path, *, cfg: GRPOConfig,
-                 reference, scorer: Callable[[list[str], list[str]], list[float]] | None, log=print):
-        super().__init__(model, tokenizer, examples, settings, checkpoint_dir, metrics_path, log=log)
-        self.cfg, self.reference, self.scorer = cfg, reference, scorer
+    def __init__(self, rows: list[dict], cfg: GRPOConfig, tokenizer, stops: list[int],
+                 scorer: Callable[[list[str], list[str]], list[float]] | None = None, log=print):
+        self.rows, self.cfg, self.tokenizer, self.stops, self.scorer, self.log = rows, cfg, tokenizer, stops, scorer, log
+        self._stop_texts = [tokenizer.convert_ids_to_tokens(i) for i in stops]
         self._warned_at = -TRUNCATION_WARN_EVERY
+        self._checked: tuple[list, list] | None = None  # (the batch's completion_ids, their verdicts)
 
-    def make_batch(self, examples: list[dict]) -> dict:
-        cfg, g = self.cfg, self.cfg.group_size
-        rows = [e for e in examples for _ in range(g)]
-        prompts = [e["prompt"] for e in rows]
-        torch.manual_seed(self.s.seed * 1_000_003 + self.step)  # a resumed step samples the same completions
-        outs = generate(self.model, self.tokenizer, prompts, cfg.max_completion_length, batch_size=len(prompts),
-                        enable_thinking=cfg.enable_thinking, temperature=cfg.temperature, top_p=cfg.top_p)
-        self.model.train()
-        texts = [o["text"] for o in outs]
-        verdicts = [check(e, t) for e, t in zip(rows, texts)]
-        correct = torch.tensor([float(v.correct) for v in verdicts])
-        no_answer = torch.tensor([float(v.extracted is None) for v in verdicts])
-        truncated = torch.tensor([float(o["truncated"]) for o in outs])
-        rm = torch.tensor(self.scorer(prompts, texts)) if self.scorer else torch.zeros(len(texts))
-        w = cfg.reward
-        rewards = (w.rm_weight * rm + w.correct_weight * correct - w.overlong_penalty * truncated
-                   - w.format_penalty * no_answer)
-        adv = group_advantages(rewards, g, cfg.scale_rewards)
+    def functions(self) -> tuple[list[Callable], list[float]]:
+        """The reward functions and their weights (TRL's `reward_funcs` and `reward_weights`)."""
+        w = self.cfg.reward
+        funcs = [self.correct, self.overlong, self.no_answer]
+        weights = [w.correct_weight, -w.overlong_penalty, -w.format_penalty]
+        if self.scorer is not None:
+            funcs.append(self.reward_model)
+            weights.append(w.rm_weight)
+        return funcs, weights
 
-        seqs = [e["prompt_ids"] + o["ids"] for e, o in zip(rows, outs)]
-        width = max(len(s) for s in seqs)
-        pad = self.tokenizer.pad_token_id
-        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        completion = torch.zeros_like(ids)
-        for i, (e, s) in enumerate(zip(rows, seqs)):
-            ids[i, :len(s)] = torch.tensor(s)
-            mask[i, :len(s)] = 1
-            completion[i, len(e["prompt_ids"]):len(s)] = 1
-        with torch.no_grad():
-            ref = token_logprobs(self.reference, ids, mask, cfg.temperature) if cfg.kl_coef else None
+    def text(self, index: int, ids: list[int]) -> str:
+        """A completion as the verifier and the reward model read it: end tokens dropped, special
+        tokens such as `<think>` kept, prefixed with what the generation prompt opened."""
+        text = self.tokenizer.decode(ids, skip_special_tokens=False)
+        for s in self._stop_texts:
+            text = text.replace(s, "")
+        return self.rows[index]["opened"] + text
 
-        cut = truncated.mean().item()
-        if cut > cfg.truncation_warning and self.step - self._warned_at >= TRUNCATION_WARN_EVERY:
-            self._warned_at = self.step
-            self.log(f"warning: {cut:.0%} of the completions of step {self.step + 1} reached max_completion_length="
-                     f"{cfg.max_completion_length} and were cut; raise it, or set reward.overlong_penalty")
-        lengths = torch.tensor([float(o["tokens"]) for o in outs])
-        solved = correct.view(-1, g).max(1).values
-        stats = {"reward": rewards.mean().item(), "accuracy": correct.mean().item(), "length": lengths.mean().item(),
-                 "truncated": cut, "no_answer": no_answer.mean().item(),
-                 "rm_score": rm.mean().item() if self.scorer else None, "solved_groups": solved.mean().item(),
-                 "mixed_groups": (correct.view(-1, g).std(1) > 0).float().mean().item()}
-        return {"input_ids": ids, "attention_mask": mask, "completion_mask": completion[:, 1:], "advantages": adv,
-                "ref_logprobs": ref, "stats": stats}
+    def verdicts(self, index, completion_ids) -> list:
+        """The verifier's verdicts on a batch, once per batch (code answers run programs)."""
+        if self._checked is None or self._checked[0] is not completion_ids:
+            self._checked = (completion_ids, [check(self.rows[i], self.text(i, ids))
+                                              for i, ids in zip(index, completion_ids)])
+        return self._checked[1]
 
-    def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
-        logp = token_logprobs(self.model, batch["input_ids"], batch["attention_mask"], self.cfg.temperature)
-        mask = batch["completion_mask"].float()
-        # exp(logp - logp.detach()) is 1 but carries the gradient of log p: on-policy REINFORCE with
-        # group-relative advantages, one value per completion.
-        per_token = -torch.exp(logp - logp.detach()) * batch["advantages"][:, None]
-        kl = torch.zeros_like(logp)
-        if batch["ref_logprobs"] is not None:
-            delta = batch["ref_logprobs"] - logp
-            kl = torch.exp(delta) - delta - 1  # the k3 estimator: unbiased, always >= 0
-            per_token = per_token + self.cfg.kl_coef * kl
-        tokens = mask.sum().clamp(min=1)
-        loss = (per_token * mask).sum() / tokens
-        mean_kl = ((kl * mask).sum() / tokens).item()
-        extra = {k: round(v, 4) for k, v in batch["stats"].items() if v is not None}
-        return loss, {**extra, "kl": round(mean_kl, 5)}
+    def correct(self, completion_ids, index, log_metric, **_) -> list[float]:
+        verdicts = [float(v.correct) for v in self.verdicts(index, completion_ids)]
+        groups: dict[int, list[float]] = defaultdict(list)
+        for i, v in zip(index, verdicts):
+            groups[i].append(v)
+        log_metric("accuracy", sum(verdicts) / len(verdicts))
+        log_metric("solved_groups", sum(max(g) for g in groups.values()) / len(groups))
+        log_metric("mixed_groups", sum(min(g) != max(g) for g in groups.values()) / len(groups))
+        return verdicts
+
+    def no_answer(self, completion_ids, index, log_metric, **_) -> list[float]:
+        missing = [float(v.extracted is None) for v in self.verdicts(index, completion_ids)]
+        log_metric("no_answer", sum(missing) / len(missing))
+        return missing
+
+    def overlong(self, completion_ids, log_metric, trainer_state=None, **_) -> list[float]:
+        cut = [float(not ids or ids[-1] not in self.stops) for ids in completion_ids]
+        share = sum(cut) / len(cut)
+        log_metric("truncated", share)
+        step = trainer_state.global_step if trainer_state is not None else 0
+        if share > self.cfg.truncation_warning and step - self._warned_at >= TRUNCATION_WARN_EVERY:
+            self._warned_at = step
+            self.log(f"warning: {share:.0%} of the completions of step {step + 1} reached max_completion_length="
+                     f"{self.cfg.max_completion_length} and were cut; raise it, or set reward.overlong_penalty")
+        return cut
+
+    def reward_model(self, completion_ids, index, log_metric, **_) -> list[float]:
+        scores = self.scorer([self.rows[i]["prompt"] for i in index],
+                             [self.text(i, ids) for i, ids in zip(index, completion_ids)])
+        log_metric("rm_score", sum(scores) / len(scores))
+        return [float(s) for s in scores]
+
+
+def grpo_trainer_class():
+    from trl import GRPOTrainer
+
+    from .trainer import JobTrainerMixin
+
+    class JobGRPOTrainer(JobTrainerMixin, GRPOTrainer):
+        """TRL's GRPOTrainer with the job contract; logs today's metric names (see RENAMED, KEPT)."""
+
+        def log(self, logs: dict, start_time: float | None = None) -> None:
+            ours = defaultdict(list)
+            for k, v in self._metrics["train"].items():
+                if k in RENAMED or k in KEPT:
+                    ours[RENAMED.get(k, k)] = v
+            self._metrics["train"] = ours
+            super().log(logs, start_time)
+
+    return JobGRPOTrainer
+
+
+def grpo_arguments(cfg: GRPOConfig, settings, checkpoint_dir, n_problems: int, reward_weights: list[float]):
+    """TRL's GRPOConfig for our config: one generation per optimizer step, `group_size` completions
+    per problem, `settings.batch_size` completions per step split into micro-batches."""
+    from trl import GRPOConfig as TRLGRPOConfig
+
+    from .trainer import training_arguments
+
+    chat = {} if cfg.enable_thinking is None else {"enable_thinking": cfg.enable_thinking}
+    extra = {"vllm_mode": "colocate"} if cfg.rollout == "vllm" else {}
+    level = {"importance_sampling_level": "sequence"} if cfg.loss_type in ("luspo", "vespo") else {}
+    return training_arguments(
+        settings, checkpoint_dir, n_problems * cfg.group_size, cls=TRLGRPOConfig,
+        num_generations=cfg.group_size, steps_per_generation=settings.gradient_accumulation_steps, num_iterations=1,
+        beta=cfg.kl_coef, max_completion_length=cfg.max_completion_length, temperature=cfg.temperature,
+        top_p=cfg.top_p, scale_rewards=cfg.scale_rewards, loss_type=cfg.loss_type, reward_weights=reward_weights,
+        chat_template_kwargs=chat, use_vllm=cfg.rollout == "vllm", shuffle_dataset=True, log_completions=False,
+        **extra, **level)

@@ -3,7 +3,8 @@
 reward = rm_weight * (standardised reward-model score) + correct_weight * (verified correctness)
 - overlong_penalty * (cut at max_completion_length) - format_penalty * (no readable final answer).
 The reward model is the `reward_model` input loaded in-process, or a served one
-(`reward.endpoint`); the KL reference is the starting checkpoint. Every step logs mean reward,
+(`reward.endpoint`); the KL reference is the starting checkpoint. Training is TRL's GRPOTrainer
+(`lib/grpo.py`) with rollouts through transformers or vLLM (`rollout`). Every step logs mean reward,
 accuracy, mean length, the shares of cut and answerless completions and KL to metrics.jsonl;
 summary.json compares the first and the last steps, so exploitation of the reward model (reward
 up, accuracy flat or down, length drifting) is visible at a glance.
@@ -12,6 +13,7 @@ up, accuracy flat or down, length drifting) is visible at a glance.
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 from pai_distil.artifacts import REWARD_HEAD
 from pai_distil.specs import GRPOConfig
@@ -54,24 +56,37 @@ def summarize(records: list[dict]) -> dict:
 
 def run(ctx: JobContext) -> bool:
     cfg = ctx.parsed_config(GRPOConfig)
-    import torch
+    import importlib.util
 
-    from ..lib.grpo import GRPOTrainer
-    from ..lib.models import load_model
-    from ..lib.legacy_loop import TrainSettings
+    if cfg.rollout == "vllm" and importlib.util.find_spec("vllm") is None:
+        raise JobError("rollout: vllm needs vLLM, which this job image lacks; use the GPU image "
+                       "(REGISTRY/pai-distil-gpu:TAG), or set rollout: hf")
+    import datasets
 
+    from pai_distil.presets import trains_like_preset
+
+    from ..lib.chat_template import OPENED_THINK
+    from ..lib.grpo import GroupRewards, grpo_arguments, grpo_trainer_class
+    from ..lib.models import load_model, set_generation_stops
+    from ..lib.sft_train import lora_config, save_final, say_defaults
+    from ..lib.trainer import JobCallback, TrainSettings, fit, tensorboard_callback
+
+    datasets.disable_progress_bars()
     student = ctx.input("student")
     rows = load_problems(cfg.problems, ctx.inputs.get("problems"), prefix="grpo", data=cfg.data)
     if not rows:
         raise JobError("no training problems; check `problems` or the `problems` input")
     limits, _ = open_sandbox(cfg.sandbox, rows, "grpo")
     sandbox.set_default(limits)  # the rollouts ask the verifier without limits of their own
+    t, filled = cfg.train.by_kind(trains_like_preset(str(student)))
+    say_defaults(filled, trains_like_preset(str(student)), log)
     try:
         model, tokenizer = load_model(student)
-        reference, _ = load_model(student)
     except OSError as e:
         raise JobError(f"input 'student' ({student}) cannot be loaded: {str(e).splitlines()[0]}") from None
-    reference.eval().requires_grad_(False)
+    set_generation_stops(model, tokenizer)  # rollouts end at the template's end of turn as well as eos
+    stops = model.generation_config.eos_token_id
+    stops = sorted({*(stops if isinstance(stops, list) else [stops]), tokenizer.eos_token_id} - {None})
     scorer, scorer_name = _scorer(ctx, cfg)
     kw = {} if cfg.enable_thinking is None else {"enable_thinking": cfg.enable_thinking}
     examples = []
@@ -79,23 +94,31 @@ def run(ctx: JobContext) -> bool:
         prompt = user_message(row, cfg.user_prompt)
         rendered = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
                                                  add_generation_prompt=True, **kw)
-        examples.append({**row, "prompt": prompt,
-                         "prompt_ids": tokenizer(rendered, add_special_tokens=False)["input_ids"]})
-    t, w = cfg.train, cfg.reward
+        opened = OPENED_THINK.search(rendered)
+        examples.append({**row, "prompt": prompt, "opened": rendered[opened.start():] if opened else ""})
+    rewards = GroupRewards(examples, cfg, tokenizer, stops, scorer, log=log)
+    funcs, weights = rewards.functions()
+    w = cfg.reward
+    settings = TrainSettings.of(t, batch_size=t.prompts_per_step * cfg.group_size)
+    args = grpo_arguments(cfg, settings, ctx.checkpoint_dir, len(examples), weights)
     log(f"grpo: {len(examples)} problems, {t.max_steps} steps of {t.prompts_per_step} problems x {cfg.group_size} "
-        f"completions (max {cfg.max_completion_length} tokens); reward = {w.rm_weight:g} x reward model ({scorer_name}) "
-        f"+ {w.correct_weight:g} x correctness; KL coefficient {cfg.kl_coef:g}")
-    settings = TrainSettings.of(t, batch_size=t.prompts_per_step)
-    torch.manual_seed(t.seed)
-    trainer = GRPOTrainer(model, tokenizer, examples, settings, ctx.checkpoint_dir, ctx.metrics_path, cfg=cfg,
-                          reference=reference, scorer=scorer, log=log)
-    if not trainer.train():
+        f"completions (max {cfg.max_completion_length} tokens) on {args.device} ({'bf16' if args.bf16 else 'fp32'}, "
+        f"{args.per_device_train_batch_size} completions a micro-batch, {cfg.rollout} rollouts, loss {cfg.loss_type}); "
+        f"reward = {w.rm_weight:g} x reward model ({scorer_name}) + {w.correct_weight:g} x correctness; "
+        f"KL coefficient {cfg.kl_coef:g}")
+    dataset = datasets.Dataset.from_list([{"prompt": [{"role": "user", "content": e["prompt"]}], "index": i}
+                                          for i, e in enumerate(examples)])
+    callback = JobCallback(ctx.metrics_path, log=log)
+    trainer = grpo_trainer_class()(model=model, reward_funcs=funcs, args=args, train_dataset=dataset,
+                                   processing_class=tokenizer, callbacks=[callback, tensorboard_callback(ctx.output)],
+                                   peft_config=lora_config(t.lora) if t.lora else None)
+    trainer.job = settings
+    if not fit(trainer, callback, ctx.checkpoint_dir, log=log):
         return False
-    model.save_pretrained(ctx.output)
-    tokenizer.save_pretrained(ctx.output)
+    save_final(trainer, tokenizer, ctx, SimpleNamespace(lora=t.lora, deepspeed=None))
     records = [json.loads(line) for line in ctx.metrics_path.read_text().splitlines() if line.strip()]
     summary = {**summarize(records), "student": str(student), "reward": w.model_dump(mode="json"),
-               "kl_coef": cfg.kl_coef, "group_size": cfg.group_size}
+               "kl_coef": cfg.kl_coef, "group_size": cfg.group_size, "loss_type": cfg.loss_type}
     (ctx.output / "summary.json").write_text(json.dumps(summary, indent=1))
     a, b = summary["first_steps"], summary["last_steps"]
     log(f"grpo: accuracy {a['accuracy']:.1%} -> {b['accuracy']:.1%}, mean length {a['length']:.0f} -> "
