@@ -230,7 +230,7 @@ def kill_and_resume(ckpt: Path, cots: Path, work: Path, logs: Path, smoke: bool)
     """SIGKILL a full fine-tune once a checkpoint is complete and a later step has run; resubmit."""
     steps, every = 8, 3
     config = {"student": {"model": str(ckpt)},
-              "train": {"max_steps": steps, "batch_size": 4, "max_length": 256 if smoke else 1024, "log_every": 1,
+              "train": {"max_steps": steps, "batch_size": 4, "max_length": 512 if smoke else 1024, "log_every": 1,
                         "checkpoint_every": every, "keep_checkpoints": 2, "warmup_steps": 2}}
     env = job_env("slow-thinking", config, work / "resume", {"cots": cots})
     ckpt_dir = Path(env["PAI_DISTIL_CHECKPOINT_DIR"])
