@@ -116,8 +116,9 @@ class RewardModel(nn.Module):
             score = score + self.likelihood_weight * (mean if self.likelihood == "mean" else total)
         return score, mean
 
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
-        self.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
+    def gradient_checkpointing_enable(self, **kwargs) -> None:
+        """Whatever transformers asks of a model (its arguments change between releases) goes to the LM."""
+        self.lm.gradient_checkpointing_enable(**kwargs)
 
     def save_pretrained(self, path: str | Path) -> None:
         from safetensors.torch import save_file
