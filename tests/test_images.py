@@ -54,7 +54,7 @@ def test_tag_is_a_content_hash_of_what_goes_into_the_image(tree):
 def test_cpu_plan_with_wheelhouse_builds_offline(tree, tmp_path):
     wh = tmp_path / "wh"
     wh.mkdir()
-    with pytest.raises(UserError, match="lacks accelerate==.* refill it"):
+    with pytest.raises(UserError, match="lacks .*accelerate==.* refill it"):
         images.plan("cpu", wheelhouse_dir=wh)
     for pin in images.requirements(images.TARGETS["cpu"]):
         name, version = pin.split("==")
@@ -151,7 +151,7 @@ def test_container_command_mounts_and_secrets(tmp_path, monkeypatch):
     joined = " ".join(argv)
     assert "s3cret-value" not in joined and "ak-secret-value" not in joined
     assert ["-e", "MY_TEACHER_KEY"] == argv[argv.index("MY_TEACHER_KEY") - 1: argv.index("MY_TEACHER_KEY") + 1]
-    assert "ALIBABA_CLOUD_ACCESS_KEY_SECRET" in argv
+    assert "ALIBABA_CLOUD_ACCESS_KEY_SECRET" not in argv  # a job gets only the secrets its config names
     assert f"type=bind,source={tmp_path / 'cots.jsonl'},target=/pai/inputs/cots/cots.jsonl,readonly" in argv
     assert f"type=bind,source={tmp_path / 'data'},target=/pai/inputs/problems,readonly" in argv
     assert f"type=bind,source={tmp_path / 'out'},target=/pai/output" in argv

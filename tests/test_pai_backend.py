@@ -77,7 +77,7 @@ def test_pipeline_matches_process_backend_reruns_send_nothing_and_no_secret_leak
                 "--force")
     assert again.returncode == 0, again.stderr[-3000:]
     summaries = [line for line in again.stderr.splitlines() if line.startswith("uploaded ")]
-    assert len(summaries) == 1 and summaries[0].startswith("uploaded 0 B in 0 file(s); 10 unchanged file(s)"), summaries
+    assert len(summaries) == 1 and summaries[0].startswith("uploaded 0 B in 0 file(s); 12 unchanged file(s)"), summaries
     assert report_numbers(pai_home) == report_numbers(local_home)
 
     # the secret is nowhere: CLI output, logs, run records, job specs, config, emulator state and log

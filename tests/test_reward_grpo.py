@@ -270,7 +270,7 @@ def test_reward_endpoint_takes_the_bare_key_as_eas_forwards_it(reward_server):
     (b'{"items": [{"prompt": "p"}]}', 400, "items[0]"),
     (b'{"items": [{"prompt": "p", "completion": 3}]}', 400, "items[0]"),
     (json.dumps({"items": [ITEM] * 9}).encode(), 413, "at most 8"),
-    (b"\xff\xfe", 400, "not valid JSON"),
+    (b"\xff\xfe", 400, "not UTF-8 text"),
 ])
 def test_reward_endpoint_bad_bodies_get_4xx_with_a_message(reward_server, body, status, fragment):
     r = httpx.post(f"{reward_server}/v1/score", headers=AUTH, content=body)
