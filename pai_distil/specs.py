@@ -87,6 +87,68 @@ class Student(Strict):
     _model = field_validator("model")(classmethod(lambda cls, v: model_refs.check(v)))
 
 
+class LogitsTeacher(Strict):
+    """The teacher whose token distributions a student learns from: a checkpoint run inside the job
+    (batched, on the GPU when there is one), or a served model that returns prompt logprobs (vLLM's
+    completions API with `echo` and `logprobs`). It must share the student's tokenizer."""
+
+    model: str | None = Field(None, description="preset:<name>, a local checkpoint directory or a hub id, run in the job")
+    endpoint: Teacher | None = Field(
+        None, description="an OpenAI-compatible completions endpoint returning prompt logprobs (vLLM, or "
+                          "`pai-distil teacher serve --synthetic --logits-model DIR`)")
+    seed: int = Field(0, description="initialisation seed when `model` is a preset")
+    batch_size: int = Field(8, ge=1, le=4096, description="sequences per teacher forward pass (local model)")
+
+    _model = field_validator("model")(classmethod(lambda cls, v: v if v is None else model_refs.check(v)))
+
+    @model_validator(mode="after")
+    def _one_source(self) -> LogitsTeacher:
+        if (self.model is None) == (self.endpoint is None):
+            raise ValueError("give exactly one of teacher.model (a checkpoint run in the job) or teacher.endpoint "
+                             "(a served model)")
+        return self
+
+
+class Distill(Strict):
+    """Learning from the teacher's token distributions instead of (or beside) its text.
+
+    logits: white-box KD on the teacher's stored top-k (the `teacher_logits` input, written by the
+    teacher-logits stage): loss = alpha * CE + (1 - alpha) * divergence over the top-k support.
+    on-policy: GKD; a `lmbda` share of batches is sampled by the student and scored token by token by
+    `teacher`, the rest are the rows scored by `teacher`; the student minimises the divergence."""
+
+    mode: Literal["logits", "on-policy"] = Field(description="logits: stored teacher top-k; on-policy: GKD")
+    alpha: float = Field(0.5, ge=0, le=1, description="weight of cross-entropy on the rows' tokens; the divergence "
+                                                      "gets 1 - alpha (on-policy batches: the divergence alone)")
+    temperature: float = Field(1.0, gt=0, le=10, description="softens both distributions; the loss is scaled by its square")
+    divergence: Literal["forward", "reverse", "jsd"] | None = Field(
+        None, description="forward KL(teacher || student), reverse KL(student || teacher) or generalised JSD "
+                          "(`beta`); default forward for logits, reverse for on-policy")
+    beta: float = Field(0.5, gt=0, lt=1, description="jsd: weight of the teacher in the mixture (0.5: the JSD)")
+    teacher: LogitsTeacher | None = Field(None, description="on-policy: the teacher that scores every token")
+    top_k: int = Field(20, ge=1, le=1024, description="on-policy: teacher tokens per position the divergence covers")
+    lmbda: float = Field(1.0, ge=0, le=1, description="on-policy: share of batches the student samples itself")
+    max_new_tokens: int = Field(256, ge=1, description="on-policy: tokens per student sample")
+    sample_temperature: float = Field(1.0, gt=0, le=2.0, description="on-policy: sampling temperature of the student")
+
+    @model_validator(mode="after")
+    def _teacher_for_on_policy(self) -> Distill:
+        if self.mode == "on-policy" and self.teacher is None:
+            raise ValueError("mode on-policy needs a teacher to score the student's samples; set distill.teacher "
+                             "(model: a checkpoint, or endpoint: a served model)")
+        if self.mode == "logits" and self.teacher is not None:
+            raise ValueError("mode logits reads the teacher's stored top-k (input teacher_logits); drop "
+                             "distill.teacher, or use mode on-policy")
+        return self
+
+    @property
+    def divergence_name(self) -> str:
+        return self.divergence or ("forward" if self.mode == "logits" else "reverse")
+
+    def required_inputs(self) -> tuple[str, ...]:
+        return ("teacher_logits",) if self.mode == "logits" else ()
+
+
 class DeepSpeed(Strict):
     """DeepSpeed ZeRO: optimizer state (stage 2) and parameters too (stage 3) partitioned across processes."""
 
@@ -312,7 +374,25 @@ class ScoreConfig(Strict):
                                          description="fail when more than this fraction of samples stay unscored")
 
 
+class TeacherLogitsConfig(Strict):
+    """Score SFT rows with a teacher: its top-k token ids and log-probabilities at every assistant token."""
+
+    teacher: LogitsTeacher = Field(description="the teacher: model (run in the job) or endpoint (served)")
+    student: Student = Field(default_factory=Student,
+                             description="the student these distributions are for: its tokenizer must be the teacher's")
+    top_k: int = Field(20, ge=1, le=1024, description="teacher tokens kept per position (most likely first)")
+    max_length: int | None = Field(None, ge=16, le=1_048_576,
+                                   description="tokens per row, as the training stage will cut them; default 1024 "
+                                               "for presets, 8192 for checkpoints")
+    max_truncated: float = Field(0.05, ge=0, le=1, description="fail when more than this share of rows is cut")
+    require_correct: bool = Field(True, description="score only CoTs whose answer the verifier accepted")
+    max_samples: int | None = Field(None, ge=1, description="score at most this many rows")
+    shard_rows: int = Field(256, ge=1, le=1_000_000, description="rows per shard file; a killed job loses at most "
+                                                               "the shard it was writing")
+
+
 class SlowThinkingConfig(Strict):
+
     """Supervised distillation of verified long chains of thought into the student."""
 
     student: Student = Field(default_factory=Student)
@@ -321,6 +401,11 @@ class SlowThinkingConfig(Strict):
     verbosity: list[Annotated[int, Field(ge=0, le=9)]] | None = Field(
         None, description="use only CoTs generated at these verbosity levels (requested_rv); omit to use all")
     max_samples: int | None = Field(None, ge=1, description="use at most this many training rows")
+    distill: Distill | None = Field(None, description="learn from the teacher's token distributions (white-box KD "
+                                                    "or on-policy distillation); omit for plain SFT")
+
+    def required_inputs(self) -> tuple[str, ...]:
+        return self.distill.required_inputs() if self.distill else ()
 
 
 class RVPolicy(Strict):
@@ -358,6 +443,11 @@ class AdaptiveThinkingConfig(Strict):
         "refuse", description="variant y, when the student's chat template ignores enable_thinking (Qwen2.5's): "
                               "refuse to train, or train every non-thinking row with /no_think in the user turn")
     seed: int = 0
+    distill: Distill | None = Field(None, description="learn from the teacher's token distributions (white-box KD "
+                                                    "or on-policy distillation); omit for plain SFT")
+
+    def required_inputs(self) -> tuple[str, ...]:
+        return self.distill.required_inputs() if self.distill else ()
 
 
 class Judgment(Strict):
