@@ -18,7 +18,7 @@ from .contract import JobContext, JobError, fail, log
 
 MODULES = {"generate": "generate", "score": "score", "slow-thinking": "slow_thinking",
            "adaptive-thinking": "adaptive_thinking", "evaluate": "evaluate",
-           "reward-model": "reward_model", "grpo": "grpo"}
+           "reward-model": "reward_model", "grpo": "grpo", "dpo": "dpo"}
 
 
 def _torchrun_argv() -> list[str]:

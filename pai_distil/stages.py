@@ -9,6 +9,7 @@ from pydantic import BaseModel
 from .errors import UserError
 from .specs import (AdaptiveThinkingConfig, EvaluateConfig, GenerateConfig, GRPOConfig, RewardModelConfig, ScoreConfig,
                     SlowThinkingConfig)
+from .specs import DPOConfig
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           inputs=("cots",), optional_inputs=("student", "base")),
     Stage("grpo", "GRPO of the student with the distilled reward model and verifiable correctness", GRPOConfig,
           inputs=("student",), optional_inputs=("reward_model", "problems")),
+    Stage("dpo", "DPO of the student on preference pairs (the reward-model stage's or a file); the reference is "
+          "the starting checkpoint", DPOConfig, inputs=("pairs",), optional_inputs=("student",), distributed=True),
     Stage("evaluate", "held-out accuracy and output tokens per model and difficulty level", EvaluateConfig,
           optional_inputs=("problems",), open_inputs=True),
 ]}

@@ -14,6 +14,11 @@ from ..contract import JobError
 
 def read_jsonl(path: Path) -> list[dict]:
     """JSON objects, one per non-empty line; a bad line is reported with its number."""
+    return [row for _, row in numbered_jsonl(path)]
+
+
+def numbered_jsonl(path: Path) -> list[tuple[int, dict]]:
+    """(line number, JSON object) for every non-empty line, so a row's later error can name its line."""
     rows = []
     with open(path, "rb") as f:
         for n, raw in enumerate(f, 1):
@@ -28,7 +33,7 @@ def read_jsonl(path: Path) -> list[dict]:
                 raise JobError(f"{path} row {n} is not JSON ({e.msg}); fix or remove that line") from None
             if not isinstance(row, dict):
                 raise JobError(f"{path} row {n} is not a JSON object")
-            rows.append(row)
+            rows.append((n, row))
     return rows
 
 

@@ -43,6 +43,18 @@ def say_defaults(filled: dict, preset: bool, say) -> None:
             + " (set them in the config to override)")
 
 
+def job_callbacks(ctx: JobContext, train: Training, tokenizer, rank: int, say) -> tuple[JobCallback, list]:
+    """Our callback (metrics.jsonl, SIGTERM, `train.stop_at`) and the list to give a trainer: it, and
+    TensorBoard on rank 0."""
+    stop_check = None
+    if train.stop_at:
+        from .stop_at import AccuracyTarget
+
+        stop_check = AccuracyTarget(train.stop_at, tokenizer, log=say)
+    callback = JobCallback(ctx.metrics_path, log=say, stop_check=stop_check)
+    return callback, [callback] + ([tensorboard_callback(ctx.output)] if rank == 0 else [])
+
+
 def train_sft(ctx: JobContext, student: Student, train: Training, rows: list[dict], keep_order: bool = False) -> bool:
     """Train `student` on SFT rows; write the final HF checkpoint to ctx.output. False if stopped early
     by SIGTERM (a checkpoint was saved).
@@ -72,13 +84,7 @@ def train_sft(ctx: JobContext, student: Student, train: Training, rows: list[dic
         f"{len(examples)} sequences, {n_tok} tokens (mean {n_tok / len(examples):.0f}); {train.max_steps} steps "
         f"of batch {train.batch_size} = {args.world_size} processes x {args.per_device_train_batch_size} "
         f"x {args.gradient_accumulation_steps} accumulation")
-    stop_check = None
-    if train.stop_at:
-        from .stop_at import AccuracyTarget
-
-        stop_check = AccuracyTarget(train.stop_at, tokenizer, log=say)
-    callback = JobCallback(ctx.metrics_path, log=say, stop_check=stop_check)
-    callbacks = [callback] + ([tensorboard_callback(ctx.output)] if rank == 0 else [])
+    callback, callbacks = job_callbacks(ctx, train, tokenizer, rank, say)
     dataset = datasets.Dataset.from_list([{"input_ids": e["input_ids"], "labels": e["labels"]} for e in examples])
     trainer = _sft_trainer_class()(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                                    peft_config=lora_config(train.lora) if train.lora else None, callbacks=callbacks)

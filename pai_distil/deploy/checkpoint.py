@@ -9,7 +9,7 @@ from pathlib import Path
 from ..artifacts import REWARD_HEAD
 from ..errors import UserError
 
-TRAINING_STAGES = ("slow-thinking", "adaptive-thinking", "grpo", "reward-model")
+TRAINING_STAGES = ("slow-thinking", "adaptive-thinking", "grpo", "dpo", "reward-model")
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")  # EAS service names: lower case, digits, underscores
 
 
