@@ -54,7 +54,7 @@ def verifier_for(row: dict) -> str:
 def check(row: dict, response: str, sandbox=None) -> Verdict:
     """The verdict on `response` (a full answer, `<think>` block included or not) to `row`.
 
-    `sandbox` (verify.sandbox.Limits) bounds each run of a code answer (default: sandbox.default()).
+    `sandbox` (verify.sandbox.Limits) bounds each run of a code answer (default: sandbox.DEFAULT).
     """
     kind = verifier_for(row)
     answer = "" if row.get("answer") is None else str(row["answer"])

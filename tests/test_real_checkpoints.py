@@ -124,6 +124,23 @@ def test_a_thought_under_enable_thinking_false_is_refused():
         encode_messages(qwen_tokenizer(), row["messages"], 4096, row["chat_template_kwargs"])
 
 
+@pytest.mark.parametrize("template", list(TEMPLATES))
+def test_the_reward_model_scores_the_reply_as_the_student_writes_it(template):
+    """The scored tokens follow the generation prompt exactly and hold the thought, even where the
+    template strips it from the conversation (R1-style); an empty reply is still one turn."""
+    from pai_distil_jobs.lib.reward import encode
+
+    tok = qwen_tokenizer(TEMPLATES[template])
+    reply = THINK["messages"][1]["content"]
+    ids, n = encode(tok, Q, reply, 4096)
+    prompt = render(tok, THINK["messages"][:1], True)
+    assert ids[:-n] == tok(prompt, add_special_tokens=False)["input_ids"]
+    assert tok.decode(ids[-n:]) == EXPECTED["r1" if template == "r1" else "qwen3"]["think"] + "\n"
+    ids, n = encode(tok, Q, "", 4096)
+    assert ids[:-n] == tok(prompt, add_special_tokens=False)["input_ids"]
+    assert tok.decode(ids[-n:]).strip("\n") in ("<|im_end|>", "<think>\n\n</think>\n\n<|im_end|>")
+
+
 # -- the truncation report -------------------------------------------------------------------------
 
 

@@ -146,8 +146,23 @@ def job_env(stage: str, config: dict, work: Path, inputs: dict[str, Path]) -> di
     return env
 
 
+LIVE: set[subprocess.Popen] = set()  # jobs running now: each in its own session, so a kill of ours misses them
+
+
 def start_job(env: dict) -> subprocess.Popen:
-    return start([sys.executable, "-m", "pai_distil_jobs"], env, ROOT, new_session=True)
+    proc = start([sys.executable, "-m", "pai_distil_jobs"], env, ROOT, new_session=True)
+    LIVE.add(proc)
+    return proc
+
+
+def stop_jobs_and_exit(signum, _frame) -> None:
+    """On the overall timeout's SIGTERM: kill every running job's process group, then exit (the report
+    written after the last finished check stays)."""
+    for proc in list(LIVE):
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    print(f"gpu check: stopped by signal {signum}; jobs killed", file=sys.stderr, flush=True)
+    os._exit(124)
 
 
 def tensorboard_scalars(out: Path) -> dict[str, list[tuple[int, float, float]]]:
@@ -190,6 +205,7 @@ def run_stage(name: str, stage: str, config: dict, inputs: dict, work: Path, log
         timer.start()
         stamps, lines = follow(proc, logs / f"{name}.log")
         timer.cancel()
+        LIVE.discard(proc)
     out = work / name / "out"
     peak = [float(m.group(1)) for line in lines if (m := PEAK_LINE.search(line))]
     result = {"name": name, "stage": stage, "rc": proc.returncode, "wall_s": round(time.time() - t, 1),
@@ -298,6 +314,7 @@ def main() -> int:
     logs = (out_dir or work) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     smoke = args.smoke
+    signal.signal(signal.SIGTERM, stop_jobs_and_exit)
     t0 = time.time()
     ckpt = work / "qwen3-0.6b-random"
     n_params = build_checkpoint(ckpt, SMOKE if smoke else QWEN3_06B)
@@ -319,10 +336,20 @@ def main() -> int:
     budget = 150 if not smoke else 600
     results = []
 
+    def write_report(results: list[dict]) -> None:
+        """gpu_check.json as far as the checks got (rewritten after each one, so a timeout keeps them)."""
+        if not out_dir:
+            return
+        clean = [{k: v for k, v in r.items() if not k.startswith("_")} for r in results]
+        report = {"device": device, "parameters": n_params, "peak_flops": PEAK_FLOPS, "smoke": smoke,
+                  "seconds": round(time.time() - t0, 1), "results": clean}
+        (out_dir / "gpu_check.json").write_text(json.dumps(report, indent=1))
+
     def stage(name, stage_name, config, inputs, kind, extra=None):
         r = run_stage(name, stage_name, config, inputs, work, logs, budget)
         r = grpo_result(r, n_params, prompts * group) if kind == "grpo" else sft_result(r, n_params, kind)
         results.append(r)
+        write_report(results)
         print(table([r]).splitlines()[1] + ("" if r["rc"] == 0 else f"\n{r.get('error')}"), flush=True)
         return r
 
@@ -341,11 +368,8 @@ def main() -> int:
     results.append(resume)
     print(f"\nsummary ({time.time() - t0:.0f} s; MFU against {PEAK_FLOPS / 1e12:.0f} TFLOPS bf16 dense, "
           f"{n_params / 1e6:.0f}M parameters)\n{table(results)}")
-    clean = [{k: v for k, v in r.items() if not k.startswith("_")} for r in results]
-    report = {"device": device, "parameters": n_params, "peak_flops": PEAK_FLOPS, "smoke": smoke,
-              "seconds": round(time.time() - t0, 1), "results": clean}
+    write_report(results)
     if out_dir:
-        (out_dir / "gpu_check.json").write_text(json.dumps(report, indent=1))
         print(f"wrote {out_dir / 'gpu_check.json'}")
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)

@@ -22,4 +22,5 @@ if ! "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() el
   exit 2
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-exec timeout --signal=KILL 590 "$PYTHON" benchmarks/gpu/check.py "$@"
+# TERM first: check.py then kills its jobs (each runs in a session of its own) and keeps its report
+exec timeout --kill-after=20 570 "$PYTHON" benchmarks/gpu/check.py "$@"

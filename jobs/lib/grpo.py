@@ -43,12 +43,14 @@ class GroupRewards:
         tokenizer: decodes completions as `generation.generate` does.
         stops (list[int]): the end tokens; a completion that ends without one was cut.
         scorer (callable, optional): (prompts, completions) -> standardised reward-model scores.
+        limits (verify.sandbox.Limits, optional): bounds of each run of a code answer.
         log (callable): where the truncation warning goes.
     """
 
     def __init__(self, rows: list[dict], cfg: GRPOConfig, tokenizer, stops: list[int],
-                 scorer: Callable[[list[str], list[str]], list[float]] | None = None, log=print):
+                 scorer: Callable[[list[str], list[str]], list[float]] | None = None, limits=None, log=print):
         self.rows, self.cfg, self.tokenizer, self.stops, self.scorer, self.log = rows, cfg, tokenizer, stops, scorer, log
+        self.limits = limits
         self._stop_texts = [tokenizer.convert_ids_to_tokens(i) for i in stops]
         self._warned_at = -TRUNCATION_WARN_EVERY
         self._checked: tuple[list, list] | None = None  # (the batch's completion_ids, their verdicts)
@@ -74,7 +76,7 @@ class GroupRewards:
     def verdicts(self, index, completion_ids) -> list:
         """The verifier's verdicts on a batch, once per batch (code answers run programs)."""
         if self._checked is None or self._checked[0] is not completion_ids:
-            self._checked = (completion_ids, [check(self.rows[i], self.text(i, ids))
+            self._checked = (completion_ids, [check(self.rows[i], self.text(i, ids), self.limits)
                                               for i, ids in zip(index, completion_ids)])
         return self._checked[1]
 

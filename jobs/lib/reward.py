@@ -48,18 +48,24 @@ LIKELIHOODS = get_args(Likelihood)
 
 
 def encode(tokenizer, prompt: str, response: str, max_length: int) -> tuple[list[int], int]:
-    """Token ids of the conversation as the chat template writes it, and how many of the last ones
-    are the response's; cut from the left when too long, so the answer at the end is always seen."""
-    def ids_of(messages, **kw) -> list[int]:
-        ids = tokenizer.apply_chat_template(messages, tokenize=True, **kw)
-        return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "input_ids") else ids)
+    """Token ids of the generation prompt followed by the response as the model writes it there (a
+    template that strips the thought or opens `<think>` in the prompt still shows the thought), and
+    how many of the last ones are the response's; cut from the left when too long, so the answer at
+    the end is always seen."""
+    from .chat_template import end_of_turn
+    from .sft_data import MaskError, prompt_and_completion
 
-    user = [{"role": "user", "content": prompt}]
-    full = ids_of(user + [{"role": "assistant", "content": response}], add_generation_prompt=False)
-    head = ids_of(user, add_generation_prompt=True)
-    shared = next((i for i, (a, b) in enumerate(zip(full, head)) if a != b), min(len(full), len(head)))
-    ids = full[-max_length:]
-    return ids, min(len(full) - shared, len(ids) - 1)
+    messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+    try:
+        head, tail = prompt_and_completion(tokenizer, messages)
+    except MaskError:  # e.g. an empty reply under a template that strips thoughts: what was written, as written
+        eot = end_of_turn(tokenizer)
+        head = tokenizer.apply_chat_template(messages[:1], tokenize=False, add_generation_prompt=True)
+        tail = response + (tokenizer.decode([eot]) if eot is not None else "")
+    head_ids = tokenizer(head, add_special_tokens=False)["input_ids"]
+    tail_ids = tokenizer(tail, add_special_tokens=False)["input_ids"]
+    ids = (head_ids + tail_ids)[-max_length:]
+    return ids, min(len(tail_ids), len(ids) - 1)
 
 
 def pad_left(seqs: list[list[int]], pad: int) -> dict:
@@ -245,13 +251,18 @@ def score_texts(model, tokenizer, prompts: list[str], responses: list[str], max_
 
 
 class RewardScorer:
-    """A trained reward model loaded for scoring; thread-safe (the server scores from a pool)."""
+    """A trained reward model loaded for scoring, on the GPU when there is one; thread-safe (the server
+    scores from a pool)."""
 
     def __init__(self, path: str | Path, max_length: int | None = None, batch_size: int = 64):
-        from .models import load_reward_model
+        from .models import inference_device, load_reward_model
 
         self.path = Path(path)
         self.model, self.tokenizer = load_reward_model(self.path)
+        device = inference_device()  # this process's GPU when there is one, in bf16 where it is supported
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            self.model.to(torch.bfloat16)
+        self.model.to(device).eval()
         stats_path = self.path / STATS
         stats = json.loads(stats_path.read_text()) if stats_path.exists() else {}
         self.mean, self.std = float(stats.get("mean", 0.0)), float(stats.get("std", 1.0)) or 1.0

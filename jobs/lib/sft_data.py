@@ -67,6 +67,13 @@ def _completion(tokenizer, messages: list[dict], thought: str | None, answer: st
     return prompt, block[len(opener):] + suffix  # the prompt wrote `<think>\n`: the student continues the thought
 
 
+def prompt_and_completion(tokenizer, messages: list[dict], template_kwargs: dict | None = None) -> tuple[str, str]:
+    """(generation prompt, the final assistant turn as the model writes it after that prompt, through
+    the template's end of turn): what a scorer of a reply must see, on every template the masks handle."""
+    messages, thought, answer = final_turn(messages)
+    return _completion(tokenizer, messages, thought, answer, template_kwargs or {})
+
+
 def encode_messages(tokenizer: PreTrainedTokenizerBase, messages: list[dict], max_length: int,
                     template_kwargs: dict | None = None, *, eot: int | None = None) -> dict | None:
     """input_ids and labels of one conversation (labels IGNORE outside the trained tokens), plus

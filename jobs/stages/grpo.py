@@ -17,7 +17,6 @@ from types import SimpleNamespace
 
 from pai_distil.artifacts import REWARD_HEAD
 from pai_distil.specs import GRPOConfig
-from pai_distil.verify import sandbox
 
 from ..contract import JobContext, JobError, log
 from ..lib.code_sandbox import open_sandbox
@@ -77,7 +76,6 @@ def run(ctx: JobContext) -> bool:
     if not rows:
         raise JobError("no training problems; check `problems` or the `problems` input")
     limits, _ = open_sandbox(cfg.sandbox, rows, "grpo")
-    sandbox.set_default(limits)  # the rollouts ask the verifier without limits of their own
     t, filled = cfg.train.by_kind(trains_like_preset(str(student)))
     say_defaults(filled, trains_like_preset(str(student)), log)
     try:
@@ -96,7 +94,7 @@ def run(ctx: JobContext) -> bool:
                                                  add_generation_prompt=True, **kw)
         opened = OPENED_THINK.search(rendered)
         examples.append({**row, "prompt": prompt, "opened": rendered[opened.start():] if opened else ""})
-    rewards = GroupRewards(examples, cfg, tokenizer, stops, scorer, log=log)
+    rewards = GroupRewards(examples, cfg, tokenizer, stops, scorer, limits=limits, log=log)
     funcs, weights = rewards.functions()
     w = cfg.reward
     settings = TrainSettings.of(t, batch_size=t.prompts_per_step * cfg.group_size)

@@ -24,8 +24,7 @@ from ..images import BASE_TAG
 from . import isolation
 from .isolation import SandboxUnavailable
 
-__all__ = ["DEFAULT", "Limits", "RunResult", "SandboxUnavailable", "boundary", "default", "describe",
-           "run_python", "set_default"]
+__all__ = ["DEFAULT", "Limits", "RunResult", "SandboxUnavailable", "boundary", "describe", "run_python"]
 
 HARNESS = Path(__file__).with_name("harness.py")
 # the kernel's answer when the program reached for what the boundary withholds
@@ -50,17 +49,6 @@ class Limits:
 
 
 DEFAULT = Limits()
-_default = DEFAULT
-
-
-def set_default(limits: Limits) -> None:
-    """The limits of runs whose caller names none (GRPO's rollouts ask the verifier without them)."""
-    global _default
-    _default = limits
-
-
-def default() -> Limits:
-    return _default
 
 
 @dataclass
@@ -74,7 +62,7 @@ class RunResult:
 
 def boundary(limits: Limits | None = None) -> isolation.Boundary:
     """The boundary these limits ask for on this machine; SandboxUnavailable (one line) when none runs."""
-    limits = limits or _default
+    limits = limits or DEFAULT
     return isolation.choose(limits.isolation, limits.image or BASE_TAG, limits.allow_unsandboxed)
 
 
@@ -86,7 +74,7 @@ def describe(limits: Limits | None = None) -> str:
 def run_python(program: str, stdin: str = "", limits: Limits | None = None, fn_name: str | None = None) -> RunResult:
     """Run `program` on `stdin` (with `fn_name`: call that function on stdin's JSON lines and print
     its JSON result); never raises for anything the program does."""
-    limits = limits or _default
+    limits = limits or DEFAULT
     b = boundary(limits)
     with tempfile.TemporaryDirectory(prefix="pai-distil-sandbox-") as tmp:
         run = Path(tmp)  # private to us: input, output, and the box
