@@ -151,6 +151,12 @@ class Checked:
         self.changed = False
 
 
+def manifest_digest(manifest: dict) -> str:
+    """The digest of an artifact from its manifest: the hash of its (path, sha256) list."""
+    body = json.dumps([(f["path"], f["sha256"]) for f in manifest["files"]])
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
 def digest(path: str | Path) -> str:
     """Content digest of an input: a file's sha256, or the hash of an artifact's file list."""
     p = Path(path)
@@ -158,7 +164,6 @@ def digest(path: str | Path) -> str:
         return sha256_file(p)
     manifest = read_manifest(p)
     if manifest is not None:
-        body = json.dumps([(f["path"], f["sha256"]) for f in manifest["files"]])
-        return hashlib.sha256(body.encode()).hexdigest()
+        return manifest_digest(manifest)
     body = json.dumps([(f.relative_to(p).as_posix(), sha256_file(f)) for f in _files(p)])
     return hashlib.sha256(body.encode()).hexdigest()

@@ -15,7 +15,7 @@ from rich.console import Console
 from .errors import UserError
 from .specs import Pipeline, read_mapping, validate
 from .stages import get_stage
-from .submission import check_names, execute, prepare, resolve_paths
+from .submission import check_names, check_scale, execute, prepare, resolve_paths
 
 def load(path: str | Path) -> Pipeline:
     data = read_mapping(path, "pipeline")
@@ -29,6 +29,7 @@ def load(path: str | Path) -> Pipeline:
         check_names(stage, config, set(st.inputs), where, hint="add `inputs: {{{name}: <stage id or path>}}`")
         # Paths are checked now; the outputs of upstream stages do not exist yet.
         resolve_paths({n: src for n, src in st.inputs.items() if src not in pipeline.stages}, where)
+        check_scale(stage, config, st.nodes, st.procs_per_node, st.resources, where)
     order(pipeline)
     return pipeline
 
@@ -42,13 +43,18 @@ def order(pipeline: Pipeline) -> list[str]:
 
 
 def run(path: str | Path, *, backend: str | None = None, force: bool = False, dry_run: bool = False,
-        console: Console | None = None) -> dict[str, object]:
-    """Run every stage in dependency order; returns stage id -> run record (a plan on dry run)."""
+        console: Console | None = None, download: bool = False, max_restarts: int | None = None) -> dict[str, object]:
+    """Run every stage in dependency order; returns stage id -> run record (a plan on dry run).
+
+    On `pai` each stage reads its upstream stages' outputs where they are in OSS; only the final
+    stages' outputs (those no other stage reads) come home, or every stage's with `download`.
+    """
     console = console or Console(stderr=True)
     pipeline = load(path)
     backend = backend or pipeline.backend
     if dry_run:
         return {sid: plan(pipeline, sid) for sid in order(pipeline)}
+    read = {src for st in pipeline.stages.values() for src in st.inputs.values()}
     outputs: dict[str, str] = {}
     records: dict[str, object] = {}
     for sid in order(pipeline):
@@ -56,9 +62,15 @@ def run(path: str | Path, *, backend: str | None = None, force: bool = False, dr
         console.rule(f"[bold]{sid}[/] ({st.stage})")
         inputs = {n: outputs.get(src, src) for n, src in st.inputs.items()}
         prep = prepare(st.stage, st.config, inputs, where=f"pipeline stage '{sid}'",
-                       nodes=st.nodes, procs_per_node=st.procs_per_node)
-        record = execute(prep, backend, force=force, pipeline=pipeline.name, console=console)
-        outputs[sid] = record.output
+                       nodes=st.nodes, procs_per_node=st.procs_per_node, resources=st.resources)
+        options = {"download": download or (backend == "pai" and sid not in read), "max_restarts": max_restarts}
+        record = execute(prep, backend, force=force, pipeline=pipeline.name, console=console, **options)
+        if backend == "pai":
+            from .backends.pai import output_uri
+
+            outputs[sid] = output_uri(record)
+        else:
+            outputs[sid] = record.output
         records[sid] = record
     return records
 
@@ -69,4 +81,4 @@ def plan(pipeline: Pipeline, sid: str) -> dict:
     config = validate(get_stage(st.stage).config, st.config, f"stage '{sid}'")
     inputs = {n: (f"<output of {src}>" if src in pipeline.stages else src) for n, src in st.inputs.items()}
     return {"stage": st.stage, "config": config.model_dump(mode="json"), "inputs": inputs,
-            "nodes": st.nodes, "procs_per_node": st.procs_per_node}
+            "nodes": st.nodes, "procs_per_node": st.procs_per_node, "resources": st.resources.model_dump()}

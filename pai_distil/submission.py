@@ -19,7 +19,7 @@ from rich.console import Console
 
 from . import __version__, artifacts, model_refs, paths, work_lock
 from .errors import RunFailed, UserError
-from .specs import JobSpec, validate
+from .specs import JobSpec, Resources, validate
 from .stages import Stage, get_stage
 
 JOB_COMMAND = [sys.executable, "-m", "pai_distil_jobs"]
@@ -63,6 +63,9 @@ def resolve_paths(inputs: dict[str, str], where: str) -> dict[str, str]:
     resolved = {}
     checked = artifacts.Checked(paths.checked_files())
     for name, raw in inputs.items():
+        if raw.startswith("oss://"):  # an artifact in OSS (pai): checked there by its manifest, never copied
+            resolved[name] = _remote_input(name, raw, where)
+            continue
         p = Path(raw).expanduser()
         if not p.exists():
             raise UserError(f"{where}: input '{name}' path {raw!r} does not exist; check the path")
@@ -77,12 +80,35 @@ def resolve_paths(inputs: dict[str, str], where: str) -> dict[str, str]:
     return resolved
 
 
+_REMOTE_DIGESTS: dict[str, str] = {}  # oss:// input -> digest of its manifest, as artifacts.digest gives it
+
+
+def _remote_input(name: str, uri: str, where: str) -> str:
+    from .backends.pai import remote_artifact
+
+    uri = uri.rstrip("/") + "/"
+    try:
+        manifest = remote_artifact(uri)
+    except UserError as e:
+        raise UserError(f"{where}: input '{name}': {e.message}") from None
+    _REMOTE_DIGESTS[uri] = artifacts.manifest_digest(manifest)
+    return uri
+
+
+def input_digest(source: str) -> str:
+    """The content digest of an input: a local path's, or an OSS artifact's from its manifest (the same
+    digest as the artifact's local copy has, so a pulled output keeps its cache key)."""
+    if source.startswith("oss://"):
+        return _REMOTE_DIGESTS[source]
+    return artifacts.digest(source)
+
+
 def cache_key(stage: str, config: BaseModel, inputs: dict[str, str]) -> str:
     body = {
         "version": __version__,
         "stage": stage,
         "config": config.model_dump(mode="json"),
-        "inputs": {n: artifacts.digest(p) for n, p in sorted(inputs.items())},
+        "inputs": {n: input_digest(p) for n, p in sorted(inputs.items())},
     }
     models = model_refs.local_digests(body["config"])  # a checkpoint edited in place is new work
     if models:
@@ -90,13 +116,45 @@ def cache_key(stage: str, config: BaseModel, inputs: dict[str, str]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
+def check_scale(stage: Stage, config: BaseModel, nodes: int, procs_per_node: int | None, resources: Resources,
+                where: str) -> None:
+    """Refuse, in one line, a job shape that would go wrong once it runs (see check_nodes, check_batch)."""
+    check_nodes(stage, nodes, where)
+    check_batch(stage, config, nodes, procs_per_node, resources, where)
+
+
+def check_nodes(stage: Stage, nodes: int, where: str) -> None:
+    """Several nodes for a stage that runs in one process: every node would run the whole stage into the
+    same output."""
+    if nodes > 1 and not stage.distributed:
+        from .stages import STAGES
+
+        several = ", ".join(s.name for s in STAGES.values() if s.distributed)
+        raise UserError(f"{where}: stage {stage.name} runs in one process, so --nodes {nodes} would run it {nodes} "
+                        f"times into the same output; use --nodes 1 (stages that run on several nodes: {several})")
+
+
+def check_batch(stage: Stage, config: BaseModel, nodes: int, procs_per_node: int | None, resources: Resources,
+                where: str) -> None:
+    """Fewer sequences per optimizer step than processes: the extra ranks would get empty batches. The
+    processes per node are the ones asked for, else the node's GPUs (as DLC starts them), else one."""
+    world = nodes * (procs_per_node or resources.gpu or 1)
+    batch = getattr(getattr(config, "train", None), "batch_size", None)
+    if stage.distributed and batch is not None and batch < world:
+        raise UserError(f"{where}: train.batch_size {batch} is below the {world} processes of {nodes} node(s) x "
+                        f"{world // nodes}; set train.batch_size to at least {world} or use fewer nodes or processes")
+
+
 def prepare(stage_name: str, config_data: dict, inputs: dict[str, str], *, where: str,
-            nodes: int = 1, procs_per_node: int = 1) -> Prepared:
+            nodes: int = 1, procs_per_node: int | None = None, resources: Resources | None = None) -> Prepared:
     """Validate everything and build the job spec; starts nothing."""
     from .registry import new_run_id
 
     stage = get_stage(stage_name)
+    check_nodes(stage, nodes, where)
     config = validate(stage.config, config_data, where)
+    resources = resources or Resources()
+    check_batch(stage, config, nodes, procs_per_node, resources, where)
     check_names(stage, config, set(inputs), where)
     resolved = resolve_paths(inputs, where)
     key = cache_key(stage.name, config, resolved)
@@ -105,21 +163,22 @@ def prepare(stage_name: str, config_data: dict, inputs: dict[str, str], *, where
         run_id=new_run_id(stage.name), stage=stage.name, command=JOB_COMMAND,
         config=config.model_dump(mode="json"), inputs=resolved,
         output=str(work / "output"), checkpoint_dir=str(work / "checkpoints"),
-        nodes=nodes, procs_per_node=procs_per_node,
+        nodes=nodes, procs_per_node=procs_per_node, resources=resources,
     )
     return Prepared(stage, config, spec, key, work)
 
 
 def execute(prep: Prepared, backend: str, *, force: bool = False, detach: bool = False,
-            pipeline: str | None = None, console: Console | None = None):
-    """Run a prepared job (or reuse a cached result); returns the run record."""
+            pipeline: str | None = None, console: Console | None = None, **options):
+    """Run a prepared job (or reuse a cached result); returns the run record. `options` are the
+    backend's own (pai: download, max_restarts)."""
     from .backends import get_backend
     from .follow import follow
     from .registry import Registry
 
     console = console or Console(stderr=True)
     registry = Registry()
-    runner = get_backend(backend)
+    runner = get_backend(backend, **options)
     spec = prep.spec
     if not force:
         hit = registry.find_succeeded(prep.cache_key)
@@ -179,6 +238,11 @@ def _take_work_dir(registry, prep: Prepared, console: Console) -> None:
 def _intact(output: str, console: Console) -> bool:
     """Whether a cached output still holds what its manifest says; an edited one is run again."""
     try:
+        if output.startswith("oss://"):
+            from .backends.pai import remote_artifact
+
+            remote_artifact(output)
+            return True
         artifacts.verify(output, artifacts.Checked(paths.checked_files()))
     except UserError as e:
         console.print(f"[yellow]not a cache hit[/]: {e.message}", soft_wrap=True)

@@ -83,7 +83,8 @@ def configure(home: Path, emu: RunningEmulator, **extra: str) -> None:
     import oss2
 
     settings = {"oss_bucket": BUCKET, "oss_endpoint": emu.url, "dlc_endpoint": emu.url, "dsw_endpoint": emu.url,
-                "ecs_spec": "ecs.g6.xlarge", "workspace_id": "ws-test", "image": "pai-distil-job:cpu", **extra}
+                "ecs_spec": "ecs.g6.xlarge", "workspace_id": "ws-test", "image": "pai-distil-job:cpu",
+                "log_delay_s": "1", **extra}  # the emulator's logs are readable at once
     proc = subprocess.run([*CLI, "config", "set", *(f"{k}={v}" for k, v in settings.items())],
                           env=client_env(home), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr

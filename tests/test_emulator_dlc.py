@@ -140,3 +140,60 @@ def test_state_survives_a_restart_and_unfinished_jobs_run_again(tmp_path):
         job = wait_for(client, again)
         logs = client.get_pod_logs(again, f"{again}-worker-0", m.GetPodLogsRequest()).body.logs
         assert job.status == "Succeeded" and logs[-1] == "second life", logs
+
+
+def test_create_job_checks_spot_and_resource_fields_as_dlc_documents(emu):
+    client = dlc_client(emu)
+
+    def refused(**changes) -> str:
+        request = job_request("true", "refused")
+        for k, v in changes.items():
+            setattr(request.job_specs[0], k, v)
+        with pytest.raises(ClientException) as err:
+            client.create_job(request)
+        assert err.value.code == "InvalidParameter"
+        return err.value.message
+
+    assert "SpotSpec" in refused(use_spot_instance=True)
+    assert "SpotAsPriceGo" in refused(use_spot_instance=True, spot_spec=m.SpotSpec(spot_strategy="SpotAsPriceGo",
+                                                                                    spot_discount_limit=0.5))
+    both = m.SpotSpec(spot_strategy="SpotWithPriceLimit", spot_discount_limit=0.5, spot_price_limit=0.4)
+    assert "exactly one of SpotDiscountLimit and SpotPriceLimit" in refused(use_spot_instance=True, spot_spec=both)
+    assert "exactly one" in refused(use_spot_instance=True, spot_spec=m.SpotSpec(spot_strategy="SpotWithPriceLimit"))
+    assert "SpotDiscountLimit" in refused(use_spot_instance=True, spot_spec=m.SpotSpec(
+        spot_strategy="SpotWithPriceLimit", spot_discount_limit=1.5))
+    assert "ResourceConfig.GPU" in refused(resource_config=m.ResourceConfig(gpu="eight"))
+    assert "ResourceConfig.Memory" in refused(resource_config=m.ResourceConfig(memory="64GB"))
+    assert "ResourceConfig.CPU" in refused(resource_config=m.ResourceConfig(cpu="lots"))
+    assert "EcsSpec" in refused(ecs_spec=None)
+
+    spot = job_request('echo "procs $NPROC_PER_NODE"', "spot-ok")
+    spot.job_specs[0].use_spot_instance = True
+    spot.job_specs[0].spot_spec = m.SpotSpec(spot_strategy="SpotWithPriceLimit", spot_discount_limit=0.8)
+    spot.job_specs[0].resource_config = m.ResourceConfig(cpu="8", gpu="4", memory="30Gi", shared_memory="8Gi")
+    job_id = client.create_job(spot).body.job_id
+    assert wait_for(client, job_id).status == "Succeeded"
+    # DLC sets NPROC_PER_NODE to the pod's GPU count when the job does not
+    assert client.get_pod_logs(job_id, f"{job_id}-worker-0", m.GetPodLogsRequest()).body.logs == ["procs 4"]
+
+
+def test_pod_logs_come_in_pages_of_max_lines_within_a_time_window(emu):
+    client = dlc_client(emu)
+    job_id = client.create_job(job_request("seq 1 2500; sleep 1.2; echo after", "chatty")).body.job_id
+    job = wait_for(client, job_id)
+    pod = f"{job_id}-worker-0"
+    first = client.get_pod_logs(job_id, pod, m.GetPodLogsRequest()).body.logs
+    assert len(first) == 2000 and first[0] == "1" and first[-1] == "2000"  # MaxLines defaults to 2,000
+    everything = client.get_pod_logs(job_id, pod, m.GetPodLogsRequest(max_lines=5000)).body.logs
+    assert everything == [str(i) for i in range(1, 2501)] + ["after"]
+    # a window of whole seconds: the last line came more than a second after the first ones
+    created = dlc.parse_iso(job.gmt_create_time)
+    late = client.get_pod_logs(job_id, pod, m.GetPodLogsRequest(start_time=dlc.iso(created + 60))).body.logs
+    assert late == []
+    with pytest.raises(ClientException) as err:
+        client.get_pod_logs(job_id, pod, m.GetPodLogsRequest(start_time="yesterday"))
+    assert err.value.code == "InvalidParameter" and "StartTime" in err.value.message
+    # read in windows that never fill a page, every line comes once
+    cursor = dlc.LogCursor(since=created)
+    lines, complete = dlc.new_pod_lines(client, job_id, pod, cursor, time.time() + 2)
+    assert complete and lines == everything

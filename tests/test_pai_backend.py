@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import start_teacher
-from emulator_support import ACCESS_KEY_SECRET, cli, configure, start_emulator
+from emulator_support import ACCESS_KEY_SECRET, BUCKET, cli, configure, start_emulator
 
 
 @pytest.fixture(scope="module")
@@ -64,20 +64,35 @@ def test_pipeline_matches_process_backend_reruns_send_nothing_and_no_secret_leak
     pai = cli(pai_home, "run", pipeline, "--backend", "pai")
     assert pai.returncode == 0, pai.stderr[-3000:]
     assert report_numbers(pai_home) == report_numbers(local_home)
-    assert training_curve(pai_home) == training_curve(local_home)  # the same training, step by step
     # the CLI showed uploads, the DLC job and its status, and the job's own log lines
     assert "uploaded " in pai.stderr and "DLC job dlc" in pai.stderr
     assert ": Running" in pai.stderr and ": Succeeded" in pai.stderr and "step 12/12" in pai.stderr
+
+    # stage outputs went from stage to stage inside OSS: of the intermediate outputs the client read
+    # nothing but their manifests, and they are not on this machine
+    reads = [k.split(" ", 1)[1] for k in emu.counters() if k.startswith("GetObject ")]
+    intermediate = [k for k in reads if "/work/generate-" in k or "/work/slow-thinking-" in k]
+    assert intermediate and all(k.endswith("/output/manifest.json") for k in intermediate), intermediate
+    assert any("/work/evaluate-" in k and k.endswith("report.json") for k in reads)  # the final stage came home
+    assert "input cots: oss://" in pai.stderr and "input student: oss://" in pai.stderr
+    assert not list((pai_home / "work").glob("slow-thinking-*/output/*.safetensors"))
+    # `runs pull` brings one home, checked by its manifest: the same training, step by step
+    student_run = next(r for r in (pai_home / "runs").iterdir() if r.name.startswith("slow-thinking-"))
+    pulled = cli(pai_home, "runs", "pull", student_run.name)
+    assert pulled.returncode == 0, pulled.stderr[-2000:]
+    assert training_curve(pai_home) == training_curve(local_home)
+    assert cli(pai_home, "runs", "show", student_run.name).stdout.count(pulled.stdout.strip()) >= 1
 
     # the same evaluation again (--force): its inputs and config are in OSS already, nothing is sent
     eval_config = tmp_path / "eval.yaml"
     eval_config.write_text(yaml.safe_dump(micro_pipeline(teacher)["stages"]["eval"]["config"]))
     student = next((pai_home / "work").glob("slow-thinking-*/output"))
-    again = cli(pai_home, "submit", "evaluate", "-c", eval_config, "-i", f"student={student}", "--backend", "pai",
-                "--force")
+    student_uri = f"oss://{BUCKET}/pai-distil/work/{student.parent.name}/output/"  # an input named where it is
+    again = cli(pai_home, "submit", "evaluate", "-c", eval_config, "-i", f"student={student_uri}", "--backend", "pai",
+                "--force", "--download")
     assert again.returncode == 0, again.stderr[-3000:]
     summaries = [line for line in again.stderr.splitlines() if line.startswith("uploaded ")]
-    assert len(summaries) == 1 and summaries[0].startswith("uploaded 0 B in 0 file(s); 12 unchanged file(s)"), summaries
+    assert len(summaries) == 1 and summaries[0].startswith("uploaded 0 B in 0 file(s); 1 unchanged file(s)"), summaries
     assert report_numbers(pai_home) == report_numbers(local_home)
 
     # the secret is nowhere: CLI output, logs, run records, job specs, config, emulator state and log
@@ -92,26 +107,32 @@ def test_pipeline_matches_process_backend_reruns_send_nothing_and_no_secret_leak
     assert list(emu.data_dir.rglob("*.json")) and (pai_home / "runs.sqlite").is_file()  # there was something to scan
 
 
-def test_preempted_training_resumes_from_its_oss_checkpoint(emu, teacher, tmp_path):
-    home = tmp_path / "home"
-    configure(home, emu)
+def train_until_a_checkpoint(emu, teacher, tmp_path, home: Path, seed: int, steps: int) -> tuple[Path, str]:
+    """A slow-thinking run on pai (its output to come home), once its first checkpoint is in the job's
+    mounts; returns its run dir and DLC job id."""
     gen = tmp_path / "gen.yaml"
-    gen.write_text(yaml.safe_dump({"teacher": {"base_url": teacher.base_url}, "problems": {"n": 60, "seed": 3}}))
+    gen.write_text(yaml.safe_dump({"teacher": {"base_url": teacher.base_url}, "problems": {"n": 60, "seed": seed}}))
     cots = cli(home, "submit", "generate", "-c", gen, "--backend", "process")
     assert cots.returncode == 0, cots.stderr[-2000:]
     train = tmp_path / "train.yaml"
     train.write_text(yaml.safe_dump({"student": {"model": "preset:micro"},
-                                     "train": {"max_steps": 24, "batch_size": 8, "checkpoint_every": 4}}))
+                                     "train": {"max_steps": steps, "batch_size": 8, "checkpoint_every": 4}}))
     sub = cli(home, "submit", "slow-thinking", "-c", train, "-i", f"cots={cots.stdout.strip()}",
-              "--backend", "pai", "--detach")
+              "--backend", "pai", "--detach", "--download")
     assert sub.returncode == 0, sub.stderr[-2000:]
     run_dir = next((home / "runs").glob("slow-thinking-*"))
     job_id = json.loads((run_dir / "dlc-job.json").read_text())["job_id"]
-
     deadline = time.monotonic() + 300
     while not list((emu.data_dir / "jobs" / job_id / "mounts").glob("*/step-*")):
         assert time.monotonic() < deadline, (run_dir / "job.log").read_text()[-2000:]
         time.sleep(0.5)
+    return run_dir, job_id
+
+
+def test_preempted_training_resumes_from_its_oss_checkpoint(emu, teacher, tmp_path):
+    home = tmp_path / "home"
+    configure(home, emu)
+    run_dir, job_id = train_until_a_checkpoint(emu, teacher, tmp_path, home, seed=3, steps=24)
     pre = cli(home, "emulator", "preempt", job_id)
     assert pre.returncode == 0 and f"preempted {job_id}-worker-0" in pre.stdout, pre.stderr
 
@@ -135,31 +156,64 @@ def test_dry_run_body_is_a_dlc_create_job_request(tmp_path):
     from alibabacloud_pai_dlc20201203 import models as m
 
     home = tmp_path / "home"
-    for args in (["oss_bucket=prod-bucket", "ecs_spec=ml.gu8xf.8xlarge-gu108", "spot=true",
-                  "spot_strategy=SpotWithPriceLimit", "spot_discount_limit=0.6", "workspace_id=ws-9",
-                  "vpc_id=vpc-1", "switch_id=vsw-1", "security_group_id=sg-1", "max_running_minutes=600",
-                  "priority=5", "image=registry.cn-hangzhou.aliyuncs.com/team/pai-distil:gpu"],):
-        assert cli(home, "config", "set", *args).returncode == 0
+    assert cli(home, "config", "set", "oss_bucket=prod-bucket", "ecs_spec=ecs.gn7i-c8g1.2xlarge", "spot=true",
+               "workspace_id=ws-9", "vpc_id=vpc-1", "switch_id=vsw-1", "security_group_id=sg-1",
+               "max_running_minutes=600", "priority=5",
+               "image=registry.cn-hangzhou.aliyuncs.com/team/pai-distil:gpu").returncode == 0
     cots = tmp_path / "cots.jsonl"
     cots.write_text('{"id": "1", "problem": "1+1", "answer": "2", "thought": "1+1=2", "solution": "2", "correct": true}\n')
-    proc = cli(home, "submit", "slow-thinking", "-i", f"cots={cots}", "--backend", "pai", "--nodes", "4",
-               "--nproc-per-node", "8", "--dry-run", secret="")  # no credentials needed for a dry run
+    proc = cli(home, "submit", "slow-thinking", "-i", f"cots={cots}", "--backend", "pai", "--nodes", "2",
+               "--gpus", "8", "--cpu", "64", "--memory", "512", "--dry-run", secret="")  # no credentials needed
     assert proc.returncode == 0, proc.stderr
     body = json.loads(proc.stdout)
     assert m.CreateJobRequest().from_map(body).to_map() == body  # every field is one the SDK's model knows
     worker = body["JobSpecs"][0]
-    assert (worker["Type"], worker["PodCount"], worker["EcsSpec"]) == ("Worker", 4, "ml.gu8xf.8xlarge-gu108")
+    assert (worker["Type"], worker["PodCount"], worker["EcsSpec"]) == ("Worker", 2, "ecs.gn7i-c8g1.2xlarge")
     assert worker["UseSpotInstance"] is True
-    assert worker["SpotSpec"] == {"SpotStrategy": "SpotWithPriceLimit", "SpotDiscountLimit": 0.6}
-    assert body["JobType"] == "PyTorchJob" and body["Envs"]["NPROC_PER_NODE"] == "8"
+    assert worker["SpotSpec"] == {"SpotStrategy": "SpotWithPriceLimit", "SpotDiscountLimit": 0.8}  # the default
+    assert worker["ResourceConfig"] == {"CPU": "64", "GPU": "8", "Memory": "512Gi", "SharedMemory": "8Gi"}
+    assert body["JobType"] == "PyTorchJob" and "NPROC_PER_NODE" not in body["Envs"]  # DLC sets it: 8 GPUs
     assert body["UserVpc"] == {"VpcId": "vpc-1", "SwitchId": "vsw-1", "SecurityGroupId": "sg-1"}
     assert body["Priority"] == 5 and body["JobMaxRunningTimeMinutes"] == 600 and body["WorkspaceId"] == "ws-9"
     mounts = {d["MountPath"]: d for d in body["DataSources"]}
     assert mounts["/mnt/pai-distil/output"]["MountAccess"] == "RW"
-    assert mounts["/mnt/pai-distil/inputs/cots"]["Uri"].startswith("oss://prod-bucket/pai-distil/inputs/")
+    # jobs reach OSS through the region's internal endpoint
+    assert mounts["/mnt/pai-distil/inputs/cots"]["Uri"].startswith(
+        "oss://prod-bucket.oss-cn-hangzhou-internal.aliyuncs.com/pai-distil/inputs/")
     assert body["Envs"]["PAI_DISTIL_INPUT_COTS"] == "/mnt/pai-distil/inputs/cots/cots.jsonl"
     assert body["Settings"]["Tags"]["pai-distil-run-id"] == body["DisplayName"]
     assert not {"MASTER_ADDR", "RANK", "WORLD_SIZE"} & set(body["Envs"])  # DLC sets these per pod
+
+    # a price limit instead of the discount; processes per node only when asked for
+    assert cli(home, "config", "set", "spot_price_limit=0.4").returncode == 0
+    priced = cli(home, "submit", "slow-thinking", "-i", f"cots={cots}", "--backend", "pai", "--nproc-per-node", "4",
+                 "--dry-run", secret="")
+    body = json.loads(priced.stdout)
+    assert body["JobSpecs"][0]["SpotSpec"] == {"SpotStrategy": "SpotWithPriceLimit", "SpotPriceLimit": 0.4}
+    assert body["Envs"]["NPROC_PER_NODE"] == "4" and "ResourceConfig" not in body["JobSpecs"][0]
+    both = cli(home, "config", "set", "spot_discount_limit=0.5")
+    assert both.returncode != 0 and "spot_discount_limit and spot_price_limit" in both.stderr
+
+
+def test_job_shapes_that_would_fail_on_dlc_are_refused_in_one_line(tmp_path):
+    home = tmp_path / "home"
+    assert cli(home, "config", "set", "oss_bucket=b", "ecs_spec=ecs.gn7i-c8g1.2xlarge", "image=x:1").returncode == 0
+    cots = tmp_path / "cots.jsonl"
+    cots.write_text('{"id": "1", "problem": "1+1", "answer": "2", "thought": "1+1=2", "solution": "2", "correct": true}\n')
+    for stage in ("generate", "score", "reward-model", "grpo", "evaluate"):
+        proc = cli(home, "submit", stage, "--nodes", "2", "--backend", "pai", secret="")
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1, (stage, proc.stderr)
+        assert f"stage {stage} runs in one process" in lines[0] and "--nodes 1" in lines[0]
+    small = tmp_path / "small.yaml"
+    small.write_text(yaml.safe_dump({"train": {"batch_size": 8}}))
+    proc = cli(home, "submit", "slow-thinking", "-c", small, "-i", f"cots={cots}", "--nodes", "2", "--gpus", "8",
+               "--backend", "pai", "--dry-run", secret="")
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "train.batch_size 8 is below the 16 processes" in lines[0]
+    assert "Traceback" not in proc.stderr
+    wrong = cli(home, "submit", "generate", "--download", "--backend", "process", secret="")
+    assert wrong.returncode == 2 and "--download applies to --backend pai only" in wrong.stderr
 
 
 def test_api_key_env_reaches_a_job_only_with_pass_secrets(emu, tmp_path):
@@ -203,7 +257,7 @@ def test_failed_job_is_reported_with_its_reason_and_cancel_stops_the_dlc_job(emu
     from emulator_support import dlc_client, free_port
 
     home = tmp_path / "home"
-    configure(home, emu)
+    configure(home, emu, max_restarts="2")
     gen = tmp_path / "gen.yaml"
     gen.write_text(yaml.safe_dump({"teacher": {"base_url": f"http://127.0.0.1:{free_port()}/v1", "max_retries": 0},
                                    "problems": {"n": 4, "seed": 3}}))
@@ -211,6 +265,8 @@ def test_failed_job_is_reported_with_its_reason_and_cancel_stops_the_dlc_job(emu
     assert failed.returncode == 1
     last = failed.stderr.strip().splitlines()[-1]
     assert last.startswith("error: run generate-") and "DLC job dlc" in last and "unreachable" in last, last
+    gen_run = next((home / "runs").glob("generate-*")).name  # failed in its own code: not submitted again
+    assert "1 of at most 3: dlc" in cli(home, "runs", "show", gen_run).stdout
 
     gen.write_text(yaml.safe_dump({"teacher": {"base_url": teacher.base_url}, "problems": {"n": 60, "seed": 4}}))
     cots = cli(home, "submit", "generate", "-c", gen, "--backend", "process")
@@ -229,3 +285,79 @@ def test_failed_job_is_reported_with_its_reason_and_cancel_stops_the_dlc_job(emu
     job_id = json.loads((run_dir / "dlc-job.json").read_text())["job_id"]
     assert dlc_client(emu).get_job(job_id, m.GetJobRequest()).body.status == "Stopped"
     assert "stopping DLC job" in (run_dir / "job.log").read_text()
+
+
+def test_runs_logs_follow_shows_all_10000_lines_of_a_pod_once_each(emu, tmp_path):
+    """GetPodLogs returns 2,000 lines a call; a run's log still gets every line of a chatty job."""
+    import os
+    import subprocess
+    import sys
+
+    from alibabacloud_pai_dlc20201203 import models as m
+    from emulator_support import client_env, dlc_client
+
+    from pai_distil.backends import pai
+    from pai_distil.pai.config import PaiConfig
+    from pai_distil.registry import Registry
+    from pai_distil.specs import JobSpec
+
+    home = tmp_path / "home"
+    configure(home, emu)
+    env = client_env(home)
+    os.environ["PAI_DISTIL_HOME"] = str(home)  # the registry and run dirs of this home, read in this process
+    try:
+        registry = Registry()
+        run_id = "chatty-20261202-000000-0001"
+        work = home / "work" / "chatty-0001"
+        spec = JobSpec(run_id=run_id, stage="generate", command=["true"], config={}, output=str(work / "output"),
+                       checkpoint_dir=str(work / "checkpoints"))
+        directory = home / "runs" / run_id
+        directory.mkdir(parents=True)
+        (directory / "spec.json").write_text(spec.model_dump_json())
+        cfg = PaiConfig.model_validate({"oss_bucket": BUCKET, "oss_endpoint": emu.url, "dlc_endpoint": emu.url,
+                                        "ecs_spec": "ecs.g6.xlarge", "log_delay_s": 1})
+        prefix = pai.output_prefix(cfg, work.name)
+        command = ("for i in $(seq 1 5000); do echo \"line $i\"; done; sleep 1; "
+                   "for i in $(seq 5001 10000); do echo \"line $i\"; done; "
+                   "echo '{\"files\": []}' > /mnt/out/manifest.json")
+        request = m.CreateJobRequest(
+            display_name=run_id, job_type="PyTorchJob", user_command=command,
+            job_specs=[m.JobSpec(type="Worker", image="any:latest", pod_count=2, ecs_spec="ecs.g6.xlarge")],
+            data_sources=[m.CreateJobRequestDataSources(uri=f"oss://{BUCKET}/{prefix}/", mount_path="/mnt/out",
+                                                        mount_access="RW")])
+        job_id = dlc_client(emu).create_job(request).body.job_id
+        pai.write_job_info(directory, {"job_id": job_id, "config": cfg.model_dump(mode="json"), "output_prefix": prefix,
+                                       "checkpoint_prefix": prefix, "download": False, "max_restarts": 0,
+                                       "attempts": [{"job_id": job_id, "status": "Submitted", "reason": ""}]})
+        registry.create(run_id, "generate", "pai", "key", str(work), spec.output, str(directory / "job.log"))
+    finally:
+        del os.environ["PAI_DISTIL_HOME"]
+    supervisor = subprocess.Popen([sys.executable, "-m", "pai_distil.backends.pai", run_id, str(registry.path)],
+                                  env=env, stdout=open(directory / "job.log", "ab"), stderr=subprocess.STDOUT)
+    followed = cli(home, "runs", "logs", "-f", run_id, timeout=300)
+    assert supervisor.wait(timeout=60) == 0
+    assert followed.returncode == 0, followed.stderr
+    for pod in (f"{job_id}-worker-0", f"{job_id}-worker-1"):
+        lines = [x.split("] ", 1)[1] for x in followed.stdout.splitlines() if x.startswith(f"[{pod}] line ")]
+        assert lines == [f"line {i}" for i in range(1, 10001)], (pod, len(lines))
+    assert "succeeded" in cli(home, "runs", "show", run_id).stdout
+
+
+def test_preemption_dlc_reports_as_failure_is_resubmitted_and_resumes(emu, teacher, tmp_path):
+    home = tmp_path / "home"
+    configure(home, emu, spot="true")  # spot: up to 3 resubmissions by default
+    run_dir, first = train_until_a_checkpoint(emu, teacher, tmp_path, home, seed=5, steps=16)
+    pre = cli(home, "emulator", "preempt", first, "--fail")
+    assert pre.returncode == 0 and "DLC reports the job failed" in pre.stdout, pre.stderr
+
+    cli(home, "runs", "logs", "-f", run_dir.name, timeout=600)
+    log = (run_dir / "job.log").read_text()
+    show = cli(home, "runs", "show", run_dir.name).stdout
+    assert "succeeded" in show, show + log[-3000:]
+    info = json.loads((run_dir / "dlc-job.json").read_text())
+    assert [a["status"] for a in info["attempts"]] == ["Failed", "Succeeded"]
+    assert info["attempts"][0] == {"job_id": first, "status": "Failed", "reason": "JobPreempted"}
+    assert f"2 of at most 4: {first} Failed (JobPreempted), {info['job_id']} Succeeded" in show
+    assert "submitting attempt 2" in log and "resuming from checkpoint" in log
+    metrics = next((home / "work").glob("slow-thinking-*/output/metrics.jsonl")).read_text().splitlines()
+    assert json.loads(metrics[-1])["step"] == 16

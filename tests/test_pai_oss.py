@@ -108,3 +108,44 @@ def test_extraction_refuses_links_already_in_the_destination_and_bombs(tmp_path)
     with pytest.raises(UserError, match="unpacks to more than"):
         extract(tar_bomb, tmp_path / "bomb-out2")
     assert extract(bomb, tmp_path / "bomb-out3", max_bytes=1 << 30) == [tmp_path / "bomb-out3" / "zeros.bin"]
+
+
+def test_remote_manifest_and_resumable_download_of_a_large_file(tmp_path, monkeypatch):
+    with start_emulator(tmp_path / "emu") as emu:
+        home = tmp_path / "home"
+        configure(home, emu)
+        for k, v in client_env(home).items():
+            monkeypatch.setenv(k, v)
+        from pai_distil.pai import config
+        from pai_distil.pai.oss import MULTIPART_THRESHOLD, PART_SIZE, Storage
+
+        art = tmp_path / "artifact"
+        art.mkdir()
+        big = bytes(range(256)) * ((MULTIPART_THRESHOLD + PART_SIZE) // 256)
+        (art / "model.safetensors").write_bytes(big)
+        (art / "config.json").write_text("{}")
+        artifacts.write_manifest(art)
+        storage = Storage(config.load())
+        assert storage.remote_manifest("t/artifact") is None  # nothing there yet
+        storage.upload(art, "t/artifact")
+        manifest = storage.remote_manifest("t/artifact")
+        assert artifacts.manifest_digest(manifest) == artifacts.digest(art)  # the same digest as the local copy
+        reads = {k: v for k, v in emu.counters().items() if k.startswith("GetObject ")}
+        assert list(reads) == [f"GetObject {BUCKET}/t/artifact/manifest.json"]  # only the manifest was read
+
+        dest = tmp_path / "back"
+        (tmp_path / ".tmp-back").mkdir()
+        (tmp_path / ".tmp-back" / "stale.bin").write_bytes(b"from an interrupted older download")
+        storage.download("t/artifact", dest)
+        artifacts.verify(dest)
+        assert (dest / "model.safetensors").read_bytes() == big and not (dest / "stale.bin").exists()
+        ranged = emu.counters()[f"GetObject {BUCKET}/t/artifact/model.safetensors"]
+        assert ranged >= 3  # oss2.resumable_download fetched it in parts
+
+        bucket = oss2.Bucket(oss2.Auth(ACCESS_KEY_ID, ACCESS_KEY_SECRET), emu.url, BUCKET)
+        bucket.put_object("t/artifact/config.json", b'{"changed": 1}')
+        with pytest.raises(UserError, match="config.json: the manifest says 2 bytes, OSS has 14 bytes"):
+            storage.remote_manifest("t/artifact")
+        bucket.delete_object("t/artifact/config.json")
+        with pytest.raises(UserError, match="config.json: the manifest says 2 bytes, OSS has no such object"):
+            storage.remote_manifest("t/artifact")

@@ -27,7 +27,13 @@ class Backend(Protocol):
         """Stop the job (it may save a checkpoint first) and return its terminal record."""
 
 
-def get_backend(name: str, registry: Registry | None = None) -> Backend:
+def get_backend(name: str, registry: Registry | None = None, **options) -> Backend:
+    """The backend called `name`; `options` are the pai backend's (download, max_restarts)."""
+    given = [k for k, v in options.items() if v not in (None, False)]
+    if given and name != "pai":
+        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise UserError(f"{flags} appl{'ies' if len(given) == 1 else 'y'} to --backend pai only; remove it or "
+                        "use --backend pai")
     if name == "process":
         from .process import ProcessBackend
 
@@ -39,5 +45,5 @@ def get_backend(name: str, registry: Registry | None = None) -> Backend:
     if name == "pai":
         from .pai import PaiBackend
 
-        return PaiBackend(registry)
+        return PaiBackend(registry, **options)
     raise UserError(f"unknown backend '{name}'; choose one of: {', '.join(BACKENDS)}")

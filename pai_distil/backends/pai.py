@@ -1,16 +1,22 @@
 """The `pai` backend: a job runs as a PAI-DLC PyTorchJob, its data in OSS.
 
-`start` (in the foreground, with progress bars): uploads the inputs and the stage config to
+`start` (in the foreground, with progress bars): uploads the local inputs and the stage config to
 OSS (content-addressed, unchanged files are not sent again), builds the CreateJob request and
-submits it once per run id. A detached supervisor (`python -m pai_distil.backends.pai RUN_ID
-REGISTRY`) then polls the job with backoff, appends every pod's log to the run's log, and when
-the job ends downloads the output from OSS, checks it against its manifest and records the
-outcome. Cancel = SIGTERM to the supervisor = StopJob.
+submits it once per run id. An input already in OSS (`oss://...`, the output of an earlier stage)
+is mounted where it is, after its manifest is checked against what OSS lists: stage outputs never
+travel through the client on their way to the next stage. A detached supervisor (`python -m
+pai_distil.backends.pai RUN_ID REGISTRY`) then polls the job with backoff, appends every pod's
+log to the run's log, and when the job ends checks the output's manifest in OSS; only with
+`--download` (or `pai-distil runs pull`) does the output come home. A job DLC failed through
+preemption or node loss is submitted again, up to `max_restarts` times, and resumes from its OSS
+checkpoints; the attempts are kept in the run's `dlc-job.json`. Cancel = SIGTERM to the
+supervisor = StopJob.
 
 OSS layout under `<oss_prefix>/`: `inputs/<digest>/` and `configs/<digest>/` (the stage config)
 as read-only mounts, `work/<stage>-<key>/output/` and `.../checkpoints/` (read-write mounts). The work
 folder is keyed like the local work dir, so a rerun, a restarted pod or a preempted spot
-instance finds its checkpoints there and resumes.
+instance finds its checkpoints there and resumes. Jobs name the region's internal OSS endpoint
+in their data sources, so their traffic stays inside Alibaba Cloud.
 """
 
 from __future__ import annotations
@@ -53,27 +59,35 @@ class Plan:
 
         self.spec, self.cfg = spec, cfg
         base = PurePosixPath(cfg.oss_prefix)
-        bucket_uri = f"oss://{cfg.oss_bucket}"
         work = Path(spec.output).parent.name
         self.uploads: list[tuple[str, Path, str]] = []  # (label, local path, key prefix)
+        self.remote_inputs: dict[str, str] = {}  # input name -> oss:// URI, mounted where it is
         self.mounts: list[Mount] = []
         inputs: dict[str, str] = {}
-        for name, local in sorted(spec.inputs.items()):
-            path = Path(local)
+        for name, source in sorted(spec.inputs.items()):
+            if source.startswith("oss://"):
+                self.remote_inputs[name] = source
+                self.mounts.append(Mount(self.job_uri(_bucket_prefix(source, cfg)), _mount("inputs", name), False))
+                inputs[name] = _mount("inputs", name)
+                continue
+            path = Path(source)
             prefix = str(base / "inputs" / artifacts.digest(path)[:24])
             self.uploads.append((f"input {name}", path, prefix))
-            self.mounts.append(Mount(f"{bucket_uri}/{prefix}/", _mount("inputs", name), False))
+            self.mounts.append(Mount(self.job_uri(prefix), _mount("inputs", name), False))
             inputs[name] = _mount("inputs", name, path.name) if path.is_file() else _mount("inputs", name)
         config_digest = hashlib.sha256(json.dumps(spec.config, indent=1).encode()).hexdigest()
         self.run_prefix = str(base / "configs" / config_digest[:24])  # as written by write_run_files
-        self.output_prefix = str(base / "work" / work / "output")
+        self.output_prefix = output_prefix(cfg, work)
         self.checkpoint_prefix = str(base / "work" / work / "checkpoints")
-        self.mounts += [Mount(f"{bucket_uri}/{self.run_prefix}/", _mount("run"), False),
-                        Mount(f"{bucket_uri}/{self.output_prefix}/", _mount("output"), True),
-                        Mount(f"{bucket_uri}/{self.checkpoint_prefix}/", _mount("checkpoints"), True)]
+        self.mounts += [Mount(self.job_uri(self.run_prefix), _mount("run"), False),
+                        Mount(self.job_uri(self.output_prefix), _mount("output"), True),
+                        Mount(self.job_uri(self.checkpoint_prefix), _mount("checkpoints"), True)]
         env = contract_env(spec, _mount("run", CONFIG_FILE), inputs=inputs, output=_mount("output"),
                            checkpoint_dir=_mount("checkpoints"))
-        self.env = {k: v for k, v in env.items() if k not in DLC_SETS}
+        # DLC gives every pod its own rendezvous variables, and NPROC_PER_NODE (the node's GPU count)
+        # unless the user asked for a number of processes.
+        dlc_sets = DLC_SETS if spec.procs_per_node else (*DLC_SETS, "NPROC_PER_NODE")
+        self.env = {k: v for k, v in env.items() if k not in dlc_sets}
         from .job_env import named_secrets
 
         present = [n for n in named_secrets(spec.config) if os.environ.get(n)]
@@ -81,6 +95,10 @@ class Plan:
         if cfg.pass_secrets:
             self.env.update({n: os.environ[n] for n in present})
         self.withheld = [] if cfg.pass_secrets else present
+
+    def job_uri(self, prefix: str) -> str:
+        """A data source URI naming the internal endpoint, so the pods read and write OSS inside the region."""
+        return f"oss://{self.cfg.oss_bucket}.{self.cfg.job_oss_host()}/{prefix.rstrip('/')}/"
 
     def image(self) -> str:
         """The job image: PAI pulls it from a registry, so it is named in the config, never guessed."""
@@ -93,10 +111,50 @@ class Plan:
                             "`pai-distil config set image=REGISTRY/pai-distil-gpu:TAG`")
         return image
 
-    def request(self):
+    def request(self, attempt: int = 1):
         from ..pai.dlc import create_job_request
 
-        return create_job_request(self.spec, self.cfg, self.image(), self.mounts, self.env)
+        return create_job_request(self.spec, self.cfg, self.image(), self.mounts, self.env, attempt=attempt)
+
+
+def output_prefix(cfg, work_name: str) -> str:
+    """The key prefix of a stage's output in OSS, from the name of its work dir (`<stage>-<key>`)."""
+    return str(PurePosixPath(cfg.oss_prefix, "work", work_name, "output"))
+
+
+def output_uri(record: RunRecord) -> str:
+    """Where the next stage reads a pai run's output: in OSS when a DLC job wrote it there (downloaded or
+    not), else where it is (a cache hit of a local copy, which the next stage uploads, unchanged files
+    skipped)."""
+    from ..pai import config
+
+    if (record.output or "").startswith("oss://") or read_job_info(record.id) is None:
+        return record.output
+    cfg = config.load()
+    return f"oss://{cfg.oss_bucket}/{output_prefix(cfg, Path(record.work_dir).name)}/"
+
+
+def _bucket_prefix(uri: str, cfg) -> str:
+    from ..pai.oss import split_uri
+
+    bucket, prefix = split_uri(uri)
+    if bucket != cfg.oss_bucket:
+        raise UserError(f"input {uri} is in bucket {bucket}, not the configured {cfg.oss_bucket}; jobs mount the "
+                        "configured bucket only: copy it there or `pai-distil config set oss_bucket=" + bucket + "`")
+    return prefix
+
+
+def remote_artifact(uri: str) -> dict:
+    """The manifest of an artifact in OSS, checked against the objects OSS lists; a one-line error when the
+    artifact is unfinished or its files do not match. Used for `oss://` inputs and cached outputs."""
+    from ..pai.oss import Storage
+
+    cfg = load_config()
+    storage = Storage(cfg)
+    manifest = storage.remote_manifest(storage.prefix_of(uri))
+    if manifest is None:
+        raise UserError(f"{uri} has no manifest.json: it is not a finished artifact; rerun the stage that writes it")
+    return manifest
 
 
 def load_config(need_credentials: bool = True):
@@ -106,7 +164,7 @@ def load_config(need_credentials: bool = True):
     config.require(cfg, "oss_bucket")
     if not cfg.quota_id and not cfg.ecs_spec:
         raise UserError(f"--backend pai needs `ecs_spec` (public resources) or `quota_id` in {config.config_path()}; "
-                        "set one with `pai-distil config set ecs_spec=ecs.gn7i-c8g1.2xlarge`")
+                        f"set one with `pai-distil config set ecs_spec={config.ECS_SPEC_EXAMPLE}`")
     if need_credentials:
         from ..pai.credentials import chain
 
@@ -128,6 +186,11 @@ def dry_run_body(spec: JobSpec) -> dict:
 
 class PaiBackend(ProcessBackend):
     name = "pai"
+
+    def __init__(self, registry: Registry | None = None, download: bool | None = None,
+                 max_restarts: int | None = None):
+        super().__init__(registry)
+        self.download, self.max_restarts = bool(download), max_restarts
 
     def start(self, spec: JobSpec, record: RunRecord) -> RunRecord:
         console = Console(stderr=True)
@@ -155,6 +218,10 @@ class PaiBackend(ProcessBackend):
         config_path = write_run_files(spec, directory)
         storage = Storage(plan.cfg, console)
         storage.ensure_bucket()
+        for name, uri in plan.remote_inputs.items():  # checked by manifest where it lies, never copied
+            if storage.remote_manifest(storage.prefix_of(uri)) is None:
+                raise UserError(f"input '{name}' ({uri}) has no manifest.json: it is not a finished artifact")
+            console.print(f"input {name}: {uri} (in OSS, manifest checked)", soft_wrap=True)
         total = Transfer()
         for label, local, prefix in [*plan.uploads, ("stage config", config_path, plan.run_prefix)]:
             t = storage.upload(local, prefix, label)
@@ -165,14 +232,58 @@ class PaiBackend(ProcessBackend):
         job_id, created = dlc.submit(client, plan.request(), spec.run_id)
         if not created:
             console.print(f"run {spec.run_id} already has DLC job {job_id}; not submitting it again")
-        (directory / JOB_FILE).write_text(json.dumps({
-            "job_id": job_id, "config": plan.cfg.model_dump(mode="json"),
-            "output_prefix": plan.output_prefix, "checkpoint_prefix": plan.checkpoint_prefix}, indent=1))
+        max_restarts = self.max_restarts if self.max_restarts is not None else plan.cfg.restarts()
+        write_job_info(directory, {
+            "job_id": job_id, "config": plan.cfg.model_dump(mode="json"), "output_prefix": plan.output_prefix,
+            "checkpoint_prefix": plan.checkpoint_prefix, "download": self.download, "max_restarts": max_restarts,
+            "attempts": [{"job_id": job_id, "status": "Submitted", "reason": ""}]})
         return job_id
 
 
+def write_job_info(directory: Path, info: dict) -> None:
+    tmp = directory / f".tmp-{JOB_FILE}"
+    tmp.write_text(json.dumps(info, indent=1))
+    os.replace(tmp, directory / JOB_FILE)
+
+
+def read_job_info(run_id: str) -> dict | None:
+    path = run_dir(run_id) / JOB_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def attempts_line(run_id: str) -> str | None:
+    """`2: dlc1 Failed (JobPreempted), dlc2 Succeeded` for `runs show`; None for a run with no DLC job."""
+    info = read_job_info(run_id)
+    if not info:
+        return None
+    attempts = info.get("attempts") or [{"job_id": info["job_id"], "status": "?", "reason": ""}]
+    shown = [f"{a['job_id']} {a['status']}" + (f" ({a['reason']})" if a.get("reason") else "") for a in attempts]
+    return f"{len(attempts)} of at most {1 + int(info.get('max_restarts') or 0)}: " + ", ".join(shown)
+
+
+def pull_output(record: RunRecord, dest: Path | None = None, registry: Registry | None = None) -> str:
+    """Download a finished pai run's output from OSS (`runs pull`); returns where it now is."""
+    from ..pai.oss import Storage
+
+    if record.backend != "pai":
+        raise UserError(f"run {record.id} ran on the {record.backend} backend; its output is already here: {record.output}")
+    if record.state not in ("succeeded", "cached"):
+        raise UserError(f"run {record.id} is {record.state}; only a finished run's output can be pulled")
+    storage = Storage(load_config())
+    prefix = output_prefix(storage.cfg, Path(record.work_dir).name)  # a cache hit shares its work dir's prefix
+    if storage.remote_manifest(prefix) is None:
+        raise UserError(f"{storage.uri(prefix)}/ has no manifest.json; the run's output is not in OSS")
+    target = dest or Path(record.work_dir) / "output"
+    moved = storage.download(prefix, target, f"pull {record.id}")
+    storage.console.print(moved.summary("downloaded"))
+    if dest is None and registry is not None:
+        registry.update(record.id, output=str(target))
+    return str(target)
+
+
 class PaiSupervisor(Supervisor):
-    """Follows one DLC job: status changes and pod logs into the run's log, then the output home."""
+    """Follows a run's DLC jobs: status changes and pod logs into the run's log, a preempted job
+    submitted again, the output checked in OSS (and brought home when asked)."""
 
     def __init__(self, run_id: str, registry: Registry):
         super().__init__(run_id, registry)
@@ -185,23 +296,67 @@ class PaiSupervisor(Supervisor):
         from ..pai.config import PaiConfig
 
         spec = JobSpec.model_validate_json((run_dir(self.run_id) / "spec.json").read_text())
-        info = json.loads((run_dir(self.run_id) / JOB_FILE).read_text())
+        info = read_job_info(self.run_id)
         record = self.registry.get(self.run_id)
         if record.terminal:
             return None
         self.registry.update(self.run_id, supervisor_pid=os.getpid())
         cfg = PaiConfig.model_validate(info["config"])
         self.client, self.job_id = dlc.client(cfg), info["job_id"]
-        job = self.follow(spec)
-        if job.status == "Stopped" or self.stop_requested:
-            return self.finish("cancelled", error=f"DLC job {self.job_id} stopped")
-        if job.status != "Succeeded":
+        while True:
+            job = self.follow(cfg)
+            self.record_attempt(info, job)
+            if job.status == "Stopped" or self.stop_requested:
+                return self.finish("cancelled", error=f"DLC job {self.job_id} stopped")
+            if job.status == "Succeeded":
+                break
             reason = job.reason_message or job.reason_code or "no reason given"
-            return self.finish("failed", error=f"DLC job {self.job_id} {job.status.lower()}: {reason}", exit_code=1)
+            left = int(info.get("max_restarts") or 0) - (len(info["attempts"]) - 1)
+            if not dlc.failed_by_infrastructure(job) or left <= 0:
+                why = "" if not dlc.failed_by_infrastructure(job) else f" (after {len(info['attempts'])} attempts)"
+                return self.finish("failed", error=f"DLC job {self.job_id} {job.status.lower()}{why}: {reason}",
+                                   exit_code=1)
+            try:
+                self.resubmit(spec, cfg, info, reason)
+            except UserError as e:
+                return self.finish("failed", error=f"resubmitting after a preemption: {e.message}", exit_code=1)
+        return self.collect(spec, cfg, info)
+
+    def record_attempt(self, info: dict, job) -> None:
+        info["attempts"][-1].update(status=job.status, reason=job.reason_code if job.status != "Succeeded" else "")
+        write_job_info(run_dir(self.run_id), info)
+
+    def resubmit(self, spec: JobSpec, cfg, info: dict, reason: str) -> None:
+        """The same job again, as a new DLC job on the same OSS prefixes: it resumes from its checkpoints."""
+        from ..pai import dlc
+
+        attempt = len(info["attempts"]) + 1
+        self.note(f"DLC job {self.job_id} failed through its machines ({reason}); submitting attempt {attempt} "
+                  f"of {1 + int(info['max_restarts'])}, which resumes from the checkpoints in OSS")
+        request = Plan(spec, cfg).request(attempt=attempt)
+        try:
+            self.job_id = self.client.create_job(request).body.job_id
+        except Exception as e:  # noqa: BLE001 - Tea exceptions of every kind become one line
+            raise dlc.explain(e, "resubmitting the DLC job") from None
+        info["job_id"] = self.job_id
+        info["attempts"].append({"job_id": self.job_id, "status": "Submitted", "reason": ""})
+        write_job_info(run_dir(self.run_id), info)
+        self.note(f"DLC job {self.job_id} for run {self.run_id} (attempt {attempt})")
+
+    def collect(self, spec: JobSpec, cfg, info: dict) -> None:
+        """The output, checked by its manifest in OSS; downloaded and checked again only when asked."""
         from ..pai.oss import Storage
 
         storage = Storage(cfg, Console(file=sys.stdout, force_terminal=False, width=120))
+        uri = storage.uri(info["output_prefix"].rstrip("/") + "/")
         try:
+            manifest = storage.remote_manifest(info["output_prefix"])
+            if manifest is None:
+                return self.finish("failed", error=NO_ARTIFACT, exit_code=0)
+            self.note(f"output in OSS: {uri} ({len(manifest.get('files', []))} files, manifest checked)")
+            if not info.get("download"):
+                self.registry.update(self.run_id, output=uri)
+                return self.finish("succeeded", exit_code=0)
             moved = storage.download(info["output_prefix"], Path(spec.output), "output")
         except UserError as e:
             return self.finish("failed", error=f"output of DLC job {self.job_id}: {e.message}", exit_code=1)
@@ -210,11 +365,12 @@ class PaiSupervisor(Supervisor):
             return self.finish("failed", error=NO_ARTIFACT, exit_code=0)
         return self.finish("succeeded", exit_code=0)
 
-    def follow(self, spec: JobSpec):
+    def follow(self, cfg):
+        """Poll one DLC job until it ends, its pods' logs into the run's log; returns its last body."""
         from ..pai import dlc
 
-        seen: dict[str, int] = {}
-        status, errors, started = None, 0, False
+        cursors: dict[str, dlc.LogCursor] = {}
+        status, errors = None, 0
         for delay in dlc.backoff(0.5, 1.5, 5.0):
             if self.stop_requested and not self.stop_sent:
                 self.note(f"cancel requested: stopping DLC job {self.job_id}")
@@ -222,7 +378,12 @@ class PaiSupervisor(Supervisor):
                 self.stop_sent = True
             try:
                 job = dlc.get_job(self.client, self.job_id)
-                self.pump(job, seen)
+                if job.status in dlc.TERMINAL:  # the last lines: wait until the log has them all
+                    end = (dlc.parse_iso(job.gmt_finish_time) or time.time()) + 2
+                    time.sleep(max(0.0, end + cfg.log_delay_s - time.time()))
+                    self.pump(job, cursors, end)
+                else:
+                    self.pump(job, cursors, time.time() - cfg.log_delay_s)
                 errors = 0
             except UserError as e:
                 errors += 1
@@ -234,8 +395,7 @@ class PaiSupervisor(Supervisor):
             if job.status != status:
                 status = job.status
                 self.note(f"DLC job {self.job_id}: {status}")
-            if status == "Running" and not started:
-                started = True
+            if status == "Running" and self.registry.get(self.run_id).state != "running":
                 self.registry.update(self.run_id, where_state=ACTIVE, state="running", started_at=time.time())
             if status in dlc.TERMINAL:
                 return job
@@ -243,17 +403,21 @@ class PaiSupervisor(Supervisor):
             while time.monotonic() < end and not (self.stop_requested and not self.stop_sent):
                 time.sleep(0.1)
 
-    def pump(self, job, seen: dict[str, int]) -> None:
-        """Append the pods' new log lines; several pods are told apart by a prefix."""
+    def pump(self, job, cursors: dict, until: float) -> None:
+        """Append every pod's lines logged up to `until`, each once; several pods are told apart by a prefix."""
         from ..pai import dlc
 
         pods = job.pods or []
+        created = dlc.parse_iso(job.gmt_create_time) or time.time() - 7 * 86400  # GetPodLogs' own default
         for i, pod in enumerate(pods):
-            lines = dlc.pod_logs(self.client, self.job_id, pod.pod_id)
-            new = lines[seen.get(pod.pod_id, 0):]
-            seen[pod.pod_id] = len(lines)
+            cursor = cursors.setdefault(pod.pod_id, dlc.LogCursor(since=created))
+            lines, complete = dlc.new_pod_lines(self.client, self.job_id, pod.pod_id, cursor, until)
+            if not complete and not cursor.warned:
+                cursor.warned = True
+                self.note(f"pod {pod.pod_id} logged more than {dlc.MAX_LINES_CEILING} lines in one second; "
+                          "some of them are not shown (the DLC console has them all)")
             prefix = f"[{pod.pod_id}] " if len(pods) > 1 else ""
-            for line in new:
+            for line in lines:
                 shown = line if i == 0 and line.startswith("[progress] ") else prefix + line
                 print(shown, flush=True)
 

@@ -60,7 +60,7 @@ def contract_env(spec: JobSpec, config_path: str | Path, *, master_addr: str = "
         "MASTER_PORT": str(master_port),
         "WORLD_SIZE": str(spec.nodes),
         "RANK": str(rank),
-        "NPROC_PER_NODE": str(spec.procs_per_node),
+        "NPROC_PER_NODE": str(spec.procs_per_node or 1),
         "PYTHONUNBUFFERED": "1",
     }
     env.update(spec.env)

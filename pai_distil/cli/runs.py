@@ -97,6 +97,10 @@ def show(run: str) -> None:
             ("error", Text(r.error, style="red") if r.error else None), ("output", r.output),
             ("work dir", r.work_dir), ("log", r.log_path), ("cache key", r.cache_key),
             ("supervisor pid", r.supervisor_pid), ("job pid", r.job_pid), ("metrics", metrics_summary(r.output))]
+    if r.backend == "pai":
+        from ..backends.pai import attempts_line
+
+        rows.insert(5, ("attempts", attempts_line(r.id)))
     table = Table(box=None, show_header=False, pad_edge=False)
     table.add_column(style="bold")
     table.add_column(overflow="fold")
@@ -114,6 +118,18 @@ def logs(run: str, follow: bool) -> None:
 
     registry = Registry()
     tail_log(registry.get(run), follow=follow, registry=registry)
+
+
+@runs.command("pull")
+@click.argument("run")
+@click.option("--to", "dest", type=click.Path(file_okay=False), help="where to put it [default: the run's work dir]")
+def pull(run: str, dest: str | None) -> None:
+    """Bring the output of a pai RUN home from OSS (resumable, checked against its manifest)."""
+    from ..backends.pai import pull_output
+
+    registry = Registry()
+    record = registry.get(run)
+    click.echo(pull_output(record, Path(dest) if dest else None, registry))
 
 
 @runs.command("cancel")

@@ -23,14 +23,28 @@ BACKENDS = click.Choice(["process", "local", "pai"])
 @click.option("--input", "-i", "inputs", multiple=True, metavar="NAME=PATH", help="an input of the stage (repeatable)")
 @click.option("--backend", "-b", type=BACKENDS, default="process", show_default=True)
 @click.option("--nodes", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--nproc-per-node", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--nproc-per-node", type=click.IntRange(min=1),
+              help="processes per node [default: 1; on pai, the node's GPU count, which DLC sets]")
+@click.option("--gpus", type=click.IntRange(min=0, max=16), help="GPUs per node (pai: ResourceConfig.GPU)")
+@click.option("--cpu", type=click.FloatRange(min=0, min_open=True), help="vCPUs per node (pai: ResourceConfig.CPU)")
+@click.option("--memory", type=click.FloatRange(min=0, min_open=True), metavar="GIB",
+              help="memory per node in GiB (pai: ResourceConfig.Memory)")
+@click.option("--shared-memory", type=click.FloatRange(min=0, min_open=True), metavar="GIB",
+              help="/dev/shm per node in GiB (pai: ResourceConfig.SharedMemory; default 8 with GPUs)")
+@click.option("--ecs-spec", help="pai: ECS instance type per node, instead of the configured ecs_spec")
+@click.option("--max-restarts", type=click.IntRange(min=0, max=100),
+              help="pai: resubmit a job DLC failed through preemption or node loss up to N times "
+                   "[default: max_restarts in the config, else 3 on spot, 0 otherwise]")
+@click.option("--download", is_flag=True, help="pai: bring the output home from OSS (else it stays there; "
+                                               "`pai-distil runs pull RUN` fetches it later)")
 @click.option("--force", is_flag=True, help="rerun even when config and inputs are unchanged")
 @click.option("--detach", "-d", is_flag=True, help="return once the job has started")
 @click.option("--dry-run", is_flag=True, help="print the job spec (with --backend pai: the DLC CreateJob body) and start nothing")
 @click.option("--variant", type=click.Choice(["x", "y"]), help="adaptive-thinking: ThoughtX (x) or ThoughtY (y)")
-def submit(stage, config_file, inputs, backend, nodes, nproc_per_node, force, detach, dry_run, variant):
+def submit(stage, config_file, inputs, backend, nodes, nproc_per_node, gpus, cpu, memory, shared_memory, ecs_spec,
+           max_restarts, download, force, detach, dry_run, variant):
     """Run one STAGE as a job (e.g. `pai-distil submit slow-thinking -c cfg.yaml -i cots=out/`)."""
-    from ..specs import read_mapping
+    from ..specs import Resources, read_mapping
     from ..stages import get_stage
     from ..submission import execute, parse_inputs, prepare
 
@@ -41,7 +55,10 @@ def submit(stage, config_file, inputs, backend, nodes, nproc_per_node, force, de
             raise UserError(f"--variant applies to adaptive-thinking only, not {stage}; remove it")
         data["variant"] = variant
     where = f"config {config_file}" if config_file else f"{stage} config"
-    prep = prepare(stage, data, parse_inputs(inputs), where=where, nodes=nodes, procs_per_node=nproc_per_node)
+    resources = Resources(gpu=gpus or 0, cpu=cpu, memory_gb=memory, shared_memory_gb=shared_memory,
+                          instance_type=ecs_spec)
+    prep = prepare(stage, data, parse_inputs(inputs), where=where, nodes=nodes, procs_per_node=nproc_per_node,
+                   resources=resources)
     if dry_run:
         if backend == "pai":  # what DLC would receive: the CreateJob body, field names as the API has them
             from ..backends.pai import dry_run_body
@@ -50,7 +67,7 @@ def submit(stage, config_file, inputs, backend, nodes, nproc_per_node, force, de
             return
         click.echo(json.dumps(prep.spec.model_dump(mode="json"), indent=2))
         return
-    record = execute(prep, backend, force=force, detach=detach)
+    record = execute(prep, backend, force=force, detach=detach, download=download, max_restarts=max_restarts)
     click.echo(record.output)
 
 
@@ -59,12 +76,17 @@ def submit(stage, config_file, inputs, backend, nodes, nproc_per_node, force, de
 @click.option("--backend", "-b", type=BACKENDS, default=None, help="override the pipeline's backend")
 @click.option("--force", is_flag=True, help="rerun every stage, cached or not")
 @click.option("--dry-run", is_flag=True, help="validate and print each stage's job; start nothing")
-def run_pipeline(pipeline_file, backend, force, dry_run):
+@click.option("--download", is_flag=True, help="pai: bring every stage's output home (by default only the final "
+                                               "stages' come home; the others stay in OSS)")
+@click.option("--max-restarts", type=click.IntRange(min=0, max=100),
+              help="pai: resubmit a job DLC failed through preemption or node loss up to N times")
+def run_pipeline(pipeline_file, backend, force, dry_run, download, max_restarts):
     """Run a PIPELINE_FILE of stages in dependency order; unchanged stages are cache hits."""
     from .. import pipeline, report
 
     console = Console(stderr=True)
-    records = pipeline.run(pipeline_file, backend=backend, force=force, dry_run=dry_run, console=console)
+    records = pipeline.run(pipeline_file, backend=backend, force=force, dry_run=dry_run, console=console,
+                           download=download, max_restarts=max_restarts)
     if dry_run:
         click.echo(json.dumps(records, indent=2))
         return

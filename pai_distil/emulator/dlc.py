@@ -9,6 +9,7 @@ Succeeded, Failed, or Stopping and Stopped) and really run: see `dlc_runner`. Tw
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 
@@ -21,6 +22,10 @@ TERMINAL = ("Succeeded", "Failed", "Stopped")
 JOB_TYPES = ("PyTorchJob", "TFJob", "XGBoostJob", "MPIJob", "RayJob")
 POD_TYPES = ("Master", "Worker", "Chief", "PS", "Evaluator", "Head")
 STORE = "dlc-jobs"
+CPU = re.compile(r"\d+(\.\d+)?")
+SIZE = re.compile(r"\d+(\.\d+)?(Mi|Gi|Ti)")
+MAX_LINES = 2000  # GetPodLogs' default MaxLines
+LOG_DAYS = 7  # GetPodLogs' default StartTime: this many days ago
 
 
 def iso(t: float | None) -> str | None:
@@ -46,13 +51,69 @@ def validate_create(body: dict) -> None:
             bad(f"JobSpecs[{i}].PodCount", "must be a positive integer")
         if not spec.get("Image"):
             bad(f"JobSpecs[{i}].Image", "is required")
-        if not spec.get("EcsSpec") and not spec.get("ResourceConfig"):
-            bad(f"JobSpecs[{i}]", "needs EcsSpec (public resources) or ResourceConfig (a quota)")
+        if body.get("ResourceId"):
+            if not spec.get("ResourceConfig"):
+                bad(f"JobSpecs[{i}].ResourceConfig", "is required on a resource quota (ResourceId)")
+        elif not spec.get("EcsSpec"):
+            bad(f"JobSpecs[{i}].EcsSpec", "is required on public resources (or give ResourceId, a quota)")
+        if spec.get("ResourceConfig") is not None:
+            check_resources(spec["ResourceConfig"], f"JobSpecs[{i}].ResourceConfig", bad)
+        if spec.get("UseSpotInstance"):
+            check_spot(spec.get("SpotSpec"), f"JobSpecs[{i}].SpotSpec", bad)
+        elif spec.get("SpotSpec"):
+            bad(f"JobSpecs[{i}].SpotSpec", "is given but UseSpotInstance is not true")
     if not body.get("UserCommand"):
         bad("UserCommand", "is required")
     for i, ds in enumerate(body.get("DataSources") or []):
         if not str(ds.get("Uri", "")).startswith("oss://") or not ds.get("MountPath", "").startswith("/"):
             bad(f"DataSources[{i}]", "needs an oss:// Uri and an absolute MountPath")
+
+
+def check_resources(rc: dict, where: str, bad) -> None:
+    """ResourceConfig as DLC documents it: CPU a number of vCPUs, GPU a whole number, Memory and
+    SharedMemory sizes with a unit (`16Gi`), all strings."""
+    if not isinstance(rc, dict):
+        bad(where, "must be an object")
+    for name in ("CPU", "GPU", "Memory", "SharedMemory", "GPUType"):
+        if name in rc and rc[name] is not None and not isinstance(rc[name], str):
+            bad(f"{where}.{name}", f"must be a string, not {type(rc[name]).__name__}")
+    unknown = set(rc) - {"CPU", "GPU", "Memory", "SharedMemory", "GPUType"}
+    if unknown:
+        bad(f"{where}.{sorted(unknown)[0]}", "is not a ResourceConfig field")
+    if rc.get("CPU") is not None and not CPU.fullmatch(rc["CPU"]):
+        bad(f"{where}.CPU", f"{rc['CPU']!r} is not a number of vCPUs, e.g. 8")
+    if rc.get("GPU") is not None and not rc["GPU"].isdigit():
+        bad(f"{where}.GPU", f"{rc['GPU']!r} is not a whole number of GPUs")
+    for name in ("Memory", "SharedMemory"):
+        if rc.get(name) is not None and not SIZE.fullmatch(rc[name]):
+            bad(f"{where}.{name}", f"{rc[name]!r} is not a size such as 64Gi")
+
+
+def check_spot(spot, where: str, bad) -> None:
+    """SpotSpec: SpotStrategy SpotWithPriceLimit with exactly one of SpotDiscountLimit / SpotPriceLimit."""
+    if not isinstance(spot, dict):
+        bad(where, "is required with UseSpotInstance")
+    if spot.get("SpotStrategy") != "SpotWithPriceLimit":
+        bad(f"{where}.SpotStrategy", f"{spot.get('SpotStrategy')!r} is not valid; valid values: SpotWithPriceLimit")
+    limits = [k for k in ("SpotDiscountLimit", "SpotPriceLimit") if spot.get(k) is not None]
+    if len(limits) != 1:
+        bad(where, "specify exactly one of SpotDiscountLimit and SpotPriceLimit")
+    value = spot[limits[0]]
+    if not isinstance(value, (int, float)) or value <= 0 or (limits[0] == "SpotDiscountLimit" and value > 1):
+        bad(f"{where}.{limits[0]}", f"{value!r} is out of range" + (" (0, 1]" if limits[0] == "SpotDiscountLimit" else ""))
+
+
+def window(q, name: str) -> float | None:
+    """A GetPodLogs time (`2020-11-08T16:00:00Z`) as seconds since the epoch."""
+    import calendar
+
+    raw = q.get(name)
+    if not raw:
+        return None
+    try:
+        return float(calendar.timegm(time.strptime(raw, "%Y-%m-%dT%H:%M:%SZ")))
+    except ValueError:
+        raise PopError(400, "InvalidParameter", f"{name}: {raw!r} is not a time like 2020-11-08T16:00:00Z") from None
 
 
 def public_view(job: dict) -> dict:
@@ -131,23 +192,29 @@ def router(emulator) -> APIRouter:
         job = get_job(job_id)
         if pod_id not in {p["PodId"] for p in job["Pods"]}:
             raise PopError(404, "100400028", f"Pod {pod_id} of job {job_id} does not exist")
-        lines = dlc_runner.pod_log(emulator, job_id, pod_id)
-        max_lines = request.query_params.get("MaxLines")
-        if max_lines and max_lines.isdigit():
-            lines = lines[-int(max_lines):]
-        return {"JobId": job_id, "PodId": pod_id, "Logs": lines, "RequestId": request_id()}
+        q = request.query_params
+        raw = q.get("MaxLines") or str(MAX_LINES)
+        if not raw.isdigit() or int(raw) < 1:
+            raise PopError(400, "InvalidParameter", f"MaxLines: {raw!r} is not a positive integer")
+        start = window(q, "StartTime")
+        end = window(q, "EndTime")
+        start = time.time() - LOG_DAYS * 86400 if start is None else start
+        end = time.time() + 1 if end is None else end
+        lines = [line for t, line in dlc_runner.pod_log_timed(emulator, job_id, pod_id) if start <= t < end]
+        return {"JobId": job_id, "PodId": pod_id, "Logs": lines[:int(raw)], "RequestId": request_id()}
 
     @r.get("/api/v1/jobs/{job_id}/events")
     def events(job_id: str) -> dict:
         return {"JobId": job_id, "Events": get_job(job_id).get("_events", []), "RequestId": request_id()}
 
     @r.post("/_emulator/dlc/jobs/{job_id}/pods/{pod_id}/preempt")
-    def preempt(job_id: str, pod_id: str) -> dict:
-        """Reclaim a pod as a spot instance would be: SIGTERM, then DLC restarts it."""
+    def preempt(job_id: str, pod_id: str, request: Request) -> dict:
+        """Reclaim a pod as a spot instance would be: SIGTERM, then DLC restarts it; with `Fail=true`
+        DLC gives up instead and reports the job Failed (ReasonCode JobPreempted)."""
         job = get_job(job_id)
         if job["Status"] != "Running":
             raise PopError(409, "InvalidStatus", f"job {job_id} is {job['Status']}, not Running")
-        dlc_runner.preempt(emulator, job_id, pod_id)
+        dlc_runner.preempt(emulator, job_id, pod_id, fail=request.query_params.get("Fail") == "true")
         return {"JobId": job_id, "PodId": pod_id, "RequestId": request_id()}
 
     return r

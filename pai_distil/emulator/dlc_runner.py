@@ -76,6 +76,11 @@ class JobRun(threading.Thread):
         self.shutting_down = threading.Event()
         self.procs: dict[str, subprocess.Popen] = {}
         self.containers: dict[str, str] = {}  # pod id -> container name, when pods run in Docker
+        self.readers: list[threading.Thread] = []  # one per pod: its output into its log, line by line
+        self.fail_on_preempt = False
+
+    def log_path(self, pod_id: str) -> Path:
+        return self.root / "logs" / f"{pod_id}.log"
 
     # --- state ---
     def job(self) -> dict:
@@ -178,15 +183,19 @@ class JobRun(threading.Thread):
             base = {"HOME": "/tmp", "PYTHONUNBUFFERED": "1"}
             job_env = {k: str(v) for k, v in (job.get("Envs") or {}).items()}
         pids = {}
+        gpus = ((job["JobSpecs"][0].get("ResourceConfig") or {}).get("GPU") or "0")
         for rank, pod in enumerate(pods):
-            env = {**base, **job_env, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-                   "WORLD_SIZE": str(len(pods)), "RANK": str(rank), "DLC_JOB_ID": self.job_id,
-                   "DLC_POD_NAME": pod["PodId"]}
+            env = {**base, "NPROC_PER_NODE": str(max(1, int(gpus))), **job_env, "MASTER_ADDR": "127.0.0.1",
+                   "MASTER_PORT": str(port), "WORLD_SIZE": str(len(pods)), "RANK": str(rank),
+                   "DLC_JOB_ID": self.job_id, "DLC_POD_NAME": pod["PodId"]}
             argv = self.pod_argv(how, job, pod, env, mounts)
-            with open(self.root / "logs" / f"{pod['PodId']}.log", "ab") as log:
-                proc = subprocess.Popen(argv, env=env if how == "process" else {**dockercli.env(), **env},
-                                        cwd=self.root / "home", stdin=subprocess.DEVNULL, stdout=log,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(argv, env=env if how == "process" else {**dockercli.env(), **env},
+                                    cwd=self.root / "home", stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+            reader = threading.Thread(target=_timestamp_lines, args=(proc.stdout, self.log_path(pod["PodId"])),
+                                      name=f"log-{pod['PodId']}", daemon=True)
+            reader.start()
+            self.readers.append(reader)
             self.procs[pod["PodId"]] = proc
             pids[pod["PodId"]] = proc.pid
         where = "local processes" if how == "process" else f"containers of {job['JobSpecs'][0]['Image']}"
@@ -205,6 +214,12 @@ class JobRun(threading.Thread):
                 os.killpg(proc.pid, sig)
             except (ProcessLookupError, PermissionError):
                 pass
+
+    def drain_logs(self) -> None:
+        """Wait (briefly) until every line the pods wrote is in their logs."""
+        for reader in self.readers:
+            reader.join(timeout=10)
+        self.readers = []
 
     def stop_pods(self) -> None:
         """SIGTERM (the job checkpoints), SIGKILL after the grace period."""
@@ -244,8 +259,14 @@ class JobRun(threading.Thread):
             self.procs = {}
             self.launch(self.job(), mounts)
             outcome = self.watch(started, limit, mounts)
+            if outcome == "preempted" and self.fail_on_preempt:
+                self.stop_pods()
+                self.drain_logs()
+                outcome = "preempted-failed"
+                break
             if outcome == "preempted":
                 self.stop_pods()
+                self.drain_logs()
                 self.write_back(mounts)
                 self.materialise(mounts, only_rw=True)
                 with self.store.lock:
@@ -264,6 +285,7 @@ class JobRun(threading.Thread):
             return
         if outcome in ("stopped", "timeout"):
             self.stop_pods()
+            self.drain_logs()
         self.write_back(mounts)
         now = iso(time.time())
         if outcome == "stopped":
@@ -275,6 +297,12 @@ class JobRun(threading.Thread):
             self.event("job failed: maximum running time exceeded", Status="Failed", GmtFinishTime=now,
                        GmtFailedTime=now, ReasonCode="JobMaxRunningTimeExceeded",
                        ReasonMessage=f"the job ran longer than JobMaxRunningTimeMinutes={limit}")
+        elif outcome == "preempted-failed":
+            pods = ", ".join(self.preempted)
+            self.set_pods("Failed")
+            self.event(f"job failed: pod(s) {pods} preempted (spot instance reclaimed)", Status="Failed",
+                       GmtFinishTime=now, GmtFailedTime=now, ReasonCode="JobPreempted",
+                       ReasonMessage=f"pod(s) {pods}: the spot instance was reclaimed")
         elif outcome == "succeeded":
             self.set_pods("Succeeded", GmtFinishTime=now)
             self.event("job succeeded", Status="Succeeded", GmtFinishTime=now, GmtSuccessedTime=now,
@@ -312,8 +340,10 @@ class JobRun(threading.Thread):
             bad = [(pod, c) for pod, c in codes.items() if c not in (None, 0)]
             if bad:
                 self.stop_pods()  # one failed pod ends the job: its peers would wait for it forever
+                self.drain_logs()
                 return bad[0]
             if all(c == 0 for c in codes.values()):
+                self.drain_logs()
                 return "succeeded"
             time.sleep(POLL_S)
 
@@ -349,19 +379,41 @@ def stop(emulator, job_id: str) -> None:
         store.update(job_id, Status="Stopped", GmtFinishTime=now, GmtStoppedTime=now, ReasonCode="JobStoppedByUser")
 
 
-def preempt(emulator, job_id: str, pod_id: str) -> None:
+def preempt(emulator, job_id: str, pod_id: str, fail: bool = False) -> None:
+    """A spot instance reclaimed: DLC restarts the job's pods, or (`fail`) reports the job Failed."""
     with _lock:
         run = _runs.get(job_id)
     if run is not None:
+        run.fail_on_preempt = run.fail_on_preempt or fail
         run.preempted.append(pod_id)
 
 
-def pod_log(emulator, job_id: str, pod_id: str) -> list[str]:
+def _timestamp_lines(stream, path: Path) -> None:
+    """A pod's output into its log, each line stamped with the time it came (GetPodLogs filters by it)."""
+    with stream, open(path, "ab", buffering=0) as log:
+        for line in iter(stream.readline, b""):
+            log.write(b"%.6f " % time.time() + line.rstrip(b"\n") + b"\n")
+
+
+def pod_log_timed(emulator, job_id: str, pod_id: str) -> list[tuple[float, str]]:
+    """(time, line) for every line a pod logged, in order."""
     path = emulator.data_dir / "jobs" / job_id / "logs" / f"{pod_id}.log"
     try:
-        return path.read_bytes().decode("utf-8", "replace").splitlines()
+        raw = path.read_bytes().decode("utf-8", "replace").splitlines()
     except FileNotFoundError:
         return []
+    out = []
+    for entry in raw:
+        stamp, _, line = entry.partition(" ")
+        try:
+            out.append((float(stamp), line))
+        except ValueError:  # a line of an older emulator, without its time
+            out.append((0.0, entry))
+    return out
+
+
+def pod_log(emulator, job_id: str, pod_id: str) -> list[str]:
+    return [line for _, line in pod_log_timed(emulator, job_id, pod_id)]
 
 
 def resume_all(emulator) -> None:

@@ -279,6 +279,9 @@ class Oss:
         if info is None:
             raise OssError("NoSuchKey", "The specified key does not exist.", Key=key)
         headers = _object_headers(info)
+        op = "HeadObject" if request.method == "HEAD" else "GetObject"
+        self.store.count(op)
+        self.store.count(f"{op} {bucket}/{key}")  # which objects a client read: tests check nothing moved
         if request.method == "HEAD":
             return Response(status_code=200, headers={**headers, "Content-Length": str(info.size),
                                                       "Content-Type": info.content_type})
@@ -373,7 +376,9 @@ def router(emulator) -> APIRouter:
 
     @r.get("/_emulator/oss/counters", include_in_schema=False)
     def counters() -> dict:
-        """Requests the OSS emulator served, by operation (UploadPart, PutObject, ...)."""
+        """Requests the OSS emulator served, by operation (UploadPart, PutObject, GetObject, ...), and reads by
+        object (`GetObject BUCKET/KEY`, `HeadObject BUCKET/KEY`). Jobs' mounts read the store directly, so
+        every read counted here is a client's."""
         return oss.store.counters()
 
     @r.api_route("/{path:path}", methods=["GET", "HEAD", "PUT", "POST", "DELETE"], include_in_schema=False)

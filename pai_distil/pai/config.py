@@ -13,13 +13,16 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from .. import paths
 from ..errors import UserError
 from ..specs import Strict, explain
 
 CONFIG_FILE = "config.toml"
+ECS_SPEC_EXAMPLE = "ecs.gn7i-c8g1.2xlarge"  # one NVIDIA A10, 8 vCPU, 30 GiB: the example every message gives
+SPOT_DISCOUNT_DEFAULT = 0.8  # DLC's own example value: pay at most 80% of the on-demand price
+SPOT_MAX_RESTARTS = 3  # resubmissions of a preempted spot job when max_restarts is not set
 
 
 class PaiConfig(Strict):
@@ -32,11 +35,26 @@ class PaiConfig(Strict):
     dsw_endpoint: str | None = Field(None, description="e.g. https://pai-dsw.cn-hangzhou.aliyuncs.com; default from region")
     eas_endpoint: str | None = Field(None, description="e.g. https://pai-eas.cn-hangzhou.aliyuncs.com; default from region")
     image: str | None = Field(None, description="job image (a GPU training image in ACR)")
-    ecs_spec: str | None = Field(None, description="instance type per node on public resources, e.g. ml.gu7i.c32m188.1-gu30")
+    ecs_spec: str | None = Field(None, description=f"instance type per node on public resources, e.g. {ECS_SPEC_EXAMPLE}")
     quota_id: str | None = Field(None, description="resource quota / group id; jobs then use ResourceConfig")
     spot: bool = Field(False, description="run on spot (preemptible) instances")
-    spot_strategy: Literal["SpotWithPriceLimit", "SpotAsPriceGo"] = "SpotAsPriceGo"
-    spot_discount_limit: float | None = Field(None, gt=0, le=1, description="with SpotWithPriceLimit: e.g. 0.5")
+    spot_strategy: Literal["SpotWithPriceLimit"] = Field(
+        "SpotWithPriceLimit", description="DLC's SpotSpec strategy; SpotWithPriceLimit is the one it documents")
+    spot_discount_limit: float | None = Field(
+        None, gt=0, le=1, description=f"highest price as a fraction of on-demand, e.g. 0.5; default "
+                                      f"{SPOT_DISCOUNT_DEFAULT} unless spot_price_limit is set (DLC takes one of the two)")
+    spot_price_limit: float | None = Field(None, gt=0, description="highest price in CNY per minute, instead of a discount")
+    max_restarts: int | None = Field(
+        None, ge=0, le=100, description=f"resubmissions of a job DLC failed through preemption or node loss; default "
+                                        f"{SPOT_MAX_RESTARTS} on spot, 0 otherwise")
+    oss_job_endpoint: str | None = Field(
+        None, description="OSS host the jobs' data sources name, e.g. oss-cn-hangzhou-internal.aliyuncs.com; "
+                          "default: the region's internal endpoint (traffic stays inside Alibaba Cloud)")
+    oss_client_internal: bool = Field(
+        False, description="the client uses the region's internal OSS endpoint too (it runs on ECS, DSW or DLC)")
+    log_delay_s: float = Field(
+        5.0, ge=0, le=600, description="seconds a pod's log line may take to reach GetPodLogs; the client reads "
+                                       "windows of the log that ended at least this long ago, so none is missed")
     priority: int = Field(1, ge=1, le=9)
     max_running_minutes: int | None = Field(None, ge=1)
     vpc_id: str | None = None
@@ -46,6 +64,28 @@ class PaiConfig(Strict):
         False, description="hand a job the variables its config's api_key_env fields name (teacher, judge, reward "
                            "service tokens) as DLC Envs, which whoever can read the job in the workspace sees")
 
+    @model_validator(mode="after")
+    def _one_spot_limit(self) -> "PaiConfig":
+        if self.spot_discount_limit is not None and self.spot_price_limit is not None:
+            raise ValueError("spot_discount_limit and spot_price_limit are both set; DLC takes one of them: "
+                             "unset one with `pai-distil config unset spot_price_limit`")
+        return self
+
+    def spot_limits(self) -> dict[str, float]:
+        """The one price limit DLC's SpotSpec takes (`discount` or `price`)."""
+        if self.spot_price_limit is not None:
+            return {"price": self.spot_price_limit}
+        return {"discount": self.spot_discount_limit if self.spot_discount_limit is not None else SPOT_DISCOUNT_DEFAULT}
+
+    def restarts(self) -> int:
+        """How many times a preempted job is resubmitted."""
+        if self.max_restarts is not None:
+            return self.max_restarts
+        return SPOT_MAX_RESTARTS if self.spot else 0
+
+    def job_oss_host(self) -> str:
+        return self.oss_job_endpoint or f"oss-{self.region}-internal.aliyuncs.com"
+
     @field_validator("oss_endpoint", "dlc_endpoint", "dsw_endpoint", "eas_endpoint")
     @classmethod
     def _url(cls, v: str | None) -> str | None:
@@ -54,7 +94,9 @@ class PaiConfig(Strict):
         return v.rstrip("/") if v else v
 
     def oss_url(self) -> str:
-        return self.oss_endpoint or f"https://oss-{self.region}.aliyuncs.com"
+        if self.oss_endpoint:
+            return self.oss_endpoint
+        return f"https://oss-{self.region}{'-internal' if self.oss_client_internal else ''}.aliyuncs.com"
 
     def pop_endpoint(self, service: Literal["dlc", "dsw"]) -> tuple[str, str]:
         """(protocol, host[:port]) of a POP API, as tea-openapi's Config wants them."""
@@ -106,7 +148,7 @@ def _coerce(key: str, raw: str):
             return int(raw)
         except ValueError:
             raise UserError(f"config key {key} takes a whole number, not {raw!r}") from None
-    if field.annotation in (float | None,):
+    if field.annotation in (float, float | None):
         try:
             return float(raw)
         except ValueError:

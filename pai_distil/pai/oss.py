@@ -94,6 +94,14 @@ class Storage:
     def uri(self, key: str) -> str:
         return f"oss://{self.cfg.oss_bucket}/{key}"
 
+    def prefix_of(self, uri: str) -> str:
+        """The key prefix of `oss://bucket[.endpoint]/prefix/` in this bucket; another bucket is refused."""
+        bucket, prefix = split_uri(uri)
+        if bucket != self.cfg.oss_bucket:
+            raise UserError(f"{uri} is in bucket {bucket}, not the configured {self.cfg.oss_bucket}; copy it there "
+                            "or `pai-distil config set oss_bucket=" + bucket + "`")
+        return prefix
+
     def key(self, *parts: str) -> str:
         return str(PurePosixPath(self.cfg.oss_prefix, *parts))
 
@@ -163,11 +171,38 @@ class Storage:
             raise explain(e, f"uploading {local}") from None
         return stats
 
+    # --- artifacts in OSS ---
+    def remote_manifest(self, prefix: str) -> dict | None:
+        """The manifest of the artifact under `prefix/`, checked against what OSS lists there (every file
+        present, with its size); None when it has no manifest yet. Reads manifest.json only."""
+        import json
+
+        import oss2
+
+        prefix = prefix.rstrip("/") + "/"
+        try:
+            sizes = {o.key[len(prefix):]: o.size for o in oss2.ObjectIteratorV2(self.bucket, prefix=prefix)}
+            if artifacts.MANIFEST not in sizes:
+                return None
+            manifest = json.loads(self.bucket.get_object(prefix + artifacts.MANIFEST).read())
+        except oss2.exceptions.OssError as e:
+            raise explain(e, f"reading the manifest of {self.uri(prefix)}") from None
+        except ValueError:
+            raise UserError(f"{self.uri(prefix + artifacts.MANIFEST)} is not JSON; rerun the stage that wrote it") from None
+        for f in manifest.get("files", []):
+            if sizes.get(f["path"]) != f["size"]:
+                found = "no such object" if f["path"] not in sizes else f"{sizes[f['path']]} bytes"
+                raise UserError(f"{self.uri(prefix + f['path'])}: the manifest says {f['size']} bytes, OSS has {found}; "
+                                "rerun the stage that wrote it")
+        return manifest
+
     # --- download ---
     def download(self, prefix: str, dest: Path, label: str = "download") -> Transfer:
         """Every object under `prefix/` into `dest`, verified against its manifest when it has one.
 
-        Files arrive in a sibling temporary folder and replace `dest` only once all are verified.
+        Each file comes with `oss2.resumable_download` (ranged parts in parallel; an interrupted download
+        resumes from the parts it has). Files arrive in a sibling temporary folder, kept between attempts,
+        and replace `dest` only once all are verified.
         """
         import oss2
 
@@ -177,7 +212,9 @@ class Storage:
         except oss2.exceptions.OssError as e:
             raise explain(e, f"listing {self.uri(prefix)}") from None
         tmp = dest.with_name(f".tmp-{dest.name}")
-        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True, exist_ok=True)
+        self.resume_dir.mkdir(parents=True, exist_ok=True)
+        store = oss2.ResumableDownloadStore(root=str(self.resume_dir))
         stats = Transfer()
         try:
             with _bar(self.console) as bar:
@@ -185,19 +222,29 @@ class Storage:
                 for o in objects:
                     target = safe_join(tmp, o.key[len(prefix):])
                     target.parent.mkdir(parents=True, exist_ok=True)
-                    self.bucket.get_object_to_file(o.key, str(target))  # CRC64 checked by oss2
+                    oss2.resumable_download(self.bucket, o.key, str(target), store=store,
+                                            multiget_threshold=MULTIPART_THRESHOLD, part_size=PART_SIZE,
+                                            num_threads=THREADS)  # CRC64 checked by oss2
                     stats.files_sent += 1
                     stats.bytes_sent += o.size
                     bar.advance(task, o.size)
         except oss2.exceptions.OssError as e:
-            shutil.rmtree(tmp, ignore_errors=True)
             raise explain(e, f"downloading {self.uri(prefix)}") from None
+        wanted = {safe_join(tmp, o.key[len(prefix):]) for o in objects}
+        for stale in [f for f in tmp.rglob("*") if f.is_file() and f not in wanted]:  # from an older attempt
+            stale.unlink()
         if artifacts.is_complete(tmp):
             artifacts.verify(tmp)
         if dest.exists():
             shutil.rmtree(dest)
         os.replace(tmp, dest)
         return stats
+
+
+def split_uri(uri: str) -> tuple[str, str]:
+    """`oss://bucket[.endpoint]/prefix/` -> (bucket, `prefix/`)."""
+    host, _, prefix = uri[len("oss://"):].partition("/")
+    return host.split(".", 1)[0], prefix.rstrip("/") + "/" if prefix else ""
 
 
 def _bar(console: Console) -> Progress:
