@@ -64,30 +64,50 @@ def dry_run(ckpt, *extra: str, token: str = TOKEN) -> dict:
     return json.loads(proc.stdout)
 
 
+def bf16_copy(ckpt, dest):
+    """The checkpoint as a GPU run saves it: weights and config in bfloat16, the manifest written last."""
+    import shutil
+
+    from pai_distil.artifacts import write_manifest
+    from pai_distil_jobs.lib.precision import cast_checkpoint
+
+    shutil.copytree(ckpt, dest)
+    cast_checkpoint(dest, "bfloat16")
+    write_manifest(dest)
+    return dest
+
+
 def test_vllm_config_has_the_fields_of_eas_service_config_format(ckpts):
     config = dry_run(ckpts[0], "--name", "distilled_student", *RESOURCES, "--autoscale", "1:4", "--instances", "2")
     assert eas_schema.problems(config) == []
-    meta, (container,), (storage,) = config["metadata"], config["containers"], config["storage"]
-    assert meta == {"name": "distilled_student", "instance": 2, "token": "****"}
+    meta, (container,), (storage, shm) = config["metadata"], config["containers"], config["storage"]
+    assert meta == {"name": "distilled_student", "instance": 2, "token": "****", "rpc": {"keepalive": 600000}}
     assert config["cloud"]["computing"]["instances"] == [{"type": "ecs.gn7i-c8g1.2xlarge"}]
     assert container["image"].endswith("/pai-eas/vllm:0.11.2-mows0.5.1") and container["port"] == 8000
     script = container["script"].split()
     assert script[:3] == ["vllm", "serve", storage["mount_path"]]
     assert script[script.index("--reasoning-parser") + 1] == "qwen3"
     assert script[script.index("--served-model-name") + 1] == "distilled_student"
-    assert storage["oss"] == {"path": "oss://models/students/slow-thinking/", "readOnly": True}
+    # a micro preset trained on CPU is fp32, and is served so; an ECS type's name says no GPU count
+    assert script[script.index("--dtype") + 1] == "float32" and script[script.index("--tensor-parallel-size") + 1] == "1"
+    # a local checkpoint goes to a folder named for its content under the prefix
+    assert re.fullmatch(r"oss://models/students/slow-thinking/[0-9a-f]{16}/", storage["oss"]["path"])
+    assert storage["oss"]["readOnly"] is True
+    assert shm == {"mount_path": "/dev/shm", "empty_dir": {"medium": "memory", "size_limit": 16}}
     for probe in ("startup_check", "readiness_check"):
         assert container[probe]["http_get"] == {"path": "/health", "port": 8000}
     assert config["autoscaler"] == {"min": 1, "max": 4, "scaleStrategies": [{"metricName": "qps", "threshold": 10.0}]}
 
 
-def test_readme_shows_the_generated_vllm_config(ckpts):
+def test_readme_shows_the_generated_vllm_config(ckpts, tmp_path):
     readme = (ROOT / "README.md").read_text()
     block = re.search(r"<!-- eas-vllm-json -->\n```json\n(.*?)```", readme, re.S)
     assert block, "README lacks the generated EAS JSON block"
     shown = json.loads(block.group(1))
-    generated = dry_run(ckpts[0], "--name", "distilled_student", *RESOURCES, "--autoscale", "1:4")
-    assert shown == generated
+    student = bf16_copy(ckpts[0], tmp_path / "student")  # as a GPU run saves it
+    generated = dry_run(student, "--name", "distilled_student", *RESOURCES, "--autoscale", "1:4")
+    digest = re.compile(r"/[0-9a-f]{16}/")  # the content folder: README's checkpoint is not this one
+    assert digest.sub("/D/", json.dumps(shown, sort_keys=True)) == digest.sub("/D/", json.dumps(generated, sort_keys=True))
 
 
 def test_sglang_resource_group_template_override_and_set(ckpts, tmp_path):
@@ -104,6 +124,27 @@ def test_sglang_resource_group_template_override_and_set(ckpts, tmp_path):
     assert mine["containers"][0]["env"] == [{"name": "VLLM_USE_V1", "value": "1"}]
 
 
+def test_production_settings_follow_the_checkpoint_and_the_instance(ckpts, tmp_path):
+    ckpt = bf16_copy(ckpts[0], tmp_path / "student-bf16")
+    proc = cli("deploy", "eas", str(ckpt), "--oss-prefix", "oss://models/s/", "--instance-type",
+               "ml.gu8xf.c96m1600.8-gu108", "--rolling", "2/25%", "--keepalive", "1800", "--shm-size", "64",
+               "--dry-run", env=cloud_env("http://127.0.0.1:9", PAI_DISTIL_EAS_TOKEN=TOKEN))
+    assert proc.returncode == 0, proc.stderr
+    assert "--dtype bfloat16 (the checkpoint's)" in proc.stderr and "--tensor-parallel 8 (GPUs per instance)" in proc.stderr
+    config = json.loads(proc.stdout)
+    assert eas_schema.problems(config) == []
+    script = config["containers"][0]["script"].split()
+    assert script[script.index("--dtype") + 1] == "bfloat16" and script[script.index("--tensor-parallel-size") + 1] == "8"
+    assert config["metadata"]["rpc"] == {"keepalive": 1800000}
+    assert config["metadata"]["rolling_strategy"] == {"max_surge": 2, "max_unavailable": "25%"}
+    assert config["storage"][1]["empty_dir"] == {"medium": "memory", "size_limit": 64}
+    # an ECS type with --gpu, and SGLang's flag for the same thing
+    sglang = dry_run(ckpt, "--engine", "sglang", "--instance-type", "ecs.gn7i-c32g1.32xlarge", "--gpu", "4")
+    args = sglang["containers"][0]["script"].split()
+    assert args[args.index("--tp-size") + 1] == "4" and args[args.index("--dtype") + 1] == "bfloat16"
+    assert "gpu" not in sglang["metadata"]  # the instance type brings its GPUs; metadata.gpu is a resource group's
+
+
 @pytest.mark.parametrize("config, field", [
     ({"metadata": {"name": "x", "instance": 1}, "containers": [{"image": "i", "port": 80, "script": "s"}]}, "resources"),
     ({"metadata": {"name": "Bad-Name", "instance": 1, "resource": "r", "cpu": 1, "memory": 1},
@@ -117,6 +158,14 @@ def test_sglang_resource_group_template_override_and_set(ckpts, tmp_path):
     ({"metadata": {"name": "x", "instance": 1, "resource": "r", "cpu": 1, "memory": 1},
       "containers": [{"image": "i", "port": 80, "script": "s"}],
       "autoscaler": {"min": 3, "max": 2, "scaleStrategies": [{"metricName": "qps", "threshold": 1}]}}, "autoscaler"),
+    ({"metadata": {"name": "x", "instance": 1, "resource": "r", "cpu": 1, "memory": 1,
+                   "rolling_strategy": {"max_surge": "lots", "max_unavailable": 1}},
+      "containers": [{"image": "i", "port": 80, "script": "s"}]}, "rolling_strategy"),
+    ({"metadata": {"name": "x", "instance": 1, "resource": "r", "cpu": 1, "memory": 1, "rpc": {"keepalive": 0}},
+      "containers": [{"image": "i", "port": 80, "script": "s"}]}, "rpc.keepalive"),
+    ({"metadata": {"name": "x", "instance": 1, "resource": "r", "cpu": 1, "memory": 1},
+      "containers": [{"image": "i", "port": 80, "script": "s"}],
+      "storage": [{"mount_path": "/dev/shm", "empty_dir": {"medium": "disk", "size_limit": 8}}]}, "empty_dir.medium"),
 ])
 def test_schema_rejects_configs_eas_would_reject(config, field):
     found = eas_schema.problems(config)
@@ -128,6 +177,9 @@ def test_schema_rejects_configs_eas_would_reject(config, field):
     (("--name", "Has-Dash"), "service name"),
     ((), "--instance-type"),
     (("--resource-group", "eas-r-1"), "--cpu and --memory"),
+    (("--instance-type", "ml.gu7i.c16m60.1-gu30", "--tensor-parallel", "2"), "more than the 1 GPUs"),
+    ((*RESOURCES, "--rolling", "0/0"), "--rolling '0/0'"),
+    ((*RESOURCES, "--rolling", "1"), "MAX_SURGE/MAX_UNAVAILABLE"),
 ])
 def test_bad_deploy_options_are_one_line(ckpts, args, fragment):
     proc = cli("deploy", "eas", str(ckpts[0]), "--oss-prefix", "oss://models/s/", *args, "--dry-run",
@@ -257,6 +309,43 @@ def test_failed_update_is_reported_and_the_old_version_keeps_serving(emulator, s
     assert ask(service).choices[0].message.content == greedy(ckpts[0])
 
 
+def test_two_updates_write_two_oss_paths_with_production_settings(emulator, ckpts, tmp_path):
+    """An update goes to a new folder under the same --oss-prefix: nothing the running version reads is
+    rewritten. Both service configs serve bf16 with tensor parallelism, /dev/shm, keepalive and a rolling strategy."""
+    import oss2
+
+    env = cloud_env(emulator, PAI_DISTIL_EAS_TOKEN=TOKEN)
+    bucket = oss2.Bucket(oss2.Auth(AK, env["ALIBABA_CLOUD_ACCESS_KEY_SECRET"]), emulator, "models")
+
+    def deploy_and_describe(ckpt) -> dict:
+        proc = cli("deploy", "eas", str(ckpt), "--name", "versioned", "--oss-prefix", "oss://models/versioned/",
+                   "--instance-type", "ml.gu7i.c16m60.1-gu30", "--rolling", "1/0", "--timeout", "300", env=env)
+        assert proc.returncode == 0, proc.stderr
+        described = cli("deploy", "describe", "versioned", "--json", env=env)
+        return json.loads(json.loads(described.stdout)["ServiceConfig"])
+
+    def objects() -> dict:
+        return {o.key: o.etag for o in oss2.ObjectIterator(bucket, prefix="versioned/")}
+
+    one = deploy_and_describe(bf16_copy(ckpts[0], tmp_path / "v0"))
+    before = objects()
+    two = deploy_and_describe(bf16_copy(ckpts[1], tmp_path / "v1"))
+    after = objects()
+    paths = [c["storage"][0]["oss"]["path"] for c in (one, two)]
+    assert paths[0] != paths[1] and all(p.startswith("oss://models/versioned/") for p in paths), paths
+    assert {k: after[k] for k in before} == before  # the first version's files are untouched
+    assert {k.rsplit("/", 1)[0] for k in set(after) - set(before)} == {paths[1][len("oss://models/"):].rstrip("/")}
+    for config in (one, two):
+        assert eas_schema.problems(config) == []
+        script = config["containers"][0]["script"].split()
+        assert script[script.index("--dtype") + 1] == "bfloat16"
+        assert script[script.index("--tensor-parallel-size") + 1] == "1"  # ml.gu7i.c16m60.1-gu30: one GPU
+        assert {"mount_path": "/dev/shm", "empty_dir": {"medium": "memory", "size_limit": 16}} in config["storage"]
+        assert config["metadata"]["rpc"]["keepalive"] == 600000
+        assert config["metadata"]["rolling_strategy"] == {"max_surge": 1, "max_unavailable": 0}
+    assert cli("deploy", "delete", "versioned", "--yes", env=env).returncode == 0
+
+
 # -- a reward model as its own service ------------------------------------------------------------------
 
 JOB_IMAGE = "registry.example.com/team/pai-distil-gpu:0123456789abcdef"
@@ -271,7 +360,7 @@ def reward_ckpt(tmp_path_factory):
 def test_reward_model_config_runs_the_reward_server_of_the_job_image(reward_ckpt):
     config = dry_run(reward_ckpt, "--name", "distilled_rm", *RESOURCES, "--image", JOB_IMAGE)
     assert eas_schema.problems(config) == []
-    (container,), (storage,) = config["containers"], config["storage"]
+    (container,), (storage, _shm) = config["containers"], config["storage"]
     assert container["image"] == JOB_IMAGE and container["port"] == 8000
     assert container["script"].split() == ["python3", "-m", "pai_distil", "reward", "serve", storage["mount_path"],
                                            "--host", "0.0.0.0", "--port", "8000"]

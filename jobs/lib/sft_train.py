@@ -125,6 +125,10 @@ def save_final(trainer, tokenizer, ctx: JobContext, train: Training) -> None:
         if trainer.is_world_process_zero():
             set_generation_stops(trainer.accelerator.unwrap_model(trainer.model), tokenizer)
         trainer.save_model(str(ctx.output))  # every rank: ZeRO-3 / FSDP gather the sharded weights
+    if trainer.args.bf16 and trainer.is_world_process_zero():
+        from .precision import cast_checkpoint
+
+        cast_checkpoint(ctx.output, "bfloat16")  # trained in bf16: saved in it (fp32 stays on CPU presets)
     if train.deepspeed and trainer.is_world_process_zero():
         from pai_distil.deepspeed_config import zero_config
         from .trainer import world_size

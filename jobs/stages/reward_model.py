@@ -302,6 +302,10 @@ def train(ctx: JobContext, cfg: RewardModelConfig, train_pairs: list[dict], eval
     std = (sum((r - mean) ** 2 for r in raw) / len(raw)) ** 0.5 or 1.0
     model.save_pretrained(ctx.output)
     tokenizer.save_pretrained(ctx.output)
+    if trainer.args.bf16:  # trained in bf16: saved in it, the head too (fp32 stays on CPU presets)
+        from ..lib.precision import cast_checkpoint
+
+        cast_checkpoint(ctx.output, "bfloat16")
     (ctx.output / STATS).write_text(json.dumps({"mean": mean, "std": std, "max_length": t.max_length}, indent=1))
     table = accuracy_table(eval_pairs, margins)
     report = {"held_out_pairs": table, "train_pairs": len(train_pairs), "steps": trainer.state.global_step,

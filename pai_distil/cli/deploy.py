@@ -103,14 +103,26 @@ def _autoscale(value: str | None) -> tuple[int, int] | None:
 @click.option("--resource-group", help="EAS resource group id (instead of --instance-type)")
 @click.option("--cpu", type=click.IntRange(1), help="with --resource-group: CPU cores per instance")
 @click.option("--memory", "memory_mb", type=click.IntRange(1), help="with --resource-group: memory per instance, MB")
-@click.option("--gpu", type=click.IntRange(0), help="with --resource-group: GPUs per instance")
+@click.option("--gpu", type=click.IntRange(0), help="GPUs per instance (sent with --resource-group; with --instance-type "
+              "it sets the tensor parallelism of an ECS type, whose name does not say)")
+@click.option("--tensor-parallel", type=click.IntRange(1), help="GPUs one server shards the model over (default: "
+              "the GPUs of an instance: --gpu, or an EAS type's name such as ml.gu8xf.c96m1600.8-gu108; else 1)")
+@click.option("--dtype", type=click.Choice(["bfloat16", "float16", "float32"]),
+              help="precision the server computes in (default: the checkpoint's config.json, else bfloat16)")
+@click.option("--shm-size", "shm_gb", type=click.IntRange(1), default=16, show_default=True,
+              help="GB of shared memory at /dev/shm (NCCL between tensor-parallel ranks)")
+@click.option("--keepalive", "keepalive_s", type=click.IntRange(1), default=600, show_default=True,
+              help="seconds one request may take (metadata.rpc.keepalive): long reasoning streams for minutes")
+@click.option("--rolling", metavar="SURGE/UNAVAILABLE", help="rolling update: extra instances started and instances "
+              "stopped at a time, counts or percentages (e.g. 1/0; default: EAS's)")
 @click.option("--instances", type=click.IntRange(1), default=1, show_default=True)
 @click.option("--autoscale", metavar="MIN:MAX", help="scale between MIN and MAX instances on QPS")
 @click.option("--autoscale-qps", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
               help="QPS per instance above which the autoscaler adds one")
 @click.option("--max-model-len", type=click.IntRange(1), default=4096, show_default=True)
 @click.option("--workspace-id", envvar="PAI_DISTIL_WORKSPACE_ID", help="PAI workspace of the service")
-@click.option("--oss-prefix", help="for a local checkpoint: oss://BUCKET/PATH/ to upload it to first")
+@click.option("--oss-prefix", help="for a local checkpoint: oss://BUCKET/PATH/ to upload it under first, into a new "
+              "folder named for its content (PATH/<digest>/)")
 @click.option("--oss-endpoint", envvar="PAI_DISTIL_OSS_ENDPOINT", show_envvar=True,
               help="OSS endpoint for the upload (default: `pai-distil config`'s, else https://oss-REGION.aliyuncs.com)")
 @click.option("--token", envvar="PAI_DISTIL_EAS_TOKEN", show_envvar=True,
@@ -121,20 +133,23 @@ def _autoscale(value: str | None) -> tuple[int, int] | None:
 @click.option("--timeout", "timeout_s", type=click.IntRange(1), default=1800, show_default=True,
               help="seconds to wait for Running")
 def eas(checkpoint, name, engine, template, sets, image, served_model_name, instance_type, resource_group, cpu,
-        memory_mb, gpu, instances, autoscale, autoscale_qps, max_model_len, workspace_id, oss_prefix, oss_endpoint,
-        token, region, endpoint, dry_run, no_wait, timeout_s):
+        memory_mb, gpu, tensor_parallel, dtype, shm_gb, keepalive_s, rolling, instances, autoscale, autoscale_qps,
+        max_model_len, workspace_id, oss_prefix, oss_endpoint, token, region, endpoint, dry_run, no_wait, timeout_s):
     """Deploy CHECKPOINT (a run id, a folder or oss://...) as a PAI-EAS service: create it, or update it if it exists.
 
     A student serves the OpenAI API (vLLM or SGLang); a reward model serves POST /v1/score for GRPO.
+    A local checkpoint goes to a new folder under --oss-prefix named for its content, so an update
+    never writes under the files that running instances read.
     """
     import json
     from pathlib import Path
 
     from rich.console import Console
 
+    from ..artifacts import digest
     from ..deploy import eas as eas_api
     from ..deploy.checkpoint import resolve
-    from ..deploy.eas_config import REWARD, EasOptions, build, engine_for, masked
+    from ..deploy.eas_config import DTYPES, REWARD, EasOptions, build, engine_for, masked, versioned_path
     from ..pai.config import load
 
     target = _target(region, endpoint)
@@ -148,7 +163,7 @@ def eas(checkpoint, name, engine, template, sets, image, served_model_name, inst
     elif oss_prefix:
         if not oss_prefix.startswith("oss://") or oss_prefix.rstrip("/").count("/") < 3:
             raise UserError(f"--oss-prefix {oss_prefix!r}: write oss://BUCKET/PATH/ (a folder for the checkpoint)")
-        oss_path = oss_prefix.rstrip("/") + "/"
+        oss_path = versioned_path(oss_prefix, digest(ckpt.location))
     else:
         raise UserError(f"{ckpt.location} is a local folder; EAS mounts checkpoints from OSS: pass "
                         "--oss-prefix oss://BUCKET/PATH/ to upload it there first")
@@ -158,8 +173,17 @@ def eas(checkpoint, name, engine, template, sets, image, served_model_name, inst
         image=image, region=region, instance_type=instance_type, resource_group=resource_group, cpu=cpu,
         memory_mb=memory_mb, gpu=gpu, instances=instances, autoscale=_autoscale(autoscale),
         autoscale_qps=autoscale_qps, workspace_id=workspace_id, max_model_len=max_model_len,
-        token=given_token or secrets.token_urlsafe(24), template=template)
+        token=given_token or secrets.token_urlsafe(24), template=template,
+        dtype=dtype or (ckpt.dtype if ckpt.dtype in DTYPES else "bfloat16"), tensor_parallel=tensor_parallel,
+        shm_gb=shm_gb, keepalive_s=keepalive_s, rolling=rolling)
     config = build(options, sets)
+    defaults = []
+    if engine != REWARD and not dtype:
+        stated = "the checkpoint's" if ckpt.dtype in DTYPES else "the checkpoint states none"
+        defaults.append(f"--dtype {options.dtype} ({stated})")
+    if engine != REWARD and not tensor_parallel:
+        defaults.append(f"--tensor-parallel {options.tensor_parallel_size()} (GPUs per instance)")
+    click.echo(f"checkpoint at {oss_path}" + (f"; defaults: {', '.join(defaults)}" if defaults else ""), err=True)
     if dry_run:
         click.echo(json.dumps(masked(config), indent=2))
         return

@@ -24,6 +24,20 @@ class Checkpoint:
     def on_oss(self) -> bool:
         return self.location.startswith("oss://")
 
+    @property
+    def dtype(self) -> str | None:
+        """The dtype its config.json declares (`dtype`, or the older `torch_dtype`); None on OSS or unstated."""
+        import json
+
+        config = Path(self.location) / "config.json"
+        if self.on_oss or not config.is_file():
+            return None
+        try:
+            data = json.loads(config.read_text())
+        except json.JSONDecodeError:
+            return None
+        return data.get("dtype") or data.get("torch_dtype")
+
 
 def check_local(path: Path) -> Path:
     """A Hugging Face checkpoint folder, or a UserError naming what is missing."""

@@ -33,6 +33,12 @@ ENGINES = {
 REASONING_PARSER = "qwen3"  # the `<think>…</think>` format with enable_thinking, which the students use
 MODEL_DIR = "/mnt/model"
 PORT = 8000
+DTYPES = ("bfloat16", "float16", "float32")
+SHM_GB = 16  # /dev/shm for NCCL between tensor-parallel ranks and the servers' worker processes
+KEEPALIVE_S = 600  # metadata.rpc.keepalive: a long chain of thought takes minutes to stream
+# EAS's own instance types name their GPU count: ml.gu7i.c16m60.1-gu30 has 1, ml.gu8xf.c96m1600.8-gu108 has 8
+ML_GPUS = re.compile(r"^ml\.[a-z0-9]+\.[a-z0-9]+\.(\d+)-[a-z]+\d*$")
+ROLLING = re.compile(r"^(\d+%?)/(\d+%?)$")
 _PLACEHOLDER = re.compile(r"\$\{([a-z_]+)\}")
 MASK = "****"
 TOKEN_ENVS = ("PAI_DISTIL_REWARD_API_KEY",)  # env entries of the templates that carry the service token
@@ -71,6 +77,30 @@ class EasOptions:
     max_model_len: int = 4096
     token: str | None = None
     template: str | None = None
+    dtype: str = "bfloat16"  # the dtype the server computes in: the checkpoint's own
+    tensor_parallel: int | None = None  # None: the GPU count of an instance
+    shm_gb: int = SHM_GB
+    keepalive_s: int = KEEPALIVE_S
+    rolling: str | None = None  # MAX_SURGE/MAX_UNAVAILABLE, each a count or a percentage
+
+    def gpu_count(self) -> int | None:
+        """GPUs per instance: --gpu, else what an EAS instance type's name says (None: not known)."""
+        if self.gpu:
+            return self.gpu
+        m = ML_GPUS.match(self.instance_type or "")
+        return int(m.group(1)) if m else None
+
+    def tensor_parallel_size(self) -> int:
+        return self.tensor_parallel or self.gpu_count() or 1
+
+    def rolling_strategy(self) -> dict | None:
+        if self.rolling is None:
+            return None
+        m = ROLLING.match(self.rolling)
+        if not m or m.groups() == ("0", "0"):
+            raise UserError(f"--rolling {self.rolling!r}: write MAX_SURGE/MAX_UNAVAILABLE, each a number of instances or "
+                            "a percentage, not both 0 (e.g. --rolling 1/0: one extra instance, none down)")
+        return {"max_surge": _count(m.group(1)), "max_unavailable": _count(m.group(2))}
 
     def variables(self) -> dict:
         if self.engine not in ENGINES:
@@ -85,6 +115,12 @@ class EasOptions:
                             "--resource-group ID with --cpu, --memory and --gpu")
         if self.resource_group and not (self.cpu and self.memory_mb):
             raise UserError("--resource-group needs --cpu and --memory (MB) per instance")
+        if self.dtype not in DTYPES:
+            raise UserError(f"--dtype {self.dtype!r}: one of {', '.join(DTYPES)}")
+        gpus = self.gpu_count()
+        if self.tensor_parallel and gpus and self.tensor_parallel > gpus:
+            raise UserError(f"--tensor-parallel {self.tensor_parallel} is more than the {gpus} GPUs of an instance; "
+                            f"give at most {gpus}")
         autoscaler = None
         if self.autoscale:
             lo, hi = self.autoscale
@@ -98,7 +134,8 @@ class EasOptions:
             "gpu": self.gpu if self.resource_group else None, "workspace_id": self.workspace_id,
             "oss_path": self.oss_path, "oss_endpoint": self.oss_endpoint, "model_dir": MODEL_DIR, "port": PORT,
             "reasoning_parser": REASONING_PARSER, "max_model_len": self.max_model_len, "token": self.token,
-            "autoscaler": autoscaler,
+            "autoscaler": autoscaler, "dtype": self.dtype, "tensor_parallel": self.tensor_parallel_size(),
+            "shm_gb": self.shm_gb, "keepalive_ms": self.keepalive_s * 1000, "rolling_strategy": self.rolling_strategy(),
         }
 
     def _check_reward(self) -> None:
@@ -118,6 +155,16 @@ class EasOptions:
             raise UserError(f"template {str(path)!r} does not exist; copy one of {TEMPLATES_DIR}/eas-*.json and "
                             "pass it with --template")
         return path
+
+
+def _count(text: str) -> int | str:
+    return text if text.endswith("%") else int(text)
+
+
+def versioned_path(prefix: str, digest: str) -> str:
+    """Where a local checkpoint goes under `--oss-prefix`: a folder named for its content, so an update
+    never writes under the files running replicas read, and no shard of an older one is left beside it."""
+    return f"{prefix.rstrip('/')}/{digest[:16]}/"
 
 
 _DROP = object()

@@ -4,8 +4,10 @@ deployments of this project use it.
 Field names and shapes follow EAS's "Deploy services with JSON" reference: `metadata` (name,
 instance, resources, workspace), `cloud.computing.instances[].type`, `containers[]` (image,
 script or command, port, env, `startup_check` / `readiness_check` / `liveness_check` probes
-with `http_get`, `tcp_socket` or `exec`), `storage[]` (`mount_path` with an `oss` source) and
-`autoscaler` (`min`, `max`, `scaleStrategies[]` of `metricName` / `threshold`). The blocks this
+with `http_get`, `tcp_socket` or `exec`), `storage[]` (`mount_path` with an `oss` source, or an
+`empty_dir` in memory for /dev/shm, `size_limit` in GB), `metadata.rpc.keepalive` (ms a request
+may take), `metadata.rolling_strategy` (`max_surge`, `max_unavailable`: a count or a percentage)
+and `autoscaler` (`min`, `max`, `scaleStrategies[]` of `metricName` / `threshold`). The blocks this
 project writes are checked strictly; the top-level objects accept EAS's other fields, so a
 user's template may use them. Both `deploy eas` (before sending) and the emulator (on receipt)
 validate with it.
@@ -90,9 +92,21 @@ class OssSource(_Strict):
     endpoint: str | None = None
 
 
+class EmptyDir(_Strict):
+    medium: Literal["memory"] | None = None  # memory: a tmpfs (/dev/shm); else the node's disk
+    size_limit: int | None = Field(None, ge=1, description="GB")
+
+
 class Storage(_Open):
     mount_path: str = Field(pattern=r"^/")
     oss: OssSource | None = None
+    empty_dir: EmptyDir | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Storage:
+        if self.oss is not None and self.empty_dir is not None:
+            raise ValueError("a storage entry mounts one source: oss or empty_dir, not both")
+        return self
 
 
 class Instance(_Strict):
@@ -128,6 +142,30 @@ class Autoscaler(_Strict):
         return self
 
 
+class Rpc(_Open):
+    keepalive: int | None = Field(None, ge=1, description="ms a request may take before EAS answers 408")
+
+
+Replicas = int | str  # a count, or a percentage such as "20%"
+
+
+class RollingStrategy(_Strict):
+    max_surge: Replicas | None = None
+    max_unavailable: Replicas | None = None
+
+    @model_validator(mode="after")
+    def _counts(self) -> RollingStrategy:
+        for name in ("max_surge", "max_unavailable"):
+            value = getattr(self, name)
+            if isinstance(value, str) and not re.fullmatch(r"\d{1,3}%", value):
+                raise ValueError(f"{name} {value!r} is neither a count nor a percentage such as '20%'")
+            if isinstance(value, int) and value < 0:
+                raise ValueError(f"{name} is negative")
+        if self.max_surge in (0, "0%") and self.max_unavailable in (0, "0%"):
+            raise ValueError("max_surge and max_unavailable are both 0: an update could never replace an instance")
+        return self
+
+
 class Metadata(_Open):
     name: str = Field(pattern=SERVICE_NAME)
     instance: int = Field(ge=0)
@@ -137,6 +175,8 @@ class Metadata(_Open):
     memory: int | None = Field(None, ge=1, description="MB")
     gpu: int | None = Field(None, ge=0)
     token: str | None = Field(None, min_length=1)
+    rpc: Rpc | None = None
+    rolling_strategy: RollingStrategy | None = None
 
 
 class ServiceConfig(_Open):
