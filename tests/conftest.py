@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -123,6 +124,44 @@ def run_job(stage: str, config: dict, output_dir, inputs: dict | None = None, en
                               capture_output=True, text=True, timeout=timeout)
     finally:
         os.unlink(config_path)
+
+
+def wait_until(predicate, timeout: float = 300, every: float = 0.2):
+    """Poll `predicate` until it returns something true, and return that; fail after `timeout` seconds."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(every)
+    raise AssertionError("timed out")
+
+
+def metric_records(path: Path) -> list[dict]:
+    """The complete records of a metrics.jsonl so far (none when it does not exist yet)."""
+    return [json.loads(x) for x in path.read_text().splitlines() if x.endswith("}")] if path.exists() else []
+
+
+def kill_after_a_checkpoint(run_id: str, at_least: int = 8) -> tuple[int, dict[int, dict]]:
+    """SIGKILL a training run's job once a step after a checkpoint of step >= `at_least` is logged.
+    Returns that checkpoint's step and the records of the steps the kill lost, which a resubmitted
+    run must take again, identically."""
+    from pai_distil.registry import Registry
+    from pai_distil_jobs.lib.trainer import newest_checkpoint
+
+    run = Registry().get(run_id)
+    ckpt_dir, metrics = Path(run.work_dir) / "checkpoints", Path(run.output) / "metrics.jsonl"
+
+    def step(ckpt) -> int:
+        return int(ckpt.name.split("-")[1])
+
+    wait_until(lambda: (c := newest_checkpoint(ckpt_dir)) and step(c) >= at_least
+               and metric_records(metrics)[-1]["step"] > step(c))
+    os.killpg(os.getpgid(Registry().get(run_id).job_pid), signal.SIGKILL)
+    assert wait_until(lambda: (r := Registry().get(run_id)).terminal and r).state == "failed"
+    killed_at = step(newest_checkpoint(ckpt_dir))
+    lost = {r["step"]: r for r in metric_records(metrics) if r["step"] > killed_at}
+    assert killed_at >= at_least and lost
+    return killed_at, lost
 
 
 def job_errors(proc: subprocess.CompletedProcess) -> list[str]:

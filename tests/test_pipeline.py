@@ -7,11 +7,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import wait_until
 
 from pai_distil.artifacts import is_complete, verify
 
@@ -103,16 +103,6 @@ def test_unreachable_teacher_is_one_line_error(home, tmp_path):
     assert proc.returncode != 0 and len(errors) == 1 and "unreachable" in errors[0], proc.stderr[-2000:]
 
 
-def _wait(predicate, timeout=120, every=0.2):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError("timed out")
-
-
 def test_sigkill_mid_training_then_resubmit_resumes(home, tmp_path, synthetic_teacher):
     from pai_distil.registry import Registry
     from pai_distil_jobs.lib.trainer import newest_checkpoint
@@ -132,10 +122,10 @@ def test_sigkill_mid_training_then_resubmit_resumes(home, tmp_path, synthetic_te
     run = Registry().list(stage="slow-thinking")[0]
     ckpt_dir = Path(run.work_dir) / "checkpoints"
 
-    ckpt = _wait(lambda: (c := newest_checkpoint(ckpt_dir)) and int(c.name.split("-")[1]) >= 40 and c)
+    ckpt = wait_until(lambda: (c := newest_checkpoint(ckpt_dir)) and int(c.name.split("-")[1]) >= 40 and c)
     job_pid = Registry().get(run.id).job_pid
     os.killpg(os.getpgid(job_pid), signal.SIGKILL)
-    dead = _wait(lambda: (r := Registry().get(run.id)).terminal and r)
+    dead = wait_until(lambda: (r := Registry().get(run.id)).terminal and r)
     assert dead.state == "failed" and not is_complete(dead.output)
     killed_at = int(newest_checkpoint(ckpt_dir).name.split("-")[1])
     assert killed_at >= int(ckpt.name.split("-")[1])
@@ -166,7 +156,7 @@ def test_cancel_saves_a_checkpoint_on_sigterm(home, tmp_path, synthetic_teacher)
                                    "train": {"max_steps": 5000, "batch_size": 4, "checkpoint_every": 1000}}))
     assert cli("submit", "slow-thinking", "-c", cfg, "-i", f"cots={cots}", "--detach").returncode == 0
     run = Registry().list(stage="slow-thinking")[0]
-    _wait(lambda: (Path(run.output) / "metrics.jsonl").exists())
+    wait_until(lambda: (Path(run.output) / "metrics.jsonl").exists())
     proc = cli("runs", "cancel", run.id)
     assert proc.returncode == 0, proc.stderr
     assert Registry().get(run.id).state == "cancelled"

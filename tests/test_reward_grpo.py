@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from conftest import TEST_API_KEY, free_socket, job_errors, run_job, serve_asgi
+from conftest import TEST_API_KEY, free_socket, job_errors, kill_after_a_checkpoint, metric_records, run_job, serve_asgi
 from serving import micro_reward_checkpoint
 
 from pai_distil.synthetic import world
@@ -394,19 +394,9 @@ def test_grpo_inputs_are_checked_before_anything_starts(tmp_path, micro_student)
     assert proc.returncode != 0 and "nothing to learn" in proc.stderr and proc.stderr.count("error:") == 1
 
 
-def _wait(predicate, timeout=300, every=0.2):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(every)
-    raise AssertionError("timed out")
-
-
 def test_grpo_killed_mid_run_resumes_from_the_newest_checkpoint(tmp_path, monkeypatch, micro_student,
                                                               micro_reward_model):
     from pai_distil.registry import Registry
-    from pai_distil_jobs.lib.trainer import newest_checkpoint
 
     home = tmp_path / "home"
     monkeypatch.setenv("PAI_DISTIL_HOME", str(home))
@@ -417,26 +407,13 @@ def test_grpo_killed_mid_run_resumes_from_the_newest_checkpoint(tmp_path, monkey
     args = ("submit", "grpo", "-c", cfg, "-i", f"student={micro_student}", "-i", f"reward_model={micro_reward_model}")
     assert cli(home, *args, "--detach").returncode == 0
     run = Registry().list(stage="grpo")[0]
-    ckpt_dir, metrics = Path(run.work_dir) / "checkpoints", Path(run.output) / "metrics.jsonl"
-
-    def logged() -> list[dict]:
-        return [json.loads(x) for x in metrics.read_text().splitlines() if x.endswith("}")] if metrics.exists() else []
-
-    # kill once a step after a checkpoint of step >= 8 is logged: that step must run again, identically
-    _wait(lambda: (c := newest_checkpoint(ckpt_dir)) and int(c.name.split("-")[1]) >= 8
-          and logged()[-1]["step"] > int(c.name.split("-")[1]))
-    os.killpg(os.getpgid(Registry().get(run.id).job_pid), signal.SIGKILL)
-    dead = _wait(lambda: (r := Registry().get(run.id)).terminal and r)
-    assert dead.state == "failed"
-    killed_at = int(newest_checkpoint(ckpt_dir).name.split("-")[1])
-    assert 8 <= killed_at < 40
-    lost = {r["step"]: r for r in logged() if r["step"] > killed_at}
-    assert lost
+    killed_at, lost = kill_after_a_checkpoint(run.id)
+    assert killed_at < 40
 
     again = cli(home, *args)
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"resuming from checkpoint step-{killed_at:07d}" in again.stderr
-    records = logged()
+    records = metric_records(Path(run.output) / "metrics.jsonl")
     assert [r["step"] for r in records] == list(range(1, 41))  # none twice, none lost
     for r in records:  # steps run again after the resume sample and learn exactly as the first time
         if r["step"] in lost:
