@@ -8,8 +8,9 @@ package, and the data comes from the synthetic world. Each stage runs as the rea
 1. slow-thinking: full fine-tune, bf16, sdpa, packing, max_length 4096;
 2. slow-thinking with LoRA (r 16, all linear layers);
 3. reward-model from the checkpoint on right and wrong chains (correctness from the verifier);
-4. grpo: five steps from the checkpoint, the reward model of 3 in-process plus correctness;
-5. kill-and-resume: a full fine-tune SIGKILLed after its first complete checkpoint, resubmitted,
+4. dpo: the checkpoint (also the reference) on the pairs the reward model of 3 wrote, bf16;
+5. grpo: five steps from the checkpoint, the reward model of 3 in-process plus correctness;
+6. kill-and-resume: a full fine-tune SIGKILLed after its first complete checkpoint, resubmitted,
    which must resume from the newest complete step-N and finish.
 
 Reported per run: tokens/s, peak GPU memory and MFU.
@@ -24,7 +25,8 @@ Reported per run: tokens/s, peak GPU memory and MFU.
 - MFU: model FLOPs per second over the H200's bf16 dense peak, 989 TFLOPS. FLOPs per trained
   token: 6 x parameters for full training, 4 x parameters for LoRA (no weight gradients of the
   frozen base); attention's sequence-length term is left out (under 10 % at 4 k tokens for this
-  shape). GRPO: 2 x parameters per generated token plus 8 x parameters per trained token (policy
+  shape). DPO: 8 x parameters per trained token (policy forward and backward, reference forward).
+  GRPO: 2 x parameters per generated token plus 8 x parameters per trained token (policy
   forward and backward, reference forward).
 """
 
@@ -329,6 +331,9 @@ def main() -> int:
            "checkpoint_every": 1000, "warmup_steps": 2}
     rm_train = {"max_steps": 4 if smoke else 20, "batch_size": 2 if smoke else 8, "max_length": 512 if smoke else 1024,
                 "bf16": not smoke, "log_every": 1 if smoke else 5, "checkpoint_every": 1000, "warmup_steps": 2}
+    dpo_train = {"max_steps": 4 if smoke else 20, "batch_size": 2 if smoke else 8,
+                 "max_length": 512 if smoke else 2048, "bf16": not smoke, "log_every": 1 if smoke else 5,
+                 "checkpoint_every": 1000, "warmup_steps": 2}
     prompts, group = (2, 2) if smoke else (8, 8)
     grpo = {"problems": {"n": 64, "seed": 3, "levels": [1, 2]}, "group_size": group,
             "max_completion_length": 16 if smoke else 256, "reward": {"rm_weight": 1, "correct_weight": 1},
@@ -360,6 +365,7 @@ def main() -> int:
                                                 "eval_fraction": 0.2, "train": rm_train}, {"cots": noisy}, 6)
     grpo_inputs = {"student": ckpt}
     if rm["rc"] == 0:
+        stage("dpo", "dpo", {"train": dpo_train}, {"pairs": rm["_out"], "student": ckpt}, 8)
         grpo_inputs["reward_model"] = rm["_out"]
     else:
         grpo["reward"] = {"rm_weight": 0, "correct_weight": 1}
