@@ -16,7 +16,8 @@ from pai_distil.stages import get_stage
 
 from .contract import JobContext, JobError, fail, log
 
-MODULES = {"generate": "generate", "score": "score", "slow-thinking": "slow_thinking",
+MODULES = {"generate": "generate", "score": "score", "teacher-logits": "teacher_logits",
+           "slow-thinking": "slow_thinking",
            "adaptive-thinking": "adaptive_thinking", "evaluate": "evaluate",
            "reward-model": "reward_model", "grpo": "grpo", "dpo": "dpo"}
 

@@ -142,7 +142,11 @@ def chart_png(report: dict) -> bytes:
     levels = sort_levels({lv for m in models for lv in m["levels"]})
     colors = plt.get_cmap("tab10")
     markers = "osD^vP*Xh<>"
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.2), constrained_layout=True)
+    curves = [m for m in models if m.get("curve")]
+    fig, axes = plt.subplots(1, 3 if curves else 2, figsize=(19.5 if curves else 13, 5.2), constrained_layout=True)
+    left, right = axes[0], axes[1]
+    if curves:
+        _curves(axes[2], models, colors, markers)
 
     xmax = max([m["overall"]["mean_tokens"] for m in models] + [1.0])
     near: dict[tuple, int] = defaultdict(int)  # models often sit on one spot (untrained ones at 0%)
@@ -181,6 +185,22 @@ def chart_png(report: dict) -> bytes:
     fig.savefig(buf, format="png", dpi=110, metadata={"Software": None})
     plt.close(fig)
     return buf.getvalue()
+
+
+def _curves(ax, models: list[dict], colors, markers) -> None:
+    """Held-out accuracy during training per model (stop_at checks), ending at the evaluated accuracy."""
+    for i, m in enumerate(models):
+        if not m.get("curve"):
+            continue
+        steps = m["curve"]["steps"] + [[m["curve"]["final_step"], m["overall"]["accuracy"]]]
+        ax.plot([s for s, _ in steps], [100 * a for _, a in steps], color=colors(i % 10),
+                marker=markers[i % len(markers)], markersize=5, label=m["name"])
+    ax.set_ylim(-5, 105)
+    ax.set_xlabel("training step (continued from the starting checkpoint's)")
+    ax.set_ylabel("held-out accuracy during training (%)")
+    ax.set_title("learning curves (last point: this evaluation)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
 
 
 def _level_name(lv: str) -> str:

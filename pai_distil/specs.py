@@ -103,10 +103,15 @@ class LogitsTeacher(Strict):
 
     @model_validator(mode="after")
     def _one_source(self) -> LogitsTeacher:
-        if (self.model is None) == (self.endpoint is None):
-            raise ValueError("give exactly one of teacher.model (a checkpoint run in the job) or teacher.endpoint "
-                             "(a served model)")
+        if self.model is not None and self.endpoint is not None:
+            raise ValueError("give one of teacher.model (a checkpoint run in the job) or teacher.endpoint "
+                             "(a served model), not both")
         return self
+
+    @property
+    def from_input(self) -> bool:
+        """Neither model nor endpoint: the checkpoint is the stage's `teacher` input (an earlier stage's output)."""
+        return self.model is None and self.endpoint is None
 
 
 class Distill(Strict):
@@ -125,7 +130,9 @@ class Distill(Strict):
         None, description="forward KL(teacher || student), reverse KL(student || teacher) or generalised JSD "
                           "(`beta`); default forward for logits, reverse for on-policy")
     beta: float = Field(0.5, gt=0, lt=1, description="jsd: weight of the teacher in the mixture (0.5: the JSD)")
-    teacher: LogitsTeacher | None = Field(None, description="on-policy: the teacher that scores every token")
+    teacher: LogitsTeacher | None = Field(
+        None, description="on-policy: the teacher that scores every token (model or endpoint; {} or omitted: the "
+                          "stage's `teacher` input)")
     top_k: int = Field(20, ge=1, le=1024, description="on-policy: teacher tokens per position the divergence covers")
     lmbda: float = Field(1.0, ge=0, le=1, description="on-policy: share of batches the student samples itself")
     max_new_tokens: int = Field(256, ge=1, description="on-policy: tokens per student sample")
@@ -133,9 +140,6 @@ class Distill(Strict):
 
     @model_validator(mode="after")
     def _teacher_for_on_policy(self) -> Distill:
-        if self.mode == "on-policy" and self.teacher is None:
-            raise ValueError("mode on-policy needs a teacher to score the student's samples; set distill.teacher "
-                             "(model: a checkpoint, or endpoint: a served model)")
         if self.mode == "logits" and self.teacher is not None:
             raise ValueError("mode logits reads the teacher's stored top-k (input teacher_logits); drop "
                              "distill.teacher, or use mode on-policy")
@@ -146,7 +150,9 @@ class Distill(Strict):
         return self.divergence or ("forward" if self.mode == "logits" else "reverse")
 
     def required_inputs(self) -> tuple[str, ...]:
-        return ("teacher_logits",) if self.mode == "logits" else ()
+        if self.mode == "logits":
+            return ("teacher_logits",)
+        return ("teacher",) if self.teacher is None or self.teacher.from_input else ()
 
 
 class DeepSpeed(Strict):
@@ -377,7 +383,9 @@ class ScoreConfig(Strict):
 class TeacherLogitsConfig(Strict):
     """Score SFT rows with a teacher: its top-k token ids and log-probabilities at every assistant token."""
 
-    teacher: LogitsTeacher = Field(description="the teacher: model (run in the job) or endpoint (served)")
+    teacher: LogitsTeacher = Field(default_factory=LogitsTeacher,
+                                   description="the teacher: model (run in the job), endpoint (served), or neither "
+                                               "for the stage's `teacher` input")
     student: Student = Field(default_factory=Student,
                              description="the student these distributions are for: its tokenizer must be the teacher's")
     top_k: int = Field(20, ge=1, le=1024, description="teacher tokens kept per position (most likely first)")
@@ -389,6 +397,9 @@ class TeacherLogitsConfig(Strict):
     max_samples: int | None = Field(None, ge=1, description="score at most this many rows")
     shard_rows: int = Field(256, ge=1, le=1_000_000, description="rows per shard file; a killed job loses at most "
                                                                "the shard it was writing")
+
+    def required_inputs(self) -> tuple[str, ...]:
+        return ("teacher",) if self.teacher.from_input else ()
 
 
 class SlowThinkingConfig(Strict):

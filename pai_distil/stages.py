@@ -8,7 +8,7 @@ from pydantic import BaseModel
 
 from .errors import UserError
 from .specs import (AdaptiveThinkingConfig, EvaluateConfig, GenerateConfig, GRPOConfig, RewardModelConfig, ScoreConfig,
-                    SlowThinkingConfig)
+                    SlowThinkingConfig, TeacherLogitsConfig)
 from .specs import DPOConfig
 
 
@@ -32,10 +32,13 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           optional_inputs=("problems",)),
     Stage("score", "judge rates correctness, reasoning verbosity (RV) and cognitive difficulty (CD)", ScoreConfig,
           inputs=("cots",)),
-    Stage("slow-thinking", "SFT of the student on verified long chains of thought", SlowThinkingConfig,
-          inputs=("cots",), distributed=True),
+    Stage("teacher-logits", "teacher's top-k token ids and log-probabilities at every assistant token of SFT rows",
+          TeacherLogitsConfig, inputs=("cots",), optional_inputs=("teacher",)),
+    Stage("slow-thinking", "SFT of the student on verified long chains of thought (or KD with `distill`)",
+          SlowThinkingConfig, inputs=("cots",), optional_inputs=("teacher_logits", "teacher", "student"),
+          distributed=True),
     Stage("adaptive-thinking", "SFT with RV matched to CD (variant x) or a thinking switch (variant y)",
-          AdaptiveThinkingConfig, inputs=("cots",), distributed=True),
+          AdaptiveThinkingConfig, inputs=("cots",), optional_inputs=("teacher_logits", "teacher"), distributed=True),
     Stage("reward-model", "a reward model distilled from the teacher's judgments", RewardModelConfig,
           inputs=("cots",), optional_inputs=("student", "base")),
     Stage("grpo", "GRPO of the student with the distilled reward model and verifiable correctness", GRPOConfig,

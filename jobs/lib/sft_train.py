@@ -55,7 +55,8 @@ def job_callbacks(ctx: JobContext, train: Training, tokenizer, rank: int, say) -
     return callback, [callback] + ([tensorboard_callback(ctx.output)] if rank == 0 else [])
 
 
-def train_sft(ctx: JobContext, student: Student, train: Training, rows: list[dict], keep_order: bool = False) -> bool:
+def train_sft(ctx: JobContext, student: Student, train: Training, rows: list[dict], keep_order: bool = False,
+              distill=None) -> bool:
     """Train `student` on SFT rows; write the final HF checkpoint to ctx.output. False if stopped early
     by SIGTERM (a checkpoint was saved).
 
@@ -73,7 +74,14 @@ def train_sft(ctx: JobContext, student: Student, train: Training, rows: list[dic
     train, filled = train.by_kind(preset)
     say_defaults(filled, preset, say)
     model, tokenizer = load_model(student.model, seed=student.seed, attn_implementation=train.attn_implementation)
-    examples = encode_rows(tokenizer, rows, train.max_length, train.max_truncated, log=say)
+    if distill is None:
+        examples, keys = encode_rows(tokenizer, rows, train.max_length, train.max_truncated, log=say), None
+    else:
+        from .teacher_topk import keyed_examples
+
+        if train.packing or train.padding_free:
+            raise JobError("distill needs each row in a sequence of its own; drop train.packing and train.padding_free")
+        examples, keys = keyed_examples(tokenizer, rows, train.max_length, train.max_truncated, log=say)
     settings = TrainSettings.of(train, keep_order=keep_order)
     args = training_arguments(settings, ctx.checkpoint_dir, len(examples), cls=SFTConfig,
                               max_length=train.max_length, packing=train.packing, padding_free=train.padding_free,
@@ -85,9 +93,15 @@ def train_sft(ctx: JobContext, student: Student, train: Training, rows: list[dic
         f"of batch {train.batch_size} = {args.world_size} processes x {args.per_device_train_batch_size} "
         f"x {args.gradient_accumulation_steps} accumulation")
     callback, callbacks = job_callbacks(ctx, train, tokenizer, rank, say)
-    dataset = datasets.Dataset.from_list([{"input_ids": e["input_ids"], "labels": e["labels"]} for e in examples])
-    trainer = _sft_trainer_class()(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                                   peft_config=lora_config(train.lora) if train.lora else None, callbacks=callbacks)
+    peft = lora_config(train.lora) if train.lora else None
+    if distill is None:
+        dataset = datasets.Dataset.from_list([{"input_ids": e["input_ids"], "labels": e["labels"]} for e in examples])
+        trainer = _sft_trainer_class()(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                                       peft_config=peft, callbacks=callbacks)
+    else:
+        from .distill import kd_trainer
+
+        trainer = kd_trainer(ctx, distill, model, tokenizer, student.model, examples, keys, args, peft, callbacks, say)
     trainer.job = settings
     if train.fsdp and not trainer.is_fsdp_enabled:
         raise JobError("train.fsdp needs GPUs (accelerate runs FSDP on multi-GPU nodes only); on CPUs drop it "
@@ -102,11 +116,24 @@ def train_sft(ctx: JobContext, student: Student, train: Training, rows: list[dic
     save_final(trainer, tokenizer, ctx, train)
     if rank == 0:
         summary = {"steps": trainer.state.global_step, "examples": len(examples), "student": student.model}
+        summary["start_step"] = _steps_before(student.model)
         if train.stop_at:
             summary["stopped_at_target"] = callback.stopped_early
         (ctx.output / "training_summary.json").write_text(json.dumps(summary, indent=1))
         say(f"saved the student to {ctx.output}")
     return True
+
+
+def _steps_before(model: str) -> int:
+    """Steps the starting checkpoint was trained for by an earlier stage (0 for a preset or a foreign
+    checkpoint): where this run's learning curve continues."""
+    from pathlib import Path
+
+    try:
+        done = json.loads((Path(model) / "training_summary.json").read_text())
+        return int(done.get("start_step", 0)) + int(done["steps"])
+    except (OSError, ValueError, KeyError, TypeError):  # no summary: not one of our stages' checkpoints
+        return 0
 
 
 def save_final(trainer, tokenizer, ctx: JobContext, train: Training) -> None:

@@ -147,4 +147,5 @@ def run(ctx: JobContext) -> bool:
         raise JobError("no training rows were selected; check the input's scores and the policy")
     if main:
         log(f"adaptive-thinking ({cfg.variant}): {len(sft)} training conversations, student {cfg.student.model}")
-    return train_sft(ctx, cfg.student, cfg.train, sft, keep_order=cfg.variant == "x" and cfg.curriculum == "easy-to-hard")
+    return train_sft(ctx, cfg.student, cfg.train, sft, keep_order=cfg.variant == "x" and cfg.curriculum == "easy-to-hard",
+                     distill=cfg.distill)

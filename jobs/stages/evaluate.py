@@ -43,6 +43,8 @@ def run(ctx: JobContext) -> None:
                            "enable_thinking": m.enable_thinking,
                            "max_new_tokens": m.max_new_tokens or cfg.max_new_tokens,
                            **summary, "seconds": round(time.time() - start, 1)}
+        if m.input and (curve := learning_curve(ctx.input(m.input))):
+            results[m.name]["curve"] = curve
         levels = ", ".join(f"level {lv} {s['accuracy']:.1%}" for lv, s in summary["levels"].items())
         log(f"{reports.label(results[m.name])}: accuracy {summary['overall']['accuracy']:.1%} ({levels}), "
             f"mean output tokens {summary['overall']['mean_tokens']:.1f}")
@@ -58,6 +60,19 @@ def run(ctx: JobContext) -> None:
             for r in predictions[m.name]:
                 f.write(json.dumps(r, ensure_ascii=False) + "\n")
     reports.write_chart(report, ctx.output / reports.CHART)
+
+
+def learning_curve(checkpoint) -> dict | None:
+    """Held-out accuracy during training (the training stage's `stop_at` checks in metrics.jsonl), by
+    step, continued from the steps of the checkpoint training started from; with the final step."""
+    metrics, summary = checkpoint / "metrics.jsonl", checkpoint / "training_summary.json"
+    if not metrics.is_file() or not summary.is_file():
+        return None
+    done = json.loads(summary.read_text())
+    start = int(done.get("start_step", 0))
+    points = [[start + r["step"], r["heldout_accuracy"]] for r in map(json.loads, metrics.read_text().splitlines())
+              if "heldout_accuracy" in r]
+    return {"steps": points, "final_step": start + int(done.get("steps", 0))} if points else None
 
 
 def _judge(m: EvalModel, jobs: list[tuple[dict, int]], outs: list[dict], limits: Limits) -> list[dict]:

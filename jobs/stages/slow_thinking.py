@@ -31,6 +31,8 @@ def sft_rows(path: Path, require_correct: bool, verbosity: list[int] | None = No
 
 def run(ctx: JobContext) -> bool:
     cfg = ctx.parsed_config(SlowThinkingConfig)
+    if "student" in ctx.inputs:  # continue training a checkpoint of an earlier stage (e.g. a stopped student)
+        cfg.student = cfg.student.model_copy(update={"model": str(ctx.input("student"))})
     rows = sft_rows(ctx.input("cots"), cfg.require_correct, cfg.verbosity)
     if cfg.max_samples:
         rows = rows[: cfg.max_samples]
@@ -38,4 +40,4 @@ def run(ctx: JobContext) -> bool:
         raise JobError("no training rows: the input holds no verified chains of thought (check the generate stage's teacher accuracy)")
     if int(os.environ.get("RANK", "0")) == 0:
         log(f"slow-thinking: {len(rows)} training conversations, student {cfg.student.model}")
-    return train_sft(ctx, cfg.student, cfg.train, rows)
+    return train_sft(ctx, cfg.student, cfg.train, rows, distill=cfg.distill)

@@ -54,21 +54,34 @@ def teacher() -> None:
 @click.option("--fail-rate", default=0.0, show_default=True, type=click.FloatRange(0, 1),
               help="fraction of requests answered with HTTP 500/429, to exercise client retries")
 @click.option("--seed", default=0, show_default=True, type=int, help="seed of the noisy teacher's slips")
+@click.option("--logits-model", default=None, metavar="DIR",
+              help="a checkpoint (or preset:<name>) that answers /v1/completions with prompt logprobs, as vLLM "
+                   "does (echo + logprobs), for the teacher-logits stage and on-policy distillation")
+@click.option("--logits-name", default="teacher", show_default=True, help="model name of the --logits-model")
 def serve(synthetic: bool, host: str, port: int, api_key_env: str, no_auth: bool,
-          error_rate: float, fail_rate: float, seed: int) -> None:
+          error_rate: float, fail_rate: float, seed: int, logits_model: str | None, logits_name: str) -> None:
     """Serve the synthetic teacher (models oracle, oracle-noisy) until interrupted."""
     if not synthetic:
         raise UserError("only the synthetic teacher can be served by this command; pass --synthetic "
                         "(for a real teacher, point `teacher.base_url` in the generate config at it)")
     api_key = api_key_of(api_key_env, no_auth)
+    if logits_model is not None:
+        from ..model_refs import check as check_model
+
+        try:
+            logits_model = check_model(logits_model)
+        except ValueError as e:
+            raise UserError(f"--logits-model {logits_model!r}: {e}") from None
     check_port(host, port)
     from ..synthetic.server import MODELS, serve as run_server
 
     url_host = f"[{host}]" if ":" in host else host
     auth = "no API key" if no_auth else f"API key from ${api_key_env}"
+    logits = f"; /v1/completions with prompt logprobs: {logits_name} = {logits_model}" if logits_model else ""
     click.echo(f"synthetic teacher serving at http://{url_host}:{port}/v1 "
-               f"(models: {', '.join(MODELS)}; {auth}); Ctrl-C stops it")
-    run_server(host=host, port=port, api_key=api_key, error_rate=error_rate, seed=seed, fail_rate=fail_rate)
+               f"(models: {', '.join(MODELS)}; {auth}{logits}); Ctrl-C stops it")
+    run_server(host=host, port=port, api_key=api_key, error_rate=error_rate, seed=seed, fail_rate=fail_rate,
+               logits_model=logits_model, logits_name=logits_name)
 
 
 def check_port(host: str, port: int) -> None:

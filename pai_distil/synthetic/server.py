@@ -27,6 +27,7 @@ from ..judging import which_dimension
 from . import judge, teacher, world
 
 MODELS = ("oracle", "oracle-noisy", "judge")
+LOGITS_NAME = "teacher"  # the model name /v1/completions serves a --logits-model checkpoint under
 NOISY_DEFAULT_ERROR_RATE = 0.1
 _VERBOSITY_RE = re.compile(r"verbosity(?: level)?\s*[:=]?\s*(\d)", re.IGNORECASE)
 _WORD_RE = re.compile(r"\S+")
@@ -112,7 +113,8 @@ def _parse_request(body) -> tuple[str, list[tuple[str, str]], dict]:
 
 
 def create_app(api_key: str | None, error_rate: float = 0.0, seed: int = 0, fail_rate: float = 0.0,
-               reasoning_content: bool = False) -> FastAPI:
+               reasoning_content: bool = False, logits_model: str | None = None,
+               logits_name: str = LOGITS_NAME) -> FastAPI:
     """The synthetic teacher service.
 
     api_key: the Bearer key clients must send; None serves without authentication.
@@ -122,6 +124,9 @@ def create_app(api_key: str | None, error_rate: float = 0.0, seed: int = 0, fail
         to exercise client retries.
     reasoning_content: put the chain of thought in `message.reasoning_content` (as vLLM's
         reasoning parser and DeepSeek do) instead of inline `<think>…</think>`.
+    logits_model: a checkpoint (or preset) that answers `/v1/completions` as vLLM does, with prompt
+        logprobs (`echo`, `logprobs`, `return_tokens_as_token_ids`), served as model `logits_name`;
+        without one, completions come back without logprobs, like a server that ignores them.
     """
     app = FastAPI(title="pai-distil synthetic teacher", docs_url=None, redoc_url=None)
     app.add_middleware(BodyLimits)
@@ -216,7 +221,112 @@ def create_app(api_key: str | None, error_rate: float = 0.0, seed: int = 0, fail
                 "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
                 "usage": usage}
 
+    scorer = PromptScorer(logits_model) if logits_model else None
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        if denied := unauthorized(request):
+            return denied
+        stats.requests += 1
+        try:
+            body = json.loads(await request.body())
+            prompt, k, as_ids = _parse_completion(body)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return _error(400, "request body is not valid JSON", "invalid_request_error")
+        except BadRequest as e:
+            return _error(400, str(e), "invalid_request_error")
+        served = (logits_name,) if scorer else MODELS
+        if body["model"] not in served:
+            return _error(404, f"The model '{body['model']}' does not exist; this server serves {', '.join(served)}.",
+                          "invalid_request_error", "model_not_found")
+        logprobs = None
+        if scorer is not None and body.get("echo") and k:
+            import asyncio
+
+            try:
+                logprobs = await asyncio.to_thread(scorer.score, prompt, k, as_ids)
+            except BadRequest as e:
+                return _error(400, str(e), "invalid_request_error")
+        stats.completions += 1
+        return {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time()),
+                "model": body["model"], "choices": [{"index": 0, "text": "", "logprobs": logprobs,
+                                                     "finish_reason": "length"}],
+                "usage": {"prompt_tokens": len(prompt) if isinstance(prompt, list) else count_tokens(prompt),
+                          "completion_tokens": 0, "total_tokens": 0}}
+
+    @app.post("/tokenize")
+    async def tokenize(request: Request):
+        """vLLM's tokenizer route (only with a --logits-model): lets clients check they share the tokenizer."""
+        if denied := unauthorized(request):
+            return denied
+        if scorer is None:
+            return _error(404, "no --logits-model: nothing to tokenize with", "invalid_request_error")
+        try:
+            body = json.loads(await request.body())
+            text = body["prompt"]
+            if not isinstance(text, str):
+                raise TypeError
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+            return _error(400, "send {\"prompt\": TEXT}", "invalid_request_error")
+        import asyncio
+
+        tokens = await asyncio.to_thread(scorer.tokenize, text)
+        return {"tokens": tokens, "count": len(tokens)}
+
     return app
+
+
+def _parse_completion(body) -> tuple[list[int] | str, int, bool]:
+    """(prompt: token ids or text, top logprobs asked for, tokens as `token_id:N`) of a completions request."""
+    if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+        raise BadRequest("'model' is required and must be a string")
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
+        prompt = prompt[0]
+    ok_ids = isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt)
+    if not (ok_ids or (isinstance(prompt, str) and prompt)):
+        raise BadRequest("'prompt' must be a non-empty string or list of token ids")
+    k = body.get("logprobs") or 0
+    if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k <= 1024:
+        raise BadRequest("'logprobs' must be an integer from 0 to 1024")
+    return prompt, k, bool(body.get("return_tokens_as_token_ids"))
+
+
+class PromptScorer:
+    """A checkpoint's log-probabilities of a prompt's tokens, as vLLM's completions API echoes them:
+    per position its token's logprob and the top k (position 0: None). torch and the model load on
+    the first request, so the oracle part of the server starts without them."""
+
+    def __init__(self, model: str):
+        self.spec, self.model, self.tokenizer = model, None, None
+
+    def _load(self) -> None:
+        if self.model is None:
+            from pai_distil_jobs.lib.models import load_model
+
+            self.model, self.tokenizer = load_model(self.spec)
+            self.model.eval()
+
+    def tokenize(self, text: str) -> list[int]:
+        self._load()
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def score(self, prompt, k: int, as_ids: bool) -> dict:
+        import torch
+
+        self._load()
+        ids = prompt if isinstance(prompt, list) else self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        if max(ids) >= self.model.config.vocab_size or min(ids) < 0:
+            raise BadRequest(f"token ids must be below the vocabulary size {self.model.config.vocab_size}")
+        with torch.inference_mode():
+            logp = torch.log_softmax(self.model(torch.tensor([ids])).logits[0].float(), dim=-1)
+        name = (lambda i: f"token_id:{i}") if as_ids else self.tokenizer.convert_ids_to_tokens
+        top = logp[:-1].topk(min(k, logp.shape[-1]), dim=-1)
+        tokens = [name(i) for i in ids]
+        token_lps = [None] + [float(logp[t, ids[t + 1]]) for t in range(len(ids) - 1)]
+        tops = [None] + [{name(int(i)): float(v) for i, v in zip(ti, tv)}
+                         for ti, tv in zip(top.indices.tolist(), top.values.tolist())]
+        return {"tokens": tokens, "token_logprobs": token_lps, "top_logprobs": tops, "text_offset": [0] * len(ids)}
 
 
 def _sse(cid: str, model: str, message: dict, finish: str, usage: dict | None):
