@@ -252,3 +252,34 @@ def test_cancel_stops_every_container(cpu_image, cots_file, home):
     assert final.state == "cancelled"
     assert containers(record.id) == []
     assert "cancel requested" in Path(final.log_path).read_text()
+
+
+# -- dpo in containers --------------------------------------------------------------------------------
+
+
+def test_dpo_in_a_container_gives_the_process_backends_numbers_and_runs_on_two_processes(cpu_image, tmp_path, home):
+    from pai_distil.submission import execute, prepare
+    from pai_distil.synthetic import teacher, world
+
+    pairs = tmp_path / "pairs.jsonl"
+    with open(pairs, "w") as f:
+        for p in world.generate_problems(48, seed=7, levels=[1]):
+            right = teacher.respond(p, 2)
+            wrong = right.replace(f"{{{p.answer}}}", f"{{{(int(p.answer) + 1) % 10}}}")
+            f.write(json.dumps({"prompt": p.text, "chosen": right, "rejected": wrong}) + "\n")
+    config = {"student": {"model": "preset:micro"},
+              "train": {"max_steps": 12, "batch_size": 8, "learning_rate": 2e-3, "log_every": 4, "checkpoint_every": 6}}
+
+    def dpo(backend: str, procs: int = 1):
+        prep = prepare("dpo", config, {"pairs": str(pairs)}, where="test", procs_per_node=procs)
+        record = execute(prep, backend, force=True)
+        assert record.state == "succeeded", record.error
+        out = Path(record.output)
+        return _losses(record), json.loads((out / "report.json").read_text())["held_out"]
+
+    (single, single_report), (local, local_report) = dpo("process"), dpo("local")
+    print(f"dpo loss process {single}, local {local}; held-out after: {local_report['after']}")
+    assert local == pytest.approx(single, rel=1e-3) and local_report == single_report
+    two, two_report = dpo("local", procs=2)  # DDP over gloo; the held-out report from rank 0
+    print(f"dpo loss local 1 node x 2 processes {two}; held-out after: {two_report['after']}")
+    assert len(two) == len(single) and two[-1] < two[0] and two_report["pairs"] == single_report["pairs"]
