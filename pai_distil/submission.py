@@ -188,6 +188,11 @@ def execute(prep: Prepared, backend: str, *, force: bool = False, detach: bool =
             record = registry.create(spec.run_id, spec.stage, backend, prep.cache_key, str(prep.work_dir),
                                      hit.output, hit.log_path, pipeline=pipeline, state="cached")
             console.print(f"[green]cache hit[/]: {spec.stage} unchanged since run {hit.id}; reusing {hit.output} (--force reruns)", soft_wrap=True)
+            if options.get("download") and (hit.output or "").startswith("oss://"):  # wanted here, still in OSS
+                from .backends.pai import pull_output
+
+                pull_output(record, registry=registry)
+                record = registry.get(record.id)
             return record
     _take_work_dir(registry, prep, console)
     try:

@@ -197,3 +197,15 @@ def test_pod_logs_come_in_pages_of_max_lines_within_a_time_window(emu):
     cursor = dlc.LogCursor(since=created)
     lines, complete = dlc.new_pod_lines(client, job_id, pod, cursor, time.time() + 2)
     assert complete and lines == everything
+
+
+def test_failed_by_infrastructure_tells_machines_from_code():
+    def job(status, code="", message=""):
+        return m.GetJobResponseBody(status=status, reason_code=code, reason_message=message)
+
+    assert dlc.failed_by_infrastructure(job("Failed", "JobPreempted", "pod x: the spot instance was reclaimed"))
+    assert dlc.failed_by_infrastructure(job("Failed", "NodeLost"))
+    assert dlc.failed_by_infrastructure(job("Failed", "", "node lost while running"))
+    assert not dlc.failed_by_infrastructure(job("Failed", "JobFailed", "pod x exited with code 1: preempted?"))
+    assert not dlc.failed_by_infrastructure(job("Failed", "JobMaxRunningTimeExceeded"))
+    assert not dlc.failed_by_infrastructure(job("Stopped", "JobPreempted"))

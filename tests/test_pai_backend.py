@@ -1,7 +1,8 @@
 """`--backend pai` end to end against the emulator: the real oss2 and DLC clients, jobs that really
-run, the same evaluation numbers as the process backend, unchanged files not sent again, a
-preempted training job that resumes from OSS, the dry-run CreateJob body, one-line auth errors,
-and no AccessKey secret anywhere."""
+run; examples/slow-thinking-small.yaml with the same evaluation numbers as the process backend and
+its stage outputs passed inside OSS; unchanged files not sent again; a preempted training job that
+resumes from OSS, restarted by DLC or resubmitted by the client; a 10,000-line log shown whole; the
+dry-run CreateJob body and the job shapes refused; one-line auth errors; no AccessKey secret anywhere."""
 
 from __future__ import annotations
 
@@ -27,18 +28,15 @@ def emu(tmp_path_factory):
         yield e
 
 
-def micro_pipeline(teacher) -> dict:
-    return {"name": "micro-pai", "stages": {
-        "cots": {"stage": "generate", "config": {"teacher": {"base_url": teacher.base_url, "max_retries": 1},
-                                                 "problems": {"n": 60, "seed": 1}}},
-        "student": {"stage": "slow-thinking", "inputs": {"cots": "cots"},
-                    "config": {"student": {"model": "preset:micro"},
-                               "train": {"max_steps": 12, "batch_size": 8, "checkpoint_every": 6}}},
-        "eval": {"stage": "evaluate", "inputs": {"student": "student"},
-                 "config": {"problems": {"n": 12, "seed": 7}, "max_new_tokens": 32,
-                            "models": [{"name": "untrained", "model": "preset:micro"},
-                                       {"name": "distilled", "input": "student"}]}},
-    }}
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "slow-thinking-small.yaml"
+
+
+def example_pipeline(teacher) -> dict:
+    """examples/slow-thinking-small.yaml as a new user runs it, against this test's synthetic teacher."""
+    pipeline = yaml.safe_load(EXAMPLE.read_text())
+    pipeline["stages"]["cots"]["config"]["teacher"] = {"base_url": teacher.base_url, "model": "oracle-noisy",
+                                                       "max_retries": 1}
+    return pipeline
 
 
 def report_numbers(home: Path) -> list:
@@ -54,8 +52,8 @@ def training_curve(home: Path) -> list:
 
 
 def test_pipeline_matches_process_backend_reruns_send_nothing_and_no_secret_leaks(emu, teacher, tmp_path):
-    pipeline = tmp_path / "micro.yaml"
-    pipeline.write_text(yaml.safe_dump(micro_pipeline(teacher)))
+    pipeline = tmp_path / "slow-thinking-small.yaml"
+    pipeline.write_text(yaml.safe_dump(example_pipeline(teacher)))
     local_home, pai_home = tmp_path / "process-home", tmp_path / "pai-home"
 
     local = cli(local_home, "run", pipeline, "--backend", "process")
@@ -66,7 +64,7 @@ def test_pipeline_matches_process_backend_reruns_send_nothing_and_no_secret_leak
     assert report_numbers(pai_home) == report_numbers(local_home)
     # the CLI showed uploads, the DLC job and its status, and the job's own log lines
     assert "uploaded " in pai.stderr and "DLC job dlc" in pai.stderr
-    assert ": Running" in pai.stderr and ": Succeeded" in pai.stderr and "step 12/12" in pai.stderr
+    assert ": Running" in pai.stderr and ": Succeeded" in pai.stderr and "step 30/30" in pai.stderr
 
     # stage outputs went from stage to stage inside OSS: of the intermediate outputs the client read
     # nothing but their manifests, and they are not on this machine
@@ -85,7 +83,7 @@ def test_pipeline_matches_process_backend_reruns_send_nothing_and_no_secret_leak
 
     # the same evaluation again (--force): its inputs and config are in OSS already, nothing is sent
     eval_config = tmp_path / "eval.yaml"
-    eval_config.write_text(yaml.safe_dump(micro_pipeline(teacher)["stages"]["eval"]["config"]))
+    eval_config.write_text(yaml.safe_dump(example_pipeline(teacher)["stages"]["eval"]["config"]))
     student = next((pai_home / "work").glob("slow-thinking-*/output"))
     student_uri = f"oss://{BUCKET}/pai-distil/work/{student.parent.name}/output/"  # an input named where it is
     again = cli(pai_home, "submit", "evaluate", "-c", eval_config, "-i", f"student={student_uri}", "--backend", "pai",

@@ -41,6 +41,7 @@ from .supervisor import NO_ARTIFACT, Supervisor, supervise
 SUPERVISOR_MODULE = "pai_distil.backends.pai"
 JOB_FILE = "dlc-job.json"
 MAX_POLL_ERRORS = 5
+NOT_STARTED = ("Pending", "Queuing", "Creating", "Dequeued")  # pod states before there is a log to read
 DLC_SETS = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK")  # DLC gives every pod its own
 CREDENTIAL_ENV = ("ALIBABA_CLOUD_ACCESS_KEY_ID", "ALIBABA_CLOUD_ACCESS_KEY_SECRET", "ALIBABA_CLOUD_SECURITY_TOKEN")
 
@@ -58,6 +59,11 @@ class Plan:
         from ..pai.dlc import Mount
 
         self.spec, self.cfg = spec, cfg
+        if not cfg.quota_id and not (spec.resources.instance_type or cfg.ecs_spec):
+            from ..pai.config import ECS_SPEC_EXAMPLE, config_path
+
+            raise UserError(f"--backend pai needs `ecs_spec` (public resources) or `quota_id` in {config_path()}; set "
+                            f"one with `pai-distil config set ecs_spec={ECS_SPEC_EXAMPLE}`, or pass --ecs-spec")
         base = PurePosixPath(cfg.oss_prefix)
         work = Path(spec.output).parent.name
         self.uploads: list[tuple[str, Path, str]] = []  # (label, local path, key prefix)
@@ -162,9 +168,6 @@ def load_config(need_credentials: bool = True):
 
     cfg = config.load()
     config.require(cfg, "oss_bucket")
-    if not cfg.quota_id and not cfg.ecs_spec:
-        raise UserError(f"--backend pai needs `ecs_spec` (public resources) or `quota_id` in {config.config_path()}; "
-                        f"set one with `pai-distil config set ecs_spec={config.ECS_SPEC_EXAMPLE}`")
     if need_credentials:
         from ..pai.credentials import chain
 
@@ -410,6 +413,8 @@ class PaiSupervisor(Supervisor):
         pods = job.pods or []
         created = dlc.parse_iso(job.gmt_create_time) or time.time() - 7 * 86400  # GetPodLogs' own default
         for i, pod in enumerate(pods):
+            if pod.status in NOT_STARTED:  # no log yet; its cursor still starts at the job's creation
+                continue
             cursor = cursors.setdefault(pod.pod_id, dlc.LogCursor(since=created))
             lines, complete = dlc.new_pod_lines(self.client, self.job_id, pod.pod_id, cursor, until)
             if not complete and not cursor.warned:

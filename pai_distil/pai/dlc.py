@@ -98,7 +98,7 @@ def resource_config(spec: JobSpec, cfg: PaiConfig):
     r = spec.resources
     if not (cfg.quota_id or r.cpu or r.memory_gb or r.gpu or r.shared_memory_gb):
         return None
-    gpu = r.gpu or (spec.procs_per_node if cfg.quota_id else 0)
+    gpu = r.gpu or ((spec.procs_per_node or 0) if cfg.quota_id else 0)  # on a quota: one GPU per process asked for
     shm = r.shared_memory_gb or (DEFAULT_SHM_GB if gpu else None)
     return m.ResourceConfig(cpu=_amount(r.cpu), gpu=str(gpu) if gpu or cfg.quota_id else None,
                             memory=_gib(r.memory_gb), shared_memory=_gib(shm))
