@@ -359,3 +359,33 @@ def test_preemption_dlc_reports_as_failure_is_resubmitted_and_resumes(emu, teach
     assert "submitting attempt 2" in log and "resuming from checkpoint" in log
     metrics = next((home / "work").glob("slow-thinking-*/output/metrics.jsonl")).read_text().splitlines()
     assert json.loads(metrics[-1])["step"] == 16
+
+
+def test_dpo_on_pai_gives_the_process_backends_report(emu, tmp_path):
+    """The dpo stage with a local pairs file on `--backend pai`: uploaded, run as a DLC job, its output
+    home with --download, the same training and held-out preference as the process backend."""
+    from pai_distil.synthetic import teacher as oracle
+    from pai_distil.synthetic import world
+
+    pairs = tmp_path / "pairs.jsonl"
+    with open(pairs, "w") as f:
+        for p in world.generate_problems(32, seed=7, levels=[1]):
+            right = oracle.respond(p, 2)
+            wrong = right.replace(f"{{{p.answer}}}", f"{{{(int(p.answer) + 1) % 10}}}")
+            f.write(json.dumps({"prompt": p.text, "chosen": right, "rejected": wrong}) + "\n")
+    cfg = tmp_path / "dpo.yaml"
+    cfg.write_text(yaml.safe_dump({"student": {"model": "preset:micro"},
+                                   "train": {"max_steps": 6, "batch_size": 8, "log_every": 2}}))
+    local_home, pai_home = tmp_path / "process-home", tmp_path / "pai-home"
+    local = cli(local_home, "submit", "dpo", "-c", cfg, "-i", f"pairs={pairs}", "--backend", "process")
+    assert local.returncode == 0, local.stderr[-3000:]
+    configure(pai_home, emu)
+    pai = cli(pai_home, "submit", "dpo", "-c", cfg, "-i", f"pairs={pairs}", "--backend", "pai", "--download")
+    assert pai.returncode == 0, pai.stderr[-3000:]
+    assert "DLC job dlc" in pai.stderr and "step 6/6" in pai.stderr
+    outputs = [Path(p.stdout.strip().splitlines()[-1]) for p in (local, pai)]
+    reports = [json.loads((out / "report.json").read_text()) for out in outputs]
+    assert reports[0]["held_out"] == reports[1]["held_out"] and reports[1]["steps"] == 6
+    curves = [[(r["step"], r["loss"]) for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())]
+              for out in outputs]
+    assert curves[0] == curves[1]
