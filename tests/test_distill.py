@@ -210,3 +210,14 @@ def test_a_killed_kd_run_resumes_from_its_checkpoint_and_learns_the_same(scored,
         if r["step"] in lost:
             for key in ("loss", "kd", "ce", "on_policy"):
                 assert r[key] == pytest.approx(lost[r["step"]][key], abs=1e-4), (r, lost[r["step"]])
+
+
+def test_the_learning_curve_continues_from_the_starting_checkpoint_steps(tmp_path):
+    from pai_distil_jobs.stages.evaluate import learning_curve
+
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [
+        {"step": 50, "loss": 1.0}, {"step": 100, "heldout_accuracy": 0.25}, {"step": 200, "heldout_accuracy": 0.5}]))
+    (tmp_path / "training_summary.json").write_text(json.dumps({"steps": 300, "start_step": 300}))
+    assert learning_curve(tmp_path) == {"steps": [[400, 0.25], [500, 0.5]], "final_step": 600}
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 10, "loss": 1.0}) + "\n")
+    assert learning_curve(tmp_path) is None  # no held-out checks: no curve
