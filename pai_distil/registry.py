@@ -198,13 +198,14 @@ class Registry:
         return out
 
     def find_succeeded(self, cache_key: str) -> RunRecord | None:
-        """The newest succeeded run with this cache key whose output is still a complete artifact."""
+        """The newest succeeded run with this cache key whose output is still a complete artifact (one in OSS,
+        of a pai run, is checked there by the caller)."""
         with closing(self._connect()) as db:
             rows = db.execute("SELECT * FROM runs WHERE cache_key = ? AND state = 'succeeded' "
                               "ORDER BY created_at DESC, rowid DESC", (cache_key,)).fetchall()
         for row in rows:
             record = _record(row)
-            if record.output and is_complete(record.output):
+            if record.output and (record.output.startswith("oss://") or is_complete(record.output)):
                 return record
         return None
 

@@ -389,3 +389,24 @@ def test_dpo_on_pai_gives_the_process_backends_report(emu, tmp_path):
     curves = [[(r["step"], r["loss"]) for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())]
               for out in outputs]
     assert curves[0] == curves[1]
+
+
+def test_a_submitted_output_stays_in_oss_until_asked_for(emu, teacher, tmp_path):
+    home = tmp_path / "home"
+    configure(home, emu)
+    gen = tmp_path / "gen.yaml"
+    gen.write_text(yaml.safe_dump({"teacher": {"base_url": teacher.base_url}, "problems": {"n": 6, "seed": 8}}))
+    first = cli(home, "submit", "generate", "-c", gen, "--backend", "pai")
+    assert first.returncode == 0, first.stderr[-2000:]
+    uri = first.stdout.strip()
+    assert uri.startswith(f"oss://{BUCKET}/pai-distil/work/generate-") and uri.endswith("/output/")
+    assert not list((home / "work").glob("generate-*/output/*.jsonl"))  # nothing came home
+    assert f"output in OSS: {uri} (" in first.stderr
+    # asked for it later: the cache hit is brought home, checked by its manifest
+    again = cli(home, "submit", "generate", "-c", gen, "--backend", "pai", "--download")
+    assert again.returncode == 0 and "cache hit" in again.stderr, again.stderr[-2000:]
+    local = Path(again.stdout.strip())
+    assert local.is_dir() and (local / "manifest.json").is_file() and list(local.glob("*.jsonl"))
+    from pai_distil import artifacts
+
+    artifacts.verify(local)
