@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import job_errors, kill_after_a_checkpoint, metric_records, run_job
+from conftest import job_errors, kill_after_a_checkpoint, metric_records, run_job, wait_until
 
 from pai_distil.synthetic import teacher, world
 
@@ -280,3 +280,24 @@ def test_dpo_killed_mid_run_resumes_from_the_newest_checkpoint(tmp_path, monkeyp
             for key in ("loss", "rewards/margins", "logps/chosen", "logps/rejected"):
                 assert r[key] == pytest.approx(lost[r["step"]][key], abs=1e-4), (r, lost[r["step"]])
     assert json.loads((Path(run.output) / "report.json").read_text())["steps"] == 24
+
+
+def test_dpo_cancelled_saves_a_checkpoint_and_exits(tmp_path, monkeypatch):
+    from pai_distil.registry import Registry
+    from pai_distil_jobs.lib.trainer import newest_checkpoint
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("PAI_DISTIL_HOME", str(home))
+    cfg = tmp_path / "dpo.yaml"
+    cfg.write_text(yaml.safe_dump({"student": {"model": "preset:micro"},
+                                   "train": {"max_steps": 5000, "batch_size": 4, "checkpoint_every": 1000,
+                                             "log_every": 1}}))
+    env = {**os.environ, "PAI_DISTIL_HOME": str(home)}
+    args = ["submit", "dpo", "-c", str(cfg), "-i", f"pairs={pairs_file(tmp_path / 'p.jsonl')}", "--detach"]
+    assert subprocess.run([*CLI, *args], env=env).returncode == 0
+    run = Registry().list(stage="dpo")[0]
+    wait_until(lambda: metric_records(Path(run.output) / "metrics.jsonl"))
+    cancel = subprocess.run([*CLI, "runs", "cancel", run.id], env=env, capture_output=True, text=True)
+    assert cancel.returncode == 0 and Registry().get(run.id).state == "cancelled", cancel.stderr
+    ckpt = newest_checkpoint(Path(run.work_dir) / "checkpoints")
+    assert ckpt is not None and 0 < int(ckpt.name.split("-")[1]) < 1000  # saved on SIGTERM, not on schedule
