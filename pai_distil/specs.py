@@ -716,9 +716,14 @@ class DPOConfig(Strict):
     train: DPOTraining = Field(default_factory=DPOTraining)
     seed: int = 0
 
+    @property
+    def losses(self) -> list[str]:
+        """loss_type as a list (TRL's form)."""
+        return self.loss_type if isinstance(self.loss_type, list) else [self.loss_type]
+
     @model_validator(mode="after")
     def _weights_match(self) -> DPOConfig:
-        losses = self.loss_type if isinstance(self.loss_type, list) else [self.loss_type]
+        losses = self.losses
         if not losses:
             raise ValueError("loss_type is an empty list; name at least one loss (sigmoid is DPO's)")
         if self.loss_weights is not None and len(self.loss_weights) != len(losses):

@@ -251,9 +251,8 @@ def dpo_arguments(cfg: DPOConfig, settings, checkpoint_dir: Path, n_pairs: int, 
 
     from .trainer import training_arguments
 
-    losses = cfg.loss_type if isinstance(cfg.loss_type, list) else [cfg.loss_type]
     return training_arguments(settings, checkpoint_dir, n_pairs, cls=TRLDPOConfig, max_length=max_length,
-                              loss_type=losses, loss_weights=cfg.loss_weights, beta=cfg.beta,
+                              loss_type=cfg.losses, loss_weights=cfg.loss_weights, beta=cfg.beta,
                               label_smoothing=cfg.label_smoothing, dataset_num_proc=None)
 
 
@@ -280,12 +279,13 @@ def train_dpo(ctx: JobContext, cfg: DPOConfig, source: str, train_rows: list[dic
         reference = None if train.lora else load_model(source, seed=seed,
                                                        attn_implementation=train.attn_implementation)[0]
     except OSError as e:
-        raise JobError(f"the student {source} cannot be loaded: {str(e).splitlines()[0]}") from None
+        raise JobError(f"the student ({source}: the `student` input or student.model) cannot be loaded: "
+                       f"{str(e).splitlines()[0]}") from None
     examples = encode_pairs(tokenizer, train_rows, train.max_length, train.max_truncated, "training", log=say)
     held = encode_pairs(tokenizer, eval_rows, train.max_length, 1.0, "held-out", log=say)
     settings = TrainSettings.of(train)
     args = dpo_arguments(cfg, settings, ctx.checkpoint_dir, len(examples), train.max_length)
-    losses = ", ".join(cfg.loss_type if isinstance(cfg.loss_type, list) else [cfg.loss_type])
+    losses = ", ".join(cfg.losses)
     say(f"dpo: model {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on {args.device} "
         f"({'bf16' if args.bf16 else 'fp32'}, {threads} CPU threads); {len(examples)} pairs to train, {len(held)} held "
         f"out; loss {losses}, beta {cfg.beta:g}; reference: {source}{' with the adapter off' if train.lora else ''}; "
