@@ -7,9 +7,8 @@ from dataclasses import dataclass, field
 from pydantic import BaseModel
 
 from .errors import UserError
-from .specs import (AdaptiveThinkingConfig, EvaluateConfig, GenerateConfig, GRPOConfig, RewardModelConfig, ScoreConfig,
-                    SlowThinkingConfig, TeacherLogitsConfig)
-from .specs import DPOConfig
+from .specs import (AdaptiveThinkingConfig, DPOConfig, EvaluateConfig, GenerateConfig, GRPOConfig, RewardModelConfig,
+                    ScoreConfig, SlowThinkingConfig, TeacherLogitsConfig)
 
 
 @dataclass(frozen=True)
