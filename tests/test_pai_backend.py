@@ -80,6 +80,10 @@ def test_pipeline_matches_process_backend_reruns_send_nothing_and_no_secret_leak
     assert pulled.returncode == 0, pulled.stderr[-2000:]
     assert training_curve(pai_home) == training_curve(local_home)
     assert cli(pai_home, "runs", "show", student_run.name).stdout.count(pulled.stdout.strip()) >= 1
+    # the pipeline again: every stage a cache hit, outputs in OSS included; no DLC job
+    rerun = cli(pai_home, "run", pipeline, "--backend", "pai")
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert rerun.stderr.count("cache hit") == 3 and "DLC job dlc" not in rerun.stderr, rerun.stderr[-3000:]
 
     # the same evaluation again (--force): its inputs and config are in OSS already, nothing is sent
     eval_config = tmp_path / "eval.yaml"

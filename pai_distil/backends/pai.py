@@ -314,9 +314,9 @@ class PaiSupervisor(Supervisor):
             if job.status == "Succeeded":
                 break
             reason = job.reason_message or job.reason_code or "no reason given"
-            left = int(info.get("max_restarts") or 0) - (len(info["attempts"]) - 1)
-            if not dlc.failed_by_infrastructure(job) or left <= 0:
-                why = "" if not dlc.failed_by_infrastructure(job) else f" (after {len(info['attempts'])} attempts)"
+            machines = dlc.failed_by_infrastructure(job)  # not the job's own code: worth another attempt
+            if not machines or len(info["attempts"]) > int(info.get("max_restarts") or 0):
+                why = f" (after {len(info['attempts'])} attempts)" if machines else ""
                 return self.finish("failed", error=f"DLC job {self.job_id} {job.status.lower()}{why}: {reason}",
                                    exit_code=1)
             try:
