@@ -669,7 +669,7 @@ DPOLoss = Literal["sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "
 class DPOTraining(Training):
     """DPO's optimisation on TRL's DPOTrainer over accelerate: one process per GPU, bf16 on GPUs."""
 
-    PRESET: ClassVar[dict] = {"learning_rate": 1e-3, "max_length": 512, "gradient_checkpointing": False}
+    PRESET: ClassVar[dict] = {"learning_rate": 5e-4, "max_length": 512, "gradient_checkpointing": False}
     CHECKPOINT: ClassVar[dict] = {"learning_rate": 5e-7, "max_length": 8192, "gradient_checkpointing": True}
 
     max_steps: int = Field(200, ge=1, le=100_000_000, description="optimizer steps")
@@ -677,7 +677,7 @@ class DPOTraining(Training):
                             description="preference pairs per optimizer step, over all processes and accumulation "
                                         "steps (each pair is two sequences, and the reference scores both)")
     learning_rate: float | None = Field(None, gt=0, le=10, allow_inf_nan=False,
-                                        description="peak learning rate; default 1e-3 for presets, 5e-7 for checkpoints")
+                                        description="peak learning rate; default 5e-4 for presets, 5e-7 for checkpoints")
     warmup_steps: int = Field(10, ge=0, le=100_000_000)
     max_length: int | None = Field(None, ge=16, le=1_048_576,
                                    description="tokens per prompt + response; longer ones are cut (see max_truncated); "

@@ -180,7 +180,7 @@ def test_lora_and_a_loss_variant_train_and_keep_the_reference(tmp_path):
     proc = run_job("dpo", cfg, out, inputs={"pairs": pairs_file(tmp_path / "p.jsonl"), "student": base})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "loss ipo, sft" in proc.stdout and "with the adapter off" in proc.stdout
-    assert "defaults for a preset: train.learning_rate=0.001, train.max_length=512, " \
+    assert "defaults for a preset: train.learning_rate=0.0005, train.max_length=512, " \
            "train.gradient_checkpointing=False" in proc.stdout
     assert (out / "adapter" / "adapter_config.json").exists() and (out / "manifest.json").exists()
     before, after = load_file(str(base / "model.safetensors")), load_file(str(out / "model.safetensors"))
