@@ -243,7 +243,7 @@ def test_dpo_on_the_reward_model_pairs_raises_held_out_preference(tmp_path, rewa
     held = sum(p["split"] == "eval" for p in pairs)
     report = json.loads((out / "report.json").read_text())["held_out"]
     before, after = report["before"], report["after"]
-    assert report["pairs"] == held >= 20
+    assert report["pairs"] == held >= 10
     assert after["logratio_margin"] > 2 and after["logratio_prefers_chosen"] >= 0.6, report
     assert after["logp_margin"] > before["logp_margin"], report
     assert "held-out pairs" in proc.stdout
