@@ -22,13 +22,23 @@ MODULES = {"generate": "generate", "score": "score", "teacher-logits": "teacher_
            "reward-model": "reward_model", "grpo": "grpo", "dpo": "dpo"}
 
 
-def _torchrun_argv() -> list[str]:
+def procs_per_node() -> int:
+    """NPROC_PER_NODE when the platform or the user set it (DLC sets the node's GPU count), else one
+    process per visible GPU, else one."""
+    if os.environ.get("NPROC_PER_NODE"):
+        return int(os.environ["NPROC_PER_NODE"])
+    import torch
+
+    return max(1, torch.cuda.device_count())
+
+
+def _torchrun_argv(procs: int) -> list[str]:
     env = os.environ
     return [
         sys.executable, "-m", "torch.distributed.run",
         f"--nnodes={env.get('WORLD_SIZE', '1')}",
         f"--node-rank={env.get('RANK', '0')}",
-        f"--nproc-per-node={env.get('NPROC_PER_NODE', '1')}",
+        f"--nproc-per-node={procs}",
         f"--master-addr={env.get('MASTER_ADDR', '127.0.0.1')}",
         f"--master-port={env.get('MASTER_PORT', '29500')}",
         "-m", "pai_distil_jobs",
@@ -40,11 +50,11 @@ def main() -> int:
         ctx = JobContext.from_env()
         stage = get_stage(ctx.stage)
         if stage.distributed and "LOCAL_RANK" not in os.environ:
-            nodes, procs = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("NPROC_PER_NODE", "1"))
+            nodes, procs = int(os.environ.get("WORLD_SIZE", "1")), procs_per_node()
             if nodes * procs > 1:
                 # torchrun's children inherit the job contract variables; DLC's RANK/WORLD_SIZE are
                 # node-level and torchrun rewrites them per process.
-                os.execv(sys.executable, _torchrun_argv())
+                os.execv(sys.executable, _torchrun_argv(procs))
             # One process in all: run here, without a process group (and keep our exit code). No
             # LOCAL_RANK: accelerate would read it as a distributed launch and wait for a rendezvous.
             os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1")

@@ -134,3 +134,15 @@ def test_training_values_that_cannot_work_are_refused():
                        ({"deepspeed": {"stage": 2}, "fsdp": {}}, "fsdp")]:
         with pytest.raises(ValueError, match=field):
             SlowThinkingConfig.model_validate({"train": bad})
+
+
+def test_processes_per_node_come_from_the_platform_else_the_visible_gpus(monkeypatch):
+    """DLC sets NPROC_PER_NODE to the node's GPU count; where nothing sets it, one process per GPU."""
+    import torch
+
+    from pai_distil_jobs.__main__ import procs_per_node
+
+    monkeypatch.setenv("NPROC_PER_NODE", "4")
+    assert procs_per_node() == 4
+    monkeypatch.delenv("NPROC_PER_NODE")
+    assert procs_per_node() == max(1, torch.cuda.device_count())
