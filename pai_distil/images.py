@@ -9,12 +9,15 @@ of everything that goes into it, so an unchanged image is found, not rebuilt.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +30,8 @@ IMAGES_DIR = ROOT / "images"
 BASE_TAG = "pai-distil-base:bookworm"
 BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates")
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
+# the GPU image's base gives Python 3.11, the CUDA toolkit and compilers (DeepSpeed's JIT ops); its own
+# torch is not used: the image's venv has the pinned CUDA torch that every other pin was resolved with
 PAI_PYTORCH = "dsw-registry.cn-hangzhou.cr.aliyuncs.com/pai/pytorch-training:2.3-gpu-py311-cu121-ubuntu22.04"
 VLLM_BASE = "vllm/vllm-openai:v0.11.0"  # any vLLM or SGLang image with its OpenAI server works as --base
 SOURCES = ("pai_distil", "jobs")  # copied into every image: the client package and the job code
@@ -40,16 +45,18 @@ class Target:
     requirements: str
     repository: str
     default_base: str
-    skip: tuple[str, ...] = ()  # pinned packages the base image provides
+    extras: tuple[tuple[str, str], ...] = ()  # (package, extra): installed with the extra, so pip checks its pins
     # a thin layer: the context is the Dockerfile and these files of images/ (no packages, no sources)
     layer: tuple[str, ...] | None = None
     on_target: str | None = None  # the default base is this target's image of the same code
 
 
 TARGETS = {
-    "cpu": Target("cpu", "Dockerfile.cpu", "requirements.txt", "pai-distil-cpu", BASE_TAG),
-    # the PAI image brings its own CUDA build of torch
-    "gpu": Target("gpu", "Dockerfile.gpu", "requirements.txt", "pai-distil-gpu", PAI_PYTORCH, skip=("torch",)),
+    "cpu": Target("cpu", "Dockerfile.cpu", "requirements.txt", "pai-distil-cpu", BASE_TAG,
+                  extras=(("transformers", "torch"),)),
+    # CUDA torch, vLLM and the training stack of the CPU image; transformers' `torch` extra holds its torch floor
+    "gpu": Target("gpu", "Dockerfile.gpu", "requirements-gpu.txt", "pai-distil-gpu", PAI_PYTORCH,
+                  extras=(("transformers", "torch"),)),
     # `deploy local --docker`: the CPU job image (it has the server's code) set up to serve
     "serve-cpu": Target("serve-cpu", "Dockerfile.serve-cpu", "", "pai-distil-serve-cpu", "", layer=(),
                         on_target="cpu"),
@@ -113,37 +120,88 @@ def _call(argv: list[str], what: str) -> None:
 # -- pinned requirements ------------------------------------------------------------------------
 
 DEEPSPEED = "deepspeed==0.19.8"  # an sdist: installed after torch, without build isolation
+# GRPO's rollouts in the GPU image: the newest vLLM whose own pins admit the training stack below
+VLLM = "vllm==0.30.0"
+# what trains: held at the CPU lock's versions in the GPU lock, so what CI tests is what trains on GPUs
+TRAINING_STACK = ("torch", "transformers", "trl", "accelerate", "peft", "tokenizers", "safetensors", "datasets",
+                  "deepspeed")
 LOCK_HEADER = """\
-# Every package of the job images, pinned: the `train` extra of pai-distil, DeepSpeed, and all
-# they depend on. Part of the image's content hash. Regenerate with `pai-distil images lock`.
-# torch==2.13.0 is the CPU build in the CPU image's wheelhouse; the GPU image keeps its base's.
+# Every package of the {what}, pinned. Part of the image's content hash.
+{contents}
+# Regenerate with `pai-distil images lock{flag}`.
 """
+LOCKS = {
+    "cpu": ("CPU job image", "the `train` extra of pai-distil, DeepSpeed, and all they depend on; torch is "
+            "the CPU build", ""),
+    "gpu": ("GPU job image", "the CPU image's training stack (same torch, transformers, TRL, accelerate, PEFT, "
+            "DeepSpeed), PyPI's CUDA build of torch, vLLM, and all they depend on", " --target gpu"),
+}
 
 
 def requirements(tgt: Target) -> list[str]:
-    """`name==version` lines of the lock, less what the target's base image provides."""
+    """The `name==version` lines of the target's lock."""
     lines = [line.strip() for line in (IMAGES_DIR / tgt.requirements).read_text().splitlines()]
-    pins = [line for line in lines if line and not line.startswith("#")]
-    return [p for p in pins if _name(p) not in tgt.skip]
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def install_lines(tgt: Target) -> list[str]:
+    """The lock as the image installs it: with the extras whose pins pip must check (transformers[torch]
+    declares the torch it needs only there)."""
+    extras = dict(tgt.extras)
+    return [f"{n}[{extras[_name(n)]}]=={v}" if _name(n) in extras else f"{n}=={v}"
+            for n, v in (p.split("==", 1) for p in requirements(tgt))]
+
+
+def resolved_versions(tgt: Target) -> dict[str, str | None]:
+    """The versions the image installs of the training stack and vLLM, from its lock."""
+    pins = {_name(p): p.split("==", 1)[1] for p in requirements(tgt)}
+    return {name: pins.get(name) for name in (*TRAINING_STACK, "vllm")}
+
+
+def _exact_torch(pins: list[str]) -> list[str]:
+    """torch pinned with `===`: that exact build (PyPI's CUDA one), never a CPU build of the same version
+    (2.13.0+cpu) that a machine's find-links or extra index offers."""
+    return [p.replace("==", "===") if _name(p) == "torch" and "+" not in p else p for p in pins]
 
 
 def _name(pin: str) -> str:
-    return pin.split("==", 1)[0].strip().lower().replace("_", "-")
+    return pin.split("==", 1)[0].split("[", 1)[0].strip().lower().replace("_", "-")
 
 
-def lock(log=print) -> Path:
-    """Resolve the `train` extra, DeepSpeed and setuptools (which installs the package) with pip and write every pin to images/requirements.txt."""
-    argv = [sys.executable, "-m", "pip", "install", "--quiet", "--dry-run", "--ignore-installed",
-            "--report", "-", f"{ROOT}[train]", DEEPSPEED, "setuptools>=68"]
-    log("resolving with pip (about a minute) ...")
-    proc = subprocess.run(argv, capture_output=True, text=True)
+def lock(target_name: str = "cpu", pip_args: tuple[str, ...] = (), log=print) -> Path:
+    """Resolve a target's packages with pip and write every pin to its lock (images/requirements*.txt).
+
+    cpu: the `train` extra, DeepSpeed and setuptools (which installs the package). gpu: the same plus
+    vLLM, with the training stack held at the CPU lock's versions and torch as PyPI's (CUDA) build."""
+    tgt = target(target_name)
+    if target_name not in LOCKS:
+        raise UserError(f"the {target_name} image installs no packages of its own: lock cpu or gpu")
+    wanted = [f"{ROOT}[train]", DEEPSPEED, "setuptools>=68"]
+    constraints = ""
+    if target_name == "gpu":
+        wanted.append(VLLM)
+        cpu = {_name(p): p for p in requirements(TARGETS["cpu"])}
+        constraints = "\n".join(_exact_torch([cpu[name] for name in TRAINING_STACK])) + "\n"
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", prefix="pai-distil-constraints-") as held_file:
+        held_file.write(constraints)
+        held_file.flush()
+        argv = [sys.executable, "-m", "pip", "install", "--quiet", "--dry-run", "--ignore-installed", "--report", "-",
+                *wanted, *(["-c", held_file.name] if constraints else []), *pip_args]
+        log("resolving with pip (about a minute) ...")
+        proc = subprocess.run(argv, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise UserError(f"pip could not resolve the image requirements: {dockercli.last_line(proc.stderr)}")
+        raise UserError(f"pip could not resolve the {target_name} image requirements: {dockercli.last_line(proc.stderr)}")
     report = json.loads(proc.stdout)
-    pins = sorted((i["metadata"]["name"], i["metadata"]["version"].split("+", 1)[0]) for i in report["install"])
+    versions = [(i["metadata"]["name"], i["metadata"]["version"]) for i in report["install"]]
+    # the CPU lock names torch's CPU build without its local label (the wheelhouse has that build)
+    pins = [(n, v.split("+", 1)[0] if target_name == "cpu" else v) for n, v in versions]
     lines = [f"{name}=={version}" for name, version in pins if _name(name) != "pai-distil"]
-    path = IMAGES_DIR / TARGETS["cpu"].requirements
-    path.write_text(LOCK_HEADER + "\n".join(sorted(lines, key=str.lower)) + "\n")
+    what, contents, flag = LOCKS[target_name]
+    path = IMAGES_DIR / tgt.requirements
+    contents = "\n".join(textwrap.wrap(contents[0].upper() + contents[1:] + ".", 96, initial_indent="# ",
+                                         subsequent_indent="# "))
+    path.write_text(LOCK_HEADER.format(what=what, contents=contents, flag=flag)
+                    + "\n".join(sorted(lines, key=str.lower)) + "\n")
     log(f"wrote {len(lines)} pins to {path}")
     return path
 
@@ -165,7 +223,8 @@ def wheelhouse(dest: str | Path, target_name: str = "cpu", pip_args: tuple[str, 
     dest = Path(dest).expanduser().resolve()
     dest.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", suffix=".txt", prefix="pai-distil-req-") as req:
-        req.write("\n".join(requirements(tgt)) + "\n")
+        pins = _exact_torch(requirements(tgt)) if tgt.name == "gpu" else requirements(tgt)
+        req.write("\n".join(pins) + "\n")
         req.flush()
         log(f"pip wheel → {dest} ...")
         proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(dest),
@@ -220,7 +279,7 @@ def plan(target_name: str = "cpu", *, base: str | None = None, wheelhouse_dir: s
     base = base or tgt.default_base
     files: dict[str, Path | bytes] = {
         "Dockerfile": IMAGES_DIR / tgt.dockerfile,
-        "requirements.txt": ("\n".join(requirements(tgt)) + "\n").encode(),
+        "requirements.txt": ("\n".join(install_lines(tgt)) + "\n").encode(),
         "src/pyproject.toml": ROOT / "pyproject.toml",
         # pyproject names a readme; a stub keeps README edits from rebuilding the image
         "src/README.md": b"pai-distil: the job code of the pai-distil images.\n",
@@ -306,7 +365,7 @@ def build(target_name: str = "cpu", *, base: str | None = None, wheelhouse_dir: 
                     *(x for k, v in p.build_args.items() for x in ("--build-arg", f"{k}={v}")), ctx]
             proc = dockercli.docker(*argv, check=False, timeout=None, capture_output=quiet)
         if proc.returncode != 0:
-            detail = dockercli.last_line(proc.stdout) if quiet else "see the build output above"
+            detail = build_failure(proc.stdout) if quiet else "see the build output above"
             raise UserError(f"docker build of {p.tag} failed: {detail}")
         log(f"built {p.tag} in {time.monotonic() - t0:.0f} s")
     if push:
@@ -318,6 +377,41 @@ def build(target_name: str = "cpu", *, base: str | None = None, wheelhouse_dir: 
             raise UserError(f"docker push {remote} failed: log in with `docker login {push.split('/')[0]}` and retry")
         return remote
     return p.tag
+
+
+def build_failure(output: str) -> str:
+    """The line of a failed build's output that says why: the pins pip found in conflict (those whose
+    requirement excludes a pinned version), the smoke check's verdict, else the last line."""
+    lines = [line.strip() for line in (output or "").splitlines()]
+    if "The conflict is caused by:" in lines:
+        start = lines.index("The conflict is caused by:") + 1
+        causes = list(itertools.takewhile(bool, lines[start:]))
+        return "pins that do not fit together: " + _conflict(causes)
+    for line in reversed(lines):
+        if line.startswith(("pai-distil smoke check failed:", "ERROR:")):
+            return line
+    return dockercli.last_line(output)
+
+
+def _conflict(causes: list[str]) -> str:
+    """pip's causes ("The user requested torch==2.13.0", "x 1.0 depends on torch>=2.14"), reduced to the
+    requirements that exclude what the lock pins."""
+    from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
+    pinned = dict(re.findall(r"^The user requested ([A-Za-z0-9_.\-]+)==(\S+)$", "\n".join(causes), re.M))
+    misfits = []
+    for cause in causes:
+        m = re.match(r"^(\S+ \S+) depends on ([A-Za-z0-9_.\-]+)\s*([^;]*)", cause)
+        if not m or m.group(2) not in pinned:
+            continue
+        try:
+            fits = SpecifierSet(m.group(3).strip()).contains(pinned[m.group(2)], prereleases=True)
+        except InvalidSpecifier:
+            continue
+        if not fits:
+            misfits.append(f"{m.group(1)} depends on {m.group(2)}{m.group(3).strip()}, but the lock pins "
+                           f"{m.group(2)}=={pinned[m.group(2)]}")
+    return "; ".join(misfits) or "; ".join(causes[:4])
 
 
 def default_image() -> str:

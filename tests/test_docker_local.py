@@ -87,6 +87,75 @@ def test_second_build_is_a_cache_hit_and_offline(cpu_image):
     version = dockercli.docker("run", "--rm", "--network", "none", cpu_image, "python", "-c",
                                "import sys, torch, deepspeed; print(sys.version_info[:2], torch.__version__)").stdout
     assert "(3, 11)" in version and "2.13.0" in version
+    history = dockercli.docker("history", "--no-trunc", "--format", "{{.CreatedBy}}", cpu_image).stdout
+    assert "pai_distil_jobs.smoke" in history  # the build proved the stack loads a model and trains
+
+
+# -- the GPU image's Dockerfile, on this machine's CPU -------------------------------------------------
+
+
+def _wheel(directory: Path, name: str, version: str, requires: list[str]) -> Path:
+    """A real, minimal wheel of one empty module that declares `requires`."""
+    import base64
+    import zipfile
+
+    dist, module = f"{name.replace('-', '_')}-{version}", name.replace("-", "_")
+    files = {
+        f"{module}/__init__.py": b"",
+        f"{dist}.dist-info/METADATA": "\n".join(["Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}",
+                                                  *(f"Requires-Dist: {r}" for r in requires)]).encode() + b"\n",
+        f"{dist}.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: pai-distil-tests\nRoot-Is-Purelib: true\n"
+                                   b"Tag: py3-none-any\n",
+    }
+    record = [f"{path},sha256={base64.urlsafe_b64encode(hashlib.sha256(body).digest()).rstrip(b'=').decode()},"
+              f"{len(body)}" for path, body in files.items()]
+    files[f"{dist}.dist-info/RECORD"] = ("\n".join(record + [f"{dist}.dist-info/RECORD,,"]) + "\n").encode()
+    path = directory / f"{dist}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as z:
+        for name_in_zip, body in files.items():
+            z.writestr(name_in_zip, body)
+    return path
+
+
+def test_gpu_dockerfile_refuses_a_pin_that_needs_another_torch_and_proves_a_good_lock(cpu_image, tmp_path,
+                                                                                      monkeypatch):
+    """Dockerfile.gpu on the Debian base with the CPU wheelhouse (torch 2.13.0, the CPU build): a pin
+    that needs torch >= 2.14 fails the build at pip's resolution, in one line naming both; the lock as
+    it is installs, passes `pip check`, and its smoke check trains one step."""
+    import shutil
+
+    tree = tmp_path / "tree"
+    for name in ("images", "pai_distil", "jobs"):
+        shutil.copytree(ROOT / name, tree / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", tree / "pyproject.toml")
+    monkeypatch.setattr(images, "ROOT", tree)
+    monkeypatch.setattr(images, "IMAGES_DIR", tree / "images")
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    for w in WHEELHOUSE.glob("*.whl"):
+        os.link(w, wheels / w.name)
+    _wheel(wheels, "needs-newer-torch", "1.0", ["torch>=2.14"])
+    lock = (ROOT / "images" / "requirements.txt").read_text()
+    (tree / "images" / "requirements-gpu.txt").write_text(lock + "needs-newer-torch==1.0\n")
+    t0 = time.monotonic()
+    with pytest.raises(UserError) as refused:
+        images.build("gpu", base=images.BASE_TAG, wheelhouse_dir=wheels, quiet=True)
+    message = refused.value.message
+    print(f"refused in {time.monotonic() - t0:.0f} s: {message}")
+    assert message.endswith("failed: pins that do not fit together: needs-newer-torch 1.0 depends on torch>=2.14, "
+                            "but the lock pins torch==2.13.0"), message
+
+    (tree / "images" / "requirements-gpu.txt").write_text(lock)
+    tag = images.build("gpu", base=images.BASE_TAG, wheelhouse_dir=wheels, quiet=True)
+    try:
+        out = dockercli.docker("run", "--rm", "--network", "none", tag, "python", "-c",
+                               "import transformers, torch; from transformers.utils import is_torch_available; "
+                               "print(transformers.__version__, torch.__version__, is_torch_available())").stdout
+        assert out.split() == ["5.24.0", "2.13.0+cpu", "True"]
+        history = dockercli.docker("history", "--no-trunc", "--format", "{{.CreatedBy}}", tag).stdout
+        assert "pai_distil_jobs.smoke" in history
+    finally:
+        dockercli.docker("rmi", "--force", tag, check=False, timeout=None)  # a few GB: slow on a busy disk
 
 
 # -- the example pipeline on both backends --------------------------------------------------------

@@ -75,23 +75,60 @@ def test_gpu_build_context_and_args(tree, tmp_path):
     assert p.tag.startswith("pai-distil-gpu:") and p.target.dockerfile == "Dockerfile.gpu"
     assert p.build_args["BASE"] == images.PAI_PYTORCH and "pai/" in p.base
     reqs = p.files["requirements.txt"].decode().split()
-    assert not any(r.startswith("torch==") for r in reqs), "the PAI image brings its CUDA torch"
-    assert any(r.startswith("deepspeed==") for r in reqs)
+    # the image's own CUDA torch, resolved with every other pin; transformers with the extra that states its torch
+    assert "torch==2.13.0" in reqs and "transformers[torch]==5.24.0" in reqs and images.VLLM in reqs
+    assert any(r.startswith("deepspeed==") for r in reqs) and any(r.startswith("nvidia-nccl") for r in reqs)
     assert p.files["pip-cert.pem"] == cert
     ctx = tmp_path / "ctx"
     images.write_context(p, ctx)
     dockerfile = (ctx / "Dockerfile").read_text()
     assert "ARG BASE=" in dockerfile and "FROM ${BASE}" in dockerfile and "--no-build-isolation" in dockerfile
+    # resolved, checked and smoke-tested: the lock is never installed --no-deps
+    assert "-r /build/first.txt" in dockerfile and "--no-deps $PIP_OPTS -r" not in dockerfile
+    assert "pip check" in dockerfile and "python -m pai_distil_jobs.smoke" in dockerfile
     assert (ctx / "src" / "jobs" / "__main__.py").is_file() and (ctx / "src" / "pai_distil" / "specs.py").is_file()
     assert images.plan("gpu", base="my.registry/pai/pytorch:x").build_args["BASE"] == "my.registry/pai/pytorch:x"
     with pytest.raises(UserError, match="--pip-cert"):
         images.plan("gpu", pip_cert=tmp_path / "missing.pem")
 
 
-def test_cli_dry_run_prints_the_plan(tree):
+def test_cli_dry_run_prints_the_plan_and_the_resolved_versions(tree):
+    import json
+
     result = CliRunner().invoke(cli, ["images", "build", "--target", "gpu", "--dry-run"])
     assert result.exit_code == 0, result.output
-    assert '"tag": "pai-distil-gpu:' in result.output and "Dockerfile.gpu" in result.output
+    plan = json.loads(result.output)
+    assert plan["tag"].startswith("pai-distil-gpu:") and plan["dockerfile"] == "Dockerfile.gpu"
+    assert plan["versions"] == {**images.resolved_versions(images.TARGETS["cpu"]), "vllm": "0.30.0"}
+    assert plan["versions"]["transformers"] == "5.24.0" and plan["versions"]["torch"] == "2.13.0"
+
+
+def test_gpu_lock_holds_the_training_stack_of_the_cpu_lock_and_fits_vllm():
+    """What CI trains with is what trains on GPUs; and the lock is one pip resolution, so vLLM's own
+    pins (an exact torch, a transformers range) held when it was made."""
+    cpu, gpu = (images.resolved_versions(images.TARGETS[t]) for t in ("cpu", "gpu"))
+    assert {k: gpu[k] for k in images.TRAINING_STACK} == {k: cpu[k] for k in images.TRAINING_STACK}
+    assert "+" not in gpu["torch"]  # PyPI's CUDA build, not the CPU wheelhouse's
+    header = (ROOT / "images" / "requirements-gpu.txt").read_text().splitlines()[:4]
+    assert any("images lock --target gpu" in line for line in header)
+
+
+def test_a_failed_build_names_the_pins_that_do_not_fit():
+    output = """ERROR: Cannot install -r /build/first.txt (line 70) and torch==2.3.0 because these package versions have conflicting dependencies.
+
+The conflict is caused by:
+    The user requested torch==2.3.0
+    accelerate 1.15.0 depends on torch>=2.0.0
+    transformers[torch] 5.24.0 depends on torch>=2.6; extra == "torch"
+
+To fix this you could try to:
+1. loosen the range of package versions you've specified
+ERROR: ResolutionImpossible: for help visit https://pip.pypa.io/en/latest/topics/dependency-resolution/
+The command '/bin/sh -c set -eu; ...' returned a non-zero code: 1"""
+    assert images.build_failure(output) == ("pins that do not fit together: transformers[torch] 5.24.0 depends on "
+                                            "torch>=2.6, but the lock pins torch==2.3.0")
+    smoke = "Step 14/16 : RUN ...\npai-distil smoke check failed: transformers 5.24.0 finds torch 2.3.0 unusable\nThe command"
+    assert images.build_failure(smoke).startswith("pai-distil smoke check failed: transformers 5.24.0")
 
 
 @pytest.mark.parametrize("name", ["Dockerfile.cpu", "Dockerfile.gpu"])

@@ -86,7 +86,10 @@ def load_model(spec: str | Path, seed: int = 0, attn_implementation: str | None 
 
     Weights load in fp32 by default: they are the optimizer's master copy, and bf16 runs as mixed
     precision over them (bf16 master weights lose updates of ~1e-5 relative size)."""
+    from ..smoke import require_usable_gpus
+
     spec = str(spec)
+    require_usable_gpus()  # a GPU container whose torch cannot use the GPU fails here, in one line
     set_cpu_threads()
     attn = attention_kernel(attn_implementation)
     if is_preset(spec):

@@ -25,22 +25,26 @@ def images() -> None:
 
 @images.command()
 @click.option("--target", "-t", "target_name", type=TARGETS, default="cpu", show_default=True)
-@click.option("--base", metavar="IMAGE", help="base image (cpu: pai-distil-base:bookworm; gpu: a PAI PyTorch image; "
+@click.option("--base", metavar="IMAGE", help="base image (cpu: pai-distil-base:bookworm; gpu: any with Python 3.11, "
+              "by default a PAI PyTorch image for its CUDA toolkit; "
               "serve-cpu: the cpu image; serve-gpu: a vLLM or SGLang image)")
 @click.option("--wheelhouse", "wheelhouse_dir", type=click.Path(file_okay=False),
               help="install from this folder of wheels, with the build's network disabled")
 @click.option("--pip-cert", type=click.Path(dir_okay=False), help="CA bundle for pip in an online build (a TLS proxy's)")
 @click.option("--push", metavar="REGISTRY", help="also push the image to REGISTRY (e.g. registry.cn-hangzhou.aliyuncs.com/ns)")
 @click.option("--force", is_flag=True, help="build even when the content-hash tag exists")
-@click.option("--dry-run", is_flag=True, help="print the tag, base, build args and network; build nothing")
+@click.option("--dry-run", is_flag=True, help="print the tag, base, build args, network and the versions it installs; build nothing")
 def build(target_name, base, wheelhouse_dir, pip_cert, push, force, dry_run):
     """Build a job image, tagged by a hash of everything in it; an unchanged image is not rebuilt."""
     from .. import images as img
 
     if dry_run:
         p = img.plan(target_name, base=base, wheelhouse_dir=wheelhouse_dir, pip_cert=pip_cert)
-        click.echo(json.dumps({"tag": p.tag, "base": p.base, "dockerfile": p.target.dockerfile,
-                               "build_args": p.build_args, "network": p.network, "files": len(p.files)}, indent=2))
+        plan = {"tag": p.tag, "base": p.base, "dockerfile": p.target.dockerfile, "build_args": p.build_args,
+                "network": p.network, "files": len(p.files)}
+        if p.target.layer is None:  # what the image installs: its lock's versions of the training stack
+            plan["versions"] = img.resolved_versions(p.target)
+        click.echo(json.dumps(plan, indent=2))
         return
     click.echo(img.build(target_name, base=base, wheelhouse_dir=wheelhouse_dir, pip_cert=pip_cert, push=push,
                          force=force, log=_say))
@@ -71,11 +75,15 @@ def bootstrap_base(tag, suite, mirror, force):
 
 
 @images.command()
-def lock():
-    """Re-pin images/requirements.txt: the `train` extra and DeepSpeed, resolved by pip."""
+@click.option("--target", "-t", "target_name", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True)
+@click.option("--pip-arg", "pip_args", multiple=True, metavar="ARG",
+              help="extra argument for pip, e.g. --pip-arg=--extra-index-url=https://download.pytorch.org/whl/cu128")
+def lock(target_name, pip_args):
+    """Re-pin an image's lock with pip: cpu → images/requirements.txt (the `train` extra, DeepSpeed);
+    gpu → images/requirements-gpu.txt (the same training stack, CUDA torch, vLLM)."""
     from .. import images as img
 
-    click.echo(img.lock(log=_say))
+    click.echo(img.lock(target_name, tuple(pip_args), log=_say))
 
 
 @images.command()
