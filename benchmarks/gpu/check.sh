@@ -22,5 +22,7 @@ if ! "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() el
   exit 2
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+# the job image's own check on this GPU: CUDA, one bf16 TRL step, vLLM's import (what `images build` checks on CPU)
+"$PYTHON" -m pai_distil_jobs.smoke --cuda
 # TERM first: check.py then kills its jobs (each runs in a session of its own) and keeps its report
 exec timeout --kill-after=20 570 "$PYTHON" benchmarks/gpu/check.py "$@"
