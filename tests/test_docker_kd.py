@@ -67,6 +67,7 @@ def _student(runs: dict[str, Path], kind: str) -> Path:
     raise AssertionError(f"no {kind} student among {sorted(runs)}")
 
 
+@pytest.mark.timeout(1800)
 def test_kd_stages_run_in_containers_as_in_processes(cpu_image, tmp_path):  # noqa: F811
     path = _pipeline(tmp_path)
     by_process, in_docker = _run(path, "process", tmp_path / "p"), _run(path, "local", tmp_path / "l")
