@@ -154,8 +154,8 @@ class EndpointTeacher:
         self.url = endpoint.base_url
 
     def _no_logprobs(self, why: str) -> JobError:
-        return JobError(f"teacher at {self.url} returned no prompt logprobs ({why}); serve it with vLLM's "
-                        "completions API (echo and logprobs; `--max-logprobs` at least distill/teacher top_k) or "
+        return JobError(f"teacher at {self.url} returned no prompt logprobs ({why}); serve it with vLLM (its "
+                        "completions API echoes prompt logprobs; start it with --max-logprobs >= top_k) or "
                         "`pai-distil teacher serve --synthetic --logits-model DIR`, or fix teacher.endpoint.base_url")
 
     def check_tokenizer(self, text: str) -> None:
