@@ -230,9 +230,9 @@ def kd_trainer(ctx, distill, model, tokenizer, student_name: str, examples: list
                callbacks, say):
     """The KD trainer for `distill` (specs.Distill): stored top-k from input `teacher_logits`, or the
     teacher (checked to share the tokenizer) on this process's device."""
-    from .models import end_tokens
     from pai_distil.specs import LogitsTeacher
 
+    from .models import end_tokens
     from .teacher_topk import TopKStore, open_teacher, resolve_teacher, tokenizer_digest
 
     store = teacher = None
