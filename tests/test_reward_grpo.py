@@ -407,7 +407,8 @@ def test_grpo_killed_mid_run_resumes_from_the_newest_checkpoint(tmp_path, monkey
     args = ("submit", "grpo", "-c", cfg, "-i", f"student={micro_student}", "-i", f"reward_model={micro_reward_model}")
     assert cli(home, *args, "--detach").returncode == 0
     run = Registry().list(stage="grpo")[0]
-    killed_at, lost = kill_after_a_checkpoint(run.id)
+    # past the first epoch (40 problems, 2 a step: 20 steps): the resumed run must draw the later epoch's order
+    killed_at, lost = kill_after_a_checkpoint(run.id, at_least=24)
     assert killed_at < 40
 
     again = cli(home, *args)

@@ -113,6 +113,26 @@ class GroupRewards:
         return [float(s) for s in scores]
 
 
+class EpochSeededSampler:
+    """TRL's `RepeatSampler` draws every epoch's order from one generator seeded once, so a run resumed
+    after its first epoch (a new sampler) would replay the first epoch's problems. Reseeding it from
+    (seed, epoch) when transformers announces the epoch (`set_epoch`) makes each epoch's order a
+    function of the epoch alone: the same whether the run stopped or not."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def set_epoch(self, epoch: int) -> None:
+        if getattr(self.inner, "seed", None) is not None and getattr(self.inner, "generator", None) is not None:
+            self.inner.generator.manual_seed(self.inner.seed + epoch)
+
+    def __iter__(self):
+        return iter(self.inner)
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+
 def grpo_trainer_class():
     from trl import GRPOTrainer
 
@@ -120,6 +140,9 @@ def grpo_trainer_class():
 
     class JobGRPOTrainer(JobTrainerMixin, GRPOTrainer):
         """TRL's GRPOTrainer with the job contract; logs today's metric names (see RENAMED, KEPT)."""
+
+        def _get_train_sampler(self, dataset=None):
+            return EpochSeededSampler(super()._get_train_sampler(dataset))
 
         def log(self, logs: dict, start_time: float | None = None) -> None:
             ours = defaultdict(list)
