@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -146,3 +147,26 @@ def test_processes_per_node_come_from_the_platform_else_the_visible_gpus(monkeyp
     assert procs_per_node() == 4
     monkeypatch.delenv("NPROC_PER_NODE")
     assert procs_per_node() == max(1, torch.cuda.device_count())
+
+
+def test_a_run_resubmitted_after_its_last_checkpoint_trains_no_step_more(tmp_path):
+    """A job stopped once its last step was checkpointed (a SIGTERM at the last step) is resubmitted:
+    it finishes from that checkpoint with the same weights and no step past max_steps."""
+    import torch
+    from safetensors.torch import load_file
+
+    cfg = {"student": {"model": "preset:micro"},
+           "train": {"max_steps": 4, "batch_size": 4, "checkpoint_every": 4, "log_every": 1}}
+    out, data = tmp_path / "out", cots(tmp_path, 12)  # 3 steps an epoch: the last checkpoint is mid-epoch
+    assert run_job("slow-thinking", cfg, out, inputs={"cots": data}).returncode == 0
+    first, metrics = load_file(str(out / "model.safetensors")), (out / "metrics.jsonl").read_text()
+    shutil.rmtree(out)  # as if the job had stopped after its checkpoint, before its output
+    out.mkdir()
+    (out / "metrics.jsonl").write_text(metrics)
+    again = run_job("slow-thinking", cfg, out, inputs={"cots": data})
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming from checkpoint step-0000004 (step 4 of 4)" in again.stdout + again.stderr
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+    second = load_file(str(out / "model.safetensors"))
+    assert all(torch.equal(first[k], second[k]) for k in first)

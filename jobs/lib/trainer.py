@@ -348,14 +348,22 @@ def fit(trainer, callback: JobCallback, checkpoint_dir: Path, log=print) -> bool
     checkpoint_dir = Path(checkpoint_dir)
     trainer.remove_callback(PrinterCallback)  # our callback logs each step once, in our format
     ckpt = newest_checkpoint(checkpoint_dir)
+    step = int(ckpt.name.split("-")[1]) if ckpt is not None else 0
     if trainer.is_world_process_zero():
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(checkpoint_dir / STAGING, ignore_errors=True)  # a save the last run did not finish
         if ckpt is not None:
-            step = int(ckpt.name.split("-")[1])
             _truncate_metrics(callback.metrics_path, step)
             log(f"resuming from checkpoint {ckpt.name} (step {step} of {trainer.args.max_steps})")
     trainer.accelerator.wait_for_everyone()
+    if ckpt is not None and step >= trainer.args.max_steps and not (trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled):
+        # Every step is done (a job stopped after its last checkpoint, e.g. by a SIGTERM at the last step):
+        # transformers, resumed there, would take one step more. Load the weights and finish.
+        from transformers import TrainerState
+
+        trainer._load_from_checkpoint(str(ckpt))
+        trainer.state = TrainerState.load_from_json(str(ckpt / "trainer_state.json"))
+        return True
     trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
     if torch.cuda.is_available() and trainer.is_world_process_zero():
         log(f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB allocated on rank 0")
