@@ -164,6 +164,20 @@ def kill_after_a_checkpoint(run_id: str, at_least: int = 8) -> tuple[int, dict[i
     return killed_at, lost
 
 
+def pairs_file(path: Path, n: int = 24, seed: int = 7) -> Path:
+    """Right and wrong answers to synthetic problems, as {"prompt", "chosen", "rejected"} rows."""
+    from pai_distil.synthetic import teacher, world
+    from pai_distil_jobs.lib.prompts import user_message
+
+    with open(path, "w") as f:
+        for p in world.generate_problems(n, seed, levels=[1]):
+            right = teacher.respond(p, 2)
+            wrong = right.replace(f"{{{p.answer}}}", f"{{{(int(p.answer) + 1) % 10}}}")
+            prompt = user_message({"problem": p.text, "answer": p.answer, "domain": "synthetic"})
+            f.write(json.dumps({"prompt": prompt, "chosen": right, "rejected": wrong}) + "\n")
+    return path
+
+
 def job_errors(proc: subprocess.CompletedProcess) -> list[str]:
     """The `pai-distil job error:` lines a job printed."""
     return [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("pai-distil job error:")]

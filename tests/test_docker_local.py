@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, start_teacher
+from conftest import ROOT, pairs_file, start_teacher
 from pai_distil import dockercli, images
 from pai_distil.errors import UserError
 
@@ -328,14 +328,8 @@ def test_cancel_stops_every_container(cpu_image, cots_file, home):
 
 def test_dpo_in_a_container_gives_the_process_backends_numbers_and_runs_on_two_processes(cpu_image, tmp_path, home):
     from pai_distil.submission import execute, prepare
-    from pai_distil.synthetic import teacher, world
 
-    pairs = tmp_path / "pairs.jsonl"
-    with open(pairs, "w") as f:
-        for p in world.generate_problems(48, seed=7, levels=[1]):
-            right = teacher.respond(p, 2)
-            wrong = right.replace(f"{{{p.answer}}}", f"{{{(int(p.answer) + 1) % 10}}}")
-            f.write(json.dumps({"prompt": p.text, "chosen": right, "rejected": wrong}) + "\n")
+    pairs = pairs_file(tmp_path / "pairs.jsonl", n=48)
     config = {"student": {"model": "preset:micro"},
               "train": {"max_steps": 12, "batch_size": 8, "learning_rate": 2e-3, "log_every": 4, "checkpoint_every": 6}}
 

@@ -11,24 +11,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import job_errors, kill_after_a_checkpoint, metric_records, run_job, wait_until
+from conftest import job_errors, kill_after_a_checkpoint, metric_records, pairs_file, run_job, wait_until
 
 from pai_distil.synthetic import teacher, world
 
 CLI = [sys.executable, "-m", "pai_distil"]
-
-
-def pairs_file(path: Path, n: int = 24, seed: int = 7) -> Path:
-    """Right and wrong answers to synthetic problems, as {"prompt", "chosen", "rejected"} rows."""
-    from pai_distil_jobs.lib.prompts import user_message
-
-    with open(path, "w") as f:
-        for p in world.generate_problems(n, seed, levels=[1]):
-            right = teacher.respond(p, 2)
-            wrong = right.replace(f"{{{p.answer}}}", f"{{{(int(p.answer) + 1) % 10}}}")
-            prompt = user_message({"problem": p.text, "answer": p.answer, "domain": "synthetic"})
-            f.write(json.dumps({"prompt": prompt, "chosen": right, "rejected": wrong}) + "\n")
-    return path
 
 
 def read_rows(path: Path) -> list[dict]:

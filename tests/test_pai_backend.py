@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import start_teacher
+from conftest import pairs_file, start_teacher
 from emulator_support import ACCESS_KEY_SECRET, BUCKET, cli, configure, start_emulator
 
 
@@ -368,15 +368,7 @@ def test_preemption_dlc_reports_as_failure_is_resubmitted_and_resumes(emu, teach
 def test_dpo_on_pai_gives_the_process_backends_report(emu, tmp_path):
     """The dpo stage with a local pairs file on `--backend pai`: uploaded, run as a DLC job, its output
     home with --download, the same training and held-out preference as the process backend."""
-    from pai_distil.synthetic import teacher as oracle
-    from pai_distil.synthetic import world
-
-    pairs = tmp_path / "pairs.jsonl"
-    with open(pairs, "w") as f:
-        for p in world.generate_problems(32, seed=7, levels=[1]):
-            right = oracle.respond(p, 2)
-            wrong = right.replace(f"{{{p.answer}}}", f"{{{(int(p.answer) + 1) % 10}}}")
-            f.write(json.dumps({"prompt": p.text, "chosen": right, "rejected": wrong}) + "\n")
+    pairs = pairs_file(tmp_path / "pairs.jsonl", n=32)
     cfg = tmp_path / "dpo.yaml"
     cfg.write_text(yaml.safe_dump({"student": {"model": "preset:micro"},
                                    "train": {"max_steps": 6, "batch_size": 8, "log_every": 2}}))
