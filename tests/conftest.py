@@ -154,8 +154,14 @@ def kill_after_a_checkpoint(run_id: str, at_least: int = 8) -> tuple[int, dict[i
     def step(ckpt) -> int:
         return int(ckpt.name.split("-")[1])
 
-    wait_until(lambda: (c := newest_checkpoint(ckpt_dir)) and step(c) >= at_least
-               and metric_records(metrics)[-1]["step"] > step(c))
+    def between_checkpoints() -> bool:
+        # a fast machine takes a step in tens of milliseconds: poll often, and say so when the run ended first
+        if (r := Registry().get(run_id)).terminal:
+            raise AssertionError(f"run {run_id} ended ({r.state}) before a kill between two checkpoints")
+        return bool((c := newest_checkpoint(ckpt_dir)) and step(c) >= at_least
+                    and metric_records(metrics)[-1]["step"] > step(c))
+
+    wait_until(between_checkpoints, every=0.02)
     os.killpg(os.getpgid(Registry().get(run_id).job_pid), signal.SIGKILL)
     assert wait_until(lambda: (r := Registry().get(run_id)).terminal and r).state == "failed"
     killed_at = step(newest_checkpoint(ckpt_dir))

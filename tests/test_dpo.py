@@ -249,7 +249,7 @@ def test_dpo_killed_mid_run_resumes_from_the_newest_checkpoint(tmp_path, monkeyp
     cfg = tmp_path / "dpo.yaml"
     cfg.write_text(yaml.safe_dump({"student": {"model": "preset:micro"},
                                    "train": {"max_steps": 24, "batch_size": 4, "learning_rate": 2e-3,
-                                             "checkpoint_every": 4, "log_every": 1}}))
+                                             "checkpoint_every": 6, "log_every": 1}}))
     args = ("submit", "dpo", "-c", cfg, "-i", f"pairs={pairs_file(tmp_path / 'p.jsonl', n=40)}")
     env = {**os.environ, "PAI_DISTIL_HOME": str(home)}
     assert subprocess.run([*CLI, *map(str, args), "--detach"], env=env).returncode == 0
