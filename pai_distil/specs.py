@@ -457,6 +457,14 @@ class AdaptiveThinkingConfig(Strict):
     distill: Distill | None = Field(None, description="learn from the teacher's token distributions (white-box KD "
                                                     "or on-policy distillation); omit for plain SFT")
 
+    @field_validator("distill")
+    @classmethod
+    def _stored_logits_cover_the_rows(cls, distill: Distill | None, info) -> Distill | None:
+        if distill and distill.mode == "logits" and info.data.get("variant") == "y":
+            raise ValueError("variant y trains direct-answer rows the teacher-logits stage never scores; use "
+                             "mode on-policy (the teacher scores each batch), or variant x")
+        return distill
+
     def required_inputs(self) -> tuple[str, ...]:
         return self.distill.required_inputs() if self.distill else ()
 

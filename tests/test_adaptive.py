@@ -101,3 +101,34 @@ def test_variant_x_needs_scores(tmp_path):
     assert proc.returncode == 2
     (line,) = job_errors(proc)
     assert "'rv' is missing" in line
+
+
+def test_adaptive_stages_distil_white_box_and_on_policy(tmp_path):
+    """Variant x learns the teacher's stored top-k of the rows it selects (teacher-logits scored the
+    whole input); variant y, whose no-think rows no stored scoring has, distils on-policy."""
+    path = _write(tmp_path, scored_rows(n=12))
+    teacher = {"model": "preset:micro", "seed": 7}
+    proc = run_job("teacher-logits", {"teacher": teacher, "student": {"model": "preset:micro"}, "top_k": 8},
+                   tmp_path / "logits", inputs={"cots": path}, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    train = {"max_steps": 4, "batch_size": 4, "checkpoint_every": 2, "log_every": 1}
+    for variant, distill, inputs in (
+            ("x", {"mode": "logits", "alpha": 0.5}, {"teacher_logits": tmp_path / "logits"}),
+            ("y", {"mode": "on-policy", "lmbda": 1.0, "top_k": 8, "max_new_tokens": 8, "teacher": teacher}, {})):
+        out = tmp_path / variant
+        proc = run_job("adaptive-thinking", {"variant": variant, "student": {"model": "preset:micro"}, "train": train,
+                                             "distill": distill}, out, inputs={"cots": path, **inputs}, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in records] == [1, 2, 3, 4]
+        assert all(r["kd"] > 0 for r in records)
+        if variant == "y":
+            assert all(r["on_policy"] == 1 and r["loss"] == pytest.approx(r["kd"], rel=1e-3) for r in records)
+
+
+def test_variant_y_with_stored_logits_is_refused_naming_the_fix():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="variant y trains direct-answer rows .* use mode on-policy"):
+        AdaptiveThinkingConfig(variant="y", distill={"mode": "logits"})
+    assert AdaptiveThinkingConfig(variant="x", distill={"mode": "logits"}).distill.mode == "logits"
