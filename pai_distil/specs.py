@@ -137,12 +137,20 @@ class Distill(Strict):
     lmbda: float = Field(1.0, ge=0, le=1, description="on-policy: share of batches the student samples itself")
     max_new_tokens: int = Field(256, ge=1, description="on-policy: tokens per student sample")
     sample_temperature: float = Field(1.0, gt=0, le=2.0, description="on-policy: sampling temperature of the student")
+    rollout: Literal["hf", "vllm"] = Field(
+        "hf", description="on-policy: how the student samples: hf (transformers generate) or vllm (vLLM colocated on "
+                          "the training GPUs, weights synced each step; needs vllm in the job image)")
+    vllm_gpu_memory: float = Field(0.3, gt=0, lt=1, description="rollout vllm: share of each GPU's memory vLLM "
+                                                               "takes (weights and KV cache); training keeps the rest")
 
     @model_validator(mode="after")
     def _teacher_for_on_policy(self) -> Distill:
         if self.mode == "logits" and self.teacher is not None:
             raise ValueError("mode logits reads the teacher's stored top-k (input teacher_logits); drop "
                              "distill.teacher, or use mode on-policy")
+        if self.mode == "logits" and self.rollout == "vllm":
+            raise ValueError("rollout vllm samples the student on on-policy steps, and mode logits samples nothing; "
+                             "drop distill.rollout, or use mode on-policy")
         return self
 
     @property

@@ -221,3 +221,19 @@ def test_the_learning_curve_continues_from_the_starting_checkpoint_steps(tmp_pat
     assert learning_curve(tmp_path) == {"steps": [[400, 0.25], [500, 0.5]], "final_step": 600}
     (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 10, "loss": 1.0}) + "\n")
     assert learning_curve(tmp_path) is None  # no held-out checks: no curve
+
+
+def test_vllm_rollouts_without_vllm_or_with_stored_logits_are_one_line(scored, tmp_path):
+    from pydantic import ValidationError
+
+    from pai_distil.specs import Distill
+
+    with pytest.raises(ValidationError, match="rollout vllm samples the student on on-policy steps"):
+        Distill(mode="logits", rollout="vllm")
+    path, _ = scored
+    cfg = {"student": {"model": "preset:micro"}, "train": MICRO,
+           "distill": {"mode": "on-policy", "rollout": "vllm", "teacher": {"model": "preset:micro", "seed": 7}}}
+    proc = run_job("slow-thinking", cfg, tmp_path / "v", inputs={"cots": path})
+    assert proc.returncode == 2
+    assert job_errors(proc) == ["pai-distil job error: distill.rollout vllm needs vLLM, which this job image lacks; "
+                                "use the GPU image (REGISTRY/pai-distil-gpu:TAG), or set distill.rollout hf"]

@@ -7,6 +7,9 @@ package, and the data comes from the synthetic world. Each stage runs as the rea
 
 1. slow-thinking: full fine-tune, bf16, sdpa, packing, max_length 4096;
 2. slow-thinking with LoRA (r 16, all linear layers);
+   teacher-logits (the checkpoint as its own teacher, top-20 of the 151 k vocabulary, bf16), then
+   white-box KD on them and on-policy distillation (half the steps sampled, the teacher in-process;
+   last of all, every step sampled by vLLM colocated on the GPU);
 3. reward-model from the checkpoint on right and wrong chains (correctness from the verifier);
 4. dpo: the checkpoint (also the reference) on the pairs the reward model of 3 wrote, bf16;
 5. grpo: five steps from the checkpoint, the reward model of 3 in-process plus correctness;
@@ -25,7 +28,8 @@ Reported per run: tokens/s, peak GPU memory and MFU.
 - MFU: model FLOPs per second over the H200's bf16 dense peak, 989 TFLOPS. FLOPs per trained
   token: 6 x parameters for full training, 4 x parameters for LoRA (no weight gradients of the
   frozen base); attention's sequence-length term is left out (under 10 % at 4 k tokens for this
-  shape). DPO: 8 x parameters per trained token (policy forward and backward, reference forward).
+  shape). teacher-logits: 2 x parameters per scored token; on-policy: 8 (student forward and
+  backward, teacher forward), its sampling time included. DPO: 8 x parameters per trained token (policy forward and backward, reference forward).
   GRPO: 2 x parameters per generated token plus 8 x parameters per trained token (policy
   forward and backward, reference forward).
 """
@@ -361,6 +365,18 @@ def main() -> int:
     stage("slow-thinking", "slow-thinking", {"student": {"model": str(ckpt)}, "train": sft}, {"cots": cots}, 6)
     stage("lora", "slow-thinking",
           {"student": {"model": str(ckpt)}, "train": {**sft, "lora": {"r": 16, "alpha": 32}}}, {"cots": cots}, 4)
+    kd_rows = write_cots(work / "kd.jsonl", 40 if smoke else 400)
+    kd_train = {**sft, "packing": False, "max_steps": 4 if smoke else 10}
+    logits = stage("teacher-logits", "teacher-logits", {"teacher": {"model": str(ckpt)}, "student": {"model": str(ckpt)},
+                                                        "top_k": 20, "max_length": length}, {"cots": kd_rows}, 2)
+    if logits["rc"] == 0:
+        stage("white-box", "slow-thinking", {"student": {"model": str(ckpt)}, "train": kd_train,
+                                             "distill": {"mode": "logits"}},
+              {"cots": kd_rows, "teacher_logits": logits["_out"]}, 6)
+    stage("on-policy", "slow-thinking",
+          {"student": {"model": str(ckpt)}, "train": kd_train,
+           "distill": {"mode": "on-policy", "lmbda": 0.5, "max_new_tokens": 16 if smoke else 128,
+                       "teacher": {"model": str(ckpt)}}}, {"cots": kd_rows}, 8)
     rm = stage("reward-model", "reward-model", {"init_from_student": False, "model": {"model": str(ckpt)},
                                                 "eval_fraction": 0.2, "train": rm_train}, {"cots": noisy}, 6)
     grpo_inputs = {"student": ckpt}
@@ -372,6 +388,12 @@ def main() -> int:
     stage("grpo", "grpo", grpo, grpo_inputs, "grpo")
     resume = kill_and_resume(ckpt, cots, work, logs, smoke)
     results.append(resume)
+    write_report(results)
+    if not smoke:  # last: vLLM's start-up is the slowest of all (no vLLM in the CPU smoke either)
+        stage("on-policy-vllm", "slow-thinking",
+              {"student": {"model": str(ckpt)}, "train": kd_train,
+               "distill": {"mode": "on-policy", "lmbda": 1.0, "max_new_tokens": 128, "rollout": "vllm",
+                           "teacher": {"model": str(ckpt)}}}, {"cots": kd_rows}, 8)
     print(f"\nsummary ({time.time() - t0:.0f} s; MFU against {PEAK_FLOPS / 1e12:.0f} TFLOPS bf16 dense, "
           f"{n_params / 1e6:.0f}M parameters)\n{table(results)}")
     write_report(results)

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The GPU check: slow-thinking (bf16, sdpa, packing, 4k tokens), LoRA, reward model, DPO, five GRPO steps and a
+# The GPU check: slow-thinking (bf16, sdpa, packing, 4k tokens), LoRA, teacher-logits, white-box and on-policy KD,
+# reward model, DPO, five GRPO steps and a
 # kill-and-resume, as real jobs on a random-weight Qwen3-0.6B-shaped checkpoint; under 10 minutes on one GPU.
 #
 #   bash benchmarks/gpu/check.sh                 # with this project and its train extra installed

@@ -162,6 +162,8 @@ def kd_trainer_class():
         distill = None  # specs.Distill
         teacher = None  # teacher_topk.LocalTeacher | EndpointTeacher | None
         stops: list[int] = []
+        vllm = None  # TRL's VLLMGeneration with distill.rollout vllm
+        _vllm_step = -1  # the step whose weights vLLM holds
 
         def training_step(self, model, inputs, num_items_in_batch=None):
             if self.distill.mode == "on-policy" and self._on_policy_step():
@@ -186,12 +188,20 @@ def kd_trainer_class():
             mask = torch.zeros_like(prompt)
             for i, s in enumerate(starts):  # left-padded, as generation wants
                 prompt[i, width - s:], mask[i, width - s:] = ids[i, :s], 1
-            with unwrap_model_for_generation(model, self.accelerator) as m:
-                out = m.generate(input_ids=prompt, attention_mask=mask, do_sample=True,
-                                 temperature=self.distill.sample_temperature, top_k=None, top_p=1.0,
-                                 max_new_tokens=self.distill.max_new_tokens, eos_token_id=self.stops,
-                                 pad_token_id=pad)
-            completions = out[:, width:].tolist()
+            if self.vllm is not None:
+                if self._vllm_step != self.state.global_step:
+                    self.vllm.sync_weights()
+                    self._vllm_step = self.state.global_step
+                _, completions, _, _ = self.vllm.generate(prompts=[ids[i, :s].tolist() for i, s in enumerate(starts)],
+                                                          images=None, num_generations=1)
+                completions = [list(c) or [pad] for c in completions]
+            else:
+                with unwrap_model_for_generation(model, self.accelerator) as m:
+                    out = m.generate(input_ids=prompt, attention_mask=mask, do_sample=True,
+                                     temperature=self.distill.sample_temperature, top_k=None, top_p=1.0,
+                                     max_new_tokens=self.distill.max_new_tokens, eos_token_id=self.stops,
+                                     pad_token_id=pad)
+                completions = out[:, width:].tolist()
             rows = []
             for i, (s, c) in enumerate(zip(starts, completions)):
                 end = next((j for j, t in enumerate(c) if t in self.stops), len(c) - 1)
@@ -257,4 +267,27 @@ def kd_trainer(ctx, distill, model, tokenizer, student_name: str, examples: list
     trainer.model_accepts_loss_kwargs = False  # our loss is a per-batch mean; the Trainer divides by accumulation
     trainer.distill, trainer.teacher = distill, teacher
     trainer.stops = end_tokens(tokenizer, model)
+    if distill.rollout == "vllm":
+        trainer.vllm = vllm_rollouts(trainer, distill, student_name, args.max_length)
     return trainer
+
+
+def vllm_rollouts(trainer, distill, student_name: str, max_length: int):
+    """TRL's colocated vLLM engine for the on-policy samples (GRPO's `rollout: vllm` uses the same one):
+    it loads the student's checkpoint, then gets the trained weights before each step's samples."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        raise JobError("distill.rollout vllm needs vLLM, which this job image lacks; use the GPU image "
+                       "(REGISTRY/pai-distil-gpu:TAG), or set distill.rollout hf")
+    if str(student_name).startswith("preset:"):
+        raise JobError(f"distill.rollout vllm starts vLLM from the student's checkpoint, and {student_name} has none; "
+                       "use a checkpoint (student.model or the stage's student input), or distill.rollout hf")
+    from trl.generation.vllm_generation import VLLMGeneration
+
+    return VLLMGeneration(
+        model=trainer.model, accelerator=trainer.accelerator, processing_class=trainer.processing_class,
+        mode="colocate", gpu_memory_utilization=distill.vllm_gpu_memory,
+        max_model_length=max_length + distill.max_new_tokens, max_num_seqs=trainer.args.per_device_train_batch_size,
+        temperature=distill.sample_temperature, top_p=1.0, top_k=0, max_completion_length=distill.max_new_tokens,
+        logprobs=None, generation_kwargs={"stop_token_ids": trainer.stops})
