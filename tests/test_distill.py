@@ -132,6 +132,7 @@ def test_white_box_kd_trains_on_the_stored_top_k(scored, tmp_path):
     records = _metrics(tmp_path / "kd")
     assert [r["step"] for r in records] == list(range(1, 7))
     assert all(r["loss"] == pytest.approx(r["kd"], rel=1e-3) for r in records)  # alpha 0: the divergence alone
+    assert all(r["tokens_per_s"] > 0 for r in records)
     assert records[-1]["kd"] < records[0]["kd"]
 
 

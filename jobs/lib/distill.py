@@ -228,6 +228,9 @@ def kd_trainer_class():
             alpha = 0.0 if on_policy else d.alpha
             loss = (alpha * ce + (1 - alpha) * kd) / n
             metrics = self._metrics["train"]
+            # tokens seen, counted as SFTTrainer counts them, so KD runs log tokens/s (and TensorBoard num_tokens)
+            self._total_train_tokens += int(self.accelerator.gather_for_metrics(inputs["attention_mask"].sum()).sum())
+            metrics["num_tokens"] = [self._total_train_tokens]
             metrics["ce"].append(float(ce.detach()) / n)
             metrics["kd"].append(float(kd.detach()) / n)
             metrics["on_policy"].append(float(on_policy))
