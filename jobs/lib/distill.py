@@ -194,7 +194,7 @@ def kd_trainer_class():
                     self._vllm_step = self.state.global_step
                 _, completions, _, _ = self.vllm.generate(prompts=[ids[i, :s].tolist() for i, s in enumerate(starts)],
                                                           images=None, num_generations=1)
-                completions = [list(c) or [pad] for c in completions]
+                completions = [list(c) for c in completions]  # max_tokens >= 1: never empty
             else:
                 with unwrap_model_for_generation(model, self.accelerator) as m:
                     out = m.generate(input_ids=prompt, attention_mask=mask, do_sample=True,
@@ -271,21 +271,25 @@ def kd_trainer(ctx, distill, model, tokenizer, student_name: str, examples: list
     trainer.distill, trainer.teacher = distill, teacher
     trainer.stops = end_tokens(tokenizer, model)
     if distill.rollout == "vllm":
-        trainer.vllm = vllm_rollouts(trainer, distill, student_name, args.max_length)
+        trainer.vllm = vllm_rollouts(trainer, distill, args.max_length)
     return trainer
 
 
-def vllm_rollouts(trainer, distill, student_name: str, max_length: int):
-    """TRL's colocated vLLM engine for the on-policy samples (GRPO's `rollout: vllm` uses the same one):
-    it loads the student's checkpoint, then gets the trained weights before each step's samples."""
-    import importlib.util
+def check_vllm_rollout(distill, student_name: str) -> None:
+    """Before the student loads: `distill.rollout: vllm` needs vLLM in the image and a checkpoint to start it from."""
+    from pai_distil.presets import is_preset
 
-    if importlib.util.find_spec("vllm") is None:
-        raise JobError("distill.rollout vllm needs vLLM, which this job image lacks; use the GPU image "
-                       "(REGISTRY/pai-distil-gpu:TAG), or set distill.rollout hf")
-    if str(student_name).startswith("preset:"):
+    from .generation import require_vllm
+
+    require_vllm("distill.rollout vllm", "distill.rollout hf")
+    if is_preset(student_name):
         raise JobError(f"distill.rollout vllm starts vLLM from the student's checkpoint, and {student_name} has none; "
                        "use a checkpoint (student.model or the stage's student input), or distill.rollout hf")
+
+
+def vllm_rollouts(trainer, distill, max_length: int):
+    """TRL's colocated vLLM engine for the on-policy samples (GRPO's `rollout: vllm` uses the same one):
+    it loads the student's checkpoint, then gets the trained weights before each step's samples."""
     from trl.generation.vllm_generation import VLLMGeneration
 
     return VLLMGeneration(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 
 import torch
@@ -49,3 +50,12 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
         if on_batch:
             on_batch(len(idx))
     return results  # type: ignore[return-value]
+
+
+def require_vllm(asked: str, instead: str) -> None:
+    """One line, before anything loads, when vLLM rollouts (`asked`) meet a job image without vLLM (the CPU one)."""
+    if importlib.util.find_spec("vllm") is None:
+        from ..contract import JobError
+
+        raise JobError(f"{asked} needs vLLM, which this job image lacks; use the GPU image "
+                       f"(REGISTRY/pai-distil-gpu:TAG), or set {instead}")

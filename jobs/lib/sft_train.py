@@ -73,6 +73,10 @@ def train_sft(ctx: JobContext, student: Student, train: Training, rows: list[dic
     preset = trains_like_preset(student.model)
     train, filled = train.by_kind(preset)
     say_defaults(filled, preset, say)
+    if distill is not None and distill.rollout == "vllm":
+        from .distill import check_vllm_rollout
+
+        check_vllm_rollout(distill, str(student.model))
     model, tokenizer = load_model(student.model, seed=student.seed, attn_implementation=train.attn_implementation)
     if distill is None:
         examples, keys = encode_rows(tokenizer, rows, train.max_length, train.max_truncated, log=say), None

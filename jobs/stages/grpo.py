@@ -55,11 +55,10 @@ def summarize(records: list[dict]) -> dict:
 
 def run(ctx: JobContext) -> bool:
     cfg = ctx.parsed_config(GRPOConfig)
-    import importlib.util
+    if cfg.rollout == "vllm":
+        from ..lib.generation import require_vllm
 
-    if cfg.rollout == "vllm" and importlib.util.find_spec("vllm") is None:
-        raise JobError("rollout: vllm needs vLLM, which this job image lacks; use the GPU image "
-                       "(REGISTRY/pai-distil-gpu:TAG), or set rollout: hf")
+        require_vllm("rollout: vllm", "rollout: hf")
     import datasets
 
     from pai_distil.presets import trains_like_preset
