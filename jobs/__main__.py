@@ -11,10 +11,10 @@ import importlib
 import os
 import sys
 
-from pai_distil.artifacts import write_manifest
-from pai_distil.stages import get_stage
+from pai_distil.core.artifacts import write_manifest
+from pai_distil.core.stages import get_stage
 
-from .contract import JobContext, JobError, fail, log
+from pai_distil.core.contract import JobContext, JobError, fail, log
 
 MODULES = {"generate": "generate", "score": "score", "teacher-logits": "teacher_logits",
            "slow-thinking": "slow_thinking",

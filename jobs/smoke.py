@@ -82,7 +82,7 @@ def check_cuda() -> str:
 @functools.cache
 def require_usable_gpus() -> None:
     """Where GPUs are attached (/dev/nvidia0, ...), torch can use them; else a JobError in one line."""
-    from .contract import JobError
+    from pai_distil.core.contract import JobError
 
     attached = sorted(glob.glob("/dev/nvidia[0-9]*"))
     if attached:
@@ -100,7 +100,7 @@ def train_one_step(cuda: bool) -> float:
     from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 
-    from .lib.models import build_preset
+    from pai_distil_jobs.models.models import build_preset
 
     datasets.disable_progress_bars()
     bf16 = cuda and torch.cuda.is_bf16_supported()

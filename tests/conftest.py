@@ -145,8 +145,8 @@ def kill_after_a_checkpoint(run_id: str, at_least: int = 8) -> tuple[int, dict[i
     """SIGKILL a training run's job once a step after a checkpoint of step >= `at_least` is logged.
     Returns that checkpoint's step and the records of the steps the kill lost, which a resubmitted
     run must take again, identically."""
-    from pai_distil.registry import Registry
-    from pai_distil_jobs.lib.trainer import newest_checkpoint
+    from pai_distil.run.registry import Registry
+    from pai_distil_jobs.train.trainer import newest_checkpoint
 
     run = Registry().get(run_id)
     ckpt_dir, metrics = Path(run.work_dir) / "checkpoints", Path(run.output) / "metrics.jsonl"
@@ -172,8 +172,8 @@ def kill_after_a_checkpoint(run_id: str, at_least: int = 8) -> tuple[int, dict[i
 
 def pairs_file(path: Path, n: int = 24, seed: int = 7) -> Path:
     """Right and wrong answers to synthetic problems, as {"prompt", "chosen", "rejected"} rows."""
-    from pai_distil.synthetic import teacher, world
-    from pai_distil_jobs.lib.prompts import user_message
+    from pai_distil.core import oracle as teacher, world
+    from pai_distil_jobs.endpoints.prompts import user_message
 
     with open(path, "w") as f:
         for p in world.generate_problems(n, seed, levels=[1]):

@@ -16,8 +16,8 @@ from conftest import ROOT, free_socket, stop_process
 
 def micro_checkpoint(dest: Path, seed: int = 0) -> Path:
     """An untrained micro preset saved as a checkpoint artifact (config, weights, tokenizer, template, manifest)."""
-    from pai_distil.artifacts import write_manifest
-    from pai_distil_jobs.lib.models import build_preset
+    from pai_distil.core.artifacts import write_manifest
+    from pai_distil_jobs.models.models import build_preset
 
     model, tokenizer = build_preset("micro", seed)
     model.save_pretrained(dest)
@@ -30,9 +30,9 @@ def micro_reward_checkpoint(dest: Path, seed: int = 0) -> Path:
     """An untrained micro reward model checkpoint (weights, reward head, tokenizer, score statistics)."""
     import json
 
-    from pai_distil.artifacts import write_manifest
-    from pai_distil_jobs.lib.models import load_reward_model
-    from pai_distil_jobs.lib.reward import STATS
+    from pai_distil.core.artifacts import write_manifest
+    from pai_distil_jobs.models.models import load_reward_model
+    from pai_distil_jobs.train.reward import STATS
 
     model, tokenizer = load_reward_model("preset:micro", seed=seed)
     model.save_pretrained(dest)

@@ -7,9 +7,10 @@ import json
 import pytest
 from conftest import job_errors, run_job
 
-from pai_distil.specs import AdaptiveThinkingConfig, RVPolicy
-from pai_distil.synthetic import judge, teacher, world
-from pai_distil_jobs.lib.cot_data import EMPTY_THOUGHT
+from pai_distil.core.config import AdaptiveThinkingConfig, RVPolicy
+from pai_distil.synthetic import judge
+from pai_distil.core import oracle as teacher, world
+from pai_distil_jobs.data.cot_data import EMPTY_THOUGHT
 from pai_distil_jobs.stages.adaptive_thinking import build_y, order_rows, select_x
 
 
@@ -46,7 +47,7 @@ def test_select_x_respects_correctness_caps_and_minimum():
         r["correct"] = r["rv"] != 0  # the only fitting chain for easy problems is wrong
     selected, stats = select_x(group(rows), RVPolicy(intercept=-1.5, slope=1.0, tolerance=0.6, min_per_bin=0))
     assert {s["cd"]: s["selected"] for s in stats}[2] == 0
-    from pai_distil_jobs.contract import JobError
+    from pai_distil.core.contract import JobError
 
     with pytest.raises(JobError, match="CD level 2"):
         select_x(group(rows), RVPolicy(intercept=-1.5, slope=1.0, tolerance=0.6, min_per_bin=1))

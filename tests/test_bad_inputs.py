@@ -12,7 +12,7 @@ import yaml
 from conftest import start_teacher
 from test_cli import assert_one_line_error, cli, write
 
-from pai_distil.artifacts import write_manifest
+from pai_distil.core.artifacts import write_manifest
 
 
 def artifact(tmp_path, name: str = "cots", text: str = '{"id": "a", "problem": "1+1", "answer": "2"}\n'):
@@ -121,6 +121,6 @@ def test_an_edited_cached_output_is_not_a_cache_hit(tmp_path):
 
 def test_yaml_loader_still_reads_anchors_and_merges(tmp_path):
     p = write(tmp_path, "p.yaml", "base: &b {max_steps: 3}\ntrain:\n  <<: *b\n")
-    from pai_distil.specs import read_mapping
+    from pai_distil.core.config import read_mapping
 
     assert read_mapping(p) == yaml.safe_load(p.read_text())

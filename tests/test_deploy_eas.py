@@ -10,7 +10,7 @@ import openai
 import pytest
 
 from conftest import ROOT
-from pai_distil.deploy import eas_schema
+from pai_distil.cloud.deploy import eas_schema
 from serving import AK, cli, cloud_env, micro_checkpoint, micro_reward_checkpoint, start_emulator
 
 PROMPT = "Start with 4. Add 3, then multiply by 2. Work modulo 10. What is the result?"
@@ -34,9 +34,9 @@ def emulator(tmp_path_factory):
 
 
 def greedy(ckpt, prompt: str = PROMPT, max_tokens: int = 16, thinking: bool | None = None) -> str:
-    from pai_distil.deploy.protocol import split_reasoning
-    from pai_distil_jobs.lib.generation import generate
-    from pai_distil_jobs.lib.models import load_model
+    from pai_distil.core.protocol import split_reasoning
+    from pai_distil_jobs.models.generation import generate
+    from pai_distil_jobs.models.models import load_model
 
     model, tok = load_model(str(ckpt))
     return split_reasoning(generate(model, tok, [prompt], max_tokens, enable_thinking=thinking)[0]["text"])[1]
@@ -68,8 +68,8 @@ def bf16_copy(ckpt, dest):
     """The checkpoint as a GPU run saves it: weights and config in bfloat16, the manifest written last."""
     import shutil
 
-    from pai_distil.artifacts import write_manifest
-    from pai_distil_jobs.lib.precision import cast_checkpoint
+    from pai_distil.core.artifacts import write_manifest
+    from pai_distil_jobs.models.precision import cast_checkpoint
 
     shutil.copytree(ckpt, dest)
     cast_checkpoint(dest, "bfloat16")
@@ -253,7 +253,7 @@ def test_eas_endpoint_can_come_from_pai_distil_config(emulator, service, tmp_pat
 
 
 def test_rolling_update_fails_no_request_and_switches_to_the_new_checkpoint(emulator, ckpts):
-    from pai_distil_jobs.serve import fingerprint
+    from pai_distil_jobs.serve.server import fingerprint
 
     old, new = fingerprint(ckpts[0]), fingerprint(ckpts[1])
     base = endpoint_of(deploy(ckpts[0], "rolling", emulator))
@@ -398,10 +398,10 @@ def reward_service(emulator, reward_ckpt):
 
 
 def test_grpo_reward_client_scores_through_the_emulated_eas_endpoint(reward_service, reward_ckpt, monkeypatch):
-    from pai_distil.specs import RewardEndpoint
-    from pai_distil_jobs.contract import JobError
-    from pai_distil_jobs.lib.reward import RewardScorer
-    from pai_distil_jobs.lib.reward_client import RemoteScorer
+    from pai_distil.core.config import RewardEndpoint
+    from pai_distil.core.contract import JobError
+    from pai_distil_jobs.train.reward import RewardScorer
+    from pai_distil_jobs.endpoints.reward_client import RemoteScorer
 
     endpoint = RewardEndpoint(base_url=reward_service, batch_size=2)
     monkeypatch.setenv("PAI_DISTIL_REWARD_API_KEY", TOKEN)

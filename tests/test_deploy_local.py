@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from conftest import ROOT
-from pai_distil.deploy.protocol import ThinkSplitter, split_reasoning
+from pai_distil.core.protocol import ThinkSplitter, split_reasoning
 from serving import micro_checkpoint, start_local
 
 TOKEN = "serve-token-not-a-secret"
@@ -32,8 +32,8 @@ def server(ckpt):
 @pytest.fixture(scope="module")
 def expected(ckpt):
     """The checkpoint's own greedy answers, decoded here through the same chat template."""
-    from pai_distil_jobs.lib.generation import generate
-    from pai_distil_jobs.lib.models import load_model
+    from pai_distil_jobs.models.generation import generate
+    from pai_distil_jobs.models.models import load_model
 
     model, tok = load_model(str(ckpt))
     out = {}

@@ -16,8 +16,8 @@ import torch
 import yaml
 from conftest import ROOT, job_errors, kill_after_a_checkpoint, metric_records, run_job
 
-from pai_distil.synthetic import teacher, world
-from pai_distil_jobs.lib.distill import coarsen, divergence, kd_losses
+from pai_distil.core import oracle as teacher, world
+from pai_distil_jobs.train.distill import coarsen, divergence, kd_losses
 
 MICRO = {"max_steps": 6, "batch_size": 4, "learning_rate": 0.005, "warmup_steps": 1, "log_every": 1,
          "checkpoint_every": 3, "max_length": 128}
@@ -91,7 +91,7 @@ def test_the_chunked_loss_and_its_gradient_equal_the_whole_computation(monkeypat
     (ce + kd).backward()
     grad = logits.grad.clone()
     logits.grad = None
-    monkeypatch.setattr("pai_distil_jobs.lib.teacher_topk.chunk_positions", lambda vocab: 2)
+    monkeypatch.setattr("pai_distil_jobs.train.teacher_topk.chunk_positions", lambda vocab: 2)
     ce2, kd2, n2 = kd_losses(logits, labels, ids, lps, 2.0, "jsd")
     (ce2 + kd2).backward()
     assert n == n2 == 7
@@ -185,7 +185,7 @@ def cli(home: Path, *args, **kw) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("mode", ["logits", "on-policy"])
 def test_a_killed_kd_run_resumes_from_its_checkpoint_and_learns_the_same(scored, tmp_path, monkeypatch, mode):
-    from pai_distil.registry import Registry
+    from pai_distil.run.registry import Registry
 
     path, logits = scored
     home = tmp_path / "home"
@@ -227,7 +227,7 @@ def test_the_learning_curve_continues_from_the_starting_checkpoint_steps(tmp_pat
 def test_vllm_rollouts_without_vllm_or_with_stored_logits_are_one_line(scored, tmp_path):
     from pydantic import ValidationError
 
-    from pai_distil.specs import Distill
+    from pai_distil.core.config import Distill
 
     with pytest.raises(ValidationError, match="rollout vllm samples the student on on-policy steps"):
         Distill(mode="logits", rollout="vllm")

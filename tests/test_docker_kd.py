@@ -14,7 +14,7 @@ import yaml
 from safetensors.numpy import load_file
 from test_docker_local import cpu_image  # noqa: F401 - the session's image fixture
 
-from pai_distil.synthetic import teacher, world
+from pai_distil.core import oracle as teacher, world
 
 pytestmark = pytest.mark.slow
 TRAIN = {"max_steps": 6, "batch_size": 4, "learning_rate": 0.005, "warmup_steps": 1, "log_every": 2,
@@ -47,7 +47,7 @@ def _run(path: Path, backend: str, home: Path) -> dict[str, Path]:
     proc = subprocess.run([sys.executable, "-m", "pai_distil", "run", str(path), "--backend", backend], env=env,
                           capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    from pai_distil.registry import Registry
+    from pai_distil.run.registry import Registry
 
     return {r.stage + ":" + Path(r.work_dir).name: Path(r.output) for r in Registry(home / "runs.sqlite").list()}
 

@@ -19,8 +19,8 @@ import pytest
 import yaml
 
 from conftest import ROOT, pairs_file, start_teacher
-from pai_distil import dockercli, images
-from pai_distil.errors import UserError
+from pai_distil.cloud import dockercli, images
+from pai_distil.core.errors import UserError
 
 pytestmark = pytest.mark.slow
 REQUIRE = os.environ.get("PAI_DISTIL_REQUIRE_DOCKER") == "1"
@@ -175,7 +175,7 @@ def _run_pipeline(path: Path, backend: str, home: Path) -> dict:
                           env=env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert SECRET not in proc.stdout + proc.stderr
-    from pai_distil.registry import Registry
+    from pai_distil.run.registry import Registry
 
     runs = {r.stage: r for r in Registry(home / "runs.sqlite").list()}
     return {stage: Path(r.output) for stage, r in runs.items()}
@@ -241,7 +241,7 @@ def test_pipeline_gives_the_same_results_as_the_process_backend(cpu_image, tmp_p
 @pytest.fixture(scope="module")
 def cots_file(tmp_path_factory) -> Path:
     """Verified chains of thought written by the oracle teacher, without a server."""
-    from pai_distil.synthetic import teacher, world
+    from pai_distil.core import oracle as teacher, world
 
     path = tmp_path_factory.mktemp("cots") / "cots.jsonl"
     with open(path, "w") as f:
@@ -253,7 +253,7 @@ def cots_file(tmp_path_factory) -> Path:
 
 def _train(cots: Path, backend: str, nodes: int = 1, procs: int = 1, deepspeed: dict | None = None,
            max_steps: int = TRAIN["max_steps"], detach: bool = False):
-    from pai_distil.submission import execute, prepare
+    from pai_distil.run.submission import execute, prepare
 
     config = {"student": {"model": "preset:micro", "seed": 0},
               "train": {**TRAIN, "max_steps": max_steps, **({"deepspeed": deepspeed} if deepspeed else {})}}
@@ -291,7 +291,7 @@ def _wait(predicate, timeout: float, what: str):
 
 
 def _started_two_nodes(cots: Path):
-    from pai_distil.registry import Registry
+    from pai_distil.run.registry import Registry
 
     record = _train(cots, "local", nodes=2, max_steps=100_000, detach=True)
     registry = Registry()
@@ -327,7 +327,7 @@ def test_cancel_stops_every_container(cpu_image, cots_file, home):
 
 
 def test_dpo_in_a_container_gives_the_process_backends_numbers_and_runs_on_two_processes(cpu_image, tmp_path, home):
-    from pai_distil.submission import execute, prepare
+    from pai_distil.run.submission import execute, prepare
 
     pairs = pairs_file(tmp_path / "pairs.jsonl", n=48)
     config = {"student": {"model": "preset:micro"},

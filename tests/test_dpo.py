@@ -13,13 +13,13 @@ import pytest
 import yaml
 from conftest import job_errors, kill_after_a_checkpoint, metric_records, pairs_file, run_job, wait_until
 
-from pai_distil.synthetic import teacher, world
+from pai_distil.core import oracle as teacher, world
 
 CLI = [sys.executable, "-m", "pai_distil"]
 
 
 def read_rows(path: Path) -> list[dict]:
-    from pai_distil_jobs.lib.dpo import read_pairs
+    from pai_distil_jobs.train.dpo import read_pairs
 
     return read_pairs(path)
 
@@ -28,9 +28,9 @@ def read_rows(path: Path) -> list[dict]:
 
 
 def test_a_pair_is_the_generation_prompt_then_each_reply_through_its_end_of_turn(tmp_path):
-    from pai_distil_jobs.lib.chat_template import end_of_turn
-    from pai_distil_jobs.lib.dpo import encode_pair
-    from pai_distil_jobs.lib.models import load_tokenizer
+    from pai_distil_jobs.models.chat_template import end_of_turn
+    from pai_distil_jobs.train.dpo import encode_pair
+    from pai_distil_jobs.models.models import load_tokenizer
 
     tok = load_tokenizer("preset:micro")
     row = read_rows(pairs_file(tmp_path / "p.jsonl", n=1))[0]
@@ -48,8 +48,8 @@ def test_a_template_that_opens_the_thought_keeps_it_in_both_replies():
     the replies continue the opened thought, with the real Qwen3 tokenizer."""
     from real_models import R1_TEMPLATE, qwen_tokenizer
 
-    from pai_distil_jobs.lib.chat_template import end_of_turn
-    from pai_distil_jobs.lib.dpo import encode_pair
+    from pai_distil_jobs.models.chat_template import end_of_turn
+    from pai_distil_jobs.train.dpo import encode_pair
 
     tok = qwen_tokenizer(R1_TEMPLATE)
     row = {"messages_chosen": [{"role": "user", "content": "2 + 2?"},
@@ -68,9 +68,9 @@ def test_a_template_that_opens_the_thought_keeps_it_in_both_replies():
 def test_completion_logps_sum_the_reply_tokens_only(tmp_path):
     import torch
 
-    from pai_distil_jobs.lib.chat_template import end_of_turn
-    from pai_distil_jobs.lib.dpo import completion_logps, encode_pair
-    from pai_distil_jobs.lib.models import load_model
+    from pai_distil_jobs.models.chat_template import end_of_turn
+    from pai_distil_jobs.train.dpo import completion_logps, encode_pair
+    from pai_distil_jobs.models.models import load_model
 
     model, tok = load_model("preset:micro", seed=0)
     model.eval()
@@ -89,7 +89,7 @@ def test_completion_logps_sum_the_reply_tokens_only(tmp_path):
 def test_preference_is_the_margin_and_share_of_chosen_over_rejected():
     import torch
 
-    from pai_distil_jobs.lib.dpo import preference
+    from pai_distil_jobs.train.dpo import preference
 
     ref = torch.tensor([[-10.0, -12.0], [-8.0, -6.0], [-5.0, -5.0]])
     pol = torch.tensor([[-9.0, -13.0], [-8.0, -7.0], [-6.0, -5.0]])
@@ -101,7 +101,7 @@ def test_preference_is_the_margin_and_share_of_chosen_over_rejected():
 
 
 def test_pairs_are_held_out_by_their_split_or_by_prompt(tmp_path):
-    from pai_distil_jobs.lib.dpo import split_pairs
+    from pai_distil_jobs.train.dpo import split_pairs
 
     rows = read_rows(pairs_file(tmp_path / "p.jsonl", n=20))
     rows = rows + [{**r, "chosen": r["chosen"] + " "} for r in rows]  # two pairs per prompt
@@ -139,7 +139,7 @@ def test_an_artifact_without_pairs_is_one_line(tmp_path):
 
 
 def test_configs_that_cannot_work_are_refused():
-    from pai_distil.specs import DPOConfig
+    from pai_distil.core.config import DPOConfig
 
     for bad, fragment in [({"loss_type": "dpo"}, "loss_type"), ({"beta": 0}, "beta"),
                           ({"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0]}, "one weight per loss"),
@@ -154,7 +154,7 @@ def test_configs_that_cannot_work_are_refused():
 def test_lora_and_a_loss_variant_train_and_keep_the_reference(tmp_path):
     from safetensors.torch import load_file
 
-    from pai_distil_jobs.lib.models import build_preset
+    from pai_distil_jobs.models.models import build_preset
 
     base = tmp_path / "base"
     model, tok = build_preset("micro", seed=0)
@@ -242,7 +242,7 @@ def test_dpo_on_the_reward_model_pairs_raises_held_out_preference(tmp_path, rewa
 def test_dpo_killed_mid_run_resumes_from_the_newest_checkpoint(tmp_path, monkeypatch):
     """SIGKILL loses only the steps since the newest checkpoint; the resubmitted run takes the same
     batches with the same optimizer state, so those steps log the same numbers again."""
-    from pai_distil.registry import Registry
+    from pai_distil.run.registry import Registry
 
     home = tmp_path / "home"
     monkeypatch.setenv("PAI_DISTIL_HOME", str(home))
@@ -270,8 +270,8 @@ def test_dpo_killed_mid_run_resumes_from_the_newest_checkpoint(tmp_path, monkeyp
 
 
 def test_dpo_cancelled_saves_a_checkpoint_and_exits(tmp_path, monkeypatch):
-    from pai_distil.registry import Registry
-    from pai_distil_jobs.lib.trainer import newest_checkpoint
+    from pai_distil.run.registry import Registry
+    from pai_distil_jobs.train.trainer import newest_checkpoint
 
     home = tmp_path / "home"
     monkeypatch.setenv("PAI_DISTIL_HOME", str(home))

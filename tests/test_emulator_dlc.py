@@ -13,7 +13,7 @@ from alibabacloud_pai_dlc20201203 import models as m
 from alibabacloud_tea_openapi.exceptions import ClientException
 from emulator_support import ACCESS_KEY_ID, ACCESS_KEY_SECRET, dlc_client, start_emulator
 
-from pai_distil.pai import dlc
+from pai_distil.cloud.pai import dlc
 
 
 @pytest.fixture(scope="module")

@@ -42,7 +42,7 @@ def test_dsw_create_list_stop_delete_mirrors_a_pai_run(tmp_path):
         assert instance_id not in cli(home, "dsw", "list").stdout
         missing = cli(home, "dsw", "delete", instance_id)
         assert missing.returncode != 0 and "PAI-DSW error 100030001" in missing.stderr
-        from pai_distil.pai.oss import split_uri
+        from pai_distil.cloud.pai.oss import split_uri
 
         bucket, prefix = split_uri(mounts["/mnt/pai-distil/inputs/cots"]["Uri"])  # oss://BUCKET.internal-host/...
         assert bucket == BUCKET and oss2.Bucket(oss2.Auth(ACCESS_KEY_ID, ACCESS_KEY_SECRET), emu.url, BUCKET).object_exists(

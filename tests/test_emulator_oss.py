@@ -94,7 +94,7 @@ def test_wrong_secret_gets_oss_xml_error(emu):
 KILLED_UPLOAD = textwrap.dedent("""
     import os, signal, sys
     from pathlib import Path
-    from pai_distil.pai import config, oss
+    from pai_distil.cloud.pai import config, oss
     oss.MULTIPART_THRESHOLD, oss.PART_SIZE, oss.THREADS = 100 * 1024, 100 * 1024, 1
     kill_at = int(sys.argv[2])
     def progress(consumed, total):

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from conftest import TEST_API_KEY, job_errors, run_job, start_teacher
 
-from pai_distil import specs
-from pai_distil.errors import UserError
-from pai_distil.synthetic import world
-from pai_distil.verifiers import check
+from pai_distil.core import config as specs
+from pai_distil.core.errors import UserError
+from pai_distil.core import world
+from pai_distil.core.verifiers import check
 
 KEY_ENV = {"PAI_DISTIL_TEACHER_API_KEY": TEST_API_KEY}
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -94,7 +94,7 @@ def test_endpoint_verdicts_are_right(evaluated):
 
 def test_checkpoint_verdicts_agree_with_the_verifiers(evaluated):
     out, report, _, data = evaluated
-    from pai_distil.datasets import read_problems
+    from pai_distil.core.readers import read_problems
 
     problems = {p["id"]: p for p in read_problems(data)}
     rows = [r for r in predictions(out) if r["model"] != "served"]
@@ -128,7 +128,7 @@ def test_report_command_renders_tables_and_redraws_the_chart(evaluated, tmp_path
 
 
 def test_summaries_with_samples():
-    from pai_distil.report import sort_levels, summarize
+    from pai_distil.core.report import sort_levels, summarize
 
     recs = [{"id": "a", "level": "2", "source": "s", "correct": c, "tokens": 10, "truncated": False}
             for c in (True, False, False, False)]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from conftest import TEST_API_KEY, job_errors, run_job
 
-from pai_distil.synthetic import world
+from pai_distil.core import world
 
 KEY_ENV = {"PAI_DISTIL_TEACHER_API_KEY": TEST_API_KEY}
 

@@ -10,7 +10,7 @@ import pytest
 from conftest import TEST_API_KEY, serve_asgi, start_teacher
 from serving import micro_checkpoint, micro_reward_checkpoint
 
-from pai_distil.http_limits import MAX_BYTES_ENV, json_problem
+from pai_distil.core.http_limits import MAX_BYTES_ENV, json_problem
 
 NESTED = ("[" * 100_000 + "]" * 100_000).encode()
 SURROGATE = b'{"model": "m", "messages": [{"role": "user", "content": "\\ud800 alone"}], "items": ["\\udfff"]}'
@@ -32,10 +32,10 @@ def servers(tmp_path_factory):
     """(name, base URL, path, a good request body) of each server, with a 64 KiB body limit."""
     import contextlib
 
-    from pai_distil_jobs.lib.reward import RewardScorer
-    from pai_distil_jobs.lib.reward_server import create_app as reward_app
-    from pai_distil_jobs.lib.serving import Engine
-    from pai_distil_jobs.serve import create_app as model_app
+    from pai_distil_jobs.train.reward import RewardScorer
+    from pai_distil_jobs.serve.reward import create_app as reward_app
+    from pai_distil_jobs.serve.chat import Engine
+    from pai_distil_jobs.serve.server import create_app as model_app
 
     mp = pytest.MonkeyPatch()
     mp.setenv(MAX_BYTES_ENV, str(64 / 1024))

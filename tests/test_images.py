@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from pai_distil import dockercli, images
+from pai_distil.cloud import dockercli, images
 from pai_distil.backends import get_backend
 from pai_distil.backends import local
 from pai_distil.cli import cli
-from pai_distil.deepspeed_config import zero_config
-from pai_distil.errors import UserError
-from pai_distil.specs import JobSpec, Training
+from pai_distil_jobs.train.deepspeed_config import zero_config
+from pai_distil.core.errors import UserError
+from pai_distil.core.config import JobSpec, Training
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -239,7 +239,7 @@ def test_docker_missing_is_one_clear_error(monkeypatch, tmp_path):
 def test_local_start_without_engine_fails_the_run(tmp_path, monkeypatch):
     monkeypatch.setenv("PAI_DISTIL_HOME", str(tmp_path / "home"))
     _fake_docker(tmp_path, monkeypatch, "echo 'Cannot connect to the Docker daemon' >&2; exit 1\n")
-    from pai_distil.registry import Registry
+    from pai_distil.run.registry import Registry
 
     registry = Registry()
     spec = _spec(tmp_path, {})

@@ -18,8 +18,8 @@ from pai_distil import paths
 from pai_distil.backends.job_env import job_environment
 from pai_distil.backends.local import docker_argv
 from pai_distil.masking import masked
-from pai_distil.registry import Registry
-from pai_distil.specs import JobSpec
+from pai_distil.run.registry import Registry
+from pai_distil.core.config import JobSpec
 
 CANARIES = {
     "ALIBABA_CLOUD_ACCESS_KEY_SECRET": "canary-ak-secret-5b1e9d",
@@ -85,7 +85,7 @@ def test_every_backend_builds_the_same_environment(canaries, tmp_path):
     assert not [v for v in [*CANARIES.values(), TEACHER_KEY[1]] if any(v in a for a in argv)]  # names, no values
 
     from pai_distil.backends.pai import Plan
-    from pai_distil.pai.config import PaiConfig
+    from pai_distil.cloud.pai.config import PaiConfig
 
     plan = Plan(spec_of(tmp_path), PaiConfig(oss_bucket="b", ecs_spec="ecs.g6.xlarge", pass_secrets=True))
     assert plan.env[TEACHER_KEY[0]] == TEACHER_KEY[1] and not set(CANARIES) & set(plan.env)
@@ -93,7 +93,7 @@ def test_every_backend_builds_the_same_environment(canaries, tmp_path):
 
 def test_dry_run_masks_by_field_and_only_long_values(canaries, tmp_path, monkeypatch):
     from pai_distil.backends.pai import dry_run_body
-    from pai_distil.pai import config
+    from pai_distil.cloud.pai import config
 
     monkeypatch.setenv("ALIBABA_CLOUD_ACCESS_KEY_ID", "x")  # a short id must not mangle the body
     config.save({"oss_bucket": "b", "ecs_spec": "ecs.g6.xlarge", "pass_secrets": "true", "image": "img:x"})

@@ -299,9 +299,9 @@ def test_runs_logs_follow_shows_all_10000_lines_of_a_pod_once_each(emu, tmp_path
     from emulator_support import client_env, dlc_client
 
     from pai_distil.backends import pai
-    from pai_distil.pai.config import PaiConfig
-    from pai_distil.registry import Registry
-    from pai_distil.specs import JobSpec
+    from pai_distil.cloud.pai.config import PaiConfig
+    from pai_distil.run.registry import Registry
+    from pai_distil.core.config import JobSpec
 
     home = tmp_path / "home"
     configure(home, emu)
@@ -403,6 +403,6 @@ def test_a_submitted_output_stays_in_oss_until_asked_for(emu, teacher, tmp_path)
     assert again.returncode == 0 and "cache hit" in again.stderr, again.stderr[-2000:]
     local = Path(again.stdout.strip())
     assert local.is_dir() and (local / "manifest.json").is_file() and list(local.glob("*.jsonl"))
-    from pai_distil import artifacts
+    from pai_distil.core import artifacts
 
     artifacts.verify(local)

@@ -10,9 +10,9 @@ import oss2
 import pytest
 from emulator_support import ACCESS_KEY_ID, ACCESS_KEY_SECRET, BUCKET, client_env, configure, start_emulator
 
-from pai_distil import artifacts
-from pai_distil.errors import UserError
-from pai_distil.pai.oss import extract
+from pai_distil.core import artifacts
+from pai_distil.core.errors import UserError
+from pai_distil.cloud.pai.oss import extract
 
 
 def test_download_is_checked_against_the_manifest(tmp_path, monkeypatch):
@@ -21,8 +21,8 @@ def test_download_is_checked_against_the_manifest(tmp_path, monkeypatch):
         configure(home, emu)
         for k, v in client_env(home).items():
             monkeypatch.setenv(k, v)
-        from pai_distil.pai import config
-        from pai_distil.pai.oss import Storage
+        from pai_distil.cloud.pai import config
+        from pai_distil.cloud.pai.oss import Storage
 
         art = tmp_path / "artifact"
         (art / "sub").mkdir(parents=True)
@@ -116,8 +116,8 @@ def test_remote_manifest_and_resumable_download_of_a_large_file(tmp_path, monkey
         configure(home, emu)
         for k, v in client_env(home).items():
             monkeypatch.setenv(k, v)
-        from pai_distil.pai import config
-        from pai_distil.pai.oss import MULTIPART_THRESHOLD, PART_SIZE, Storage
+        from pai_distil.cloud.pai import config
+        from pai_distil.cloud.pai.oss import MULTIPART_THRESHOLD, PART_SIZE, Storage
 
         art = tmp_path / "artifact"
         art.mkdir()

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from conftest import wait_until
 
-from pai_distil.artifacts import is_complete, verify
+from pai_distil.core.artifacts import is_complete, verify
 
 CLI = [sys.executable, "-m", "pai_distil"]
 
@@ -56,7 +56,7 @@ def test_pipeline_runs_and_second_run_is_cached(home, tmp_path, synthetic_teache
     assert first.returncode == 0, first.stderr[-3000:]
     assert "distilled" in first.stdout and "level 3" in first.stdout
 
-    from pai_distil.registry import Registry
+    from pai_distil.run.registry import Registry
 
     runs = {r.stage: r for r in Registry().list()}
     assert {r.state for r in runs.values()} == {"succeeded"}
@@ -87,7 +87,7 @@ def test_failed_teacher_leaves_no_complete_artifact(home, tmp_path, teacher_fact
     assert proc.returncode != 0
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and "HTTP 500" in errors[0] or "HTTP 429" in errors[0], proc.stderr[-2000:]
-    from pai_distil.registry import Registry
+    from pai_distil.run.registry import Registry
 
     (run,) = Registry().list()
     assert run.state == "failed" and not is_complete(run.output)
@@ -104,8 +104,8 @@ def test_unreachable_teacher_is_one_line_error(home, tmp_path):
 
 
 def test_sigkill_mid_training_then_resubmit_resumes(home, tmp_path, synthetic_teacher):
-    from pai_distil.registry import Registry
-    from pai_distil_jobs.lib.trainer import newest_checkpoint
+    from pai_distil.run.registry import Registry
+    from pai_distil_jobs.train.trainer import newest_checkpoint
 
     gen = tmp_path / "gen.yaml"
     gen.write_text(yaml.safe_dump(generate_config(synthetic_teacher, n=60)))
@@ -140,11 +140,11 @@ def test_sigkill_mid_training_then_resubmit_resumes(home, tmp_path, synthetic_te
 
 
 def test_cancel_saves_a_checkpoint_on_sigterm(home, tmp_path, synthetic_teacher):
-    from pai_distil.registry import Registry
-    from pai_distil_jobs.lib.trainer import newest_checkpoint
+    from pai_distil.run.registry import Registry
+    from pai_distil_jobs.train.trainer import newest_checkpoint
 
     cots = tmp_path / "cots.jsonl"
-    from pai_distil.synthetic import teacher, world
+    from pai_distil.core import oracle as teacher, world
 
     with open(cots, "w") as f:
         for p in world.generate_problems(40, 3):

@@ -9,7 +9,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from pai_distil_jobs.lib.precision import cast_checkpoint
+from pai_distil_jobs.models.precision import cast_checkpoint
 from serving import micro_checkpoint
 
 

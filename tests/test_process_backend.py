@@ -21,14 +21,14 @@ from click.testing import CliRunner
 from rich.console import Console
 
 from pai_distil import paths
-from pai_distil.artifacts import is_complete
+from pai_distil.core.artifacts import is_complete
 from pai_distil.backends import get_backend
 from pai_distil.backends.process import ProcessBackend
 from pai_distil.cli import cli
-from pai_distil.errors import UserError
-from pai_distil.follow import follow, tail_log
-from pai_distil.registry import SUPERVISOR_GONE, Registry, RunRecord, new_run_id
-from pai_distil.specs import JobSpec
+from pai_distil.core.errors import UserError
+from pai_distil.run.follow import follow, tail_log
+from pai_distil.run.registry import SUPERVISOR_GONE, Registry, RunRecord, new_run_id
+from pai_distil.core.config import JobSpec
 
 PRELUDE = """
 import json, os, pathlib, signal, sys, time

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from pai_distil import datasets
-from pai_distil.datasets import DataError, read_cots, read_problems
-from pai_distil.specs import ProblemData
-from pai_distil.verifiers import verifier_for, verify
+from pai_distil.core import readers as datasets
+from pai_distil.core.readers import DataError, read_cots, read_problems
+from pai_distil.core.config import ProblemData
+from pai_distil.core.verifiers import verifier_for, verify
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 BENCH = EXAMPLES / "benchmarks"
@@ -240,7 +240,7 @@ def test_client_import_stays_light():
     import subprocess
     import sys
 
-    code = "import pai_distil.datasets, pai_distil.verifiers, pai_distil.report, sys; " \
+    code = "import pai_distil.core.readers, pai_distil.core.verifiers, pai_distil.core.report, sys; " \
            "print(sorted(m for m in ('torch', 'sympy', 'math_verify', 'matplotlib', 'pyarrow') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
@@ -250,7 +250,7 @@ def test_client_import_stays_light():
 @pytest.mark.parametrize("name, stage", [("evaluate-benchmarks.yaml", "evaluate"), ("generate-math.yaml", "generate"),
                                          ("refine-shorter.yaml", "generate")])
 def test_example_configs_validate(name, stage):
-    from pai_distil.specs import read_mapping, validate
-    from pai_distil.stages import get_stage
+    from pai_distil.core.config import read_mapping, validate
+    from pai_distil.core.stages import get_stage
 
     validate(get_stage(stage).config, read_mapping(EXAMPLES / name), name)

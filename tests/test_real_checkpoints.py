@@ -19,11 +19,11 @@ import pytest
 from real_models import (GENERATION_TEMPLATE, NO_END_TEMPLATE, QWEN25_TEMPLATE, R1_TEMPLATE, qwen_tokenizer,
                          tiny_checkpoint)
 
-from pai_distil.specs import AdaptiveThinkingConfig, SlowThinkingConfig
-from pai_distil_jobs.contract import JobError
-from pai_distil_jobs.lib.chat_template import end_of_turn, honours_enable_thinking, render
-from pai_distil_jobs.lib.models import end_tokens
-from pai_distil_jobs.lib.sft_data import IGNORE, MaskError, encode_messages, encode_rows
+from pai_distil.core.config import AdaptiveThinkingConfig, SlowThinkingConfig
+from pai_distil.core.contract import JobError
+from pai_distil_jobs.models.chat_template import end_of_turn, honours_enable_thinking, render
+from pai_distil_jobs.models.models import end_tokens
+from pai_distil_jobs.train.sft_data import IGNORE, MaskError, encode_messages, encode_rows
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # jobs and servers started here inherit it: nothing is downloaded
 IM_END, ENDOFTEXT = 151645, 151643
@@ -128,7 +128,7 @@ def test_a_thought_under_enable_thinking_false_is_refused():
 def test_the_reward_model_scores_the_reply_as_the_student_writes_it(template):
     """The scored tokens follow the generation prompt exactly and hold the thought, even where the
     template strips it from the conversation (R1-style); an empty reply is still one turn."""
-    from pai_distil_jobs.lib.reward import encode
+    from pai_distil_jobs.train.reward import encode
 
     tok = qwen_tokenizer(TEMPLATES[template])
     reply = THINK["messages"][1]["content"]
@@ -206,8 +206,8 @@ def test_variant_y_falls_back_to_no_think_rows_when_asked(qwen25_checkpoint):
 
 
 def test_model_references_are_checked_in_one_line(tmp_path, monkeypatch):
-    from pai_distil.errors import UserError
-    from pai_distil.specs import validate
+    from pai_distil.core.errors import UserError
+    from pai_distil.core.config import validate
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "ckpt").mkdir()
@@ -225,7 +225,7 @@ def test_model_references_are_checked_in_one_line(tmp_path, monkeypatch):
 
 
 def test_the_cache_key_follows_the_checkpoint_contents(tmp_path):
-    from pai_distil.submission import cache_key
+    from pai_distil.run.submission import cache_key
 
     ckpt = tiny_checkpoint(tmp_path / "ckpt")
     cfg = SlowThinkingConfig(student={"model": str(ckpt)})
@@ -242,7 +242,7 @@ def test_the_cache_key_follows_the_checkpoint_contents(tmp_path):
 def test_a_hub_id_that_cannot_be_had_offline_is_one_line_at_once(monkeypatch):
     from huggingface_hub import constants
 
-    from pai_distil_jobs.lib.hub import load_kwargs
+    from pai_distil_jobs.models.hub import load_kwargs
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     start = time.perf_counter()
@@ -276,7 +276,7 @@ def _submit(home, tmp_path, stage: str, config: dict, *inputs: str):
 
 def _short_rows(n: int = 48) -> list[dict]:
     """Rows with one short answer: a random-weight model learns it, and its end, in a few dozen steps."""
-    from pai_distil.synthetic import world
+    from pai_distil.core import world
 
     return [{"messages": [{"role": "user", "content": p.text},
                           {"role": "assistant", "content": "<think>\nShort.\n</think>\n\nDone."}]}
@@ -327,7 +327,7 @@ def test_generate_stops_at_im_end_when_eos_is_endoftext(template):
     `<|endoftext|>`, so stopping at eos alone would run to the budget."""
     from real_models import force_token, tiny_model
 
-    from pai_distil_jobs.lib.generation import generate
+    from pai_distil_jobs.models.generation import generate
 
     model, tok = tiny_model(eos="<|endoftext|>", template=TEMPLATES[template])
     force_token(model, IM_END)
@@ -340,7 +340,7 @@ def test_saved_generation_config_stops_at_both(tmp_path):
     from transformers import GenerationConfig
     from real_models import tiny_model
 
-    from pai_distil_jobs.lib.models import set_generation_stops
+    from pai_distil_jobs.models.models import set_generation_stops
 
     model, tok = tiny_model(eos="<|endoftext|>")
     set_generation_stops(model, tok)
@@ -349,7 +349,7 @@ def test_saved_generation_config_stops_at_both(tmp_path):
 
 
 def test_a_checkpoint_path_missing_where_the_job_runs_is_one_line():
-    from pai_distil_jobs.lib.hub import load_kwargs
+    from pai_distil_jobs.models.hub import load_kwargs
 
     with pytest.raises(JobError, match="no checkpoint directory at '/nowhere/ckpt' where this job runs"):
         load_kwargs("/nowhere/ckpt")

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from pai_distil import paths
-from pai_distil.artifacts import write_manifest
-from pai_distil.errors import UserError
-from pai_distil.registry import SUPERVISOR_GONE, TERMINAL, Registry, new_run_id
+from pai_distil.core.artifacts import write_manifest
+from pai_distil.core.errors import UserError
+from pai_distil.run.registry import SUPERVISOR_GONE, TERMINAL, Registry, new_run_id
 
 
 @pytest.fixture
@@ -147,7 +147,7 @@ def test_reconcile_dead_supervisor(registry):
 
 WRITER = """
 import sys
-from pai_distil.registry import Registry
+from pai_distil.run.registry import Registry
 reg = Registry(sys.argv[1])
 for i in range(40):
     rid = f"{sys.argv[2]}-{i}"

@@ -17,7 +17,7 @@ import yaml
 from conftest import TEST_API_KEY, free_socket, job_errors, kill_after_a_checkpoint, metric_records, run_job, serve_asgi
 from serving import micro_reward_checkpoint
 
-from pai_distil.synthetic import world
+from pai_distil.core import world
 
 CLI = [sys.executable, "-m", "pai_distil"]
 
@@ -32,7 +32,7 @@ def saved(path: Path, loaded) -> Path:
 @pytest.fixture(scope="module")
 def micro_student(tmp_path_factory) -> Path:
     """An untrained micro student saved as a checkpoint (a real model: its samples are mostly wrong)."""
-    from pai_distil_jobs.lib.models import load_model
+    from pai_distil_jobs.models.models import load_model
 
     return saved(tmp_path_factory.mktemp("student"), load_model("preset:micro", seed=0))
 
@@ -92,7 +92,7 @@ def test_reward_model_builds_pairs_from_judgments_and_trains(teacher_factory, tm
     assert all(m["chosen_nll"] > 0 for m in metrics)  # the language-model loss is on by default
     assert (out / "manifest.json").exists() and (out / "reward_stats.json").exists()
 
-    from pai_distil_jobs.lib.reward import RewardScorer
+    from pai_distil_jobs.train.reward import RewardScorer
 
     scorer = RewardScorer(out)
     scores = scorer.score([pairs[0]["prompt"]] * 2, [pairs[0]["chosen"], pairs[0]["rejected"]])
@@ -102,7 +102,7 @@ def test_reward_model_builds_pairs_from_judgments_and_trains(teacher_factory, tm
 def test_a_chain_cut_short_answers_the_last_value_it_reached():
     import random
 
-    from pai_distil.synthetic import teacher
+    from pai_distil.core import oracle as teacher
     from pai_distil_jobs.stages.reward_model import cut_short
 
     three, one = world.generate_problems(2, 5, [2, 1])
@@ -121,9 +121,9 @@ def test_reward_model_resumes_exactly_from_its_newest_checkpoint(tmp_path):
     """Head and language model both come back from a checkpoint: a run stopped at step 2 and
     resumed ends with the weights of a run that never stopped."""
     import torch
-    from pai_distil_jobs.lib.models import load_reward_model
-    from pai_distil_jobs.lib.reward import encode, reward_trainer
-    from pai_distil_jobs.lib.trainer import TrainSettings, fit
+    from pai_distil_jobs.models.models import load_reward_model
+    from pai_distil_jobs.train.reward import encode, reward_trainer
+    from pai_distil_jobs.train.trainer import TrainSettings, fit
 
     problem = world.generate_problems(1, seed=5, levels=[1])[0]
     right = f"<think>\n{problem.start} -> {problem.answer}\n</think>\n\nThe answer is \\boxed{{{problem.answer}}}."
@@ -159,7 +159,7 @@ def test_reward_model_without_judge_uses_the_verifier(teacher_factory, tmp_path,
     pairs = [json.loads(x) for x in (tmp_path / "rm" / "pairs.jsonl").read_text().splitlines()]
     assert pairs and {p["kind"] for p in pairs} == {"correctness"}  # no RV ratings: correctness pairs only
 
-    from pai_distil_jobs.lib.models import load_reward_model
+    from pai_distil_jobs.models.models import load_reward_model
 
     saved = load_reward_model(tmp_path / "rm")[0]
     assert (saved.likelihood_weight, saved.likelihood) == (0.5, "sum")  # saved with the checkpoint
@@ -170,8 +170,8 @@ def test_reward_likelihood_per_token_is_neutral_to_length(micro_student):
     total; with the head at zero the score is that term alone."""
     import torch
 
-    from pai_distil_jobs.lib.models import load_reward_model
-    from pai_distil_jobs.lib.reward import batch_of, encode
+    from pai_distil_jobs.models.models import load_reward_model
+    from pai_distil_jobs.train.reward import batch_of, encode
 
     model, tok = load_reward_model(micro_student, likelihood_weight=1.0)
     assert model.likelihood == "mean"
@@ -192,8 +192,8 @@ def test_reward_likelihood_per_token_is_neutral_to_length(micro_student):
 
 
 def test_reward_loss_adds_the_language_model_loss_of_the_chosen_responses(micro_student, tmp_path):
-    from pai_distil_jobs.lib.models import load_reward_model
-    from pai_distil_jobs.lib.reward import encode, pair_batch, pair_loss
+    from pai_distil_jobs.models.models import load_reward_model
+    from pai_distil_jobs.train.reward import encode, pair_batch, pair_loss
 
     model, tok = load_reward_model(micro_student)
     prompt = "What is 2 + 2?"
@@ -210,7 +210,7 @@ def test_reward_loss_adds_the_language_model_loss_of_the_chosen_responses(micro_
 
 
 def test_reward_model_with_one_kind_of_candidate_fails_in_one_line(tmp_path):
-    from pai_distil.synthetic import teacher
+    from pai_distil.core import oracle as teacher
 
     rows = []
     for p in world.generate_problems(10, 1, [1]):
@@ -230,8 +230,8 @@ def test_reward_model_with_one_kind_of_candidate_fails_in_one_line(tmp_path):
 
 @pytest.fixture(scope="module")
 def reward_server(micro_reward_model):
-    from pai_distil_jobs.lib.reward import RewardScorer
-    from pai_distil_jobs.lib.reward_server import create_app
+    from pai_distil_jobs.train.reward import RewardScorer
+    from pai_distil_jobs.serve.reward import create_app
 
     with serve_asgi(create_app(RewardScorer(micro_reward_model).score, TEST_API_KEY, max_items=8)) as url:
         yield url
@@ -396,7 +396,7 @@ def test_grpo_inputs_are_checked_before_anything_starts(tmp_path, micro_student)
 
 def test_grpo_killed_mid_run_resumes_from_the_newest_checkpoint(tmp_path, monkeypatch, micro_student,
                                                               micro_reward_model):
-    from pai_distil.registry import Registry
+    from pai_distil.run.registry import Registry
 
     home = tmp_path / "home"
     monkeypatch.setenv("PAI_DISTIL_HOME", str(home))
@@ -432,9 +432,9 @@ def test_grpo_with_vllm_rollouts_where_vllm_is_missing_fails_in_one_line(tmp_pat
 def test_group_rewards_score_correctness_cuts_and_missing_answers():
     from types import SimpleNamespace
 
-    from pai_distil.specs import GRPOConfig
-    from pai_distil_jobs.lib.grpo import GroupRewards
-    from pai_distil_jobs.lib.models import load_tokenizer
+    from pai_distil.core.config import GRPOConfig
+    from pai_distil_jobs.train.grpo import GroupRewards
+    from pai_distil_jobs.models.models import load_tokenizer
 
     tok = load_tokenizer("preset:micro")
     problem = world.generate_problems(1, seed=5, levels=[1])[0]

@@ -34,8 +34,8 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from pai_distil.verify import code, isolation
-from pai_distil.verify.sandbox import Limits, SandboxUnavailable, describe
+from pai_distil.core.verify import code, isolation
+from pai_distil.core.verify.sandbox import Limits, SandboxUnavailable, describe
 
 REQUIRE = os.environ.get("PAI_DISTIL_REQUIRE_DOCKER") == "1"
 TIMEOUT_S = 2.0
@@ -386,8 +386,8 @@ def _check_here(planted: Planted, kind: str, program: str, fn_name) -> dict:
 DRIVER = """
 import json, sys, time
 sys.path.insert(0, sys.argv[2])
-from pai_distil.verify import code
-from pai_distil.verify.sandbox import Limits
+from pai_distil.core.verify import code
+from pai_distil.core.verify.sandbox import Limits
 job = json.load(open(sys.argv[1]))
 limits = Limits(**job["limits"])
 start = time.monotonic()

@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from pai_distil.judging import SCALES, judge_prompt, parse_score
-from pai_distil.synthetic import judge, teacher, world
+from pai_distil.core.judging import SCALES, judge_prompt, parse_score
+from pai_distil.synthetic import judge
+from pai_distil.core import oracle as teacher, world
 
 from conftest import job_errors, run_job
 

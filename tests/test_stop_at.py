@@ -12,8 +12,8 @@ import pytest
 import yaml
 from conftest import job_errors, run_job
 
-from pai_distil.specs import SlowThinkingConfig
-from pai_distil.synthetic import teacher, world
+from pai_distil.core.config import SlowThinkingConfig
+from pai_distil.core import oracle as teacher, world
 
 
 def level1_cots(tmp_path, n=400):

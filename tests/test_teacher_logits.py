@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from conftest import ROOT, job_errors, run_job, serve_asgi
 
-from pai_distil.synthetic import teacher, world
+from pai_distil.core import oracle as teacher, world
 from pai_distil.synthetic.server import create_app
-from pai_distil_jobs.lib.teacher_topk import TopKStore, shard_name, shard_range, size_report, todo_runs, write_shard
+from pai_distil_jobs.train.teacher_topk import TopKStore, shard_name, shard_range, size_report, todo_runs, write_shard
 
 
 def cots(path: Path, n: int = 16) -> Path:

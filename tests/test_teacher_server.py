@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from conftest import TEST_API_KEY
 
 from pai_distil.cli import cli
-from pai_distil.synthetic import world
+from pai_distil.core import world
 
 PROBLEMS = world.generate_problems(12, seed=3, levels=[3])
 HTTP = httpx.Client(timeout=10)  # one client: a fresh one per request costs more than the request

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from conftest import job_errors, run_job
 
-from pai_distil.artifacts import is_complete
-from pai_distil.synthetic import teacher, world
+from pai_distil.core.artifacts import is_complete
+from pai_distil.core import oracle as teacher, world
 
 
 def cots(tmp_path: Path, n: int = 24) -> Path:
@@ -30,7 +30,7 @@ def weights(path: Path) -> dict:
 
 
 def test_lora_trains_only_adapters_and_the_merged_checkpoint_loads(tmp_path):
-    from pai_distil_jobs.lib.models import build_preset
+    from pai_distil_jobs.models.models import build_preset
 
     base = tmp_path / "base"
     model, tok = build_preset("micro", seed=0)
@@ -56,7 +56,7 @@ def test_lora_trains_only_adapters_and_the_merged_checkpoint_loads(tmp_path):
 def test_a_diverging_loss_fails_the_run_and_leaves_no_artifact(tmp_path):
     import torch
 
-    from pai_distil_jobs.lib.models import build_preset
+    from pai_distil_jobs.models.models import build_preset
 
     broken = tmp_path / "nan"
     model, tok = build_preset("micro", seed=0)
@@ -100,7 +100,7 @@ def test_accumulation_gives_the_same_step_as_one_big_batch(tmp_path):
 def test_a_real_checkpoint_gets_the_fields_defaults_printed(tmp_path):
     from transformers import AutoModelForCausalLM, Qwen3Config
 
-    from pai_distil_jobs.lib.tokenizer import build_tokenizer
+    from pai_distil_jobs.models.tokenizer import build_tokenizer
 
     tok = build_tokenizer()
     config = Qwen3Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
@@ -119,7 +119,7 @@ def test_a_real_checkpoint_gets_the_fields_defaults_printed(tmp_path):
 
 
 def test_the_schedule_warms_up_then_decays_to_a_tenth():
-    from pai_distil_jobs.lib.trainer import schedule
+    from pai_distil_jobs.train.trainer import schedule
 
     f = schedule(warmup=4, length=104)
     assert [f(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
@@ -128,7 +128,7 @@ def test_the_schedule_warms_up_then_decays_to_a_tenth():
 
 
 def test_training_values_that_cannot_work_are_refused():
-    from pai_distil.specs import SlowThinkingConfig
+    from pai_distil.core.config import SlowThinkingConfig
 
     for bad, field in [({"learning_rate": float("inf")}, "learning_rate"), ({"max_steps": 1e29}, "max_steps"),
                        ({"lora": {"r": 8}, "fsdp": {}}, "lora"),

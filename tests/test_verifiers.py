@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from pai_distil import verifiers
-from pai_distil.verify import agreement, choice, code, math_answer
-from pai_distil.verify.sandbox import Limits, describe, run_python
-from pai_distil.verify.text import last_boxed
+from pai_distil.core import verifiers
+from pai_distil.core.verify import agreement, choice, code, math_answer
+from pai_distil.core.verify.sandbox import Limits, describe, run_python
+from pai_distil.core.verify.text import last_boxed
 
 PAIRS = Path(__file__).resolve().parents[1] / "examples" / "verifier-pairs"
 FAST = Limits(timeout_s=1.5, memory_mb=256)

@@ -18,10 +18,11 @@ from rich.console import Console
 from test_cli import assert_one_line_error, cli
 from test_process_backend import PRELUDE, wait_state
 
-from pai_distil import paths, work_lock
-from pai_distil.errors import UserError
-from pai_distil.registry import Registry, pid_alive
-from pai_distil.submission import execute, prepare
+from pai_distil import paths
+from pai_distil.run import work_lock
+from pai_distil.core.errors import UserError
+from pai_distil.run.registry import Registry, pid_alive
+from pai_distil.run.submission import execute, prepare
 
 # Writes its artifact once `go` exists; SIGTERM (a stop) leaves a mark and no artifact.
 WAITING_JOB = PRELUDE + textwrap.dedent("""

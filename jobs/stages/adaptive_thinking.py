@@ -17,11 +17,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from pai_distil.specs import AdaptiveThinkingConfig, RVPolicy
+from pai_distil.core.config import AdaptiveThinkingConfig, RVPolicy
 
-from ..contract import JobContext, JobError, log
-from ..lib.cot_data import non_thinking_row, read_cots, require, thinking_row
-from ..lib.sft_train import train_sft
+from pai_distil.core.contract import JobContext, JobError, log
+from pai_distil_jobs.data.cot_data import non_thinking_row, read_cots, require, thinking_row
+from pai_distil_jobs.train.sft_train import train_sft
 
 FIELDS = ("problem_id", "problem", "thought", "solution", "correct")
 
@@ -101,8 +101,8 @@ def build_y_for_template(by_problem: dict[str, list[dict]], cfg: AdaptiveThinkin
     rows, counts = build_y(by_problem, cfg)
     if not any("chat_template_kwargs" in r for r in rows):
         return rows, counts
-    from ..lib.chat_template import honours_enable_thinking
-    from ..lib.models import load_tokenizer
+    from pai_distil_jobs.models.chat_template import honours_enable_thinking
+    from pai_distil_jobs.models.models import load_tokenizer
 
     if honours_enable_thinking(load_tokenizer(cfg.student.model)):
         return rows, counts

@@ -9,10 +9,10 @@ report.json holds the held-out pairwise preference before and after.
 
 from __future__ import annotations
 
-from pai_distil.specs import DPOConfig
+from pai_distil.core.config import DPOConfig
 
-from ..contract import JobContext, log
-from ..lib.dpo import read_pairs, split_pairs, train_dpo
+from pai_distil.core.contract import JobContext, log
+from pai_distil_jobs.train.dpo import read_pairs, split_pairs, train_dpo
 
 
 def run(ctx: JobContext) -> bool:

@@ -12,15 +12,15 @@ import json
 import time
 
 
-from pai_distil import report as reports
-from pai_distil.specs import EvalModel, EvaluateConfig
-from pai_distil.verifiers import check, verifier_for
-from pai_distil.verify.sandbox import Limits
+from pai_distil.core import report as reports
+from pai_distil.core.config import EvalModel, EvaluateConfig
+from pai_distil.core.verifiers import check, verifier_for
+from pai_distil.core.verify.sandbox import Limits
 
-from ..contract import JobContext, JobError, log
-from ..lib.code_sandbox import open_sandbox
-from ..lib.problems import level_of, load_problems, source_of
-from ..lib.prompts import user_message
+from pai_distil.core.contract import JobContext, JobError, log
+from pai_distil_jobs.data.code_sandbox import open_sandbox
+from pai_distil_jobs.data.problems import level_of, load_problems, source_of
+from pai_distil_jobs.endpoints.prompts import user_message
 
 
 def run(ctx: JobContext) -> None:
@@ -103,15 +103,15 @@ def _answers(ctx: JobContext, cfg: EvaluateConfig, m: EvalModel, prompts: list[s
     kw = {"temperature": cfg.temperature, "top_p": cfg.top_p, "enable_thinking": m.enable_thinking}
     budget = m.max_new_tokens or cfg.max_new_tokens
     if m.endpoint is not None:
-        from ..lib import endpoint
+        from pai_distil_jobs.endpoints import endpoint
 
         outs = endpoint.sample(m.endpoint, m.name, prompts, max_tokens=budget, seed=cfg.seed, on_done=progress, **kw)
         return outs, f"{m.endpoint.base_url} ({m.endpoint.model})"
 
     import torch
 
-    from ..lib.generation import generate
-    from ..lib.models import load_for_inference
+    from pai_distil_jobs.models.generation import generate
+    from pai_distil_jobs.models.models import load_for_inference
 
     source = str(ctx.input(m.input)) if m.input else m.model
     try:

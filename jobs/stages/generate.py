@@ -19,15 +19,16 @@ from pathlib import Path
 
 import openai
 
-from pai_distil import verifiers
-from pai_distil.specs import GenerateConfig
-from pai_distil.synthetic import world
-from pai_distil.verify.sandbox import Limits
+from pai_distil.core import verifiers
+from pai_distil.core.config import GenerateConfig
+from pai_distil.core import world
+from pai_distil.core.verify.sandbox import Limits
 
-from ..contract import JobContext, JobError, log
-from ..lib import problems, prompts
-from ..lib.code_sandbox import open_sandbox
-from ..lib.resumable import NotACompletion, explain_failure, load_done, message_of
+from pai_distil.core.contract import JobContext, JobError, log
+from pai_distil_jobs.data import problems
+from pai_distil_jobs.endpoints import prompts
+from pai_distil_jobs.data.code_sandbox import open_sandbox
+from pai_distil_jobs.endpoints.resumable import NotACompletion, explain_failure, load_done, message_of
 
 COTS = "cots.jsonl"
 SFT = "sft.jsonl"

@@ -15,13 +15,13 @@ from __future__ import annotations
 import json
 from types import SimpleNamespace
 
-from pai_distil.artifacts import REWARD_HEAD
-from pai_distil.specs import GRPOConfig
+from pai_distil.core.artifacts import REWARD_HEAD
+from pai_distil.core.config import GRPOConfig
 
-from ..contract import JobContext, JobError, log
-from ..lib.code_sandbox import open_sandbox
-from ..lib.problems import load_problems
-from ..lib.prompts import user_message
+from pai_distil.core.contract import JobContext, JobError, log
+from pai_distil_jobs.data.code_sandbox import open_sandbox
+from pai_distil_jobs.data.problems import load_problems
+from pai_distil_jobs.endpoints.prompts import user_message
 
 WINDOW = 10  # steps averaged at the start and at the end for summary.json
 
@@ -30,10 +30,10 @@ def _scorer(ctx: JobContext, cfg: GRPOConfig):
     if cfg.reward.rm_weight == 0:
         return None, "none"
     if cfg.reward.endpoint is not None:
-        from ..lib.reward_client import RemoteScorer
+        from pai_distil_jobs.endpoints.reward_client import RemoteScorer
 
         return RemoteScorer(cfg.reward.endpoint), cfg.reward.endpoint.base_url
-    from ..lib.reward import RewardScorer
+    from pai_distil_jobs.train.reward import RewardScorer
 
     path = ctx.input("reward_model")
     if not (path / REWARD_HEAD).exists():
@@ -56,18 +56,18 @@ def summarize(records: list[dict]) -> dict:
 def run(ctx: JobContext) -> bool:
     cfg = ctx.parsed_config(GRPOConfig)
     if cfg.rollout == "vllm":
-        from ..lib.generation import require_vllm
+        from pai_distil_jobs.models.generation import require_vllm
 
         require_vllm("rollout: vllm", "rollout: hf")
     import datasets
 
-    from pai_distil.presets import trains_like_preset
+    from pai_distil.core.presets import trains_like_preset
 
-    from ..lib.chat_template import OPENED_THINK
-    from ..lib.grpo import GroupRewards, grpo_arguments, grpo_trainer_class
-    from ..lib.models import load_model, set_generation_stops
-    from ..lib.sft_train import lora_config, save_final, say_defaults
-    from ..lib.trainer import JobCallback, TrainSettings, fit, tensorboard_callback
+    from pai_distil_jobs.models.chat_template import OPENED_THINK
+    from pai_distil_jobs.train.grpo import GroupRewards, grpo_arguments, grpo_trainer_class
+    from pai_distil_jobs.models.models import load_model, set_generation_stops
+    from pai_distil_jobs.train.sft_train import lora_config, save_final, say_defaults
+    from pai_distil_jobs.train.trainer import JobCallback, TrainSettings, fit, tensorboard_callback
 
     datasets.disable_progress_bars()
     student = ctx.input("student")

@@ -26,16 +26,16 @@ from pathlib import Path
 
 import openai
 
-from pai_distil.specs import RewardModelConfig
-from pai_distil.synthetic.world import split_thought
-from pai_distil.verifiers import check
+from pai_distil.core.config import RewardModelConfig
+from pai_distil.core.world import split_thought
+from pai_distil.core.verifiers import check
 
-from ..contract import JobContext, JobError, log
-from ..lib.cot_data import assistant_text, read_cots, require
-from ..lib.judge_client import ask as ask_judge
-from ..lib.problems import level_of
-from ..lib.prompts import user_message
-from ..lib.resumable import Stopped, load_done, run_pool
+from pai_distil.core.contract import JobContext, JobError, log
+from pai_distil_jobs.data.cot_data import assistant_text, read_cots, require
+from pai_distil_jobs.endpoints.judge_client import ask as ask_judge
+from pai_distil_jobs.data.problems import level_of
+from pai_distil_jobs.endpoints.prompts import user_message
+from pai_distil_jobs.endpoints.resumable import Stopped, load_done, run_pool
 
 SAMPLES = "student_samples.jsonl"
 JUDGED = "judged.jsonl"
@@ -116,8 +116,8 @@ def student_candidates(ctx: JobContext, cfg: RewardModelConfig, by_problem: dict
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     import torch
 
-    from ..lib.generation import generate
-    from ..lib.models import load_model
+    from pai_distil_jobs.models.generation import generate
+    from pai_distil_jobs.models.models import load_model
 
     s = cfg.student_samples
     model, tokenizer = load_model(ctx.input("student"))
@@ -259,11 +259,11 @@ def run(ctx: JobContext) -> bool:
 
 def train(ctx: JobContext, cfg: RewardModelConfig, train_pairs: list[dict], eval_pairs: list[dict],
           candidates: list[dict]) -> bool:
-    from pai_distil.presets import trains_like_preset
+    from pai_distil.core.presets import trains_like_preset
 
-    from ..lib.models import load_reward_model
-    from ..lib.reward import STATS, encode, reward_trainer, score_texts
-    from ..lib.trainer import TrainSettings, fit
+    from pai_distil_jobs.models.models import load_reward_model
+    from pai_distil_jobs.train.reward import STATS, encode, reward_trainer, score_texts
+    from pai_distil_jobs.train.trainer import TrainSettings, fit
 
     if "base" in ctx.inputs:
         source = str(ctx.input("base"))
@@ -303,7 +303,7 @@ def train(ctx: JobContext, cfg: RewardModelConfig, train_pairs: list[dict], eval
     model.save_pretrained(ctx.output)
     tokenizer.save_pretrained(ctx.output)
     if trainer.args.bf16:  # trained in bf16: saved in it, the head too (fp32 stays on CPU presets)
-        from ..lib.precision import cast_checkpoint
+        from pai_distil_jobs.models.precision import cast_checkpoint
 
         cast_checkpoint(ctx.output, "bfloat16")
     (ctx.output / STATS).write_text(json.dumps({"mean": mean, "std": std, "max_length": t.max_length}, indent=1))

@@ -9,12 +9,12 @@ from collections import defaultdict
 
 import openai
 
-from pai_distil.specs import ScoreConfig
+from pai_distil.core.config import ScoreConfig
 
-from ..contract import JobContext, JobError, log
-from ..lib.cot_data import read_cots, require
-from ..lib.judge_client import ask as ask_judge
-from ..lib.resumable import Stopped, load_done, run_pool
+from pai_distil.core.contract import JobContext, JobError, log
+from pai_distil_jobs.data.cot_data import read_cots, require
+from pai_distil_jobs.endpoints.judge_client import ask as ask_judge
+from pai_distil_jobs.endpoints.resumable import Stopped, load_done, run_pool
 
 SCORED = "scored.jsonl"
 SUMMARY = "summary.json"

@@ -6,11 +6,11 @@ import os
 from pathlib import Path
 
 
-from pai_distil.specs import SlowThinkingConfig
+from pai_distil.core.config import SlowThinkingConfig
 
-from ..contract import JobContext, JobError, log
-from ..lib.cot_data import read_cots, require, thinking_row
-from ..lib.sft_train import train_sft
+from pai_distil.core.contract import JobContext, JobError, log
+from pai_distil_jobs.data.cot_data import read_cots, require, thinking_row
+from pai_distil_jobs.train.sft_train import train_sft
 
 
 def sft_rows(path: Path, require_correct: bool, verbosity: list[int] | None = None) -> list[dict]:

@@ -12,13 +12,12 @@ from __future__ import annotations
 import json
 import signal
 
-from pai_distil.presets import trains_like_preset
-from pai_distil.specs import PRESET_TRAINING, CHECKPOINT_TRAINING, TeacherLogitsConfig
+from pai_distil.core.presets import trains_like_preset
+from pai_distil.core.config import PRESET_TRAINING, CHECKPOINT_TRAINING, TeacherLogitsConfig
 
-from ..contract import JobContext, JobError, log
-from ..lib.models import load_tokenizer
-from ..lib.teacher_topk import (covered_rows, keyed_examples, log_progress, open_teacher, resolve_teacher,
-                                size_report, tokenizer_digest, todo_runs, trained_positions, write_shard)
+from pai_distil.core.contract import JobContext, JobError, log
+from pai_distil_jobs.models.models import load_tokenizer
+from pai_distil_jobs.train.teacher_topk import covered_rows, keyed_examples, log_progress, open_teacher, resolve_teacher, size_report, tokenizer_digest, todo_runs, trained_positions, write_shard
 from .slow_thinking import sft_rows
 
 SUMMARY = "summary.json"

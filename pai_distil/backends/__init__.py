@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
-from ..errors import UserError
+from pai_distil.core.errors import UserError
 
 if TYPE_CHECKING:
-    from ..registry import Registry, RunRecord
-    from ..specs import JobSpec
+    from pai_distil.run.registry import Registry, RunRecord
+    from pai_distil.core.config import JobSpec
 
 BACKENDS = ("process", "local", "pai")
 

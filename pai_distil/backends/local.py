@@ -29,12 +29,12 @@ import threading
 import time
 from pathlib import Path, PurePosixPath
 
-from .. import dockercli
-from ..artifacts import is_complete
-from ..errors import UserError
+from pai_distil.cloud import dockercli
+from pai_distil.core.artifacts import is_complete
+from pai_distil.core.errors import UserError
 from ..paths import run_dir
-from ..registry import ACTIVE, Registry, RunRecord
-from ..specs import JobSpec
+from pai_distil.run.registry import ACTIVE, Registry, RunRecord
+from pai_distil.core.config import JobSpec
 from .job_env import named_secrets
 from .process import CONFIG_FILE, ProcessBackend, contract_env, free_port, write_run_files
 from .supervisor import NO_ARTIFACT, Supervisor, supervise
@@ -127,7 +127,7 @@ class LocalBackend(ProcessBackend):
     def start(self, spec: JobSpec, record: RunRecord) -> RunRecord:
         try:
             dockercli.require_engine()
-            from ..images import default_image
+            from pai_distil.cloud.images import default_image
 
             image = spec.image or default_image()
             if not dockercli.image_id(image):
@@ -270,7 +270,7 @@ class ContainerSupervisor(Supervisor):
 
 def error_line_of(lines: list[str]) -> str | None:
     """As the process backend's `error_line`, over one node's lines."""
-    from pai_distil_jobs.contract import ERROR_PREFIX
+    from pai_distil.core.contract import ERROR_PREFIX
 
     for line in reversed(lines):
         if ERROR_PREFIX in line:

@@ -30,11 +30,11 @@ from pathlib import Path, PurePosixPath
 
 from rich.console import Console
 
-from .. import artifacts
-from ..errors import UserError
+from pai_distil.core import artifacts
+from pai_distil.core.errors import UserError
 from ..paths import run_dir
-from ..registry import ACTIVE, Registry, RunRecord
-from ..specs import JobSpec
+from pai_distil.run.registry import ACTIVE, Registry, RunRecord
+from pai_distil.core.config import JobSpec
 from .process import CONFIG_FILE, ProcessBackend, contract_env, write_run_files
 from .supervisor import NO_ARTIFACT, Supervisor, supervise
 
@@ -47,7 +47,7 @@ CREDENTIAL_ENV = ("ALIBABA_CLOUD_ACCESS_KEY_ID", "ALIBABA_CLOUD_ACCESS_KEY_SECRE
 
 
 def _mount(*parts: str) -> str:
-    from ..pai.dlc import MOUNT_ROOT
+    from pai_distil.cloud.pai.dlc import MOUNT_ROOT
 
     return str(PurePosixPath(MOUNT_ROOT, *parts))
 
@@ -56,11 +56,11 @@ class Plan:
     """Where a job's files go in OSS and how the job sees them; computed without touching OSS."""
 
     def __init__(self, spec: JobSpec, cfg):
-        from ..pai.dlc import Mount
+        from pai_distil.cloud.pai.dlc import Mount
 
         self.spec, self.cfg = spec, cfg
         if not cfg.quota_id and not (spec.resources.instance_type or cfg.ecs_spec):
-            from ..pai.config import ECS_SPEC_EXAMPLE, config_path
+            from pai_distil.cloud.pai.config import ECS_SPEC_EXAMPLE, config_path
 
             raise UserError(f"--backend pai needs `ecs_spec` (public resources) or `quota_id` in {config_path()}; set "
                             f"one with `pai-distil config set ecs_spec={ECS_SPEC_EXAMPLE}`, or pass --ecs-spec")
@@ -110,7 +110,7 @@ class Plan:
         """The job image: PAI pulls it from a registry, so it is named in the config, never guessed."""
         image = self.spec.image or self.cfg.image
         if not image:
-            from ..pai.config import config_path
+            from pai_distil.cloud.pai.config import config_path
 
             raise UserError(f"--backend pai needs `image` in {config_path()}: a job image PAI can pull, e.g. "
                             "`pai-distil images build --target gpu --push REGISTRY`, then "
@@ -118,7 +118,7 @@ class Plan:
         return image
 
     def request(self, attempt: int = 1):
-        from ..pai.dlc import create_job_request
+        from pai_distil.cloud.pai.dlc import create_job_request
 
         return create_job_request(self.spec, self.cfg, self.image(), self.mounts, self.env, attempt=attempt)
 
@@ -132,7 +132,7 @@ def output_uri(record: RunRecord) -> str:
     """Where the next stage reads a pai run's output: in OSS when a DLC job wrote it there (downloaded or
     not), else where it is (a cache hit of a local copy, which the next stage uploads, unchanged files
     skipped)."""
-    from ..pai import config
+    from pai_distil.cloud.pai import config
 
     if (record.output or "").startswith("oss://") or read_job_info(record.id) is None:
         return record.output
@@ -141,7 +141,7 @@ def output_uri(record: RunRecord) -> str:
 
 
 def _bucket_prefix(uri: str, cfg) -> str:
-    from ..pai.oss import split_uri
+    from pai_distil.cloud.pai.oss import split_uri
 
     bucket, prefix = split_uri(uri)
     if bucket != cfg.oss_bucket:
@@ -153,7 +153,7 @@ def _bucket_prefix(uri: str, cfg) -> str:
 def remote_artifact(uri: str) -> dict:
     """The manifest of an artifact in OSS, checked against the objects OSS lists; a one-line error when the
     artifact is unfinished or its files do not match. Used for `oss://` inputs and cached outputs."""
-    from ..pai.oss import Storage
+    from pai_distil.cloud.pai.oss import Storage
 
     cfg = load_config()
     storage = Storage(cfg)
@@ -164,12 +164,12 @@ def remote_artifact(uri: str) -> dict:
 
 
 def load_config(need_credentials: bool = True):
-    from ..pai import config
+    from pai_distil.cloud.pai import config
 
     cfg = config.load()
     config.require(cfg, "oss_bucket")
     if need_credentials:
-        from ..pai.credentials import chain
+        from pai_distil.cloud.pai.credentials import chain
 
         chain()
     return cfg
@@ -178,7 +178,7 @@ def load_config(need_credentials: bool = True):
 def dry_run_body(spec: JobSpec) -> dict:
     """The CreateJob body `start` would send (nothing uploaded, no credentials needed)."""
     from ..masking import masked
-    from ..pai.dlc import SECRET_MARK, request_body
+    from pai_distil.cloud.pai.dlc import SECRET_MARK, request_body
     from .job_env import named_secrets
 
     plan = Plan(spec, load_config(need_credentials=False))
@@ -208,8 +208,8 @@ class PaiBackend(ProcessBackend):
         return self.spawn_supervisor(record, SUPERVISOR_MODULE, dict(os.environ))
 
     def _submit(self, spec: JobSpec, record: RunRecord, plan: Plan, console: Console) -> str:
-        from ..pai import dlc
-        from ..pai.oss import Storage, Transfer
+        from pai_distil.cloud.pai import dlc
+        from pai_distil.cloud.pai.oss import Storage, Transfer
 
         plan.image()  # a missing setting fails before anything is uploaded
         if plan.withheld:
@@ -266,7 +266,7 @@ def attempts_line(run_id: str) -> str | None:
 
 def pull_output(record: RunRecord, dest: Path | None = None, registry: Registry | None = None) -> str:
     """Download a finished pai run's output from OSS (`runs pull`); returns where it now is."""
-    from ..pai.oss import Storage
+    from pai_distil.cloud.pai.oss import Storage
 
     if record.backend != "pai":
         raise UserError(f"run {record.id} ran on the {record.backend} backend; its output is already here: {record.output}")
@@ -295,8 +295,8 @@ class PaiSupervisor(Supervisor):
         self.stop_sent = False
 
     def run(self) -> None:
-        from ..pai import dlc
-        from ..pai.config import PaiConfig
+        from pai_distil.cloud.pai import dlc
+        from pai_distil.cloud.pai.config import PaiConfig
 
         spec = JobSpec.model_validate_json((run_dir(self.run_id) / "spec.json").read_text())
         info = read_job_info(self.run_id)
@@ -331,7 +331,7 @@ class PaiSupervisor(Supervisor):
 
     def resubmit(self, spec: JobSpec, cfg, info: dict, reason: str) -> None:
         """The same job again, as a new DLC job on the same OSS prefixes: it resumes from its checkpoints."""
-        from ..pai import dlc
+        from pai_distil.cloud.pai import dlc
 
         attempt = len(info["attempts"]) + 1
         self.note(f"DLC job {self.job_id} failed through its machines ({reason}); submitting attempt {attempt} "
@@ -348,7 +348,7 @@ class PaiSupervisor(Supervisor):
 
     def collect(self, spec: JobSpec, cfg, info: dict) -> None:
         """The output, checked by its manifest in OSS; downloaded and checked again only when asked."""
-        from ..pai.oss import Storage
+        from pai_distil.cloud.pai.oss import Storage
 
         storage = Storage(cfg, Console(file=sys.stdout, force_terminal=False, width=120))
         uri = storage.uri(info["output_prefix"].rstrip("/") + "/")
@@ -370,7 +370,7 @@ class PaiSupervisor(Supervisor):
 
     def follow(self, cfg):
         """Poll one DLC job until it ends, its pods' logs into the run's log; returns its last body."""
-        from ..pai import dlc
+        from pai_distil.cloud.pai import dlc
 
         cursors: dict[str, dlc.LogCursor] = {}
         status, errors = None, 0
@@ -408,7 +408,7 @@ class PaiSupervisor(Supervisor):
 
     def pump(self, job, cursors: dict, until: float) -> None:
         """Append every pod's lines logged up to `until`, each once; several pods are told apart by a prefix."""
-        from ..pai import dlc
+        from pai_distil.cloud.pai import dlc
 
         pods = job.pods or []
         created = dlc.parse_iso(job.gmt_create_time) or time.time() - 7 * 86400  # GetPodLogs' own default
@@ -429,7 +429,7 @@ class PaiSupervisor(Supervisor):
     def kill_all(self) -> None:
         """The supervisor is going away: do not leave a job running on PAI unwatched."""
         if self.client is not None and self.job_id and not self.stop_sent:
-            from ..pai import dlc
+            from pai_distil.cloud.pai import dlc
 
             try:
                 dlc.stop_job(self.client, self.job_id)

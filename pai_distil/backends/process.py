@@ -19,13 +19,13 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from pai_distil_jobs.contract import input_env_name
+from pai_distil.core.contract import input_env_name
 
-from .. import work_lock
-from ..errors import RunFailed
+from pai_distil.run import work_lock
+from pai_distil.core.errors import RunFailed
 from ..paths import run_dir
-from ..registry import ACTIVE, Registry, RunRecord
-from ..specs import JobSpec
+from pai_distil.run.registry import ACTIVE, Registry, RunRecord
+from pai_distil.core.config import JobSpec
 from .job_env import job_environment
 
 SUPERVISOR_MODULE = "pai_distil.backends.supervisor"

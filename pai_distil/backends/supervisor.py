@@ -16,13 +16,13 @@ import time
 import traceback
 from pathlib import Path
 
-from pai_distil_jobs.contract import ERROR_PREFIX
+from pai_distil.core.contract import ERROR_PREFIX
 
-from .. import work_lock
-from ..artifacts import is_complete
+from pai_distil.run import work_lock
+from pai_distil.core.artifacts import is_complete
 from ..paths import run_dir
-from ..registry import ACTIVE, Registry
-from ..specs import JobSpec
+from pai_distil.run.registry import ACTIVE, Registry
+from pai_distil.core.config import JobSpec
 
 GRACE_ENV = "PAI_DISTIL_STOP_GRACE_S"
 DEFAULT_GRACE_S = 30.0

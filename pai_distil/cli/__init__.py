@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from ..errors import UserError
+from pai_distil.core.errors import UserError
 from ..paths import set_home
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..errors import UserError
+from pai_distil.core.errors import UserError
 
 
 @click.group("config")
@@ -16,7 +16,7 @@ def config() -> None:
 @click.argument("pairs", nargs=-1, required=True, metavar="KEY=VALUE...")
 def set_(pairs) -> None:
     """Set keys, e.g. `pai-distil config set region=cn-hangzhou oss_bucket=my-bucket`."""
-    from ..pai import config as pai_config
+    from pai_distil.cloud.pai import config as pai_config
 
     changes = {}
     for pair in pairs:
@@ -32,7 +32,7 @@ def set_(pairs) -> None:
 @click.argument("keys", nargs=-1, required=True)
 def unset(keys) -> None:
     """Remove KEYS (they go back to their defaults)."""
-    from ..pai import config as pai_config
+    from pai_distil.cloud.pai import config as pai_config
 
     pai_config.save({}, unset=keys)
     click.echo(f"removed {', '.join(keys)} from {pai_config.config_path()}")
@@ -43,7 +43,7 @@ def show() -> None:
     """Print the settings in effect, and where credentials come from."""
     from rich.table import Table
 
-    from ..pai import config as pai_config
+    from pai_distil.cloud.pai import config as pai_config
     from .runs import _console
 
     cfg = pai_config.load()

@@ -10,7 +10,7 @@ import secrets
 
 import click
 
-from ..errors import UserError
+from pai_distil.core.errors import UserError
 
 
 @click.group()
@@ -34,8 +34,8 @@ def deploy() -> None:
 @click.option("--no-reasoning-parser", is_flag=True, help="return <think>…</think> inline instead of reasoning_content")
 def local(checkpoint, host, port, token, no_auth, name, use_docker, image, max_batch, threads, no_reasoning_parser):
     """Serve CHECKPOINT (a folder or a training run id) with the OpenAI API until interrupted."""
-    from ..deploy.checkpoint import resolve
-    from ..deploy.local import Serve, exec_server, serving_image
+    from pai_distil.cloud.deploy.checkpoint import resolve
+    from pai_distil.cloud.deploy.local import Serve, exec_server, serving_image
     from .teacher import check_port
 
     ckpt = resolve(checkpoint)
@@ -72,8 +72,8 @@ def _target_options(f):
 def _target(region: str | None, endpoint: str | None):
     """The EAS region and API endpoint: the options, else `pai-distil config`'s region and
     eas_endpoint (read once), else EAS's regional endpoint."""
-    from ..deploy import eas as eas_api
-    from ..pai.config import load
+    from pai_distil.cloud.deploy import eas as eas_api
+    from pai_distil.cloud.pai.config import load
 
     cfg = load() if region is None or endpoint is None else None
     return eas_api.Target(region or cfg.region, endpoint or cfg.eas_endpoint)
@@ -146,11 +146,11 @@ def eas(checkpoint, name, engine, template, sets, image, served_model_name, inst
 
     from rich.console import Console
 
-    from ..artifacts import digest
-    from ..deploy import eas as eas_api
-    from ..deploy.checkpoint import resolve
-    from ..deploy.eas_config import DTYPES, REWARD, EasOptions, build, engine_for, masked, versioned_path
-    from ..pai.config import load
+    from pai_distil.core.artifacts import digest
+    from pai_distil.cloud.deploy import eas as eas_api
+    from pai_distil.cloud.deploy.checkpoint import resolve
+    from pai_distil.cloud.deploy.eas_config import DTYPES, REWARD, EasOptions, build, engine_for, masked, versioned_path
+    from pai_distil.cloud.pai.config import load
 
     target = _target(region, endpoint)
     region = target.region
@@ -206,7 +206,7 @@ def eas(checkpoint, name, engine, template, sets, image, served_model_name, inst
 
 
 def _print_ready(svc: dict, reward: bool) -> None:
-    from ..deploy import eas as eas_api
+    from pai_distil.cloud.deploy import eas as eas_api
 
     status = svc.get("Status")
     if status != eas_api.RUNNING:
@@ -227,7 +227,7 @@ def list_services(region, endpoint):
     from rich.console import Console
     from rich.table import Table
 
-    from ..deploy import eas as eas_api
+    from pai_distil.cloud.deploy import eas as eas_api
 
     target = _target(region, endpoint)
     region = target.region
@@ -258,8 +258,8 @@ def describe_service(name, region, endpoint, as_json):
     from rich.console import Console
     from rich.table import Table
 
-    from ..deploy import eas as eas_api
-    from ..deploy.eas_config import mask_token, masked
+    from pai_distil.cloud.deploy import eas as eas_api
+    from pai_distil.cloud.deploy.eas_config import mask_token, masked
 
     target = _target(region, endpoint)
     region = target.region
@@ -291,7 +291,7 @@ def describe_service(name, region, endpoint, as_json):
 @click.option("--yes", "-y", is_flag=True, help="do not ask for confirmation")
 def delete_service(name, region, endpoint, yes):
     """Delete the EAS service NAME (its instances stop; the checkpoint on OSS stays)."""
-    from ..deploy import eas as eas_api
+    from pai_distil.cloud.deploy import eas as eas_api
 
     target = _target(region, endpoint)
     region = target.region

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..errors import UserError
+from pai_distil.core.errors import UserError
 
 
 @click.group()
@@ -21,9 +21,9 @@ def create(run, name) -> None:
 
     from ..backends.pai import Plan, load_config
     from ..paths import run_dir
-    from ..pai import dsw as pai_dsw
-    from ..registry import Registry
-    from ..specs import JobSpec
+    from pai_distil.cloud.pai import dsw as pai_dsw
+    from pai_distil.run.registry import Registry
+    from pai_distil.core.config import JobSpec
 
     record = Registry().get(run)
     if record.backend != "pai":
@@ -43,8 +43,8 @@ def list_() -> None:
     from alibabacloud_pai_dsw20220101 import models as m
     from rich.table import Table
 
-    from ..pai import config
-    from ..pai import dsw as pai_dsw
+    from pai_distil.cloud.pai import config
+    from pai_distil.cloud.pai import dsw as pai_dsw
     from .runs import _console
 
     cfg = config.load()
@@ -64,8 +64,8 @@ def _instance_command(action: str):
     def command(instance_id) -> None:
         from alibabacloud_pai_dsw20220101 import models as m
 
-        from ..pai import config
-        from ..pai import dsw as pai_dsw
+        from pai_distil.cloud.pai import config
+        from pai_distil.cloud.pai import dsw as pai_dsw
 
         c = pai_dsw.client(config.load())
         if action == "stop":

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ..errors import UserError
+from pai_distil.core.errors import UserError
 
 
 @click.group()
@@ -54,8 +54,8 @@ def preempt(job_id, pod_id, fail) -> None:
     restarts the job from there (with --fail: ends the job Failed, for the client to resubmit).
     A signed call, like every DLC request.
     """
-    from ..pai import config
-    from ..pai.dlc import client, explain, preempt_pod
+    from pai_distil.cloud.pai import config
+    from pai_distil.cloud.pai.dlc import client, explain, preempt_pod
 
     dlc = client(config.load())
     try:

@@ -36,7 +36,7 @@ def images() -> None:
 @click.option("--dry-run", is_flag=True, help="print the tag, base, build args, network and the versions it installs; build nothing")
 def build(target_name, base, wheelhouse_dir, pip_cert, push, force, dry_run):
     """Build a job image, tagged by a hash of everything in it; an unchanged image is not rebuilt."""
-    from .. import images as img
+    from pai_distil.cloud import images as img
 
     if dry_run:
         p = img.plan(target_name, base=base, wheelhouse_dir=wheelhouse_dir, pip_cert=pip_cert)
@@ -57,7 +57,7 @@ def build(target_name, base, wheelhouse_dir, pip_cert, push, force, dry_run):
               help="extra argument for pip, e.g. --pip-arg=--extra-index-url=https://download.pytorch.org/whl/cpu")
 def wheelhouse(directory, target_name, pip_args):
     """Put every pinned package of an image, as a wheel, into DIRECTORY (uses this machine's pip)."""
-    from .. import images as img
+    from pai_distil.cloud import images as img
 
     click.echo(img.wheelhouse(directory, target_name, tuple(pip_args), log=_say))
 
@@ -69,7 +69,7 @@ def wheelhouse(directory, target_name, pip_args):
 @click.option("--force", is_flag=True, help="rebuild even when the tag exists")
 def bootstrap_base(tag, suite, mirror, force):
     """Make a Debian base image with Python 3.11 from Debian packages (debootstrap + docker import)."""
-    from .. import images as img
+    from pai_distil.cloud import images as img
 
     click.echo(img.bootstrap_base(tag, suite=suite, mirror=mirror, force=force, log=_say))
 
@@ -81,7 +81,7 @@ def bootstrap_base(tag, suite, mirror, force):
 def lock(target_name, pip_args):
     """Re-pin an image's lock with pip: cpu → images/requirements.txt (the `train` extra, DeepSpeed);
     gpu → images/requirements-gpu.txt (the same training stack, CUDA torch, vLLM)."""
-    from .. import images as img
+    from pai_distil.cloud import images as img
 
     click.echo(img.lock(target_name, tuple(pip_args), log=_say))
 
@@ -89,7 +89,7 @@ def lock(target_name, pip_args):
 @images.command()
 def tag():
     """Print the image `--backend local` runs (the CPU image of this code, or $PAI_DISTIL_IMAGE)."""
-    from .. import images as img
+    from pai_distil.cloud import images as img
 
     click.echo(img.default_image())
 

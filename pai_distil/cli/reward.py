@@ -10,8 +10,8 @@ from pathlib import Path
 
 import click
 
-from ..artifacts import REWARD_HEAD
-from ..errors import UserError
+from pai_distil.core.artifacts import REWARD_HEAD
+from pai_distil.core.errors import UserError
 from .teacher import check_port, api_key_of, server_options
 
 
@@ -33,7 +33,7 @@ def serve(checkpoint: Path, host: str, port: int, api_key_env: str, no_auth: boo
     api_key = api_key_of(api_key_env, no_auth)
     check_port(host, port)
     try:
-        from pai_distil_jobs.lib.reward_server import serve as run_server
+        from pai_distil_jobs.serve.reward import serve as run_server
     except ImportError as e:
         raise UserError(f"serving a reward model needs the training extras ({e.name} is missing); "
                         "install them with `pip install 'pai-distil[train]'`") from None

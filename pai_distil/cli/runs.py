@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ..registry import STATES, Registry, RunRecord
+from pai_distil.run.registry import STATES, Registry, RunRecord
 
 STATE_STYLE = {"queued": "dim", "running": "blue", "succeeded": "green", "cached": "cyan",
                "failed": "red", "cancelled": "yellow"}
@@ -114,7 +114,7 @@ def show(run: str) -> None:
 @click.option("-f", "--follow", is_flag=True, help="keep printing until the run ends")
 def logs(run: str, follow: bool) -> None:
     """The log of RUN, as the job wrote it."""
-    from ..follow import tail_log
+    from pai_distil.run.follow import tail_log
 
     registry = Registry()
     tail_log(registry.get(run), follow=follow, registry=registry)

@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from ..errors import UserError
+from pai_distil.core.errors import UserError
 
 THINKING = click.Choice(["default", "on", "off", "both"])
 
@@ -37,9 +37,9 @@ def _endpoint_options(f):
 @click.option("--name", help="label of the model in the report (default: the served model name)")
 def evaluate(url, model, api_key_env, thinking, problems_file, n, seed, levels, max_new_tokens, concurrency, name):
     """Evaluate a served model on held-out problems: accuracy and output tokens, as for a checkpoint."""
-    from .. import report
-    from ..deploy.client import connect
-    from ..submission import execute, prepare
+    from pai_distil.core import report
+    from pai_distil.cloud.deploy.client import connect
+    from pai_distil.run.submission import execute, prepare
 
     served = connect(url, model, api_key_env)
     label = name or served.model
@@ -80,7 +80,7 @@ def chat(url, model, api_key_env, no_thinking, system_prompt, max_tokens, temper
     import openai
     from rich.console import Console
 
-    from ..deploy.client import connect
+    from pai_distil.cloud.deploy.client import connect
 
     served = connect(url, model, api_key_env)
     client = openai.OpenAI(base_url=served.base_url, api_key=served.api_key, max_retries=2)

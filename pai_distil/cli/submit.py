@@ -9,7 +9,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from ..errors import UserError
+from pai_distil.core.errors import UserError
 
 # Specs and stages are imported inside the commands: building the pydantic models costs more
 # than the rest of start-up, and `--help` needs none of them.
@@ -44,9 +44,9 @@ BACKENDS = click.Choice(["process", "local", "pai"])
 def submit(stage, config_file, inputs, backend, nodes, nproc_per_node, gpus, cpu, memory, shared_memory, ecs_spec,
            max_restarts, download, force, detach, dry_run, variant):
     """Run one STAGE as a job (e.g. `pai-distil submit slow-thinking -c cfg.yaml -i cots=out/`)."""
-    from ..specs import Resources, read_mapping
-    from ..stages import get_stage
-    from ..submission import execute, parse_inputs, prepare
+    from pai_distil.core.config import Resources, read_mapping
+    from pai_distil.core.stages import get_stage
+    from pai_distil.run.submission import execute, parse_inputs, prepare
 
     get_stage(stage)
     data = read_mapping(config_file) if config_file else {}
@@ -82,7 +82,8 @@ def submit(stage, config_file, inputs, backend, nodes, nproc_per_node, gpus, cpu
               help="pai: resubmit a job DLC failed through preemption or node loss up to N times")
 def run_pipeline(pipeline_file, backend, force, dry_run, download, max_restarts):
     """Run a PIPELINE_FILE of stages in dependency order; unchanged stages are cache hits."""
-    from .. import pipeline, report
+    from pai_distil.run import pipeline
+    from pai_distil.core import report
 
     console = Console(stderr=True)
     records = pipeline.run(pipeline_file, backend=backend, force=force, dry_run=dry_run, console=console,
@@ -107,9 +108,9 @@ def run_pipeline(pipeline_file, backend, force, dry_run, download, max_restarts)
 @click.option("--stage", "-s", help="the stage whose config FILE is (not needed for pipelines)")
 def validate(file, stage):
     """Check a pipeline or stage config FILE without running anything."""
-    from .. import pipeline
-    from ..specs import read_mapping, validate as validate_model
-    from ..stages import get_stage
+    from pai_distil.run import pipeline
+    from pai_distil.core.config import read_mapping, validate as validate_model
+    from pai_distil.core.stages import get_stage
 
     data = read_mapping(file)
     if "stages" in data and stage is None:
@@ -126,8 +127,8 @@ def validate(file, stage):
 @click.argument("what", default="pipeline")
 def schema(what):
     """Print the JSON Schema of WHAT: `pipeline` (default), `job`, or a stage name."""
-    from ..specs import JobSpec, Pipeline
-    from ..stages import get_stage
+    from pai_distil.core.config import JobSpec, Pipeline
+    from pai_distil.core.stages import get_stage
 
     if what == "pipeline":
         model = Pipeline
@@ -141,7 +142,7 @@ def schema(what):
 @click.command("stages")
 def list_stages():
     """List the stages of the recipe and which are available."""
-    from ..stages import STAGES
+    from pai_distil.core.stages import STAGES
 
     table = Table(title="stages", title_justify="left")
     for col in ("stage", "available", "inputs", "what it does"):
@@ -159,11 +160,11 @@ def list_stages():
 @click.option("--no-chart", is_flag=True, help="show the tables only")
 def show_report(target, chart_path, no_chart):
     """Show the evaluation report of a RUN id or an evaluate output directory, and redraw its chart."""
-    from .. import report
+    from pai_distil.core import report
 
     path = Path(target)
     if not path.exists():
-        from ..registry import Registry
+        from pai_distil.run.registry import Registry
 
         path = Path(Registry().get(target).output)
     if not (path / report.REPORT).is_file():
@@ -187,7 +188,7 @@ def show_report(target, chart_path, no_chart):
 
 def _chart_destination(path: Path, png: bytes, target: str) -> Path:
     """report.png next to report.json, unless that would change a file an artifact's manifest lists."""
-    from .. import artifacts, report
+    from pai_distil.core import artifacts, report
 
     dest = path / report.CHART
     manifest = artifacts.read_manifest(path) or {}

@@ -12,7 +12,7 @@ import socket
 
 import click
 
-from ..errors import UserError
+from pai_distil.core.errors import UserError
 
 
 def server_options(port: int, key_env: str):
@@ -66,7 +66,7 @@ def serve(synthetic: bool, host: str, port: int, api_key_env: str, no_auth: bool
                         "(for a real teacher, point `teacher.base_url` in the generate config at it)")
     api_key = api_key_of(api_key_env, no_auth)
     if logits_model is not None:
-        from ..model_refs import check as check_model
+        from pai_distil.core.model_refs import check as check_model
 
         try:
             logits_model = check_model(logits_model)

@@ -32,8 +32,8 @@ import threading
 import time
 from pathlib import Path
 
-from .. import dockercli
-from ..errors import UserError
+from pai_distil.cloud import dockercli
+from pai_distil.core.errors import UserError
 from .objects import store_of
 
 GRACE_S = 30.0

@@ -35,8 +35,8 @@ import httpx
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from ..deploy import eas_schema
-from ..deploy.protocol import UNAUTHORIZED, authorized
+from pai_distil.cloud.deploy import eas_schema
+from pai_distil.core.protocol import UNAUTHORIZED, authorized
 from .objects import store_of
 from .pop import PopError, body_json, pop_router, request_id
 
@@ -169,7 +169,7 @@ class Runtime:
 
     def _spawn(self, name: str, number: int, index: int, model_dir: Path, plan: LaunchPlan, token: str,
                cpu: int | None) -> Instance:
-        from ..deploy.local import TOKEN_ENV
+        from pai_distil.cloud.deploy.local import TOKEN_ENV
 
         port = _free_port()
         log = self.root / name / f"v{number}" / f"instance-{index}.log"

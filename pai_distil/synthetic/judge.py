@@ -1,6 +1,6 @@
 """The synthetic world's judge: exact correctness, Reasoning Verbosity and Cognitive Difficulty.
 
-It answers the rubric questions of `pai_distil.judging` (what the score stage sends to any LLM
+It answers the rubric questions of `pai_distil.core.judging` (what the score stage sends to any LLM
 judge) exactly, so the stage's client code, parsing and retries are exercised end to end.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from . import teacher, world
+from pai_distil.core import oracle as teacher, world
 
 # Cognitive difficulty of each level on the 0-9 scale: the reasoning a solver must carry.
 LEVEL_CD: dict[int, int] = {1: 2, 2: 5, 3: 8}

@@ -21,10 +21,11 @@ from dataclasses import dataclass
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from ..deploy.protocol import error_body, text_of as _text
-from ..http_limits import BodyLimits
-from ..judging import which_dimension
-from . import judge, teacher, world
+from pai_distil.core.protocol import error_body, text_of as _text
+from pai_distil.core.http_limits import BodyLimits
+from pai_distil.core.judging import which_dimension
+from pai_distil.synthetic import judge
+from pai_distil.core import oracle as teacher, world
 
 MODELS = ("oracle", "oracle-noisy", "judge")
 LOGITS_NAME = "teacher"  # the model name /v1/completions serves a --logits-model checkpoint under
@@ -302,7 +303,7 @@ class PromptScorer:
 
     def _load(self) -> None:
         if self.model is None:
-            from pai_distil_jobs.lib.models import load_model
+            from pai_distil_jobs.models.models import load_model
 
             self.model, self.tokenizer = load_model(self.spec)
             self.model.eval()

@@ -1,0 +1,174 @@
+"""GRPO on TRL's `GRPOTrainer`: our verifiers, reward model and penalties as its reward functions.
+
+TRL gives what a real checkpoint on GPUs needs and a hand-written loop lacked: log-probabilities
+of the completion tokens only (`logits_to_keep` and a selective log-softmax, not a full-vocabulary
+log-softmax over every position, which at Qwen's 152 k vocabulary is ~10 GB per tensor), updates
+in micro-batches with gradient accumulation, bf16, gradient checkpointing, LoRA, vLLM rollouts
+and its loss variants. We add the job contract (`JobTrainerMixin`: atomic checkpoints, SIGTERM,
+the schedule, the divergence check) and the numbers the README documents.
+
+Each optimizer step generates its own rollouts (`steps_per_generation` = accumulation steps, one
+pass over them): no buffered completions straddle a checkpoint, so a resumed run, whose RNG state
+transformers restores from the checkpoint, samples the same completions a run that never stopped
+would have. Updates are on-policy, so the importance ratio is 1 and the clipping never binds.
+
+reward = correct_weight x correctness + rm_weight x reward-model score - overlong_penalty x cut
+- format_penalty x no readable answer (TRL's `reward_weights` over the functions below).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+
+from pai_distil.core.config import GRPOConfig
+from pai_distil.core.verifiers import check
+
+TRUNCATION_WARN_EVERY = 10  # steps between two warnings about cut completions
+# TRL's metric names -> ours (metrics.jsonl, summary.json); the rest of TRL's are left out
+RENAMED = {"completions/mean_length": "length"}
+KEPT = {"reward", "kl", "entropy", "num_tokens", "accuracy", "truncated", "no_answer", "rm_score", "solved_groups",
+        "mixed_groups"}
+
+
+class GroupRewards:
+    """The reward functions of one GRPO run, in TRL's calling convention: each takes the batch's
+    `completion_ids` and the dataset's `index` column (the problem row) and returns one value per
+    completion, logging its share of the step's numbers through `log_metric`.
+
+    Args:
+        rows (list[dict]): the problems, each with its user message as `prompt` and `opened`, the text
+            the generation prompt opened the reply with (R1-Distill's `<think>`).
+        cfg (GRPOConfig): weights, penalties and the truncation warning.
+        tokenizer: decodes completions as `generation.generate` does.
+        stops (list[int]): the end tokens; a completion that ends without one was cut.
+        scorer (callable, optional): (prompts, completions) -> standardised reward-model scores.
+        limits (verify.sandbox.Limits, optional): bounds of each run of a code answer.
+        log (callable): where the truncation warning goes.
+    """
+
+    def __init__(self, rows: list[dict], cfg: GRPOConfig, tokenizer, stops: list[int],
+                 scorer: Callable[[list[str], list[str]], list[float]] | None = None, limits=None, log=print):
+        self.rows, self.cfg, self.tokenizer, self.stops, self.scorer, self.log = rows, cfg, tokenizer, stops, scorer, log
+        self.limits = limits
+        self._stop_texts = [tokenizer.convert_ids_to_tokens(i) for i in stops]
+        self._warned_at = -TRUNCATION_WARN_EVERY
+        self._checked: tuple[list, list] | None = None  # (the batch's completion_ids, their verdicts)
+
+    def functions(self) -> tuple[list[Callable], list[float]]:
+        """The reward functions and their weights (TRL's `reward_funcs` and `reward_weights`)."""
+        w = self.cfg.reward
+        funcs = [self.correct, self.overlong, self.no_answer]
+        weights = [w.correct_weight, -w.overlong_penalty, -w.format_penalty]
+        if self.scorer is not None:
+            funcs.append(self.reward_model)
+            weights.append(w.rm_weight)
+        return funcs, weights
+
+    def text(self, index: int, ids: list[int]) -> str:
+        """A completion as the verifier and the reward model read it: end tokens dropped, special
+        tokens such as `<think>` kept, prefixed with what the generation prompt opened."""
+        text = self.tokenizer.decode(ids, skip_special_tokens=False)
+        for s in self._stop_texts:
+            text = text.replace(s, "")
+        return self.rows[index]["opened"] + text
+
+    def verdicts(self, index, completion_ids) -> list:
+        """The verifier's verdicts on a batch, once per batch (code answers run programs)."""
+        if self._checked is None or self._checked[0] is not completion_ids:
+            self._checked = (completion_ids, [check(self.rows[i], self.text(i, ids), self.limits)
+                                              for i, ids in zip(index, completion_ids)])
+        return self._checked[1]
+
+    def correct(self, completion_ids, index, log_metric, **_) -> list[float]:
+        verdicts = [float(v.correct) for v in self.verdicts(index, completion_ids)]
+        groups: dict[int, list[float]] = defaultdict(list)
+        for i, v in zip(index, verdicts):
+            groups[i].append(v)
+        log_metric("accuracy", sum(verdicts) / len(verdicts))
+        log_metric("solved_groups", sum(max(g) for g in groups.values()) / len(groups))
+        log_metric("mixed_groups", sum(min(g) != max(g) for g in groups.values()) / len(groups))
+        return verdicts
+
+    def no_answer(self, completion_ids, index, log_metric, **_) -> list[float]:
+        missing = [float(v.extracted is None) for v in self.verdicts(index, completion_ids)]
+        log_metric("no_answer", sum(missing) / len(missing))
+        return missing
+
+    def overlong(self, completion_ids, log_metric, trainer_state=None, **_) -> list[float]:
+        cut = [float(not ids or ids[-1] not in self.stops) for ids in completion_ids]
+        share = sum(cut) / len(cut)
+        log_metric("truncated", share)
+        step = trainer_state.global_step if trainer_state is not None else 0
+        if share > self.cfg.truncation_warning and step - self._warned_at >= TRUNCATION_WARN_EVERY:
+            self._warned_at = step
+            self.log(f"warning: {share:.0%} of the completions of step {step + 1} reached max_completion_length="
+                     f"{self.cfg.max_completion_length} and were cut; raise it, or set reward.overlong_penalty")
+        return cut
+
+    def reward_model(self, completion_ids, index, log_metric, **_) -> list[float]:
+        scores = self.scorer([self.rows[i]["prompt"] for i in index],
+                             [self.text(i, ids) for i, ids in zip(index, completion_ids)])
+        log_metric("rm_score", sum(scores) / len(scores))
+        return [float(s) for s in scores]
+
+
+class EpochSeededSampler:
+    """TRL's `RepeatSampler` draws every epoch's order from one generator seeded once, so a run resumed
+    after its first epoch (a new sampler) would replay the first epoch's problems. Reseeding it from
+    (seed, epoch) when transformers announces the epoch (`set_epoch`) makes each epoch's order a
+    function of the epoch alone: the same whether the run stopped or not."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def set_epoch(self, epoch: int) -> None:
+        if getattr(self.inner, "seed", None) is not None and getattr(self.inner, "generator", None) is not None:
+            self.inner.generator.manual_seed(self.inner.seed + epoch)
+
+    def __iter__(self):
+        return iter(self.inner)
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+
+def grpo_trainer_class():
+    from trl import GRPOTrainer
+
+    from pai_distil_jobs.train.trainer import JobTrainerMixin
+
+    class JobGRPOTrainer(JobTrainerMixin, GRPOTrainer):
+        """TRL's GRPOTrainer with the job contract; logs today's metric names (see RENAMED, KEPT)."""
+
+        def _get_train_sampler(self, dataset=None):
+            return EpochSeededSampler(super()._get_train_sampler(dataset))
+
+        def log(self, logs: dict, start_time: float | None = None) -> None:
+            ours = defaultdict(list)
+            for k, v in self._metrics["train"].items():
+                if k in RENAMED or k in KEPT:
+                    ours[RENAMED.get(k, k)] = v
+            self._metrics["train"] = ours
+            super().log(logs, start_time)
+
+    return JobGRPOTrainer
+
+
+def grpo_arguments(cfg: GRPOConfig, settings, checkpoint_dir, n_problems: int, reward_weights: list[float]):
+    """TRL's GRPOConfig for our config: one generation per optimizer step, `group_size` completions
+    per problem, `settings.batch_size` completions per step split into micro-batches."""
+    from trl import GRPOConfig as TRLGRPOConfig
+
+    from pai_distil_jobs.train.trainer import training_arguments
+
+    chat = {} if cfg.enable_thinking is None else {"enable_thinking": cfg.enable_thinking}
+    extra = {"vllm_mode": "colocate"} if cfg.rollout == "vllm" else {}
+    level = {"importance_sampling_level": "sequence"} if cfg.loss_type in ("luspo", "vespo") else {}
+    return training_arguments(
+        settings, checkpoint_dir, n_problems * cfg.group_size, cls=TRLGRPOConfig,
+        num_generations=cfg.group_size, steps_per_generation=settings.gradient_accumulation_steps, num_iterations=1,
+        beta=cfg.kl_coef, max_completion_length=cfg.max_completion_length, temperature=cfg.temperature,
+        top_p=cfg.top_p, scale_rewards=cfg.scale_rewards, loss_type=cfg.loss_type, reward_weights=reward_weights,
+        chat_template_kwargs=chat, use_vllm=cfg.rollout == "vllm", shuffle_dataset=True, log_completions=False,
+        **extra, **level)

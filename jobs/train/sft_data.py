@@ -1,0 +1,180 @@
+"""Turning SFT rows (OpenAI `messages`) into token ids, with the loss on exactly the tokens the student
+must write at inference: its final assistant turn after the template's generation prompt, through the
+template's end-of-turn token.
+
+Why not the template's render alone: real templates disagree with their own generation prompt.
+DeepSeek-R1-Distill's strips the thought from every assistant turn and opens `<think>` in the
+generation prompt, so the conversation rendered whole is not the prompt plus an answer. We render
+the prompt with the template and write the answer after it ourselves, then check that the template
+agrees on the answer and its end. A template with `{% generation %}` markers is trusted as it is.
+Earlier assistant turns stay context: templates strip their thoughts, so they are no target.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from pai_distil.core.protocol import THINK_CLOSE
+
+from pai_distil_jobs.models.chat_template import OPENED_THINK, end_of_turn, has_generation_markers, render, split_thought, think_block
+
+IGNORE = -100
+WARN_TRUNCATED = 0.01
+FIX_TEMPLATE = ("use a checkpoint whose tokenizer_config.json (or chat_template.jinja) has a chat template with "
+                "{% generation %} markers, or one that renders the prompt as the start of the conversation")
+
+
+class MaskError(ValueError):
+    """A row or a chat template whose trained tokens cannot be told apart exactly (one line, with the fix)."""
+
+
+def final_turn(messages: list[dict]) -> tuple[list[dict], str | None, str]:
+    """(messages with the final turn's thought as a `<think>` block in its content, thought, answer)."""
+    if not messages or messages[-1].get("role") != "assistant":
+        raise MaskError("the last message must be the assistant's answer")
+    thought, answer = split_thought(messages[-1])
+    last = {k: v for k, v in messages[-1].items() if k != "reasoning_content"}
+    last["content"] = think_block(thought, answer)
+    return [*messages[:-1], last], thought, answer
+
+
+def _completion(tokenizer, messages: list[dict], thought: str | None, answer: str, kwargs: dict) -> tuple[str, str]:
+    """(prompt text, text the student writes after it) for the final assistant turn."""
+    prompt = render(tokenizer, messages[:-1], True, **kwargs)
+    full = render(tokenizer, messages, False, **kwargs)
+    prefilled = prompt.rstrip().endswith(THINK_CLOSE)  # enable_thinking=False: the prompt holds an empty thought
+    if prefilled and thought:
+        raise MaskError("the row has a thought but its chat_template_kwargs make the prompt pre-fill an empty one "
+                        "(enable_thinking=False); drop the flag or the thought")
+    tail = full[len(prompt):] if full.startswith(prompt) else None
+    if tail is not None and (thought is None or prefilled or (THINK_CLOSE in tail and thought in tail)):
+        return prompt, tail  # the template writes the turn as the student will (Qwen3, Qwen2.5)
+    opened = OPENED_THINK.search(prompt)
+    base = prompt[:opened.start()] if opened else prompt
+    if not full.startswith(base):
+        raise MaskError("the chat template renders the prompt differently inside the conversation, so the "
+                        f"trained tokens cannot be found; {FIX_TEMPLATE}")
+    end = answer.rstrip()
+    if not end or end not in full[len(base):]:
+        raise MaskError(f"the chat template does not render the final answer where it belongs; {FIX_TEMPLATE}")
+    suffix = full[full.rfind(end) + len(end):]  # the template's end of turn after the answer
+    if not opened:  # a template that strips the final thought: the student still writes it
+        return prompt, think_block(thought, end) + suffix
+    block, opener = think_block(thought or "", end), prompt[opened.start():]
+    if not block.startswith(opener):
+        raise MaskError(f"the generation prompt opens the thought as {opener!r}, which rows cannot continue; {FIX_TEMPLATE}")
+    return prompt, block[len(opener):] + suffix  # the prompt wrote `<think>\n`: the student continues the thought
+
+
+def prompt_and_completion(tokenizer, messages: list[dict], template_kwargs: dict | None = None) -> tuple[str, str]:
+    """(generation prompt, the final assistant turn as the model writes it after that prompt, through
+    the template's end of turn): what a scorer of a reply must see, on every template the masks handle."""
+    messages, thought, answer = final_turn(messages)
+    return _completion(tokenizer, messages, thought, answer, template_kwargs or {})
+
+
+def encode_messages(tokenizer: PreTrainedTokenizerBase, messages: list[dict], max_length: int,
+                    template_kwargs: dict | None = None, *, eot: int | None = None) -> dict | None:
+    """input_ids and labels of one conversation (labels IGNORE outside the trained tokens), plus
+    `truncated` (trained tokens were cut at `max_length`) and `ended` (the end-of-turn token was kept).
+
+    Returns None when the prompt alone does not fit in `max_length`; raises MaskError when the
+    template cannot be masked exactly. `eot`: the template's end-of-turn token, when already known.
+    """
+    kwargs = template_kwargs or {}
+    messages, thought, answer = final_turn(messages)
+    eot = end_of_turn(tokenizer) if eot is None else eot
+    if eot is None:
+        raise MaskError("the chat template ends an assistant turn with no special token, so the student could not "
+                        "learn where to stop; use a checkpoint whose chat template ends turns with its end-of-turn "
+                        "token (such as <|im_end|>)")
+    if has_generation_markers(tokenizer):
+        ids, labels = _marked(tokenizer, messages, eot, kwargs)
+    else:
+        prompt, completion = _completion(tokenizer, messages, thought, answer, kwargs)
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        answer_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+        if eot not in answer_ids:
+            raise MaskError(f"the chat template does not end the assistant turn with {tokenizer.decode([eot])}; "
+                            f"{FIX_TEMPLATE}")
+        stop = len(answer_ids) - answer_ids[::-1].index(eot)  # through the end-of-turn token, not the newline after
+        ids = prompt_ids + answer_ids
+        labels = [IGNORE] * len(prompt_ids) + answer_ids[:stop] + [IGNORE] * (len(answer_ids) - stop)
+    _check_trained(tokenizer, ids, labels, thought, answer, eot)
+    trained = [i for i, t in enumerate(labels) if t != IGNORE]
+    if trained[0] >= max_length:
+        return None
+    return {"input_ids": ids[:max_length], "labels": labels[:max_length],
+            "truncated": trained[-1] >= max_length, "ended": trained[-1] < max_length}
+
+
+def _marked(tokenizer, messages: list[dict], eot: int, kwargs: dict) -> tuple[list[int], list[int]]:
+    """Ids and labels from the template's `{% generation %}` marks, each marked span extended over the
+    end-of-turn token right after it (templates often leave it outside the block)."""
+    out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True,
+                                        **kwargs)
+    ids, mask = list(out["input_ids"]), list(out["assistant_masks"])
+    for i in range(len(ids) - 1):
+        if mask[i] and not mask[i + 1] and ids[i + 1] == eot:
+            mask[i + 1] = 1
+    return ids, [t if m else IGNORE for t, m in zip(ids, mask)]
+
+
+def _check_trained(tokenizer, ids: list[int], labels: list[int], thought: str | None, answer: str, eot: int) -> None:
+    """The last trained span must hold the thought and the answer and end at the end-of-turn token."""
+    trained = [i for i, t in enumerate(labels) if t != IGNORE]
+    if not trained:
+        raise MaskError(f"the chat template marks no assistant tokens; {FIX_TEMPLATE}")
+    start = trained[-1]
+    while start > 0 and labels[start - 1] != IGNORE:
+        start -= 1
+    text = tokenizer.decode(ids[start:trained[-1] + 1], skip_special_tokens=False)
+    ok = ids[trained[-1]] == eot and answer.strip() in text and (not thought or (thought in text and THINK_CLOSE in text))
+    if not ok:
+        raise MaskError("the chat template's assistant turn does not hold the row's thought and answer followed by "
+                        f"its end-of-turn token; {FIX_TEMPLATE}")
+
+
+def encode_rows(tokenizer, rows: list[dict], max_length: int, max_truncated: float = 0.05, log=print) -> list[dict]:
+    """Every row encoded, with a truncation report: rows cut at `max_length`, rows that lost their
+    end-of-turn token (a student trained on them learns not to stop). Warns above 1 %; raises JobError
+    above `max_truncated`, or when a row or the template cannot be masked."""
+    from pai_distil.core.contract import JobError
+
+    out, dropped, eot = [], 0, end_of_turn(tokenizer)
+    for n, row in enumerate(rows, 1):
+        try:
+            e = encode_messages(tokenizer, row["messages"], max_length, row.get("chat_template_kwargs"), eot=eot)
+        except MaskError as err:
+            raise JobError(f"training row {n}: {err}") from None
+        if e is None:
+            dropped += 1
+        else:
+            out.append(e)
+    if not out:
+        raise JobError(f"every training row is longer than train.max_length={max_length}; raise it")
+    cut = sum(e["truncated"] for e in out)
+    lost = sum(not e["ended"] for e in out) + dropped
+    share = (cut + dropped) / len(rows)
+    report = (f"truncation: {cut} of {len(rows)} rows cut at train.max_length={max_length}, {lost} lost their "
+              f"end-of-turn token" + (f", {dropped} dropped (the prompt alone is longer)" if dropped else ""))
+    if share > max_truncated:
+        raise JobError(f"{share:.1%} of the training rows are longer than train.max_length={max_length} "
+                       f"({report}); raise train.max_length or train.max_truncated (now {max_truncated})")
+    log(("warning: " if share > WARN_TRUNCATED else "") + report)
+    return out
+
+
+def collate(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a batch for training (labels padded with IGNORE)."""
+    width = max(len(e["input_ids"]) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for i, e in enumerate(examples):
+        n = len(e["input_ids"])
+        ids[i, :n] = torch.tensor(e["input_ids"])
+        labels[i, :n] = torch.tensor(e["labels"])
+        mask[i, :n] = 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask}

@@ -1,0 +1,168 @@
+"""The SFT driver shared by the distillation stages: TRL's `SFTTrainer` over accelerate.
+
+One process per GPU (`cuda:LOCAL_RANK`, NCCL) or per CPU process (gloo), bf16 where the GPU
+supports it, DeepSpeed ZeRO / FSDP / LoRA when asked. Rows are tokenized here (the loss mask
+comes from the chat template, see `sft_data`), so TRL trains exactly the tokens we chose.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from pai_distil.core.presets import trains_like_preset
+from pai_distil.core.config import Student, Training
+
+from pai_distil.core.contract import JobContext, JobError, log
+from pai_distil_jobs.models.models import load_model
+from pai_distil_jobs.train.sft_data import encode_rows
+from pai_distil_jobs.models.threads import set_cpu_threads
+from pai_distil_jobs.train.trainer import JobCallback, JobTrainerMixin, TrainSettings, fit, tensorboard_callback, training_arguments
+
+
+def _sft_trainer_class():
+    from trl import SFTTrainer
+
+    class JobSFTTrainer(JobTrainerMixin, SFTTrainer):
+        """TRL's SFTTrainer with the job contract's checkpoints, schedule and divergence check."""
+
+    return JobSFTTrainer
+
+
+def lora_config(lora):
+    from peft import LoraConfig
+
+    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                      target_modules=lora.target_modules, task_type="CAUSAL_LM")
+
+
+def say_defaults(filled: dict, preset: bool, say) -> None:
+    if filled:
+        kind = "a preset" if preset else "a checkpoint"
+        say(f"defaults for {kind}: " + ", ".join(f"train.{k}={v}" for k, v in filled.items())
+            + " (set them in the config to override)")
+
+
+def job_callbacks(ctx: JobContext, train: Training, tokenizer, rank: int, say) -> tuple[JobCallback, list]:
+    """Our callback (metrics.jsonl, SIGTERM, `train.stop_at`) and the list to give a trainer: it, and
+    TensorBoard on rank 0."""
+    stop_check = None
+    if train.stop_at:
+        from pai_distil_jobs.train.stop_at import AccuracyTarget
+
+        stop_check = AccuracyTarget(train.stop_at, tokenizer, log=say)
+    callback = JobCallback(ctx.metrics_path, log=say, stop_check=stop_check)
+    return callback, [callback] + ([tensorboard_callback(ctx.output)] if rank == 0 else [])
+
+
+def train_sft(ctx: JobContext, student: Student, train: Training, rows: list[dict], keep_order: bool = False,
+              distill=None) -> bool:
+    """Train `student` on SFT rows; write the final HF checkpoint to ctx.output. False if stopped early
+    by SIGTERM (a checkpoint was saved).
+
+    `keep_order`: batches follow the rows' order (a curriculum) instead of being shuffled.
+    """
+    import datasets
+    from trl import SFTConfig
+
+    datasets.disable_progress_bars()  # job logs are files: TRL's data preparation bars are noise there
+
+    rank = int(os.environ.get("RANK", "0"))
+    say = log if rank == 0 else (lambda m: None)
+    threads = set_cpu_threads()
+    preset = trains_like_preset(student.model)
+    train, filled = train.by_kind(preset)
+    say_defaults(filled, preset, say)
+    if distill is not None and distill.rollout == "vllm":
+        from pai_distil_jobs.train.distill import check_vllm_rollout
+
+        check_vllm_rollout(distill, str(student.model))
+    model, tokenizer = load_model(student.model, seed=student.seed, attn_implementation=train.attn_implementation)
+    if distill is None:
+        examples, keys = encode_rows(tokenizer, rows, train.max_length, train.max_truncated, log=say), None
+    else:
+        from pai_distil_jobs.train.teacher_topk import keyed_examples
+
+        if train.packing or train.padding_free:
+            raise JobError("distill needs each row in a sequence of its own; drop train.packing and train.padding_free")
+        examples, keys = keyed_examples(tokenizer, rows, train.max_length, train.max_truncated, log=say)
+    settings = TrainSettings.of(train, keep_order=keep_order)
+    args = training_arguments(settings, ctx.checkpoint_dir, len(examples), cls=SFTConfig,
+                              max_length=train.max_length, packing=train.packing, padding_free=train.padding_free,
+                              dataset_num_proc=None, shuffle_dataset=False)
+    n_tok = sum(len(e["input_ids"]) for e in examples)
+    say(f"model {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on {args.device} "
+        f"({'bf16' if args.bf16 else 'fp32'}, {model.config._attn_implementation}, {threads} CPU threads); "
+        f"{len(examples)} sequences, {n_tok} tokens (mean {n_tok / len(examples):.0f}); {train.max_steps} steps "
+        f"of batch {train.batch_size} = {args.world_size} processes x {args.per_device_train_batch_size} "
+        f"x {args.gradient_accumulation_steps} accumulation")
+    callback, callbacks = job_callbacks(ctx, train, tokenizer, rank, say)
+    peft = lora_config(train.lora) if train.lora else None
+    if distill is None:
+        dataset = datasets.Dataset.from_list([{"input_ids": e["input_ids"], "labels": e["labels"]} for e in examples])
+        trainer = _sft_trainer_class()(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                                       peft_config=peft, callbacks=callbacks)
+    else:
+        from pai_distil_jobs.train.distill import kd_trainer
+
+        trainer = kd_trainer(ctx, distill, model, tokenizer, student.model, examples, keys, args, peft, callbacks, say)
+    trainer.job = settings
+    if train.fsdp and not trainer.is_fsdp_enabled:
+        raise JobError("train.fsdp needs GPUs (accelerate runs FSDP on multi-GPU nodes only); on CPUs drop it "
+                       "or use train.deepspeed")
+    if train.fsdp or train.deepspeed:
+        say("sharding: " + (f"FSDP2 {train.fsdp.sharding}" if train.fsdp else f"DeepSpeed ZeRO-{train.deepspeed.stage}"))
+    if train.lora and rank == 0:
+        trained = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+        say(f"LoRA r={train.lora.r}: {trained / 1e6:.3f}M trainable parameters")
+    if not fit(trainer, callback, ctx.checkpoint_dir, log=say):
+        return False
+    save_final(trainer, tokenizer, ctx, train)
+    if rank == 0:
+        summary = {"steps": trainer.state.global_step, "examples": len(examples), "student": student.model}
+        summary["start_step"] = _steps_before(student.model)
+        if train.stop_at:
+            summary["stopped_at_target"] = callback.stopped_early
+        (ctx.output / "training_summary.json").write_text(json.dumps(summary, indent=1))
+        say(f"saved the student to {ctx.output}")
+    return True
+
+
+def _steps_before(model: str) -> int:
+    """Steps the starting checkpoint was trained for by an earlier stage (0 for a preset or a foreign
+    checkpoint): where this run's learning curve continues."""
+    from pathlib import Path
+
+    try:
+        done = json.loads((Path(model) / "training_summary.json").read_text())
+        return int(done.get("start_step", 0)) + int(done["steps"])
+    except (OSError, ValueError, KeyError, TypeError):  # no summary: not one of our stages' checkpoints
+        return 0
+
+
+def save_final(trainer, tokenizer, ctx: JobContext, train: Training) -> None:
+    """The student as a Hugging Face checkpoint in ctx.output, whole also under ZeRO-3 / FSDP; with
+    LoRA, the merged model there and the adapter alone in `adapter/`."""
+    from pai_distil_jobs.models.models import set_generation_stops
+
+    if train.lora:
+        trainer.save_model(str(ctx.output / "adapter"))
+        if trainer.is_world_process_zero():
+            merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
+            set_generation_stops(merged, tokenizer)
+            merged.save_pretrained(ctx.output)
+            tokenizer.save_pretrained(ctx.output)
+    else:
+        if trainer.is_world_process_zero():
+            set_generation_stops(trainer.accelerator.unwrap_model(trainer.model), tokenizer)
+        trainer.save_model(str(ctx.output))  # every rank: ZeRO-3 / FSDP gather the sharded weights
+    if trainer.args.bf16 and trainer.is_world_process_zero():
+        from pai_distil_jobs.models.precision import cast_checkpoint
+
+        cast_checkpoint(ctx.output, "bfloat16")  # trained in bf16: saved in it (fp32 stays on CPU presets)
+    if train.deepspeed and trainer.is_world_process_zero():
+        from pai_distil_jobs.train.deepspeed_config import zero_config
+        from pai_distil_jobs.train.trainer import world_size
+
+        (ctx.output / "deepspeed_config.json").write_text(json.dumps(zero_config(train, world_size()), indent=1))
+    trainer.accelerator.wait_for_everyone()

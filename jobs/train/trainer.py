@@ -1,0 +1,373 @@
+"""Training on TRL and accelerate, with the job contract's guarantees.
+
+Why a layer over TRL at all: TRL and accelerate give device placement (`cuda:LOCAL_RANK`), NCCL,
+bf16, accumulation, gradient checkpointing, DeepSpeed ZeRO, FSDP and PEFT. The job contract asks
+for a little more, written here once for every stage's trainer (SFT, reward model, GRPO):
+
+- checkpoints are complete only with their marker: TRL saves into a staging folder, which becomes
+  `checkpoint_dir/step-NNNNNNN/` by an atomic rename, then gets `COMPLETE`; a SIGKILL while saving
+  leaves nothing resume would trust;
+- SIGTERM (spot preemption, `runs cancel`) saves a checkpoint and exits promptly;
+- `metrics.jsonl` (one record per logged step) and TensorBoard event files beside it;
+- a loss that stops being finite fails the run instead of saving a NaN model;
+- the project's schedule (warmup, cosine to 10 % over `schedule_steps`) and curriculum order.
+
+A trainer class is `class X(JobTrainerMixin, trl.SomeTrainer)`, built with `training_arguments`
+and run by `fit`, which resumes from the newest complete checkpoint with the same data order,
+optimizer, scheduler and RNG state (TRL's own resume, fed our checkpoint).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from transformers import PrinterCallback, TrainerCallback, TrainingArguments
+
+from pai_distil.core.contract import JobError
+
+# TRL's configs still spell it gradient_checkpointing (and default it on); transformers warns on the alias.
+warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*is deprecated", category=FutureWarning)
+
+COMPLETE = "COMPLETE"
+STAGING = ".staging"  # where TRL writes a checkpoint before it is published as step-N
+
+
+@dataclass
+class TrainSettings:
+    """What every training stage shares, read from its config (`Training`, `RewardTraining`, `GRPOTraining`)."""
+
+    max_steps: int
+    schedule_steps: int | None = None  # the cosine schedule's length; default max_steps
+    batch_size: int = 32  # sequences (or prompts) per optimizer step, over all processes
+    learning_rate: float = 3e-3
+    warmup_steps: int = 20
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    seed: int = 0
+    keep_order: bool = False  # True: batches follow the examples' order (curriculum), no shuffling
+    gradient_accumulation_steps: int = 1
+    gradient_checkpointing: bool = False
+    bf16: bool | None = None  # None: on where the GPU supports it
+    max_bad_steps: int = 3
+    deepspeed: object | None = None  # specs.DeepSpeed
+    fsdp: object | None = None  # specs.FSDP
+
+    @classmethod
+    def of(cls, train, batch_size: int | None = None, **kw) -> TrainSettings:
+        """Settings from a stage's training config; fields a config lacks keep their defaults here."""
+        names = ("max_steps", "schedule_steps", "learning_rate", "warmup_steps", "weight_decay", "checkpoint_every",
+                 "keep_checkpoints", "log_every", "seed", "gradient_accumulation_steps", "gradient_checkpointing",
+                 "bf16", "max_bad_steps", "deepspeed", "fsdp")
+        found = {n: getattr(train, n) for n in names if getattr(train, n, None) is not None}
+        return cls(batch_size=batch_size or train.batch_size, **{**found, **kw})
+
+
+# -- where training runs -----------------------------------------------------------------------------
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def use_bf16(requested: bool | None) -> bool:
+    """bf16 mixed precision: on by default where the GPU supports it; on CPU only when asked."""
+    if requested is not None:
+        return requested
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+# -- schedule and checkpoints ------------------------------------------------------------------------
+
+
+def schedule(warmup: int, length: int):
+    """The learning-rate factor at each step: linear warmup, then cosine decay to 10 % at `length`."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, length - warmup)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def newest_checkpoint(checkpoint_dir: Path) -> Path | None:
+    done = [p for p in Path(checkpoint_dir).glob("step-*") if (p / COMPLETE).exists()]
+    return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
+
+
+def publish_checkpoint(staged: Path, checkpoint_dir: Path, step: int, keep: int) -> Path:
+    """Move a checkpoint TRL finished writing to `step-N`, mark it complete, prune the oldest."""
+    final = checkpoint_dir / f"step-{step:07d}"
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(staged, final)
+    (final / COMPLETE).write_text(json.dumps({"step": step, "time": time.time()}))
+    done = sorted((p for p in checkpoint_dir.glob("step-*") if (p / COMPLETE).exists()),
+                  key=lambda p: int(p.name.split("-")[1]))
+    for old in done[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+# -- arguments ---------------------------------------------------------------------------------------
+
+
+def per_device_batch(s: TrainSettings) -> int:
+    """Each process's micro-batch: the global batch over processes and accumulation steps."""
+    world, accum = world_size(), s.gradient_accumulation_steps
+    micro, rest = divmod(s.batch_size, world * accum)
+    if micro == 0 or rest:
+        raise JobError(f"train.batch_size={s.batch_size} does not split into {world} processes x "
+                       f"{accum} accumulation steps; make it a multiple of {world * accum}")
+    return micro
+
+
+def training_arguments(s: TrainSettings, checkpoint_dir: Path, examples: int, cls=TrainingArguments, **extra):
+    """`TrainingArguments` (or TRL's config class `cls`) for settings `s`: the one place that maps our
+    fields onto the libraries' (DeepSpeed and FSDP configs included)."""
+    cuda = torch.cuda.is_available()
+    bf16 = s.bf16
+    if bf16 is None and s.deepspeed is not None:
+        bf16 = s.deepspeed.bf16  # an explicit DeepSpeed precision wins; transformers checks they agree
+    kw = dict(
+        output_dir=str(Path(checkpoint_dir) / STAGING), max_steps=s.max_steps,
+        per_device_train_batch_size=per_device_batch(s), gradient_accumulation_steps=s.gradient_accumulation_steps,
+        learning_rate=s.learning_rate, weight_decay=s.weight_decay, adam_beta2=0.98, max_grad_norm=s.grad_clip,
+        logging_steps=s.log_every, logging_nan_inf_filter=False, save_strategy="steps",
+        save_steps=s.checkpoint_every, seed=s.seed, data_seed=s.seed, bf16=use_bf16(bf16), fp16=False,
+        use_cpu=not cuda, gradient_checkpointing=s.gradient_checkpointing, report_to="none", disable_tqdm=True,
+        # a data set smaller than one global batch still gives a batch each epoch
+        dataloader_drop_last=examples >= s.batch_size, ddp_find_unused_parameters=False, log_level="warning",
+        remove_unused_columns=False,
+    )
+    if s.gradient_checkpointing:
+        kw["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
+    if s.deepspeed is not None:
+        from pai_distil_jobs.train.deepspeed_config import zero_config
+
+        if not cuda:
+            _skip_deepspeed_cpu_kernel()
+        kw["deepspeed"] = zero_config(s, world_size())
+    if s.fsdp is not None:
+        kw["fsdp"] = True
+        kw["fsdp_config"] = {"version": 2, "reshard_after_forward": s.fsdp.sharding == "full_shard",
+                             "cpu_offload": s.fsdp.offload, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+                             "state_dict_type": "FULL_STATE_DICT"}
+    return cls(**{**kw, **extra})
+
+
+def _skip_deepspeed_cpu_kernel() -> None:
+    """On CPUs DeepSpeed would JIT-compile a shared-memory allreduce kernel when its process group
+    starts, which needs a C++ toolchain (the job images have none) and minutes of two cores; gloo's
+    own allreduce serves. (By module path: the package attribute `deepspeed.comm.torch` is PyTorch.)"""
+    import importlib
+
+    importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
+
+
+# -- the trainer -------------------------------------------------------------------------------------
+
+
+class JobTrainerMixin:
+    """Mixed in before a transformers/TRL trainer class: our schedule, curriculum order, atomic
+    checkpoints and the divergence check. Set `self.job` (TrainSettings) before training."""
+
+    job: TrainSettings
+    _bad_steps = 0
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        if self.lr_scheduler is None:
+            length = self.job.schedule_steps or self.job.max_steps
+            self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer or self.optimizer,
+                                                                  schedule(self.job.warmup_steps, length))
+            self._created_lr_scheduler = True
+        return self.lr_scheduler
+
+    def _get_train_sampler(self, train_dataset=None):
+        if self.job.keep_order:
+            return torch.utils.data.SequentialSampler(train_dataset or self.train_dataset)
+        return super()._get_train_sampler(train_dataset)
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        staged = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
+        self.accelerator.wait_for_everyone()  # every rank has written its part (RNG state, ZeRO shards)
+        if self.is_world_process_zero():
+            publish_checkpoint(staged, Path(self.args.output_dir).parent, self.state.global_step,
+                               self.job.keep_checkpoints)
+        self.accelerator.wait_for_everyone()
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if torch.isfinite(loss.detach()).all():
+            self._bad_steps = 0
+        else:
+            self._bad_steps += 1
+            limit = self.job.max_bad_steps * self.args.gradient_accumulation_steps
+            if self._bad_steps >= limit:
+                raise JobError(f"training diverged: the loss was not finite for {self.job.max_bad_steps} steps in a "
+                               f"row (step {self.state.global_step + 1}); lower train.learning_rate "
+                               f"({self.args.learning_rate:g}) or check the data")
+        return loss
+
+
+# -- callbacks ---------------------------------------------------------------------------------------
+
+SKIPPED = {"epoch", "total_flos", "num_tokens", "learning_rate", "loss", "grad_norm"}
+
+
+class JobCallback(TrainerCallback):
+    """Our side of the loop: metrics.jsonl and log lines, SIGTERM, and `stop_at`.
+
+    `stop_check(model, step) -> (stop, metrics)` with an `every` attribute is called on rank 0 every
+    `every` steps; every rank follows its decision, so no rank waits in a collective the others left.
+    """
+
+    def __init__(self, metrics_path: Path, log=print, stop_check=None):
+        self.metrics_path, self.log, self.stop_check = Path(metrics_path), log, stop_check
+        self.sigterm = self.stopped_early = False
+        self._signalled = False
+        self._t0 = time.time()
+        self._tokens0: float | None = None
+
+    def _on_sigterm(self, *_):
+        self._signalled = True
+
+    def on_train_begin(self, args, state, control, **kw):
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+        self._t0, self._step0 = time.time(), state.global_step
+
+    def _write(self, record: dict) -> None:
+        with self.metrics_path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        logs = logs or {}
+        if not state.is_world_process_zero or "train_runtime" in logs:
+            return
+        elapsed = max(1e-9, time.time() - self._t0)
+        rec = {"step": state.global_step}
+        if "loss" in logs:
+            rec["loss"] = round(float(logs["loss"]), 5)
+        if logs.get("grad_norm") is not None:
+            rec["grad_norm"] = round(float(logs["grad_norm"]), 4)
+        if "learning_rate" in logs:
+            rec["lr"] = logs["learning_rate"]
+        if "num_tokens" in logs:  # TRL counts the tokens every rank has seen since this process started
+            rec["tokens_per_s"] = round(float(logs["num_tokens"]) / elapsed, 1)
+        rec.update({k: (round(v, 5) if isinstance(v, float) else v) for k, v in logs.items() if k not in SKIPPED})
+        self._write(rec)
+        shown = "".join(f" {k} {v:g}" for k, v in rec.items()
+                        if k not in {"step", "loss", "lr", "tokens_per_s", "grad_norm"} and isinstance(v, int | float))
+        line = f"step {state.global_step}/{state.max_steps}"
+        if "loss" in rec:
+            line += f" loss {rec['loss']:.4f}"
+        if "lr" in rec:
+            line += f" lr {rec['lr']:.2e}"
+        if "tokens_per_s" in rec:
+            line += f" {rec['tokens_per_s']:.0f} tok/s"
+        self.log(line + shown)
+
+    def on_step_end(self, args, state, control, model=None, **kw):
+        if state.global_step >= state.max_steps:
+            control.should_log = True  # the last step is always logged
+        if _any_rank(self._signalled):
+            self.sigterm = True
+            control.should_save = control.should_training_stop = True
+            return control
+        check = self.stop_check
+        if check and state.global_step % check.every == 0 and state.global_step < state.max_steps:
+            reached = False
+            if state.is_world_process_zero:
+                reached, extra = check(_unwrap(model), state.global_step)
+                self._write({"step": state.global_step, **extra})
+            model.train()  # decoding switched it to eval mode
+            if _from_rank0(reached):
+                self.stopped_early = True
+                control.should_training_stop = True
+        return control
+
+
+def _unwrap(model):
+    return model.module if hasattr(model, "module") else model
+
+
+def _any_rank(flag: bool) -> bool:
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    t = torch.tensor([float(flag)], device=_collective_device())
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def _from_rank0(flag: bool) -> bool:
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    t = torch.tensor([float(flag)], device=_collective_device())
+    dist.broadcast(t, 0)
+    return bool(t.item())
+
+
+def _collective_device():
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def tensorboard_callback(output: Path):
+    """TensorBoard event files in `output/tensorboard` (PAI shows TensorBoard for a job's output folder)."""
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers.integrations import TensorBoardCallback
+
+    return TensorBoardCallback(SummaryWriter(log_dir=str(Path(output) / "tensorboard")))
+
+
+def _truncate_metrics(metrics_path: Path, step: int) -> None:
+    """Drop records logged after the checkpoint we resume from: those steps run again."""
+    if not metrics_path.exists():
+        return
+    keep = [line for line in metrics_path.read_text().splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step]
+    metrics_path.write_text("".join(line + "\n" for line in keep))
+
+
+def fit(trainer, callback: JobCallback, checkpoint_dir: Path, log=print) -> bool:
+    """Train to the end, resuming from the newest complete checkpoint. False when stopped by SIGTERM
+    (a checkpoint was saved)."""
+    checkpoint_dir = Path(checkpoint_dir)
+    trainer.remove_callback(PrinterCallback)  # our callback logs each step once, in our format
+    ckpt = newest_checkpoint(checkpoint_dir)
+    step = int(ckpt.name.split("-")[1]) if ckpt is not None else 0
+    if trainer.is_world_process_zero():
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(checkpoint_dir / STAGING, ignore_errors=True)  # a save the last run did not finish
+        if ckpt is not None:
+            _truncate_metrics(callback.metrics_path, step)
+            log(f"resuming from checkpoint {ckpt.name} (step {step} of {trainer.args.max_steps})")
+    trainer.accelerator.wait_for_everyone()
+    if ckpt is not None and step >= trainer.args.max_steps and not (trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled):
+        # Every step is done (a job stopped after its last checkpoint, e.g. by a SIGTERM at the last step):
+        # transformers, resumed there, would take one step more. Load the weights and finish.
+        from transformers import TrainerState
+
+        trainer._load_from_checkpoint(str(ckpt))
+        trainer.state = TrainerState.load_from_json(str(ckpt / "trainer_state.json"))
+        return True
+    trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+    if torch.cuda.is_available() and trainer.is_world_process_zero():
+        log(f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB allocated on rank 0")
+    if callback.sigterm:
+        log(f"SIGTERM: saved checkpoint at step {trainer.state.global_step}; exiting")
+        return False
+    return True

@@ -1,0 +1,104 @@
+"""What every config model shares: strict models, one-line validation errors, YAML and JSON files read
+with repeated keys refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+from ..errors import UserError
+
+
+MAX_INT = 2**53  # above any count or seed a config holds; `max_steps: 1e29` is a typo, not a plan
+
+
+class Strict(BaseModel):
+    """Unknown fields, non-finite numbers (`.inf`, `.nan`) and absurd integers are refused."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*")
+    @classmethod
+    def _sane_integer(cls, v):
+        if isinstance(v, int) and not isinstance(v, bool) and abs(v) > MAX_INT:
+            raise ValueError(f"{v:.3g} is beyond any count this tool uses (at most 2**53); check the number")
+        return v
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML that refuses a key given twice in one mapping (PyYAML keeps the last silently), so a
+    repeated stage id or setting is reported with its line instead of quietly overriding the first."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: set = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` keys may be overridden, as YAML says
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one mapping (line {key_node.start_mark.line + 1}); "
+                                "keep one", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def _unique_json_keys(pairs: list) -> dict:
+    keys = [k for k, _ in pairs]
+    for k in keys:
+        if keys.count(k) > 1:
+            raise ValueError(f"key {k!r} appears twice in one object")
+    return dict(pairs)
+
+
+def read_mapping(path: str | Path, what: str = "config") -> dict[str, Any]:
+    """A YAML or JSON file as a mapping, with one-line errors (bad syntax, bytes or repeated keys)."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{what} file {str(p)!r} does not exist; check the path")
+    is_yaml = p.suffix in (".yaml", ".yml")
+    try:
+        text = p.read_bytes().decode("utf-8")
+        data = yaml.load(text, _UniqueKeyLoader) if is_yaml else json.loads(text, object_pairs_hook=_unique_json_keys)
+    except UnicodeDecodeError as e:
+        raise UserError(f"{what} file {str(p)!r} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    except (yaml.YAMLError, ValueError) as e:  # ValueError: JSON syntax, or a repeated key
+        first = str(e).strip().splitlines()[0]
+        if isinstance(e, ValueError) and "appears twice" in first:  # JSON is YAML: its loader finds the line
+            try:
+                yaml.load(text, _UniqueKeyLoader)
+            except yaml.YAMLError as located:
+                first = str(located).strip().splitlines()[0]
+        raise UserError(f"{what} file {str(p)!r} is not valid {'YAML' if is_yaml else 'JSON'}: {first}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UserError(f"{what} file {str(p)!r} must hold a mapping of fields, got {type(data).__name__}")
+    return data
+
+
+def explain(err: ValidationError, where: str) -> str:
+    """The first validation problem as one line: field, bad value, fix."""
+    e = err.errors()[0]
+    loc = ".".join(str(x) for x in e["loc"]) or "(top level)"
+    msg = e["msg"].removeprefix("Value error, ")
+    if e["type"] == "missing":
+        return f"{where}: field '{loc}' is required; add it"
+    if e["type"] == "extra_forbidden":
+        return f"{where}: unknown field '{loc}'; remove it or check its spelling (`pai-distil schema` lists the fields)"
+    value = e.get("input")
+    shown = json.dumps(value) if isinstance(value, (int, float, str, bool, type(None))) else type(value).__name__
+    extra = len(err.errors()) - 1
+    more = f" (and {extra} more problem{'s' if extra > 1 else ''})" if extra else ""
+    return f"{where}: field '{loc}' = {shown} is invalid: {msg}{more}"
+
+
+def validate(model: type[BaseModel], data: dict[str, Any], where: str) -> BaseModel:
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise UserError(explain(err, where)) from None

@@ -1,0 +1,151 @@
+"""The model to train and how: one set of optimisation settings, with the defaults a tiny preset and a
+real checkpoint each need."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from .. import model_refs
+from .base import Strict
+from .data import SyntheticProblems
+
+
+class Student(Strict):
+    """The model to train: a tiny preset (`preset:tiny`), a local checkpoint path or a hub id."""
+
+    model: str = Field("preset:tiny", description="preset:<name>, a local checkpoint directory, or a hub id")
+    seed: int = Field(0, description="initialisation seed for presets")
+
+    _model = field_validator("model")(classmethod(lambda cls, v: model_refs.check(v)))
+
+
+class DeepSpeed(Strict):
+    """DeepSpeed ZeRO: optimizer state (stage 2) and parameters too (stage 3) partitioned across processes."""
+
+    stage: Literal[2, 3] = Field(2, description="ZeRO stage: 2 partitions optimizer state and gradients, 3 also parameters")
+    bf16: bool | None = Field(None, description="bf16 mixed precision; default: train.bf16 (on where the GPU supports it)")
+    offload_optimizer: bool = Field(False, description="keep optimizer state in CPU memory (ZeRO-Offload)")
+    offload_param: bool = Field(False, description="stage 3 only: keep parameters in CPU memory")
+
+    @model_validator(mode="after")
+    def _offload_needs_stage3(self) -> DeepSpeed:
+        if self.offload_param and self.stage != 3:
+            raise ValueError("offload_param needs stage: 3 (stage 2 does not partition parameters)")
+        return self
+
+
+class StopAt(Strict):
+    """Stop training once the student answers held-out problems this well (greedy pass@1)."""
+
+    accuracy: float = Field(gt=0, le=1, description="held-out accuracy that ends training, e.g. 0.5")
+    every: int = Field(50, ge=1, description="check every N steps")
+    problems: SyntheticProblems = Field(
+        default_factory=lambda: SyntheticProblems(n=200, seed=90_001, levels=[1]),
+        description="the held-out problems (synthetic world); pick a seed the training data does not use")
+    max_new_tokens: int = Field(128, ge=1)
+
+
+class Lora(Strict):
+    """PEFT LoRA: train low-rank adapters instead of every weight; the output is the merged checkpoint
+    plus the adapter in `adapter/`."""
+
+    r: int = Field(16, ge=1, le=4096, description="rank of the adapter matrices")
+    alpha: int = Field(32, ge=1, description="scaling numerator: updates are scaled by alpha / r")
+    dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the adapter's input")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="module names to adapt (e.g. [q_proj, v_proj]), or all-linear")
+
+
+class FSDP(Strict):
+    """PyTorch FSDP through accelerate: parameters, gradients and optimizer state sharded across GPUs."""
+
+    sharding: Literal["full_shard", "shard_grad_op"] = Field(
+        "full_shard", description="full_shard: parameters too, like ZeRO-3; shard_grad_op: gradients and optimizer "
+                                  "state, like ZeRO-2 (FSDP2)")
+    offload: bool = Field(False, description="keep parameters and optimizer state in CPU memory")
+
+
+# Defaults that depend on what is trained: a tiny preset learns fast at a high rate on short chains;
+# a real checkpoint needs the field's small rate and long sequences. `None` in a config means "by kind".
+PRESET_TRAINING = {"learning_rate": 3e-3, "max_length": 1024, "gradient_checkpointing": False}
+
+
+CHECKPOINT_TRAINING = {"learning_rate": 1e-5, "max_length": 8192, "gradient_checkpointing": True}
+
+
+class Optimisation(Strict):
+    """What every training stage sets the same way: steps, rate, precision, adapters, checkpoints. Each
+    stage's settings extend this and change the defaults its method needs."""
+
+    PRESET: ClassVar[dict] = PRESET_TRAINING
+    CHECKPOINT: ClassVar[dict] = CHECKPOINT_TRAINING
+
+    max_steps: int = Field(600, ge=1, le=100_000_000, description="optimizer steps")
+    gradient_accumulation_steps: int = Field(
+        1, ge=1, le=4096, description="micro-batches per optimizer step: each process takes "
+                                      "batch_size / (processes x this) sequences at a time")
+    learning_rate: float | None = Field(None, gt=0, le=10, allow_inf_nan=False,
+                                        description="peak learning rate; default 3e-3 for presets, 1e-5 for checkpoints")
+    warmup_steps: int = Field(30, ge=0, le=100_000_000)
+    weight_decay: float = Field(0.0, ge=0, le=10, allow_inf_nan=False)
+    bf16: bool | None = Field(None, description="bf16 mixed precision; default: on where the GPU supports it, off on CPU")
+    gradient_checkpointing: bool | None = Field(
+        None, description="recompute activations in the backward pass (less memory, ~30 % slower); default off "
+                          "for presets, on for checkpoints")
+    lora: Lora | None = Field(None, description="train LoRA adapters (PEFT) instead of every weight")
+    checkpoint_every: int = Field(100, ge=1, description="save a resumable checkpoint every N steps")
+    keep_checkpoints: int = Field(2, ge=1)
+    log_every: int = Field(10, ge=1)
+    max_bad_steps: int = Field(3, ge=1, description="fail the run after this many steps in a row with a non-finite loss")
+    seed: int = 0
+
+    def by_kind(self, preset: bool):
+        """This config with every `None` default filled for a preset or a real checkpoint, and what was
+        filled (printed at the start of training, so a user sees every default applied)."""
+        defaults = self.PRESET if preset else self.CHECKPOINT
+        filled = {k: v for k, v in defaults.items() if getattr(self, k) is None}
+        return self.model_copy(update=filled), filled
+
+
+class Training(Optimisation):
+    """Supervised training on TRL and accelerate: one process per GPU (or CPU process), bf16 on GPUs."""
+
+    schedule_steps: int | None = Field(
+        None, ge=1, le=100_000_000,
+        description="length of the learning-rate schedule (warmup, then cosine decay); default "
+                    "max_steps. Above max_steps, training stops partway down the schedule: a "
+                    "student that has not converged, with room left for reinforcement learning")
+    batch_size: int = Field(32, ge=1, le=1_000_000,
+                            description="sequences per optimizer step, over all processes and accumulation steps")
+    max_length: int | None = Field(None, ge=16, le=1_048_576,
+                                   description="tokens per training sequence; longer ones are cut (see max_truncated); "
+                                               "default 1024 for presets, 8192 for checkpoints")
+    max_truncated: float = Field(0.05, ge=0, le=1, description="fail when more than this share of rows is cut at "
+                                                               "max_length (warned above 1 %)")
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
+        "auto", description="attention kernel; auto: flash_attention_2 on GPUs when installed, else sdpa")
+    packing: bool = Field(False, description="pack several rows into each max_length sequence (padding-free, "
+                                             "attention kept within each row); faster on GPUs, slower on CPU")
+    padding_free: bool = Field(False, description="concatenate a batch's rows without padding (implied by packing)")
+    deepspeed: DeepSpeed | None = Field(
+        None, description="train with DeepSpeed ZeRO (a config generated from these fields); omit for plain DDP")
+    fsdp: FSDP | None = Field(None, description="shard the model with PyTorch FSDP; omit for plain DDP")
+    stop_at: StopAt | None = Field(
+        None, description="end training early once held-out accuracy reaches a target: a student just good "
+                          "enough, whatever its seed (how fast a seed learns varies several-fold)")
+
+    @model_validator(mode="after")
+    def _stop_at_needs_whole_weights(self) -> Training:
+        if self.stop_at and self.deepspeed and self.deepspeed.stage == 3:
+            raise ValueError("stop_at decodes with the model on one process, which ZeRO-3 partitions; "
+                             "use deepspeed.stage 2, or drop stop_at")
+        if self.stop_at and self.fsdp:
+            raise ValueError("stop_at decodes with the model on one process, which FSDP shards; drop stop_at or fsdp")
+        if self.deepspeed and self.fsdp:
+            raise ValueError("deepspeed and fsdp both shard the model; choose one")
+        if self.lora and (self.fsdp or (self.deepspeed and self.deepspeed.stage == 3)):
+            raise ValueError("lora merges the adapter into whole weights at the end; use it with plain DDP or "
+                             "deepspeed.stage 2, not with ZeRO-3 or fsdp")
+        return self

@@ -1,0 +1,92 @@
+"""Model references in configs (`student.model`, `models[].model`): a preset, a local checkpoint
+directory or a hub id, told apart and checked before anything runs.
+
+Why a content digest of a local directory: the cache key holds the config, and the config holds only
+the directory's name. A checkpoint edited in place (a new chat template, retrained weights) would
+otherwise be a cache hit, and every stage built on it would hand back stale students and reports.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+
+from pai_distil.core.presets import PRESETS, is_preset, preset_name
+
+# `org/name` or `name`, as the Hugging Face Hub allows them (letters, digits, `-`, `_`, `.`).
+HUB_ID = re.compile(r"^(?!.*(--|\.\.))[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?$")
+_PATHLIKE = ("/", "./", "../", "~", ".\\")
+FULL_HASH_BYTES = 16 << 20  # files up to this size (config, tokenizer, template) are hashed whole
+EDGE_BYTES = 1 << 20  # of larger ones (weights): size, mtime and the first and last MiB (header and tail)
+EXAMPLE = "a preset (preset:tiny), a checkpoint directory or a hub id (Qwen/Qwen3-0.6B)"
+
+
+def check(model: str) -> str:
+    """`model` as it should be used: a known preset, an existing checkpoint directory (made absolute, so the
+    job finds it whatever its working directory) or a plausible hub id. Raises ValueError (one line)."""
+    if is_preset(model):
+        if preset_name(model) not in PRESETS:
+            raise ValueError(f"unknown preset {model!r}; choose one of {', '.join('preset:' + p for p in PRESETS)}")
+        return model
+    path = Path(model).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ValueError(f"{model!r} is not a Hugging Face checkpoint directory (it has no config.json); "
+                             f"give {EXAMPLE}")
+        return str(path.resolve())
+    if model.startswith(_PATHLIKE) or (len(path.parts) > 1 and path.parent.is_dir()):  # a path with a typo
+        raise ValueError(f"no checkpoint directory at {model!r}; check the path, or give {EXAMPLE}")
+    if not HUB_ID.match(model):
+        raise ValueError(f"{model!r} is neither a preset, an existing directory nor a hub id; give {EXAMPLE}")
+    return model
+
+
+def is_local(model: str) -> bool:
+    """A checkpoint directory as `check` leaves it (absolute; endpoint model names never are)."""
+    return Path(model).is_absolute() and Path(model).is_dir()
+
+
+def digest(path: str | Path) -> str:
+    """Content digest of a checkpoint directory, in well under a second for an 8B checkpoint: small files
+    hashed whole; weights by size, modification time and their first and last MiB."""
+    root = Path(path)
+    h = hashlib.sha256()
+    for f in sorted(p for p in root.rglob("*") if p.is_file() and not _hidden(p.relative_to(root))):
+        st = f.stat()
+        h.update(f"{f.relative_to(root).as_posix()}\0{st.st_size}\0".encode())
+        with open(f, "rb") as fh:
+            if st.st_size <= FULL_HASH_BYTES:
+                h.update(fh.read())
+                continue
+            h.update(f"{st.st_mtime_ns}\0".encode())
+            h.update(fh.read(EDGE_BYTES))
+            fh.seek(-EDGE_BYTES, os.SEEK_END)
+            h.update(fh.read(EDGE_BYTES))
+    return h.hexdigest()
+
+
+def _hidden(rel: Path) -> bool:
+    return any(part.startswith(".") for part in rel.parts)  # .git, .cache: not part of the checkpoint
+
+
+def local_digests(config: dict) -> dict[str, str]:
+    """{json path of a `model` field: digest} for every local checkpoint directory a config names."""
+    found: dict[str, str] = {}
+
+    def walk(node, where: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if k == "model" and isinstance(v, str) and is_local(v):
+                    found[f"{where}{k}"] = digest(v)
+                else:
+                    walk(v, f"{where}{k}.")
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, f"{where}{i}.")
+
+    walk(config, "")
+    return found
+

@@ -1,0 +1,99 @@
+"""Watching a run: its log as it grows, with `[progress] TASK DONE/TOTAL` lines drawn as bars.
+
+The log file is the only channel from a job to the user, on every backend, so following a run
+works the same whether `submit` started it a second ago or `runs logs -f` attaches later.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from collections.abc import Iterator
+from typing import TextIO
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.text import Text
+
+from pai_distil.core.errors import UserError
+from pai_distil.run.registry import Registry, RunRecord
+
+PROGRESS = re.compile(r"^\[progress\] (\S+) (\d+)/(\d+)\s*$")
+POLL_S = 0.2
+
+
+def iter_log(record: RunRecord, follow: bool, registry: Registry | None = None) -> Iterator[str]:
+    """Lines of the run's log from the start; when following, until the run ends and the log is drained."""
+    registry = registry or Registry()
+    if not record.log_path:
+        raise UserError(f"run {record.id} has no log")
+    while True:
+        try:
+            f = open(record.log_path, "rb")
+            break
+        except FileNotFoundError:
+            if not follow or record.terminal:
+                raise UserError(f"log {record.log_path} of run {record.id} does not exist") from None
+            time.sleep(POLL_S)
+            record = registry.get(record.id)
+    with f:
+        pending = b""
+        while True:
+            chunk = f.read(1 << 16)
+            if chunk:
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    yield line.decode("utf-8", "replace").rstrip("\r")
+                continue
+            if not follow:
+                break
+            # nothing new: stop once the run has ended and everything it wrote has been read
+            ended = registry.get(record.id).terminal
+            chunk = f.read(1 << 16)
+            if chunk:
+                pending += chunk
+                continue
+            if ended:
+                break
+            time.sleep(POLL_S)
+        if pending:
+            yield pending.decode("utf-8", "replace").rstrip("\r")
+
+
+def tail_log(record: RunRecord, follow: bool = False, registry: Registry | None = None,
+             out: TextIO | None = None) -> None:
+    """Print a run's log as the job wrote it (progress lines included), for `runs logs`."""
+    out = out or sys.stdout
+    for line in iter_log(record, follow, registry):
+        out.write(line + "\n")
+        out.flush()
+
+
+def follow(run_id: str, registry: Registry | None = None, console: Console | None = None) -> RunRecord:
+    """Show a run until it ends and return its final record; Ctrl-C cancels the run."""
+    registry = registry or Registry()
+    console = console or Console(highlight=False)
+    record = registry.get(run_id)
+    try:
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console) as progress:
+            tasks: dict[str, int] = {}
+            for line in iter_log(record, True, registry):
+                m = PROGRESS.match(line)
+                if m is None:
+                    progress.console.print(Text("│ ", style="dim") + Text(line), highlight=False, soft_wrap=True)
+                    continue
+                name, done, total = m[1], int(m[2]), int(m[3])
+                if name not in tasks:
+                    tasks[name] = progress.add_task(name, total=total)
+                progress.update(tasks[name], completed=done, total=total)
+    except KeyboardInterrupt:
+        from pai_distil.backends import get_backend
+
+        console.print(f"cancelling run {record.id} (the job saves a checkpoint first) ...")
+        record = get_backend(record.backend, registry).cancel(registry.get(record.id))
+        console.print(f"run {record.id} {record.state}")
+        return record
+    return registry.get(record.id)

@@ -1,0 +1,267 @@
+"""From a stage name, a config and inputs to a run: validation, cache key, job spec, backend.
+
+Reruns are keyed by content: the stage, its validated config and the digests of its inputs.
+The same key means the same work directory, so an interrupted job resumes from its
+checkpoints, and a finished one is a cache hit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel
+from rich.console import Console
+
+from pai_distil import __version__, paths
+from pai_distil.core import artifacts, model_refs
+from pai_distil.run import work_lock
+from pai_distil.core.errors import RunFailed, UserError
+from pai_distil.core.config import JobSpec, Resources, validate
+from pai_distil.core.stages import Stage, get_stage
+
+JOB_COMMAND = [sys.executable, "-m", "pai_distil_jobs"]
+WORK_MARKER = ".pai-distil-work"  # marks a work dir, whose output is unfinished until its manifest exists
+
+
+@dataclass
+class Prepared:
+    stage: Stage
+    config: BaseModel
+    spec: JobSpec
+    cache_key: str
+    work_dir: Path
+
+
+def needed_inputs(stage: Stage, config: BaseModel) -> tuple[set[str], set[str]]:
+    """(required, allowed) input names of a stage with this config."""
+    required = set(stage.inputs)
+    allowed = required | set(stage.optional_inputs)
+    if stage.open_inputs:  # evaluate: checkpoints named by its `models[].input`
+        named = {m.input for m in getattr(config, "models", []) if getattr(m, "input", None)}
+        required |= named
+        allowed |= named
+    if hasattr(config, "required_inputs"):  # inputs a config's settings make necessary
+        required |= set(config.required_inputs())
+    return required, allowed
+
+
+def check_names(stage: Stage, config: BaseModel, names: set[str], where: str, hint: str = "pass --input {name}=PATH") -> None:
+    required, allowed = needed_inputs(stage, config)
+    for name in sorted(required - names):
+        raise UserError(f"{where}: stage {stage.name} needs input '{name}'; " + hint.format(name=name))
+    for name in sorted(names - allowed):
+        raise UserError(f"{where}: stage {stage.name} takes no input '{name}'"
+                        f"{'; its inputs: ' + ', '.join(sorted(allowed)) if allowed else ''}")
+
+
+def resolve_paths(inputs: dict[str, str], where: str) -> dict[str, str]:
+    """Absolute paths of inputs, which must exist, not be an unfinished artifact, and hold what their
+    manifest says: the cache key trusts an artifact's manifest for its content."""
+    resolved = {}
+    checked = artifacts.Checked(paths.checked_files())
+    for name, raw in inputs.items():
+        if raw.startswith("oss://"):  # an artifact in OSS (pai): checked there by its manifest, never copied
+            resolved[name] = _remote_input(name, raw, where)
+            continue
+        p = Path(raw).expanduser()
+        if not p.exists():
+            raise UserError(f"{where}: input '{name}' path {raw!r} does not exist; check the path")
+        if p.is_dir() and (p.parent / WORK_MARKER).exists() and not artifacts.is_complete(p):
+            raise UserError(f"{where}: input '{name}' ({raw}) is an unfinished artifact; rerun the stage that writes it")
+        if p.is_dir() and artifacts.is_complete(p):
+            try:
+                artifacts.verify(p, checked)
+            except UserError as e:
+                raise UserError(f"{where}: input '{name}': {e.message}") from None
+        resolved[name] = str(p.resolve())
+    return resolved
+
+
+_REMOTE_DIGESTS: dict[str, str] = {}  # oss:// input -> digest of its manifest, as artifacts.digest gives it
+
+
+def _remote_input(name: str, uri: str, where: str) -> str:
+    from pai_distil.backends.pai import remote_artifact
+
+    uri = uri.rstrip("/") + "/"
+    try:
+        manifest = remote_artifact(uri)
+    except UserError as e:
+        raise UserError(f"{where}: input '{name}': {e.message}") from None
+    _REMOTE_DIGESTS[uri] = artifacts.manifest_digest(manifest)
+    return uri
+
+
+def input_digest(source: str) -> str:
+    """The content digest of an input: a local path's, or an OSS artifact's from its manifest (the same
+    digest as the artifact's local copy has, so a pulled output keeps its cache key)."""
+    if source.startswith("oss://"):
+        return _REMOTE_DIGESTS[source]
+    return artifacts.digest(source)
+
+
+def cache_key(stage: str, config: BaseModel, inputs: dict[str, str]) -> str:
+    body = {
+        "version": __version__,
+        "stage": stage,
+        "config": config.model_dump(mode="json"),
+        "inputs": {n: input_digest(p) for n, p in sorted(inputs.items())},
+    }
+    models = model_refs.local_digests(body["config"])  # a checkpoint edited in place is new work
+    if models:
+        body["models"] = models
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def check_scale(stage: Stage, config: BaseModel, nodes: int, procs_per_node: int | None, resources: Resources,
+                where: str) -> None:
+    """Refuse, in one line, a job shape that would go wrong once it runs (see check_nodes, check_batch)."""
+    check_nodes(stage, nodes, where)
+    check_batch(stage, config, nodes, procs_per_node, resources, where)
+
+
+def check_nodes(stage: Stage, nodes: int, where: str) -> None:
+    """Several nodes for a stage that runs in one process: every node would run the whole stage into the
+    same output."""
+    if nodes > 1 and not stage.distributed:
+        from pai_distil.core.stages import STAGES
+
+        several = ", ".join(s.name for s in STAGES.values() if s.distributed)
+        raise UserError(f"{where}: stage {stage.name} runs in one process, so --nodes {nodes} would run it {nodes} "
+                        f"times into the same output; use --nodes 1 (stages that run on several nodes: {several})")
+
+
+def check_batch(stage: Stage, config: BaseModel, nodes: int, procs_per_node: int | None, resources: Resources,
+                where: str) -> None:
+    """Fewer sequences per optimizer step than processes: the extra ranks would get empty batches. The
+    processes per node are the ones asked for, else the node's GPUs (as DLC starts them), else one."""
+    world = nodes * (procs_per_node or resources.gpu or 1)
+    batch = getattr(getattr(config, "train", None), "batch_size", None)
+    if stage.distributed and batch is not None and batch < world:
+        raise UserError(f"{where}: train.batch_size {batch} is below the {world} processes of {nodes} node(s) x "
+                        f"{world // nodes}; set train.batch_size to at least {world} or use fewer nodes or processes")
+
+
+def prepare(stage_name: str, config_data: dict, inputs: dict[str, str], *, where: str,
+            nodes: int = 1, procs_per_node: int | None = None, resources: Resources | None = None) -> Prepared:
+    """Validate everything and build the job spec; starts nothing."""
+    from pai_distil.run.registry import new_run_id
+
+    stage = get_stage(stage_name)
+    check_nodes(stage, nodes, where)
+    config = validate(stage.config, config_data, where)
+    resources = resources or Resources()
+    check_batch(stage, config, nodes, procs_per_node, resources, where)
+    check_names(stage, config, set(inputs), where)
+    resolved = resolve_paths(inputs, where)
+    key = cache_key(stage.name, config, resolved)
+    work = paths.work_dir(stage.name, key)
+    spec = JobSpec(
+        run_id=new_run_id(stage.name), stage=stage.name, command=JOB_COMMAND,
+        config=config.model_dump(mode="json"), inputs=resolved,
+        output=str(work / "output"), checkpoint_dir=str(work / "checkpoints"),
+        nodes=nodes, procs_per_node=procs_per_node, resources=resources,
+    )
+    return Prepared(stage, config, spec, key, work)
+
+
+def execute(prep: Prepared, backend: str, *, force: bool = False, detach: bool = False,
+            pipeline: str | None = None, console: Console | None = None, **options):
+    """Run a prepared job (or reuse a cached result); returns the run record. `options` are the
+    backend's own (pai: download, max_restarts)."""
+    from pai_distil.backends import get_backend
+    from pai_distil.run.follow import follow
+    from pai_distil.run.registry import Registry
+
+    console = console or Console(stderr=True)
+    registry = Registry()
+    runner = get_backend(backend, **options)
+    spec = prep.spec
+    if not force:
+        hit = registry.find_succeeded(prep.cache_key)
+        if hit is not None and not _intact(hit.output, console):
+            hit = None
+        if hit is not None:
+            record = registry.create(spec.run_id, spec.stage, backend, prep.cache_key, str(prep.work_dir),
+                                     hit.output, hit.log_path, pipeline=pipeline, state="cached")
+            console.print(f"[green]cache hit[/]: {spec.stage} unchanged since run {hit.id}; reusing {hit.output} (--force reruns)", soft_wrap=True)
+            if options.get("download") and (hit.output or "").startswith("oss://"):  # wanted here, still in OSS
+                from pai_distil.backends.pai import pull_output
+
+                pull_output(record, registry=registry)
+                record = registry.get(record.id)
+            return record
+    _take_work_dir(registry, prep, console)
+    try:
+        if force and prep.work_dir.exists():
+            shutil.rmtree(prep.work_dir)
+        output = Path(spec.output)
+        output.mkdir(parents=True, exist_ok=True)
+        (output.parent / WORK_MARKER).touch()
+        (output / artifacts.MANIFEST).unlink(missing_ok=True)  # a rerun is incomplete until it finishes
+        log_path = paths.run_dir(spec.run_id) / "job.log"
+        record = registry.create(spec.run_id, spec.stage, backend, prep.cache_key, str(prep.work_dir),
+                                 spec.output, str(log_path), pipeline=pipeline)
+        runner.start(spec, record)  # the supervisor now holds the work dir's lock too
+    finally:
+        work_lock.release(prep.work_dir)
+    if detach:
+        console.print(f"submitted run [bold]{spec.run_id}[/]; follow it with `pai-distil runs logs -f {spec.run_id}`")
+        return record
+    console.print(f"run [bold]{spec.run_id}[/] ({spec.stage}, backend {backend})")
+    record = follow(spec.run_id, registry=registry, console=console)
+    if record.state != "succeeded":
+        reason = record.error or f"exit code {record.exit_code}"
+        raise RunFailed(f"run {record.id} ({record.stage}) {record.state}: {reason}")
+    console.print(f"[green]done[/]: {record.stage} → {record.output}", soft_wrap=True)
+    return record
+
+
+def _take_work_dir(registry, prep: Prepared, console: Console) -> None:
+    """Hold the work dir's lock for this run; a job left running by a dead supervisor is stopped first
+    (it saves a checkpoint, which this run resumes from). Refuses, naming it, a run still running."""
+    try:
+        work_lock.hold(prep.work_dir, prep.spec.run_id)
+        return
+    except UserError:
+        other = (work_lock.holder(prep.work_dir) or {}).get("run_id")
+        try:
+            record = registry.get(other) if other else None
+        except UserError:  # a run of another registry (another home): not ours to stop
+            record = None
+        if record is None or not record.terminal:
+            raise
+    console.print(f"run {record.id} is {record.state} but its job still runs without its supervisor; stopping it",
+                  soft_wrap=True)
+    work_lock.stop_orphan(prep.work_dir)
+    work_lock.hold(prep.work_dir, prep.spec.run_id)
+
+
+def _intact(output: str, console: Console) -> bool:
+    """Whether a cached output still holds what its manifest says; an edited one is run again."""
+    try:
+        if output.startswith("oss://"):
+            from pai_distil.backends.pai import remote_artifact
+
+            remote_artifact(output)
+            return True
+        artifacts.verify(output, artifacts.Checked(paths.checked_files()))
+    except UserError as e:
+        console.print(f"[yellow]not a cache hit[/]: {e.message}", soft_wrap=True)
+        return False
+    return True
+
+
+def parse_inputs(pairs: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        name, sep, path = pair.partition("=")
+        if not sep or not name or not path:
+            raise UserError(f"--input {pair!r} must look like NAME=PATH, e.g. --input cots=./cots.jsonl")
+        out[name.strip()] = path.strip()
+    return out
