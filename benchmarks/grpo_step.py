@@ -42,7 +42,7 @@ LR = 2e-4
 
 
 def save_student(dest: Path) -> Path:
-    from pai_distil_jobs.lib.models import load_model
+    from pai_distil_jobs.models.models import load_model
 
     model, tokenizer = load_model("preset:micro", seed=0)
     model.save_pretrained(dest)
@@ -87,11 +87,11 @@ def plain_trl(spec: dict) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from pai_distil.specs import SyntheticProblems
-    from pai_distil.synthetic import world
-    from pai_distil_jobs.lib.problems import load_problems
-    from pai_distil_jobs.lib.prompts import user_message
-    from pai_distil_jobs.lib.threads import set_cpu_threads
+    from pai_distil.core.config import SyntheticProblems
+    from pai_distil.core import world
+    from pai_distil_jobs.data.problems import load_problems
+    from pai_distil_jobs.endpoints.prompts import user_message
+    from pai_distil_jobs.models.threads import set_cpu_threads
 
     datasets.disable_progress_bars()
     set_cpu_threads()

@@ -53,10 +53,10 @@ ARMS = ("ours", "trl", "previous")
 
 def write_cots(path: Path, pool: int, rv: int, levels: list[int], seed: int) -> tuple[int, int]:
     """CoT rows from the synthetic world's oracle teacher, all of one token length; (rows, length)."""
-    from pai_distil.synthetic import teacher, world
-    from pai_distil_jobs.lib.cot_data import thinking_row
-    from pai_distil_jobs.lib.sft_data import encode_messages
-    from pai_distil_jobs.lib.tokenizer import build_tokenizer
+    from pai_distil.core import oracle as teacher, world
+    from pai_distil_jobs.data.cot_data import thinking_row
+    from pai_distil_jobs.train.sft_data import encode_messages
+    from pai_distil_jobs.models.tokenizer import build_tokenizer
 
     tokenizer = build_tokenizer()
     by_length = collections.defaultdict(list)
@@ -119,8 +119,8 @@ def plain_trl(spec: dict) -> None:
     from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
-    from pai_distil_jobs.lib.models import load_model
-    from pai_distil_jobs.lib.sft_data import encode_messages
+    from pai_distil_jobs.models.models import load_model
+    from pai_distil_jobs.train.sft_data import encode_messages
     from pai_distil_jobs.stages.slow_thinking import sft_rows
 
     datasets.disable_progress_bars()

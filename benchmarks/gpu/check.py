@@ -97,7 +97,7 @@ def build_checkpoint(dest: Path, shape: dict) -> int:
 
 def write_cots(path: Path, n: int, error_rate: float = 0.0, seed: int = 5) -> Path:
     """Chains from the synthetic world's teacher at high verbosity; with `error_rate`, right and wrong ones."""
-    from pai_distil.synthetic import teacher, world
+    from pai_distil.core import oracle as teacher, world
 
     rng = random.Random(seed)
     with open(path, "w") as f:
