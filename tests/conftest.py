@@ -187,3 +187,38 @@ def pairs_file(path: Path, n: int = 24, seed: int = 7) -> Path:
 def job_errors(proc: subprocess.CompletedProcess) -> list[str]:
     """The `pai-distil job error:` lines a job printed."""
     return [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("pai-distil job error:")]
+
+
+# -- the Docker tests' job image ----------------------------------------------------------------
+
+REQUIRE = os.environ.get("PAI_DISTIL_REQUIRE_DOCKER") == "1"
+WHEELHOUSE = Path(os.environ.get("PAI_DISTIL_WHEELHOUSE") or Path.home() / ".cache/pai-distil/wheelhouse")
+
+
+def _unavailable(reason: str):
+    if REQUIRE:
+        pytest.fail(f"{reason} (PAI_DISTIL_REQUIRE_DOCKER=1)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def cpu_image() -> str:
+    """The CPU job image of this code, built once (bootstrapping the base and wheelhouse if needed)."""
+    from pai_distil.cloud import dockercli, images
+    from pai_distil.core.errors import UserError
+
+    try:
+        dockercli.require_engine()
+    except UserError as e:
+        _unavailable(f"Docker tests need a running engine: {e.message}")
+    if not dockercli.image_id(images.BASE_TAG):
+        if not REQUIRE:
+            pytest.skip(f"no base image {images.BASE_TAG}; make it with `pai-distil images bootstrap-base` (root, "
+                        "a few minutes), then rerun")
+        images.bootstrap_base()
+    if images._missing_wheels(WHEELHOUSE, images.requirements(images.TARGETS["cpu"])):
+        images.wheelhouse(WHEELHOUSE)
+    tag = images.build("cpu", wheelhouse_dir=WHEELHOUSE, quiet=True)
+    # jobs started by these tests (in subprocesses too) use this image, even if the code is edited meanwhile
+    os.environ[images.IMAGE_ENV] = tag
+    return tag

@@ -15,7 +15,7 @@ from pai_distil.core.verify import agreement, choice, code, math_answer
 from pai_distil.core.verify.sandbox import Limits, describe, run_python
 from pai_distil.core.verify.text import last_boxed
 
-PAIRS = Path(__file__).resolve().parents[1] / "examples" / "verifier-pairs"
+PAIRS = Path(__file__).resolve().parents[2] / "examples" / "verifier-pairs"
 FAST = Limits(timeout_s=1.5, memory_mb=256)
 
 

@@ -14,7 +14,7 @@ from pai_distil.core.readers import DataError, read_cots, read_problems
 from pai_distil.core.config import ProblemData
 from pai_distil.core.verifiers import verifier_for, verify
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 BENCH = EXAMPLES / "benchmarks"
 COTS = EXAMPLES / "cots"
 

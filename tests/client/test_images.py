@@ -20,7 +20,7 @@ from pai_distil_jobs.train.deepspeed_config import zero_config
 from pai_distil.core.errors import UserError
 from pai_distil.core.config import JobSpec, Training
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import yaml
 from safetensors.numpy import load_file
-from test_docker_local import cpu_image  # noqa: F401 - the session's image fixture
 
 from pai_distil.core import oracle as teacher, world
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import oss2
 from alibabacloud_pai_dlc20201203 import models as m
 from emulator_support import ACCESS_KEY_ID, ACCESS_KEY_SECRET, dlc_client, start_emulator
-from test_docker_local import cpu_image  # noqa: F401 - the session fixture that builds the CPU job image
 from test_emulator_dlc import job_request, wait_for
 
 

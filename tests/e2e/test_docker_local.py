@@ -18,43 +18,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, pairs_file, start_teacher
+from conftest import REQUIRE, ROOT, WHEELHOUSE, pairs_file, start_teacher
 from pai_distil.cloud import dockercli, images
 from pai_distil.core.errors import UserError
 
 pytestmark = pytest.mark.slow
-REQUIRE = os.environ.get("PAI_DISTIL_REQUIRE_DOCKER") == "1"
-WHEELHOUSE = Path(os.environ.get("PAI_DISTIL_WHEELHOUSE") or Path.home() / ".cache/pai-distil/wheelhouse")
 SECRET = "planted-secret-7f3a9c1e5b"  # the teacher's API key: the job must get it, nothing may keep it
 LOSS_TOLERANCE = 0.05  # relative difference of the final loss against one process
 TRAIN = {"max_steps": 20, "batch_size": 16, "learning_rate": 0.005, "warmup_steps": 2, "log_every": 5,
          "checkpoint_every": 10, "max_length": 256}
-
-
-def _unavailable(reason: str):
-    if REQUIRE:
-        pytest.fail(f"{reason} (PAI_DISTIL_REQUIRE_DOCKER=1)")
-    pytest.skip(reason)
-
-
-@pytest.fixture(scope="session")
-def cpu_image() -> str:
-    """The CPU job image of this code, built once (bootstrapping the base and wheelhouse if needed)."""
-    try:
-        dockercli.require_engine()
-    except UserError as e:
-        _unavailable(f"Docker tests need a running engine: {e.message}")
-    if not dockercli.image_id(images.BASE_TAG):
-        if not REQUIRE:
-            pytest.skip(f"no base image {images.BASE_TAG}; make it with `pai-distil images bootstrap-base` (root, "
-                        "a few minutes), then rerun")
-        images.bootstrap_base()
-    if images._missing_wheels(WHEELHOUSE, images.requirements(images.TARGETS["cpu"])):
-        images.wheelhouse(WHEELHOUSE)
-    tag = images.build("cpu", wheelhouse_dir=WHEELHOUSE, quiet=True)
-    # jobs started by these tests (in subprocesses too) use this image, even if the code is edited meanwhile
-    os.environ[images.IMAGE_ENV] = tag
-    return tag
 
 
 @pytest.fixture

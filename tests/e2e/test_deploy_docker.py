@@ -13,7 +13,6 @@ import pytest
 from conftest import ROOT
 from pai_distil.cloud import dockercli, images
 from serving import free_port, micro_checkpoint, wait_healthy
-from test_docker_local import WHEELHOUSE, cpu_image  # noqa: F401 - the session's CPU image fixture
 
 pytestmark = pytest.mark.slow
 TOKEN = "docker-serve-token-not-a-secret"

@@ -28,7 +28,7 @@ def emu(tmp_path_factory):
         yield e
 
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "slow-thinking-small.yaml"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "slow-thinking-small.yaml"
 
 
 def example_pipeline(teacher) -> dict:
