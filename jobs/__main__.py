@@ -16,12 +16,6 @@ from pai_distil.core.stages import get_stage
 
 from pai_distil.core.contract import JobContext, JobError, fail, log
 
-MODULES = {"generate": "generate", "score": "score", "teacher-logits": "teacher_logits",
-           "slow-thinking": "slow_thinking",
-           "adaptive-thinking": "adaptive_thinking", "evaluate": "evaluate",
-           "reward-model": "reward_model", "grpo": "grpo", "dpo": "dpo"}
-
-
 def procs_per_node() -> int:
     """NPROC_PER_NODE when the platform or the user set it (DLC sets the node's GPU count), else one
     process per visible GPU, else one."""
@@ -58,7 +52,7 @@ def main() -> int:
             # One process in all: run here, without a process group (and keep our exit code). No
             # LOCAL_RANK: accelerate would read it as a distributed launch and wait for a rendezvous.
             os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1")
-        module = importlib.import_module(f"pai_distil_jobs.stages.{MODULES[ctx.stage]}")
+        module = importlib.import_module(stage.entry)
         ctx.output.mkdir(parents=True, exist_ok=True)
         finished = module.run(ctx)
     except JobError as e:

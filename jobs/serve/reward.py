@@ -92,3 +92,45 @@ def serve(checkpoint: Path, host: str, port: int, api_key: str | None, max_items
         on_ready()
     uvicorn.run(create_app(scorer.score, api_key, name=Path(checkpoint).name, max_items=max_items),
                 host=host, port=port, log_level="warning")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m pai_distil_jobs.serve.reward CHECKPOINT`: what `pai-distil reward serve` runs once it has
+    checked its arguments."""
+    import argparse
+    import os
+    import sys
+
+    parser = argparse.ArgumentParser(prog="pai-distil reward serve")
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8500)
+    parser.add_argument("--max-items", type=int, default=DEFAULT_MAX_ITEMS)
+    parser.add_argument("--api-key-env", default="PAI_DISTIL_REWARD_API_KEY")
+    parser.add_argument("--no-auth", action="store_true")
+    args = parser.parse_args(argv)
+    api_key = None if args.no_auth else os.environ.get(args.api_key_env)
+    if not args.no_auth and not api_key:
+        print(f"error: environment variable {args.api_key_env} is not set; set it to the API key clients must send, "
+              "or pass --no-auth to serve without one", file=sys.stderr)
+        return 2
+    url_host = f"[{args.host}]" if ":" in args.host else args.host
+    auth = "no API key" if args.no_auth else f"API key from ${args.api_key_env}"
+
+    def ready() -> None:
+        print(f"reward model {args.checkpoint} serving at http://{url_host}:{args.port}/v1/score ({auth}); "
+              "Ctrl-C stops it", flush=True)
+
+    try:
+        serve(args.checkpoint, args.host, args.port, api_key, max_items=args.max_items, on_ready=ready)
+    except ImportError as e:
+        print(f"error: serving a reward model needs the training extras ({e.name} is missing); install them with "
+              "`pip install 'pai-distil[train]'`", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

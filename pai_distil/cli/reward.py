@@ -1,11 +1,14 @@
 """`pai-distil reward serve CHECKPOINT`: a trained reward model behind an HTTP scoring endpoint.
 
-The server (torch, transformers, FastAPI) is imported only when it starts, so `pai-distil
---help` stays fast.
+The command checks what a user can get wrong (the checkpoint, the key, the port), then becomes the
+job side's server, `python -m pai_distil_jobs.serve.reward`: the client never imports job code, and
+`pai-distil --help` stays free of torch.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import click
@@ -30,21 +33,12 @@ def serve(checkpoint: Path, host: str, port: int, api_key_env: str, no_auth: boo
     if not (checkpoint / REWARD_HEAD).is_file():
         raise UserError(f"{str(checkpoint)!r} is not a reward model checkpoint (no {REWARD_HEAD}); pass the output "
                         "directory of a reward-model run (`pai-distil runs show RUN` prints it)")
-    api_key = api_key_of(api_key_env, no_auth)
+    api_key_of(api_key_env, no_auth)  # set, or a one-line error here
     check_port(host, port)
-    try:
-        from pai_distil_jobs.serve.reward import serve as run_server
-    except ImportError as e:
-        raise UserError(f"serving a reward model needs the training extras ({e.name} is missing); "
-                        "install them with `pip install 'pai-distil[train]'`") from None
-
-    url_host = f"[{host}]" if ":" in host else host
-    auth = "no API key" if no_auth else f"API key from ${api_key_env}"
-
-    def ready() -> None:
-        click.echo(f"reward model {checkpoint} serving at http://{url_host}:{port}/v1/score ({auth}); Ctrl-C stops it")
-
-    run_server(checkpoint, host, port, api_key, max_items=max_items, on_ready=ready)
+    argv = [sys.executable, "-m", "pai_distil_jobs.serve.reward", str(checkpoint), "--host", host, "--port", str(port),
+            "--max-items", str(max_items), *(["--no-auth"] if no_auth else ["--api-key-env", api_key_env])]
+    sys.stdout.flush()
+    os.execv(sys.executable, argv)
 
 
 COMMANDS = [reward]

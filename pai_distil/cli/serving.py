@@ -38,6 +38,7 @@ def _endpoint_options(f):
 def evaluate(url, model, api_key_env, thinking, problems_file, n, seed, levels, max_new_tokens, concurrency, name):
     """Evaluate a served model on held-out problems: accuracy and output tokens, as for a checkpoint."""
     from pai_distil.core import report
+    from pai_distil.run import report_tables
     from pai_distil.cloud.deploy.client import connect
     from pai_distil.run.submission import execute, prepare
 
@@ -60,7 +61,7 @@ def evaluate(url, model, api_key_env, thinking, problems_file, n, seed, levels, 
     prep = prepare("evaluate", config, inputs, where="evaluate options")
     # what answers behind a URL can change (a rolling update): always ask again
     record = execute(prep, "process", force=True)
-    report.render(report.load(record.output), title=f"evaluation of {served.base_url}")
+    report_tables.render(report.load(record.output), title=f"evaluation of {served.base_url}")
     click.echo(record.output)
 
 

@@ -10,14 +10,22 @@ from rich.console import Console
 from rich.table import Table
 
 from pai_distil.core.errors import UserError
+from pai_distil.core.stages import STAGES
 
-# Specs and stages are imported inside the commands: building the pydantic models costs more
-# than the rest of start-up, and `--help` needs none of them.
+# Config models are imported inside the commands: building the pydantic models costs more than the
+# rest of start-up, and `--help` needs none of them (the stage registry names them, it does not
+# import them).
 
 BACKENDS = click.Choice(["process", "local", "pai"])
 
 
-@click.command()
+def _stage_list() -> str:
+    """The registry's stages for `--help` (\\b keeps click from re-wrapping the lines)."""
+    width = max(map(len, STAGES))
+    return "\b\nStages:\n" + "\n".join(f"  {n.ljust(width)}  {s.summary}" for n, s in STAGES.items())
+
+
+@click.command(epilog=_stage_list())
 @click.argument("stage")
 @click.option("--config", "-c", "config_file", type=click.Path(dir_okay=False), help="stage config (YAML or JSON)")
 @click.option("--input", "-i", "inputs", multiple=True, metavar="NAME=PATH", help="an input of the stage (repeatable)")
@@ -84,6 +92,7 @@ def run_pipeline(pipeline_file, backend, force, dry_run, download, max_restarts)
     """Run a PIPELINE_FILE of stages in dependency order; unchanged stages are cache hits."""
     from pai_distil.run import pipeline
     from pai_distil.core import report
+    from pai_distil.run import report_tables
 
     console = Console(stderr=True)
     records = pipeline.run(pipeline_file, backend=backend, force=force, dry_run=dry_run, console=console,
@@ -100,7 +109,7 @@ def run_pipeline(pipeline_file, backend, force, dry_run, download, max_restarts)
     console.print(table)
     for sid, r in records.items():
         if r.stage == "evaluate":
-            report.render(report.load(r.output), title=f"{sid}")
+            report_tables.render(report.load(r.output), title=f"{sid}")
 
 
 @click.command()
@@ -141,15 +150,13 @@ def schema(what):
 
 @click.command("stages")
 def list_stages():
-    """List the stages of the recipe and which are available."""
-    from pai_distil.core.stages import STAGES
-
+    """List the stages of the recipe, their inputs and what each does."""
     table = Table(title="stages", title_justify="left")
-    for col in ("stage", "available", "inputs", "what it does"):
+    for col in ("stage", "inputs", "what it does"):
         table.add_column(col)
     for s in STAGES.values():
         ins = ", ".join(list(s.inputs) + [f"{n} (optional)" for n in s.optional_inputs])
-        table.add_row(s.name, "[green]yes[/]" if s.available else "[dim]not yet[/]", ins, s.summary)
+        table.add_row(s.name, ins, s.summary)
     Console().print(table)
 
 
@@ -161,6 +168,7 @@ def list_stages():
 def show_report(target, chart_path, no_chart):
     """Show the evaluation report of a RUN id or an evaluate output directory, and redraw its chart."""
     from pai_distil.core import report
+    from pai_distil.run import report_tables
 
     path = Path(target)
     if not path.exists():
@@ -171,7 +179,7 @@ def show_report(target, chart_path, no_chart):
         raise UserError(f"{target} has no {report.REPORT}; give an evaluate run id or its output directory")
     try:
         data = report.load(path)
-        report.render(data)
+        report_tables.render(data)
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise UserError(f"{path / report.REPORT} is not an evaluation report ({type(e).__name__}: {e}); "
                         "rerun the evaluate stage") from None

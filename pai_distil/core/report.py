@@ -1,6 +1,7 @@
-"""Evaluation reports: the statistics, their rendering as rich tables, and the chart (client side, no torch).
+"""Evaluation reports: the statistics and the chart, written by the evaluate job and redrawn by the client.
 
-matplotlib is imported only when a chart is drawn, so the client starts fast.
+matplotlib is imported only when a chart is drawn, so the client starts fast. The tables the CLI
+prints live beside the CLI (`pai_distil/run/report_tables.py`).
 """
 
 from __future__ import annotations
@@ -9,9 +10,6 @@ import io
 import json
 from collections import defaultdict
 from pathlib import Path
-
-from rich.console import Console
-from rich.table import Table
 
 REPORT = "report.json"
 CHART = "report.png"
@@ -72,59 +70,10 @@ def label(m: dict) -> str:
     return m["name"] if mode is None else f"{m['name']} (thinking {'on' if mode else 'off'})"
 
 
-def _title(report: dict, title: str) -> str:
+def title_of(report: dict, title: str) -> str:
     samples = report.get("samples", 1)
     what = f"pass@1 over {samples} samples" if samples > 1 else "accuracy"
     return f"{title}: {report['n_problems']} held-out problems ({what} / mean output tokens)"
-
-
-def table(report: dict, title: str = "evaluation") -> Table:
-    """One row per model: accuracy and mean output tokens, overall and per difficulty level."""
-    models = report["models"]
-    levels = sort_levels({lv for m in models for lv in m["levels"]})
-    t = Table(title=_title(report, title), title_justify="left")
-    t.add_column("model", style="bold", overflow="fold", min_width=16)
-    t.add_column("overall", justify="right")
-    for lv in levels:
-        t.add_column(_level_name(lv), justify="right")
-    for m in models:
-        row = [label(m), _cell(m["overall"])]
-        row += [_cell(m["levels"][lv]) if lv in m["levels"] else "-" for lv in levels]
-        t.add_row(*row)
-    return t
-
-
-def source_table(report: dict, title: str = "evaluation") -> Table | None:
-    """One row per model, one column per source (benchmark file); None with a single source."""
-    models = report["models"]
-    sources = sorted({s for m in models for s in m.get("sources", {})})
-    if len(sources) < 2:
-        return None
-    t = Table(title=f"{title}: per source (accuracy / mean output tokens)", title_justify="left")
-    t.add_column("model", style="bold", overflow="fold", min_width=16)
-    for s in sources:
-        t.add_column(s, justify="right")
-    for m in models:
-        t.add_row(label(m), *[_cell(m["sources"][s]) if s in m.get("sources", {}) else "-" for s in sources])
-    return t
-
-
-def _cell(s: dict) -> str:
-    return f"{s['accuracy']:.1%} / {s['mean_tokens']:.1f}"
-
-
-def output_console() -> Console:
-    """Stdout; when it is a file or a pipe, wide enough that no column is cut."""
-    console = Console()
-    return console if console.is_terminal else Console(width=160)
-
-
-def render(report: dict, console: Console | None = None, title: str = "evaluation") -> None:
-    console = console or output_console()
-    console.print(table(report, title))
-    by_source = source_table(report, title)
-    if by_source is not None:
-        console.print(by_source)
 
 
 # -- chart ----------------------------------------------------------------------------------------
@@ -173,13 +122,13 @@ def chart_png(report: dict) -> bytes:
         heights = [m["levels"][lv]["mean_tokens"] if lv in m["levels"] else 0.0 for lv in levels]
         right.bar(xs, heights, width, color=colors(i % 10), label=label(m), edgecolor="black", linewidth=0.4)
     right.set_ylim(0, top * (1.25 + 0.07 * len(models)))  # headroom for the legend
-    right.set_xticks(range(len(levels)), [_level_name(lv) for lv in levels])
+    right.set_xticks(range(len(levels)), [level_name(lv) for lv in levels])
     right.set_xlabel("difficulty level")
     right.set_ylabel("mean output tokens per answer (tokens)")
     right.set_title("output length per difficulty level")
     right.grid(axis="y", alpha=0.3)
     right.legend(fontsize=8, loc="upper left", title="model", ncol=2 if len(models) > 3 else 1)
-    fig.suptitle(_title(report, "evaluation"), fontsize=11)
+    fig.suptitle(title_of(report, "evaluation"), fontsize=11)
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, metadata={"Software": None})
@@ -203,7 +152,7 @@ def _curves(ax, models: list[dict], colors, markers) -> None:
     ax.legend(fontsize=8, loc="best")
 
 
-def _level_name(lv: str) -> str:
+def level_name(lv: str) -> str:
     return f"level {lv}" if str(lv).isdigit() else ("no level" if lv == "all" else str(lv))
 
 

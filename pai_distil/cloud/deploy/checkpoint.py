@@ -8,8 +8,8 @@ from pathlib import Path
 
 from pai_distil.core.artifacts import REWARD_HEAD
 from pai_distil.core.errors import UserError
+from pai_distil.core.stages import TRAINING_STAGES
 
-TRAINING_STAGES = ("slow-thinking", "adaptive-thinking", "grpo", "dpo", "reward-model")
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")  # EAS service names: lower case, digits, underscores
 
 
