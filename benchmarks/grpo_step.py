@@ -8,7 +8,7 @@ and steps, one CPU thread each (`taskset` to one core, OMP_NUM_THREADS=1), inter
 verifier in both, so neither arm pays for a reward model the other lacks.
 
 - `ours`: the grpo stage run as the real job (`python -m pai_distil_jobs`, config as in
-  tests/test_reward_grpo.py `grpo_config`): whatever the stage is when this runs;
+  tests/jobs/test_reward_grpo.py `grpo_config`): whatever the stage is when this runs;
 - `trl`: plain `GRPOTrainer` in a minimal script (this file with `--plain-trl`).
 
 Timing: both print a `step k/N` line every step, stamped on arrival by this script; seconds per
@@ -122,9 +122,9 @@ def plain_trl(spec: dict) -> None:
 
 
 def git_head() -> str:
-    proc = subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--format=%h %s", "--", "jobs/lib/grpo.py",
+    proc = subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--format=%h %s", "--", "jobs/train/grpo.py",
                            "jobs/stages/grpo.py"], capture_output=True, text=True)
-    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "jobs/lib/grpo.py",
+    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "jobs/train/grpo.py",
                             "jobs/stages/grpo.py"], capture_output=True, text=True).stdout.strip()
     return proc.stdout.strip()[:100] + (" (+ uncommitted changes)" if dirty else "")
 

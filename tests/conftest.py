@@ -204,7 +204,8 @@ def _unavailable(reason: str):
 @pytest.fixture(scope="session")
 def cpu_image() -> str:
     """The CPU job image of this code, built once (bootstrapping the base and wheelhouse if needed)."""
-    from pai_distil.cloud import dockercli, images
+    from pai_distil.cloud import images
+    from pai_distil.core import dockercli
     from pai_distil.core.errors import UserError
 
     try:

@@ -31,7 +31,7 @@ def micro_reward_checkpoint(dest: Path, seed: int = 0) -> Path:
     import json
 
     from pai_distil.core.artifacts import write_manifest
-    from pai_distil_jobs.models.models import load_reward_model
+    from pai_distil_jobs.train.reward import load_reward_model
     from pai_distil_jobs.train.reward import STATS
 
     model, tokenizer = load_reward_model("preset:micro", seed=seed)

@@ -14,7 +14,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from transformers.utils import logging as hf_logging
 
 from pai_distil.core.presets import CONFIG_KEY, PRESETS, is_preset, preset_name
-from pai_distil.core.config import LIKELIHOOD, LIKELIHOOD_WEIGHT
 
 from pai_distil_jobs.models.hub import load_kwargs
 from pai_distil_jobs.models.threads import set_cpu_threads
@@ -117,29 +116,6 @@ def load_for_inference(spec: str | Path, seed: int = 0) -> tuple[PreTrainedModel
     bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
     model, tokenizer = load_model(spec, seed=seed, dtype=torch.bfloat16 if bf16 else torch.float32)
     return model.to(device).eval(), tokenizer
-
-
-def load_reward_model(spec: str | Path, seed: int = 0, likelihood_weight: float = LIKELIHOOD_WEIGHT,
-                      likelihood: str = LIKELIHOOD):
-    """A reward model (`reward.RewardModel`) and its tokenizer: a trained one as it was saved, or a
-    new head on a preset or on any causal-LM checkpoint (`likelihood_weight` and `likelihood`
-    apply to new ones; checkpoints written before the per-token form existed summed)."""
-    from safetensors import safe_open
-
-    from pai_distil_jobs.train.reward import HEAD, RewardModel
-
-    head = Path(spec) / HEAD
-    if not is_preset(str(spec)) and head.exists():
-        with safe_open(str(head), framework="pt") as f:
-            saved = f.metadata() or {}
-        likelihood_weight = float(saved.get("likelihood_weight", likelihood_weight))
-        likelihood = saved.get("likelihood", "sum")
-    lm, tokenizer = load_model(spec, seed=seed)
-    torch.manual_seed(seed)
-    model = RewardModel(lm, likelihood_weight, likelihood)
-    if head.exists():
-        model.load_head(head)
-    return model, tokenizer
 
 
 def end_tokens(tokenizer, model=None) -> list[int]:

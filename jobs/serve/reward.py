@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 
 from pai_distil.core.protocol import authorized
 from pai_distil.core.http_limits import BodyLimits
-from pai_distil.synthetic.server import error_body
+from pai_distil.core.protocol import error_body
 
 DEFAULT_MAX_ITEMS = 256
 

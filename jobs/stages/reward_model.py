@@ -261,7 +261,7 @@ def train(ctx: JobContext, cfg: RewardModelConfig, train_pairs: list[dict], eval
           candidates: list[dict]) -> bool:
     from pai_distil.core.presets import trains_like_preset
 
-    from pai_distil_jobs.models.models import load_reward_model
+    from pai_distil_jobs.train.reward import load_reward_model
     from pai_distil_jobs.train.reward import STATS, encode, reward_trainer, score_texts
     from pai_distil_jobs.train.trainer import TrainSettings, fit
 

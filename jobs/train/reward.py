@@ -41,6 +41,7 @@ from torch import nn
 
 from pai_distil.core.artifacts import REWARD_HEAD as HEAD
 from pai_distil.core.config import LIKELIHOOD, LIKELIHOOD_WEIGHT, Likelihood
+from pai_distil.core.presets import is_preset
 
 
 STATS = "reward_stats.json"
@@ -250,12 +251,35 @@ def score_texts(model, tokenizer, prompts: list[str], responses: list[str], max_
     return out
 
 
+def load_reward_model(spec: str | Path, seed: int = 0, likelihood_weight: float = LIKELIHOOD_WEIGHT,
+                      likelihood: str = LIKELIHOOD):
+    """A reward model (`RewardModel`) and its tokenizer: a trained one as it was saved, or a
+    new head on a preset or on any causal-LM checkpoint (`likelihood_weight` and `likelihood`
+    apply to new ones; checkpoints written before the per-token form existed summed)."""
+    from safetensors import safe_open
+
+    from pai_distil_jobs.models.models import load_model
+
+    head = Path(spec) / HEAD
+    if not is_preset(str(spec)) and head.exists():
+        with safe_open(str(head), framework="pt") as f:
+            saved = f.metadata() or {}
+        likelihood_weight = float(saved.get("likelihood_weight", likelihood_weight))
+        likelihood = saved.get("likelihood", "sum")
+    lm, tokenizer = load_model(spec, seed=seed)
+    torch.manual_seed(seed)
+    model = RewardModel(lm, likelihood_weight, likelihood)
+    if head.exists():
+        model.load_head(head)
+    return model, tokenizer
+
+
 class RewardScorer:
     """A trained reward model loaded for scoring, on the GPU when there is one; thread-safe (the server
     scores from a pool)."""
 
     def __init__(self, path: str | Path, max_length: int | None = None, batch_size: int = 64):
-        from pai_distil_jobs.models.models import inference_device, load_reward_model
+        from pai_distil_jobs.models.models import inference_device
 
         self.path = Path(path)
         self.model, self.tokenizer = load_reward_model(self.path)

@@ -22,12 +22,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pai_distil.cloud import dockercli
+from pai_distil.core import dockercli
 from pai_distil.core.errors import UserError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 IMAGES_DIR = ROOT / "images"
-BASE_TAG = "pai-distil-base:bookworm"
+BASE_TAG = dockercli.BASE_TAG
 BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates")
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 # the GPU image's base gives Python 3.11, the CUDA toolkit and compilers (DeepSpeed's JIT ops); its own

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from pai_distil.cloud import dockercli, images
+from pai_distil.cloud import images
+from pai_distil.core import dockercli
 from pai_distil.backends import get_backend
 from pai_distil.backends import local
 from pai_distil.cli import cli
@@ -41,7 +42,7 @@ def test_tag_is_a_content_hash_of_what_goes_into_the_image(tree):
     assert images.plan("cpu").tag == first  # stable
     (tree / "README.md").write_text("docs change")  # not in the image
     assert images.plan("cpu").tag == first
-    with open(tree / "jobs" / "lib" / "trainer.py", "a") as f:
+    with open(tree / "jobs" / "train" / "trainer.py", "a") as f:
         f.write("# changed\n")
     second = images.plan("cpu").tag
     assert second != first
@@ -86,7 +87,7 @@ def test_gpu_build_context_and_args(tree, tmp_path):
     # resolved, checked and smoke-tested: the lock is never installed --no-deps
     assert "-r /build/first.txt" in dockerfile and "--no-deps $PIP_OPTS -r" not in dockerfile
     assert "pip check" in dockerfile and "python -m pai_distil_jobs.smoke" in dockerfile
-    assert (ctx / "src" / "jobs" / "__main__.py").is_file() and (ctx / "src" / "pai_distil" / "specs.py").is_file()
+    assert (ctx / "src" / "jobs" / "__main__.py").is_file() and (ctx / "src" / "pai_distil" / "core" / "stages.py").is_file()
     assert images.plan("gpu", base="my.registry/pai/pytorch:x").build_args["BASE"] == "my.registry/pai/pytorch:x"
     with pytest.raises(UserError, match="--pip-cert"):
         images.plan("gpu", pip_cert=tmp_path / "missing.pem")

@@ -11,7 +11,8 @@ import openai
 import pytest
 
 from conftest import ROOT
-from pai_distil.cloud import dockercli, images
+from pai_distil.cloud import images
+from pai_distil.core import dockercli
 from serving import free_port, micro_checkpoint, wait_healthy
 
 pytestmark = pytest.mark.slow

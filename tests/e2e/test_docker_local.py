@@ -19,7 +19,8 @@ import pytest
 import yaml
 
 from conftest import REQUIRE, ROOT, WHEELHOUSE, pairs_file, start_teacher
-from pai_distil.cloud import dockercli, images
+from pai_distil.cloud import images
+from pai_distil.core import dockercli
 from pai_distil.core.errors import UserError
 
 pytestmark = pytest.mark.slow

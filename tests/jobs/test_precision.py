@@ -1,4 +1,4 @@
-"""A finished checkpoint in the precision it was trained in (jobs/lib/precision.py)."""
+"""A finished checkpoint in the precision it was trained in (jobs/models/precision.py)."""
 
 from __future__ import annotations
 

@@ -121,7 +121,7 @@ def test_reward_model_resumes_exactly_from_its_newest_checkpoint(tmp_path):
     """Head and language model both come back from a checkpoint: a run stopped at step 2 and
     resumed ends with the weights of a run that never stopped."""
     import torch
-    from pai_distil_jobs.models.models import load_reward_model
+    from pai_distil_jobs.train.reward import load_reward_model
     from pai_distil_jobs.train.reward import encode, reward_trainer
     from pai_distil_jobs.train.trainer import TrainSettings, fit
 
@@ -159,7 +159,7 @@ def test_reward_model_without_judge_uses_the_verifier(teacher_factory, tmp_path,
     pairs = [json.loads(x) for x in (tmp_path / "rm" / "pairs.jsonl").read_text().splitlines()]
     assert pairs and {p["kind"] for p in pairs} == {"correctness"}  # no RV ratings: correctness pairs only
 
-    from pai_distil_jobs.models.models import load_reward_model
+    from pai_distil_jobs.train.reward import load_reward_model
 
     saved = load_reward_model(tmp_path / "rm")[0]
     assert (saved.likelihood_weight, saved.likelihood) == (0.5, "sum")  # saved with the checkpoint
@@ -170,7 +170,7 @@ def test_reward_likelihood_per_token_is_neutral_to_length(micro_student):
     total; with the head at zero the score is that term alone."""
     import torch
 
-    from pai_distil_jobs.models.models import load_reward_model
+    from pai_distil_jobs.train.reward import load_reward_model
     from pai_distil_jobs.train.reward import batch_of, encode
 
     model, tok = load_reward_model(micro_student, likelihood_weight=1.0)
@@ -192,7 +192,7 @@ def test_reward_likelihood_per_token_is_neutral_to_length(micro_student):
 
 
 def test_reward_loss_adds_the_language_model_loss_of_the_chosen_responses(micro_student, tmp_path):
-    from pai_distil_jobs.models.models import load_reward_model
+    from pai_distil_jobs.train.reward import load_reward_model
     from pai_distil_jobs.train.reward import encode, pair_batch, pair_loss
 
     model, tok = load_reward_model(micro_student)

@@ -20,7 +20,7 @@ from pai_distil.core.artifacts import REWARD_HEAD
 from pai_distil.core.errors import UserError
 from pai_distil.cloud.deploy import eas_schema
 
-TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "templates"
+TEMPLATES_DIR = Path(__file__).resolve().parents[3] / "templates"
 REWARD = "reward"  # the engine of a reward model: `pai-distil reward serve` in the project's job image
 ENGINES = {
     # image: the official EAS images of each engine; {region} is filled in

@@ -11,7 +11,7 @@ import os
 import sys
 from dataclasses import dataclass
 
-from pai_distil.cloud import dockercli
+from pai_distil.core import dockercli
 from pai_distil.core.errors import UserError
 
 TOKEN_ENV = "PAI_DISTIL_SERVE_TOKEN"  # read by jobs/serve.py

@@ -28,7 +28,7 @@ import sys
 import uuid
 from pathlib import Path
 
-from pai_distil.cloud import dockercli
+from pai_distil.core import dockercli
 from pai_distil.core.errors import UserError
 
 NOBODY = 65534

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pai_distil.cloud.images import BASE_TAG
+from pai_distil.core.dockercli import BASE_TAG
 from pai_distil.core.verify import isolation
 from pai_distil.core.verify.isolation import SandboxUnavailable
 
@@ -40,7 +40,7 @@ class Limits:
     processes: int = 16  # processes and threads of the program (RLIMIT_NPROC in its own user namespace)
     isolation: str = "auto"  # auto | bwrap | docker | none
     allow_unsandboxed: bool = False  # let `none` (or `auto` where nothing else runs) run code unisolated
-    image: str | None = None  # the Docker image with python3 for `docker`; None: images.BASE_TAG
+    image: str | None = None  # the Docker image with python3 for `docker`; None: dockercli.BASE_TAG
 
     @classmethod
     def of(cls, config) -> Limits:

@@ -1,4 +1,4 @@
-"""The Docker command line, as the `local` backend and `images` use it.
+"""The Docker command line, as the `local` backend, `images` and the code sandbox use it.
 
 The `docker` CLI rather than a Python SDK: it is what users already have, it honours their
 contexts and configuration, and it adds no dependency to the client. Every failure to reach
@@ -12,6 +12,9 @@ import shutil
 import subprocess
 
 from pai_distil.core.errors import UserError
+
+# The Debian base every job image is built on, and the code sandbox's default container image.
+BASE_TAG = "pai-distil-base:bookworm"
 
 NOT_RUNNING = ("the Docker engine is not reachable ({why}); start it (`sudo systemctl start docker`, or "
                "`sudo dockerd --bridge=none --iptables=false &` where there is no systemd) or run the job with "
