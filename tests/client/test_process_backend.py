@@ -32,7 +32,7 @@ from pai_distil.core.config import JobSpec
 
 PRELUDE = """
 import json, os, pathlib, signal, sys, time
-from pai_distil.artifacts import write_manifest
+from pai_distil.core.artifacts import write_manifest
 out = pathlib.Path(os.environ["PAI_DISTIL_OUTPUT"])
 """
 
@@ -251,7 +251,7 @@ def test_follow_ctrl_c_cancels_the_run(registry, home):
     record = start(registry, SLEEPING_JOB)
     # a shell started in the background ignores SIGINT, and children inherit that: restore it, as
     # in a terminal
-    watcher = subprocess.Popen([sys.executable, "-c", f"from pai_distil.follow import follow; follow({record.id!r})"],
+    watcher = subprocess.Popen([sys.executable, "-c", f"from pai_distil.run.follow import follow; follow({record.id!r})"],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen = []
