@@ -29,7 +29,7 @@ import threading
 import time
 from pathlib import Path, PurePosixPath
 
-from pai_distil.cloud import dockercli
+from pai_distil.core import dockercli
 from pai_distil.core.artifacts import is_complete
 from pai_distil.core.errors import UserError
 from ..paths import run_dir

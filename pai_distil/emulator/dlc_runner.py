@@ -32,7 +32,7 @@ import threading
 import time
 from pathlib import Path
 
-from pai_distil.cloud import dockercli
+from pai_distil.core import dockercli
 from pai_distil.core.errors import UserError
 from .objects import store_of
 
