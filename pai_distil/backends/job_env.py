@@ -1,5 +1,7 @@
 """What a job may see of this machine's environment: the job contract, the secrets its config
-names, and an allowlist of harmless variables. Every backend builds a job's environment here.
+names, and an allowlist of harmless variables. Every backend builds a job's environment here:
+`contract_env` (the contract's variables, with paths as the job sees them), `secrets` (the named
+secrets this machine holds) and, for a job on this machine, `job_environment`.
 
 Why an allowlist rather than the client's environment minus known secrets: a job runs
 third-party libraries and judges model-written code, and anything it is handed can end up in a
@@ -11,8 +13,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pai_distil.core.contract import input_env_name
 
 from ..paths import ENV_HOME
+
+if TYPE_CHECKING:
+    from pai_distil.core.config import JobSpec
 
 # Exact names a job may inherit: how to find programs, files and its own code, the locale, proxies and
 # certificates for the endpoints it calls, thread counts, and pai-distil's own non-secret settings.
@@ -49,6 +58,34 @@ def named_secrets(config: dict) -> list[str]:
     return sorted(set(named))
 
 
+def secrets(config: dict, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The secrets a stage config names that hold a value here, by name: what a job may be handed."""
+    environ = os.environ if environ is None else environ
+    return {name: environ[name] for name in named_secrets(config) if environ.get(name)}
+
+
+def contract_env(spec: JobSpec, config_path: str | Path, *, master_addr: str = "127.0.0.1",
+                 master_port: int = 29500, rank: int = 0, inputs: dict[str, str] | None = None,
+                 output: str | None = None, checkpoint_dir: str | None = None) -> dict[str, str]:
+    """The job contract's variables (DESIGN.md); paths may be overridden for a container's view."""
+    env = {
+        "PAI_DISTIL_STAGE": spec.stage,
+        "PAI_DISTIL_RUN_ID": spec.run_id,
+        "PAI_DISTIL_CONFIG": str(config_path),
+        **{input_env_name(name): str(path) for name, path in (inputs or spec.inputs).items()},
+        "PAI_DISTIL_OUTPUT": str(output or spec.output),
+        "PAI_DISTIL_CHECKPOINT_DIR": str(checkpoint_dir or spec.checkpoint_dir),
+        "MASTER_ADDR": master_addr,
+        "MASTER_PORT": str(master_port),
+        "WORLD_SIZE": str(spec.nodes),
+        "RANK": str(rank),
+        "NPROC_PER_NODE": str(spec.procs_per_node or 1),
+        "PYTHONUNBUFFERED": "1",
+    }
+    env.update(spec.env)
+    return env
+
+
 def harmless(name: str) -> bool:
     return name not in NEVER and (name in HARMLESS or name.startswith(HARMLESS_PREFIXES))
 
@@ -60,6 +97,6 @@ def job_environment(config: dict, contract: Mapping[str, str], environ: Mapping[
     """
     environ = os.environ if environ is None else environ
     env = {k: v for k, v in environ.items() if harmless(k)}
-    env.update({k: environ[k] for k in named_secrets(config) if k in environ})
+    env.update(secrets(config, environ))
     env.update(contract)
     return env

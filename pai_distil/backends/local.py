@@ -1,7 +1,7 @@
 """The `local` backend: a job runs as Docker containers on this machine, one per node.
 
-Same contract as `process` and `pai`: the job image runs `python -m pai_distil_jobs` with the
-contract variables, pointing at container paths. Inputs are mounted read-only, the output and
+Same contract as `process` and `pai`: the job image runs the spec's command (`python -m
+pai_distil_jobs`, the image's interpreter) with the contract variables, pointing at container paths. Inputs are mounted read-only, the output and
 checkpoint dirs read-write, and the job runs as a non-root user. Networking:
 
 - one node of a stage that calls no endpoint: `--network none`;
@@ -13,9 +13,10 @@ Secrets (only those the config names, see `job_env`) reach containers as `docker
 (no value on any command line; the docker client takes it from its own environment), and
 containers are removed when they end.
 
-`start` spawns a detached supervisor (`python -m pai_distil.backends.local RUN_ID REGISTRY`)
-that runs the `docker run` clients, prefixes every line with its node (several nodes), and
-records the outcome with the `process` backend's rules.
+`start` checks the engine and the image (the images default unless the spec names one), then
+spawns a detached supervisor (`python -m pai_distil.backends.local RUN_ID REGISTRY`) that runs the
+`docker run` clients, prefixes every line with its node (several nodes), and records the outcome
+with the `process` backend's rules.
 """
 
 from __future__ import annotations
@@ -30,18 +31,18 @@ import time
 from pathlib import Path, PurePosixPath
 
 from pai_distil.core import dockercli
-from pai_distil.core.artifacts import is_complete
-from pai_distil.core.errors import UserError
-from ..paths import run_dir
-from pai_distil.run.registry import ACTIVE, Registry, RunRecord
 from pai_distil.core.config import JobSpec
-from .job_env import named_secrets
-from .process import CONFIG_FILE, ProcessBackend, contract_env, free_port, write_run_files
-from .supervisor import NO_ARTIFACT, Supervisor, supervise
+from pai_distil.core.errors import UserError
+from pai_distil.run.registry import Registry, RunRecord
+
+from ..paths import run_dir
+from .base import CONFIG_FILE, Backend, free_port
+from .containers import container_user, writable_dir
+from .job_env import contract_env, secrets
+from .supervisor import Supervisor, error_line, supervise
 
 SUPERVISOR_MODULE = "pai_distil.backends.local"
 MOUNT = PurePosixPath("/pai")
-IMAGE_UID = 1000  # the image's `pai` user, for jobs started by root
 TAIL_LINES = 20  # a failed node's last lines, copied into the log's closing note
 SEARCH_LINES = 400  # where its `pai-distil job error:` line is looked for
 DOCKER_FAILED = 125  # `docker run` itself failed (image, mounts, engine)
@@ -58,19 +59,6 @@ def needs_endpoints(config: dict) -> bool:
     if isinstance(config, list):
         return any(needs_endpoints(v) for v in config)
     return False
-
-
-def container_user() -> str | None:
-    """Files written to bind mounts belong to the invoking user; root's jobs run as the image's user."""
-    uid = os.geteuid()
-    return None if uid == 0 else f"{uid}:{os.getegid()}"
-
-
-def _container_command(command: list[str]) -> list[str]:
-    """The job command inside the image: the host's Python path becomes the image's `python`."""
-    if command and Path(command[0]).name.startswith("python"):
-        return ["python", *command[1:]]
-    return list(command)
 
 
 def docker_argv(spec: JobSpec, image: str, rank: int, master_port: int, config_path: Path) -> list[str]:
@@ -107,10 +95,10 @@ def docker_argv(spec: JobSpec, image: str, rank: int, master_port: int, config_p
         argv += ["--mount", m]
     for k, v in env.items():
         argv += ["-e", f"{k}={v}"]
-    for name in named_secrets(spec.config):
-        if name in os.environ and name not in env:
+    for name in secrets(spec.config):
+        if name not in env:
             argv += ["-e", name]  # the value comes from the docker client's environment
-    return argv + [image, *_container_command(spec.command)]
+    return argv + [image, *spec.command]
 
 
 def remove_containers(run_id: str) -> None:
@@ -121,42 +109,30 @@ def remove_containers(run_id: str) -> None:
         dockercli.docker("rm", "-f", *ids, check=False)
 
 
-class LocalBackend(ProcessBackend):
+class LocalBackend(Backend):
     name = "local"
+    supervisor_module = SUPERVISOR_MODULE
 
-    def start(self, spec: JobSpec, record: RunRecord) -> RunRecord:
-        try:
-            dockercli.require_engine()
-            from pai_distil.cloud.images import default_image
+    def _prepare(self, spec: JobSpec) -> JobSpec:
+        dockercli.require_engine()
+        from pai_distil.cloud.images import default_image
 
-            image = spec.image or default_image()
-            if not dockercli.image_id(image):
-                raise UserError(f"image {image} does not exist here; build it with `pai-distil images build` "
-                                "or `docker pull` it")
-        except UserError as e:
-            self.registry.update(record.id, where_state=ACTIVE, state="failed", error=e.message, finished_at=time.time())
-            raise
-        spec = spec.model_copy(update={"image": image})
-        write_run_files(spec, run_dir(record.id))
+        image = spec.image or default_image()
+        if not dockercli.image_id(image):
+            raise UserError(f"image {image} does not exist here; build it with `pai-distil images build` "
+                            "or `docker pull` it")
+        return spec.model_copy(update={"image": image})
+
+    def _launch(self, spec: JobSpec, record: RunRecord, config_path: Path) -> dict[str, str]:
         for d in (spec.output, spec.checkpoint_dir):
-            _writable_dir(Path(d))
-        return self.spawn_supervisor(record, SUPERVISOR_MODULE, dict(os.environ))
+            writable_dir(Path(d))
+        return dict(os.environ)  # the docker client's: the secrets' values come from it (`-e NAME`)
 
-    def cancel(self, record: RunRecord, wait_s: float | None = None) -> RunRecord:
-        record = super().cancel(record, **({} if wait_s is None else {"wait_s": wait_s}))
+    def _cancelled(self, record: RunRecord) -> None:
         remove_containers(record.id)  # whatever the supervisor managed, no container outlives a cancel
-        return record
 
 
-def _writable_dir(path: Path) -> None:
-    """Create a bind-mounted dir; when root starts the job, hand it to the image's user."""
-    path.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() == 0:
-        for p in [path, *path.rglob("*")]:
-            try:
-                os.chown(p, IMAGE_UID, IMAGE_UID, follow_symlinks=False)
-            except OSError:
-                pass
+BACKEND = LocalBackend
 
 
 class ContainerSupervisor(Supervisor):
@@ -170,33 +146,16 @@ class ContainerSupervisor(Supervisor):
         self.threads: list[threading.Thread] = []
         self.log_lock = threading.Lock()
 
-    def run(self) -> None:
-        spec = JobSpec.model_validate_json((run_dir(self.run_id) / "spec.json").read_text())
-        record = self.registry.get(self.run_id)
-        if record.terminal:
-            return None
-        self.registry.update(self.run_id, supervisor_pid=os.getpid())
-        if self.stop_requested:
-            return self.finish("cancelled")
-        net = "host" if spec.nodes > 1 or needs_endpoints(spec.config) else "none"
-        self.note(f"{spec.nodes} container(s) of {spec.image}, network {net}")
-        try:
-            self.launch(spec, record.log_path)
-        except OSError as e:
-            self.kill_all()
-            return self.finish("failed", error=f"cannot run docker: {e.strerror or e}")
-        self.registry.update(self.run_id, where_state=ACTIVE, state="running", started_at=time.time(),
-                             job_pid=self.procs[0].pid)
-        self.wait()
-        self.kill_all()
+    def launch_error(self, spec: JobSpec, e: OSError) -> str:
+        return f"cannot run docker: {e.strerror or e}"
+
+    def collect(self, spec: JobSpec, record: RunRecord, first_bad: int | None) -> None:
         codes = [p.returncode for p in self.procs]
         if self.stop_requested:
             return self.finish("cancelled", exit_code=next((c for c in codes if c), 0))
         failed = [i for i, c in enumerate(codes) if c]
         if not failed:
-            if is_complete(spec.output):
-                return self.finish("succeeded", exit_code=0)
-            return self.finish("failed", error=NO_ARTIFACT, exit_code=0)
+            return self.finish_output(spec.output)
         first = min(failed, key=lambda i: self.ended[i] or float("inf"))
         return self.finish("failed", error=self.explain(spec, first, codes[first], record.log_path),
                            exit_code=codes[first])
@@ -209,7 +168,7 @@ class ContainerSupervisor(Supervisor):
             self.note(f"node {rank} failed with exit code {code}; its last lines:")
             with self.log_lock, open(log_path, "a") as log:
                 log.writelines(f"  {line}\n" for line in tail)
-        own = error_line_of(lines)
+        own = error_line(lines)
         if code == DOCKER_FAILED and not any("pai-distil" in line for line in lines):
             why = f"docker could not run the container: {own or 'exit code 125'}"
         elif code == 137:
@@ -218,7 +177,10 @@ class ContainerSupervisor(Supervisor):
             why = own or f"job exited with code {code}"
         return f"node {rank}: {why}" if spec.nodes > 1 else why
 
-    def launch(self, spec: JobSpec, log_path: str) -> None:
+    def launch(self, spec: JobSpec, record: RunRecord) -> None:
+        net = "host" if spec.nodes > 1 or needs_endpoints(spec.config) else "none"
+        self.note(f"{spec.nodes} container(s) of {spec.image}, network {net}")
+        log_path = record.log_path
         config_path = run_dir(self.run_id) / CONFIG_FILE
         port = free_port()
         for rank in range(spec.nodes):
@@ -235,6 +197,7 @@ class ContainerSupervisor(Supervisor):
             t.start()
             self.threads.append(t)
         self.job_holds_lock()  # each `docker run` client lives as long as its container
+        self.running(job_pid=self.procs[0].pid)
 
     def pump(self, rank: int, proc: subprocess.Popen, prefix: str, log_path: str) -> None:
         """Copy a node's output into the run's log, line by line, with its prefix."""
@@ -250,7 +213,7 @@ class ContainerSupervisor(Supervisor):
         proc.wait()
         self.ended[rank] = time.monotonic()
 
-    def signal_all(self, sig: int) -> None:
+    def stop(self, sig: int) -> None:
         flag = "KILL" if sig == signal.SIGKILL else "TERM"
         for name, p in zip(self.names, self.procs):
             if p.poll() is None:
@@ -266,16 +229,6 @@ class ContainerSupervisor(Supervisor):
                 p.wait()
         for t in self.threads:
             t.join(timeout=10)
-
-
-def error_line_of(lines: list[str]) -> str | None:
-    """As the process backend's `error_line`, over one node's lines."""
-    from pai_distil.core.contract import ERROR_PREFIX
-
-    for line in reversed(lines):
-        if ERROR_PREFIX in line:
-            return line.split(ERROR_PREFIX, 1)[1].strip() or line.strip()
-    return next((line.strip() for line in reversed(lines) if line.strip()), None)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,7 @@
 """The `pai` backend: a job runs as a PAI-DLC PyTorchJob, its data in OSS.
 
-`start` (in the foreground, with progress bars): uploads the local inputs and the stage config to
+`start` (in the foreground, with progress bars): checks the PAI config and the job image (the spec's,
+else the config's `image`), uploads the local inputs and the stage config to
 OSS (content-addressed, unchanged files are not sent again), builds the CreateJob request and
 submits it once per run id. An input already in OSS (`oss://...`, the output of an earlier stage)
 is mounted where it is, after its manifest is checked against what OSS lists: stage outputs never
@@ -24,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path, PurePosixPath
@@ -31,11 +33,13 @@ from pathlib import Path, PurePosixPath
 from rich.console import Console
 
 from pai_distil.core import artifacts
-from pai_distil.core.errors import UserError
-from ..paths import run_dir
-from pai_distil.run.registry import ACTIVE, Registry, RunRecord
 from pai_distil.core.config import JobSpec
-from .process import CONFIG_FILE, ProcessBackend, contract_env, write_run_files
+from pai_distil.core.errors import UserError
+from pai_distil.run.registry import Registry, RunRecord
+
+from ..paths import run_dir
+from .base import CONFIG_FILE, Backend
+from .job_env import contract_env, named_secrets, secrets
 from .supervisor import NO_ARTIFACT, Supervisor, supervise
 
 SUPERVISOR_MODULE = "pai_distil.backends.pai"
@@ -94,13 +98,11 @@ class Plan:
         # unless the user asked for a number of processes.
         dlc_sets = DLC_SETS if spec.procs_per_node else (*DLC_SETS, "NPROC_PER_NODE")
         self.env = {k: v for k, v in env.items() if k not in dlc_sets}
-        from .job_env import named_secrets
-
-        present = [n for n in named_secrets(spec.config) if os.environ.get(n)]
+        present = secrets(spec.config)
         # Envs are the only way DLC hands a job a value, and they show in the job's description.
         if cfg.pass_secrets:
-            self.env.update({n: os.environ[n] for n in present})
-        self.withheld = [] if cfg.pass_secrets else present
+            self.env.update(present)
+        self.withheld = [] if cfg.pass_secrets else list(present)
 
     def job_uri(self, prefix: str) -> str:
         """A data source URI naming the internal endpoint, so the pods read and write OSS inside the region."""
@@ -179,7 +181,6 @@ def dry_run_body(spec: JobSpec) -> dict:
     """The CreateJob body `start` would send (nothing uploaded, no credentials needed)."""
     from ..masking import masked
     from pai_distil.cloud.pai.dlc import SECRET_MARK, request_body
-    from .job_env import named_secrets
 
     plan = Plan(spec, load_config(need_credentials=False))
     names = [*named_secrets(spec.config), *CREDENTIAL_ENV]
@@ -187,38 +188,41 @@ def dry_run_body(spec: JobSpec) -> dict:
                   mark=SECRET_MARK)
 
 
-class PaiBackend(ProcessBackend):
+class PaiBackend(Backend):
     name = "pai"
+    supervisor_module = SUPERVISOR_MODULE
+    options = ("download", "max_restarts")
 
     def __init__(self, registry: Registry | None = None, download: bool | None = None,
                  max_restarts: int | None = None):
         super().__init__(registry)
         self.download, self.max_restarts = bool(download), max_restarts
+        self.console = Console(stderr=True)
+        self._plan: Plan | None = None  # from _prepare to _launch of one start
 
-    def start(self, spec: JobSpec, record: RunRecord) -> RunRecord:
-        console = Console(stderr=True)
-        try:
-            cfg = load_config()
-            plan = Plan(spec, cfg)
-            job_id = self._submit(spec, record, plan, console)
-        except UserError as e:
-            self.registry.update(record.id, where_state=ACTIVE, state="failed", error=e.message, finished_at=time.time())
-            raise
-        console.print(f"DLC job [bold]{job_id}[/] for run {record.id}")
-        return self.spawn_supervisor(record, SUPERVISOR_MODULE, dict(os.environ))
+    def _prepare(self, spec: JobSpec) -> JobSpec:
+        plan = Plan(spec, load_config())
+        spec = spec.model_copy(update={"image": plan.image()})  # a missing setting fails before anything is uploaded
+        plan.spec, self._plan = spec, plan
+        return spec
 
-    def _submit(self, spec: JobSpec, record: RunRecord, plan: Plan, console: Console) -> str:
+    def _launch(self, spec: JobSpec, record: RunRecord, config_path: Path) -> dict[str, str]:
+        plan, self._plan = self._plan, None
+        job_id = self._submit(spec, record, plan, config_path)
+        self.console.print(f"DLC job [bold]{job_id}[/] for run {record.id}")
+        return dict(os.environ)  # the supervisor's own credentials and settings, to follow the job
+
+    def _submit(self, spec: JobSpec, record: RunRecord, plan: Plan, config_path: Path) -> str:
         from pai_distil.cloud.pai import dlc
         from pai_distil.cloud.pai.oss import Storage, Transfer
 
-        plan.image()  # a missing setting fails before anything is uploaded
+        console = self.console
         if plan.withheld:
             names = ", ".join(f"${n}" for n in plan.withheld)
             console.print(f"[yellow]warning:[/] the job is not handed {names} (its config's api_key_env): an "
                           "endpoint that needs it will refuse the job. `pai-distil config set pass_secrets=true` "
                           "hands it as a DLC Env, which workspace members can read")
         directory = run_dir(record.id)
-        config_path = write_run_files(spec, directory)
         storage = Storage(plan.cfg, console)
         storage.ensure_bucket()
         for name, uri in plan.remote_inputs.items():  # checked by manifest where it lies, never copied
@@ -241,6 +245,9 @@ class PaiBackend(ProcessBackend):
             "checkpoint_prefix": plan.checkpoint_prefix, "download": self.download, "max_restarts": max_restarts,
             "attempts": [{"job_id": job_id, "status": "Submitted", "reason": ""}]})
         return job_id
+
+
+BACKEND = PaiBackend
 
 
 def write_job_info(directory: Path, info: dict) -> None:
@@ -294,36 +301,48 @@ class PaiSupervisor(Supervisor):
         self.job_id = None
         self.stop_sent = False
 
-    def run(self) -> None:
+    submitted_by_start = True  # PaiBackend.start submitted the DLC job: a cancel stops it
+
+    def launch(self, spec: JobSpec, record: RunRecord) -> None:
+        """Take over the DLC job `start` submitted."""
         from pai_distil.cloud.pai import dlc
         from pai_distil.cloud.pai.config import PaiConfig
 
-        spec = JobSpec.model_validate_json((run_dir(self.run_id) / "spec.json").read_text())
-        info = read_job_info(self.run_id)
-        record = self.registry.get(self.run_id)
-        if record.terminal:
-            return None
-        self.registry.update(self.run_id, supervisor_pid=os.getpid())
-        cfg = PaiConfig.model_validate(info["config"])
-        self.client, self.job_id = dlc.client(cfg), info["job_id"]
+        self.info = read_job_info(self.run_id)
+        self.cfg = PaiConfig.model_validate(self.info["config"])
+        self.client, self.job_id = dlc.client(self.cfg), self.info["job_id"]
+
+    def poll(self, spec: JobSpec, record: RunRecord) -> dict | None:
+        """Follow the DLC job, submitted again after a preemption; the terminal record's fields, or
+        None when a job succeeded (its output is then checked)."""
+        from pai_distil.cloud.pai import dlc
+
+        info = self.info
         while True:
-            job = self.follow(cfg)
+            job = self.follow(self.cfg)
             self.record_attempt(info, job)
             if job.status == "Stopped" or self.stop_requested:
-                return self.finish("cancelled", error=f"DLC job {self.job_id} stopped")
+                return {"state": "cancelled", "error": f"DLC job {self.job_id} stopped"}
             if job.status == "Succeeded":
-                break
+                return None
             reason = job.reason_message or job.reason_code or "no reason given"
             machines = dlc.failed_by_infrastructure(job)  # not the job's own code: worth another attempt
             if not machines or len(info["attempts"]) > int(info.get("max_restarts") or 0):
                 why = f" (after {len(info['attempts'])} attempts)" if machines else ""
-                return self.finish("failed", error=f"DLC job {self.job_id} {job.status.lower()}{why}: {reason}",
-                                   exit_code=1)
+                return {"state": "failed", "error": f"DLC job {self.job_id} {job.status.lower()}{why}: {reason}",
+                        "exit_code": 1}
             try:
-                self.resubmit(spec, cfg, info, reason)
+                self.resubmit(spec, self.cfg, info, reason)
             except UserError as e:
-                return self.finish("failed", error=f"resubmitting after a preemption: {e.message}", exit_code=1)
-        return self.collect(spec, cfg, info)
+                return {"state": "failed", "error": f"resubmitting after a preemption: {e.message}", "exit_code": 1}
+
+    def stop(self, sig: int) -> None:
+        """StopJob, once (DLC gives the pods SIGTERM, then kills them)."""
+        from pai_distil.cloud.pai import dlc
+
+        if self.client is not None and self.job_id and not self.stop_sent:
+            dlc.stop_job(self.client, self.job_id)
+            self.stop_sent = True
 
     def record_attempt(self, info: dict, job) -> None:
         info["attempts"][-1].update(status=job.status, reason=job.reason_code if job.status != "Succeeded" else "")
@@ -346,10 +365,13 @@ class PaiSupervisor(Supervisor):
         write_job_info(run_dir(self.run_id), info)
         self.note(f"DLC job {self.job_id} for run {self.run_id} (attempt {attempt})")
 
-    def collect(self, spec: JobSpec, cfg, info: dict) -> None:
+    def collect(self, spec: JobSpec, record: RunRecord, ended: dict | None) -> None:
         """The output, checked by its manifest in OSS; downloaded and checked again only when asked."""
         from pai_distil.cloud.pai.oss import Storage
 
+        if ended is not None:
+            return self.finish(**ended)
+        cfg, info = self.cfg, self.info
         storage = Storage(cfg, Console(file=sys.stdout, force_terminal=False, width=120))
         uri = storage.uri(info["output_prefix"].rstrip("/") + "/")
         try:
@@ -364,9 +386,7 @@ class PaiSupervisor(Supervisor):
         except UserError as e:
             return self.finish("failed", error=f"output of DLC job {self.job_id}: {e.message}", exit_code=1)
         self.note(moved.summary("downloaded"))
-        if not artifacts.is_complete(spec.output):
-            return self.finish("failed", error=NO_ARTIFACT, exit_code=0)
-        return self.finish("succeeded", exit_code=0)
+        return self.finish_output(spec.output)
 
     def follow(self, cfg):
         """Poll one DLC job until it ends, its pods' logs into the run's log; returns its last body."""
@@ -377,8 +397,7 @@ class PaiSupervisor(Supervisor):
         for delay in dlc.backoff(0.5, 1.5, 5.0):
             if self.stop_requested and not self.stop_sent:
                 self.note(f"cancel requested: stopping DLC job {self.job_id}")
-                dlc.stop_job(self.client, self.job_id)
-                self.stop_sent = True
+                self.stop(signal.SIGTERM)
             try:
                 job = dlc.get_job(self.client, self.job_id)
                 if job.status in dlc.TERMINAL:  # the last lines: wait until the log has them all
@@ -399,7 +418,7 @@ class PaiSupervisor(Supervisor):
                 status = job.status
                 self.note(f"DLC job {self.job_id}: {status}")
             if status == "Running" and self.registry.get(self.run_id).state != "running":
-                self.registry.update(self.run_id, where_state=ACTIVE, state="running", started_at=time.time())
+                self.running()
             if status in dlc.TERMINAL:
                 return job
             end = time.monotonic() + delay
@@ -428,13 +447,10 @@ class PaiSupervisor(Supervisor):
 
     def kill_all(self) -> None:
         """The supervisor is going away: do not leave a job running on PAI unwatched."""
-        if self.client is not None and self.job_id and not self.stop_sent:
-            from pai_distil.cloud.pai import dlc
-
-            try:
-                dlc.stop_job(self.client, self.job_id)
-            except UserError:
-                pass
+        try:
+            self.stop(signal.SIGKILL)
+        except UserError:
+            pass
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,9 +1,17 @@
-"""Supervisor of one `process` run: `python -m pai_distil.backends.supervisor RUN_ID [REGISTRY]`.
+"""The supervisor of one run, the same skeleton for every backend: `python -m MODULE RUN_ID [REGISTRY]`.
 
-Started detached by ProcessBackend with the job-contract environment already set. It starts
-one launcher per node (RANK = node index), each in its own process group so that a stop
-reaches torchrun's workers too, appends their output to the run's log, and records the outcome.
-SIGTERM means cancel: the job gets SIGTERM (it saves a checkpoint), then SIGKILL after a grace.
+A backend's `start` spawns it detached, MODULE being the backend's own module. `Supervisor.run`
+reads the run's spec, claims the run (records its pid), then calls the backend's hooks:
+
+- `launch(spec, record)`: start the job (one process or container per node), or take over the
+  job `start` submitted (pai);
+- `poll(spec, record)`: wait until the job ends, following its output into the run's log; a
+  cancel (SIGTERM to the supervisor) stops the job through `stop(sig)`: SIGTERM first, so it
+  saves a checkpoint, SIGKILL after a grace;
+- `collect(spec, record, outcome)`: record the terminal state from what `poll` returned;
+- `kill_all()`: leave nothing running (after the job, and when the supervisor itself fails).
+
+`supervise` is every supervisor's main: signals, and a crash recorded instead of a run left `running`.
 """
 
 from __future__ import annotations
@@ -16,13 +24,13 @@ import time
 import traceback
 from pathlib import Path
 
-from pai_distil.core.contract import ERROR_PREFIX
-
-from pai_distil.run import work_lock
 from pai_distil.core.artifacts import is_complete
-from ..paths import run_dir
-from pai_distil.run.registry import ACTIVE, Registry
 from pai_distil.core.config import JobSpec
+from pai_distil.core.contract import ERROR_PREFIX
+from pai_distil.run import work_lock
+from pai_distil.run.registry import ACTIVE, Registry, RunRecord
+
+from .base import read_spec
 
 GRACE_ENV = "PAI_DISTIL_STOP_GRACE_S"
 DEFAULT_GRACE_S = 30.0
@@ -30,18 +38,22 @@ POLL_S = 0.1
 NO_ARTIFACT = "job exited 0 but wrote no complete artifact"
 
 
-def error_line(log_path: str | Path, tail_bytes: int = 256 * 1024) -> str | None:
+def error_line(lines: list[str]) -> str | None:
     """The job's own explanation: its last `pai-distil job error:` line, else its last line."""
-    try:
-        with open(log_path, "rb") as f:
-            f.seek(max(0, f.seek(0, os.SEEK_END) - tail_bytes))
-            lines = f.read().decode("utf-8", "replace").splitlines()
-    except OSError:
-        return None
     for line in reversed(lines):
         if ERROR_PREFIX in line:
             return line.split(ERROR_PREFIX, 1)[1].strip() or line.strip()
     return next((line.strip() for line in reversed(lines) if line.strip()), None)
+
+
+def log_tail(log_path: str | Path, tail_bytes: int = 256 * 1024) -> list[str]:
+    """The last lines of a run's log (none when it cannot be read)."""
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - tail_bytes))
+            return f.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return []
 
 
 def shell_status(returncode: int) -> int:
@@ -50,62 +62,79 @@ def shell_status(returncode: int) -> int:
 
 
 class Supervisor:
+    """The skeleton (`run`) and what supervisors of local processes share (`procs`, `wait_nodes`)."""
+
+    submitted_by_start = False  # True when `start` already launched the job: a cancel must stop it, not skip it
+
     def __init__(self, run_id: str, registry: Registry):
         self.run_id = run_id
         self.registry = registry
         self.stop_requested = False
-        self.procs: list[subprocess.Popen] = []
+        self.procs: list[subprocess.Popen] = []  # one per node, for a job run by local processes
         self.grace_s = float(os.environ.get(GRACE_ENV) or DEFAULT_GRACE_S)
         lock = os.environ.get(work_lock.FD_ENV, "")
         self.lock_fds = (int(lock),) if lock.isdigit() else ()  # the work dir's lock, passed on to the job
+
+    def request_stop(self, *_) -> None:
+        self.stop_requested = True
+
+    def run(self) -> None:
+        spec = read_spec(self.run_id)
+        record = self.registry.get(self.run_id)
+        if record.terminal:  # cancelled while it was being started
+            return None
+        self.registry.update(self.run_id, supervisor_pid=os.getpid())
+        if self.stop_requested and not self.submitted_by_start:
+            return self.finish("cancelled")
+        try:
+            self.launch(spec, record)
+        except OSError as e:
+            self.kill_all()
+            return self.finish("failed", error=self.launch_error(spec, e))
+        return self.collect(spec, record, self.poll(spec, record))
+
+    # -- the hooks ----------------------------------------------------------------------------
+
+    def launch(self, spec: JobSpec, record: RunRecord) -> None:
+        raise NotImplementedError
+
+    def launch_error(self, spec: JobSpec, e: OSError) -> str:
+        return f"cannot start job command {spec.command[0]!r}: {e.strerror or e}"
+
+    def poll(self, spec: JobSpec, record: RunRecord):
+        """Wait until the job ends; returns what `collect` needs. The default: the nodes' processes."""
+        first_bad = self.wait_nodes()
+        self.kill_all()  # leftovers in the jobs' process groups
+        return first_bad
+
+    def stop(self, sig: int) -> None:
+        """Signal the job: each node's process group."""
+        for p in self.procs:
+            try:
+                os.killpg(p.pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def collect(self, spec: JobSpec, record: RunRecord, outcome) -> None:
+        raise NotImplementedError
+
+    def kill_all(self) -> None:
+        self.stop(signal.SIGKILL)
+        for p in self.procs:
+            p.wait()
+
+    # -- the shared steps ---------------------------------------------------------------------
 
     def job_holds_lock(self) -> None:
         """Name the job's process groups in the lock file, so they can be stopped if this supervisor dies."""
         for fd in self.lock_fds:
             work_lock.describe(fd, self.run_id, [p.pid for p in self.procs])
 
-    def request_stop(self, *_) -> None:
-        self.stop_requested = True
+    def running(self, **fields) -> None:
+        self.registry.update(self.run_id, where_state=ACTIVE, state="running", started_at=time.time(), **fields)
 
-    def run(self) -> None:
-        spec = JobSpec.model_validate_json((run_dir(self.run_id) / "spec.json").read_text())
-        record = self.registry.get(self.run_id)
-        if record.terminal:  # cancelled while it was being started
-            return None
-        self.registry.update(self.run_id, supervisor_pid=os.getpid())
-        if self.stop_requested:
-            return self.finish("cancelled")
-        try:
-            self.launch(spec, record.log_path)
-        except OSError as e:
-            self.kill_all()
-            return self.finish("failed", error=f"cannot start job command {spec.command[0]!r}: {e.strerror or e}")
-        self.registry.update(self.run_id, where_state=ACTIVE, state="running", started_at=time.time(),
-                             job_pid=self.procs[0].pid)
-        first_bad = self.wait()
-        self.kill_all()  # leftovers in the jobs' process groups
-        if self.stop_requested:
-            codes = [p.returncode for p in self.procs]
-            return self.finish("cancelled", exit_code=shell_status(next((c for c in codes if c), 0)))
-        if first_bad is None:
-            if is_complete(spec.output):
-                return self.finish("succeeded", exit_code=0)
-            return self.finish("failed", error=NO_ARTIFACT, exit_code=0)
-        if first_bad < 0:
-            return self.finish("failed", error=f"killed by signal {-first_bad}", exit_code=shell_status(first_bad))
-        error = error_line(record.log_path) or f"job exited with code {first_bad}"
-        return self.finish("failed", error=error, exit_code=first_bad)
-
-    def launch(self, spec: JobSpec, log_path: str) -> None:
-        with open(log_path, "ab") as log:
-            for rank in range(spec.nodes):
-                self.procs.append(subprocess.Popen(
-                    spec.command, env={**os.environ, "RANK": str(rank)}, stdin=subprocess.DEVNULL,
-                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True, pass_fds=self.lock_fds))
-        self.job_holds_lock()
-
-    def wait(self) -> int | None:
-        """Wait for every launcher; returns the first non-zero exit status seen, if any.
+    def wait_nodes(self) -> int | None:
+        """Wait for every node's process; returns the first non-zero exit status seen, if any.
 
         A cancel or one failed node stops the others: a torchrun waiting for a dead peer never ends.
         """
@@ -120,23 +149,17 @@ class Supervisor:
             if stopping_since is None and (self.stop_requested or first_bad is not None):
                 if self.stop_requested:
                     self.note(f"cancel requested: sent SIGTERM to the job; killing it in {self.grace_s:.0f} s")
-                self.signal_all(signal.SIGTERM)
+                self.stop(signal.SIGTERM)
                 stopping_since = time.monotonic()
             elif stopping_since is not None and time.monotonic() - stopping_since > self.grace_s:
-                self.signal_all(signal.SIGKILL)
+                self.stop(signal.SIGKILL)
             time.sleep(POLL_S)
 
-    def signal_all(self, sig: int) -> None:
-        for p in self.procs:
-            try:
-                os.killpg(p.pid, sig)
-            except (ProcessLookupError, PermissionError):
-                pass
-
-    def kill_all(self) -> None:
-        self.signal_all(signal.SIGKILL)
-        for p in self.procs:
-            p.wait()
+    def finish_output(self, output: str) -> None:
+        """A job that exited 0 succeeded only if it left a complete artifact."""
+        if is_complete(output):
+            return self.finish("succeeded", exit_code=0)
+        return self.finish("failed", error=NO_ARTIFACT, exit_code=0)
 
     def note(self, message: str) -> None:
         print(f"[pai-distil] {message}", flush=True)  # stdout is the run's log
@@ -149,8 +172,8 @@ class Supervisor:
 def supervise(make, module: str, argv: list[str] | None = None) -> int:
     """The main of a supervisor process (`python -m MODULE RUN_ID [REGISTRY]`), for any backend.
 
-    `make(run_id, registry)` builds an object with run(), request_stop() and kill_all(). SIGTERM
-    means cancel; a crash of the supervisor itself is recorded instead of leaving the run `running`.
+    `make(run_id, registry)` builds the Supervisor. SIGTERM means cancel; a crash of the supervisor
+    itself is recorded instead of leaving the run `running`.
     """
     argv = sys.argv[1:] if argv is None else argv
     if not argv:
@@ -160,7 +183,7 @@ def supervise(make, module: str, argv: list[str] | None = None) -> int:
     supervisor = make(argv[0], registry)
     signal.signal(signal.SIGTERM, supervisor.request_stop)
     signal.signal(signal.SIGINT, supervisor.request_stop)
-    if hasattr(signal, "pthread_sigmask"):  # started with SIGTERM blocked (see the backends' start)
+    if hasattr(signal, "pthread_sigmask"):  # started with SIGTERM blocked (see Backend.start)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     try:
         supervisor.run()
@@ -173,11 +196,3 @@ def supervise(make, module: str, argv: list[str] | None = None) -> int:
                             error=f"supervisor error: {type(e).__name__}: {e}")
         return 1
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    return supervise(Supervisor, "pai_distil.backends.supervisor", argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

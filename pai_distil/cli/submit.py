@@ -16,7 +16,26 @@ from pai_distil.core.stages import STAGES
 # rest of start-up, and `--help` needs none of them (the stage registry names them, it does not
 # import them).
 
-BACKENDS = click.Choice(["process", "local", "pai"])
+
+class _Backends(click.Choice):
+    """core.config.job.BACKENDS, read when first shown or checked: importing the config package
+    at start-up would slow every command."""
+
+    def __init__(self):
+        super().__init__(())
+
+    @property
+    def choices(self):
+        from pai_distil.core.config.job import BACKENDS
+
+        return BACKENDS
+
+    @choices.setter
+    def choices(self, _value) -> None:
+        pass
+
+
+BACKENDS = _Backends()
 
 
 def _stage_list() -> str:

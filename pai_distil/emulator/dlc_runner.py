@@ -151,7 +151,7 @@ class JobRun(threading.Thread):
     def pod_argv(self, how: str, job: dict, pod: dict, env: dict[str, str], mounts: list[dict]) -> list[str]:
         if how == "process":
             return ["/bin/sh", "-c", self.mapped(job["UserCommand"], mounts)]
-        from ..backends.local import _writable_dir, container_user
+        from ..backends.containers import container_user, writable_dir
 
         name = f"pai-dlc-{pod['PodId']}"
         self.containers[pod["PodId"]] = name
@@ -162,7 +162,7 @@ class JobRun(threading.Thread):
             argv += ["--user", user]
         for m in mounts:
             if m["rw"]:
-                _writable_dir(m["host"])
+                writable_dir(m["host"])
             argv += ["--mount", f"type=bind,source={m['host']},target={m['path']}" + ("" if m["rw"] else ",readonly")]
         for k in env:
             argv += ["-e", k]  # values come from the docker client's environment, not its command line

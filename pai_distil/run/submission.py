@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from pai_distil.core.errors import RunFailed, UserError
 from pai_distil.core.config import JobSpec, Resources, validate
 from pai_distil.core.stages import Stage, get_stage
 
-JOB_COMMAND = [sys.executable, "-m", "pai_distil_jobs"]
+JOB_COMMAND = ["python", "-m", "pai_distil_jobs"]  # as the image runs it; the process backend runs this machine's python
 WORK_MARKER = ".pai-distil-work"  # marks a work dir, whose output is unfinished until its manifest exists
 
 
@@ -162,7 +161,7 @@ def prepare(stage_name: str, config_data: dict, inputs: dict[str, str], *, where
     key = cache_key(stage.name, config, resolved)
     work = paths.work_dir(stage.name, key)
     spec = JobSpec(
-        run_id=new_run_id(stage.name), stage=stage.name, command=JOB_COMMAND,
+        run_id=new_run_id(stage.name), stage=stage.name, command=list(JOB_COMMAND),
         config=config.model_dump(mode="json"), inputs=resolved,
         output=str(work / "output"), checkpoint_dir=str(work / "checkpoints"),
         nodes=nodes, procs_per_node=procs_per_node, resources=resources,

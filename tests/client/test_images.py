@@ -176,7 +176,7 @@ def _spec(tmp_path, config: dict, nodes: int = 1) -> JobSpec:
     cots.write_text("{}\n")
     data = tmp_path / "data"
     data.mkdir(exist_ok=True)
-    return JobSpec(run_id="r1", stage="generate", command=["/usr/bin/python3", "-m", "pai_distil_jobs"],
+    return JobSpec(run_id="r1", stage="generate", command=["python", "-m", "pai_distil_jobs"],
                    config=config, inputs={"cots": str(cots), "problems": str(data)},
                    output=str(tmp_path / "out"), checkpoint_dir=str(tmp_path / "ckpt"), nodes=nodes)
 

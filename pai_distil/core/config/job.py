@@ -8,6 +8,8 @@ from pydantic import Field
 
 from .base import Strict
 
+BACKENDS = ("process", "local", "pai")  # where a job can run: pai_distil.backends.<name>
+
 
 class Resources(Strict):
     """What one node of a job asks for; on PAI-DLC it becomes the pod's ResourceConfig."""
@@ -24,9 +26,11 @@ class JobSpec(Strict):
 
     run_id: str
     stage: str
-    image: str | None = None
-    command: list[str]
-    env: dict[str, str] = Field(default_factory=dict)
+    image: str | None = Field(None, description="the job image; unset: the backend's (local: the images default, "
+                                                "pai: the config's `image`), filled in when the job starts")
+    command: list[str] = Field(description="as the job image runs it: `python` is the image's, which the process "
+                                           "backend replaces with this machine's")
+    env: dict[str, str] = Field(default_factory=dict, description="variables beside the job contract's")
     config: dict[str, Any]
     inputs: dict[str, str] = Field(default_factory=dict, description="input name -> path or URI, read-only")
     output: str
@@ -50,5 +54,5 @@ class PipelineStage(Strict):
 
 class Pipeline(Strict):
     name: str
-    backend: Literal["process", "local", "pai"] = "process"
+    backend: Literal[BACKENDS] = "process"
     stages: dict[str, PipelineStage] = Field(min_length=1, description="stage id -> stage; run in dependency order")
