@@ -7,12 +7,12 @@ from pathlib import Path
 from pai_distil.core import readers as datasets
 
 from pai_distil.core.contract import JobError
+from pai_distil.core.think import EMPTY_THOUGHT, think_block  # noqa: F401 - EMPTY_THOUGHT: for the stages
 from pai_distil_jobs.data.problems import read_jsonl
 from pai_distil_jobs.endpoints.prompts import user_message
 
 # Preferred file of an input directory: scored samples, then raw samples, then SFT rows.
 CANDIDATES = ("scored.jsonl", "cots.jsonl", "sft.jsonl")
-EMPTY_THOUGHT = "<think>\n\n</think>\n\n"
 
 
 def read_cots(path: Path, name: str = "cots") -> list[dict]:
@@ -42,7 +42,7 @@ def require(row: dict, n: int, fields: tuple[str, ...], path_hint: str = "input"
 
 def assistant_text(row: dict) -> str:
     """The assistant turn of a CoT sample: the chain inside <think>, then the solution."""
-    return f"<think>\n{row['thought']}\n</think>\n\n{row['solution']}"
+    return think_block(row['thought'], row['solution'])
 
 
 def thinking_row(row: dict, user_suffix: str = "") -> dict:

@@ -16,6 +16,7 @@ import openai
 from pai_distil.core.config import Endpoint
 
 from pai_distil.core.contract import JobError
+from pai_distil.core.think import think_block
 from pai_distil_jobs.endpoints.resumable import NotACompletion, client, explain_failure, message_of
 
 
@@ -23,7 +24,7 @@ def _record(resp) -> dict:
     choice, message, usage = message_of(resp)
     content = message.get("content") or ""
     reasoning = message.get("reasoning_content") or message.get("reasoning") or ""
-    text = f"<think>\n{reasoning.strip()}\n</think>\n\n{content.strip()}" if reasoning else content
+    text = think_block(reasoning.strip(), content.strip()) if reasoning else content
     tokens = usage.get("completion_tokens")
     if not isinstance(tokens, int):
         tokens = len(text.split())  # no usage: words, a rough stand-in

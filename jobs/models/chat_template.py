@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from pai_distil.core.protocol import THINK_CLOSE, THINK_OPEN
+from pai_distil.core.think import THINK_CLOSE, THINK_OPEN
 
 _PROBE_USER, _PROBE_ANSWER = "ping", "pong"
 _GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")

@@ -20,7 +20,8 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from pai_distil.core.protocol import THINK_CLOSE, THINK_OPEN, BadRequest
+from pai_distil.core.protocol import BadRequest
+from pai_distil.core.think import THINK_CLOSE, THINK_OPEN
 
 from pai_distil_jobs.models.models import end_tokens, load_for_inference
 

@@ -22,6 +22,7 @@ import openai
 from pai_distil.core import verifiers
 from pai_distil.core.config import GenerateConfig
 from pai_distil.core import world
+from pai_distil.core.think import split_thought, think_block
 from pai_distil.core.verify.sandbox import Limits
 
 from pai_distil.core.contract import JobContext, JobError, log
@@ -98,7 +99,7 @@ def read_completion(resp) -> tuple[str, str, str | None, int | None]:
     """
     choice, message, usage = message_of(resp)
     reasoning = message.get("reasoning_content") or message.get("reasoning") or ""
-    thought, solution = world.split_thought(message.get("content") or "")
+    thought, solution = split_thought(message.get("content") or "")
     if reasoning:
         thought = "\n".join(t for t in (reasoning.strip(), thought) if t)
     return thought, solution, choice.get("finish_reason"), usage.get("completion_tokens")
@@ -276,7 +277,7 @@ def finish(output: Path, rows: list[dict], config: GenerateConfig, **counts: int
     with open(output / SFT, "w", encoding="utf-8") as f:
         for r in rows:
             if r["correct"]:
-                assistant = f"<think>\n{r['thought']}\n</think>\n\n{r['solution']}"
+                assistant = think_block(r['thought'], r['solution'])
                 f.write(json.dumps({"messages": [{"role": "user", "content": prompts.user_message(r, config.user_prompt)},
                                                  {"role": "assistant", "content": assistant}]},
                                    ensure_ascii=False) + "\n")

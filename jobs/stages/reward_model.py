@@ -27,7 +27,7 @@ from pathlib import Path
 import openai
 
 from pai_distil.core.config import RewardModelConfig
-from pai_distil.core.world import split_thought
+from pai_distil.core.think import split_thought
 from pai_distil.core.verifiers import check
 
 from pai_distil.core.contract import JobContext, JobError, log

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from pai_distil.core.protocol import THINK_CLOSE
+from pai_distil.core.think import THINK_CLOSE
 
 from pai_distil_jobs.models.chat_template import OPENED_THINK, end_of_turn, has_generation_markers, render, split_thought, think_block
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 
+from pai_distil.core.think import think_block
 from pai_distil.core.world import Problem, Step, apply
 
 DEFAULT_RV = 4
@@ -93,4 +94,4 @@ def respond(problem: Problem, rv: int = DEFAULT_RV, rng: random.Random | None = 
     """A full teacher response: `<think>chain</think>` then the boxed answer."""
     steps = answer_with_errors(problem, rng or random.Random(0), error_rate)
     thought = render_thought(problem, steps, rv)
-    return f"<think>\n{thought}\n</think>\n\n{solution_text(str(steps[-1].after))}"
+    return think_block(thought, solution_text(str(steps[-1].after)))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hmac
 from dataclasses import dataclass, field
 
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+from pai_distil.core.think import THINK_CLOSE, THINK_OPEN
 
 
 def error_body(message: str, type_: str, code: str | None = None, param: str | None = None) -> dict:

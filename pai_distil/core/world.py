@@ -13,6 +13,8 @@ import random
 import re
 from dataclasses import dataclass
 
+from pai_distil.core.think import split_thought  # noqa: F401 - world.split_thought: how its responses split
+
 DOMAIN = "synthetic"
 
 # Difficulty level -> (number of operations, modulus). Level 1 is a single lookup; level 3 needs
@@ -143,14 +145,3 @@ def verify(response: str, answer: str) -> bool:
     """Exact verifier: the final boxed answer equals the reference."""
     got = extract_answer(split_thought(response)[1])
     return got is not None and got == str(answer).strip()
-
-
-def split_thought(text: str) -> tuple[str, str]:
-    """Split a response into (thought, solution) on the `<think>…</think>` block."""
-    text = text or ""
-    if "</think>" in text:
-        head, _, tail = text.partition("</think>")
-        return head.replace("<think>", "", 1).strip(), tail.strip()
-    if text.lstrip().startswith("<think>"):
-        return text.replace("<think>", "", 1).strip(), ""  # truncated inside the chain
-    return "", text.strip()

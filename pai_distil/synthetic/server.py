@@ -26,6 +26,7 @@ from pai_distil.core.http_limits import BodyLimits
 from pai_distil.core.judging import which_dimension
 from pai_distil.synthetic import judge
 from pai_distil.core import oracle as teacher, world
+from pai_distil.core.think import split_thought, think_block
 
 MODELS = ("oracle", "oracle-noisy", "judge")
 LOGITS_NAME = "teacher"  # the model name /v1/completions serves a --logits-model checkpoint under
@@ -199,14 +200,14 @@ def create_app(api_key: str | None, error_rate: float = 0.0, seed: int = 0, fail
             thought, answer = "", CANNOT_SOLVE
         else:
             rate = noisy_rate if model == "oracle-noisy" else 0.0
-            thought, answer = world.split_thought(teacher.respond(problem, rv, _rng(seed, user, rv), rate))
+            thought, answer = split_thought(teacher.respond(problem, rv, _rng(seed, user, rv), rate))
 
         # max_tokens bounds reasoning and answer together, as with real reasoning models.
         if reasoning_content and problem is not None:
             (thought, answer), cut = fit_words([thought, answer], opts["max_tokens"])
             message = {"role": "assistant", "content": answer, "reasoning_content": thought}
         else:
-            full = f"<think>\n{thought}\n</think>\n\n{answer}" if problem is not None else answer
+            full = think_block(thought, answer) if problem is not None else answer
             (content,), cut = fit_words([full], opts["max_tokens"])
             message = {"role": "assistant", "content": content}
         finish = "length" if cut else "stop"

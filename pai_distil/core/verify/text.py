@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from pai_distil.core.world import split_thought
+from pai_distil.core.think import split_thought
 
 __all__ = ["split_thought", "last_boxed", "final_part"]
 
