@@ -7,7 +7,7 @@ from pathlib import Path
 from pai_distil.core import readers as datasets
 
 from pai_distil.core.contract import JobError
-from pai_distil.core.think import EMPTY_THOUGHT, think_block  # noqa: F401 - EMPTY_THOUGHT: for the stages
+from pai_distil.core.think import EMPTY_THOUGHT, think_block
 from pai_distil_jobs.data.problems import read_jsonl
 from pai_distil_jobs.endpoints.prompts import user_message
 

@@ -1,4 +1,4 @@
-"""Sampling a served model (any OpenAI-compatible endpoint) for evaluation, with bounded concurrency.
+"""Sampling a served model (any OpenAI-compatible endpoint) for evaluation, through the stages' worker pool.
 
 Returns the same records as local decoding ({"text", "tokens", "truncated"}), so a served model
 and a checkpoint go through the same verification and report. Reasoning returned in
@@ -17,7 +17,7 @@ from pai_distil.core.config import Endpoint
 
 from pai_distil.core.contract import JobError
 from pai_distil.core.think import think_block
-from pai_distil_jobs.endpoints.resumable import NotACompletion, client, explain_failure, message_of
+from pai_distil_jobs.endpoints.resumable import NotACompletion, explain_failure, message_of, run_pool
 
 
 def _record(resp) -> dict:
@@ -36,27 +36,20 @@ async def _sample_all(endpoint: Endpoint, name: str, prompts: list[str], *, max_
                       on_done: Callable[[int], None] | None) -> list[dict]:
     results: list[dict | None] = [None] * len(prompts)
     extra = {} if enable_thinking is None else {"chat_template_kwargs": {"enable_thinking": enable_thinking}}
-    items = iter(enumerate(prompts))
 
-    async def worker(c: openai.AsyncOpenAI) -> None:
-        for i, prompt in items:  # workers share one iterator: at most `concurrency` requests in flight
-            try:
-                resp = await c.chat.completions.create(
-                    model=endpoint.model, messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens,
-                    temperature=temperature, top_p=top_p, seed=seed + i, extra_body=extra or None)
-                results[i] = _record(resp)
-            except (openai.OpenAIError, NotACompletion, ValueError) as e:
-                raise JobError(f"model '{name}': {explain_failure(e, endpoint, role='endpoint')}") from None
-            if on_done:
-                on_done(1)
-
-    async with client(endpoint) as c:
+    async def ask(c: openai.AsyncOpenAI, item: tuple[int, str]) -> dict:
+        i, prompt = item
         try:
-            async with asyncio.TaskGroup() as tg:
-                for _ in range(min(endpoint.concurrency, len(prompts))):
-                    tg.create_task(worker(c))
-        except* JobError as group:
-            raise group.exceptions[0] from None
+            resp = await c.chat.completions.create(
+                model=endpoint.model, messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens,
+                temperature=temperature, top_p=top_p, seed=seed + i, extra_body=extra or None)
+            results[i] = _record(resp)
+        except (openai.OpenAIError, NotACompletion, ValueError) as e:
+            raise JobError(f"model '{name}': {explain_failure(e, endpoint, role='endpoint')}") from None
+        return results[i]
+
+    # Nothing to resume (the answers are judged in memory): no file, no SIGTERM handling, evaluate logs progress.
+    await run_pool(list(enumerate(prompts)), ask, endpoint, on_row=(lambda _: on_done(1)) if on_done else None)
     return results  # type: ignore[return-value]
 
 

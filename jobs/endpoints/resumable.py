@@ -1,14 +1,15 @@
 """Resumable, bounded-concurrency requests to an OpenAI-compatible endpoint.
 
-Stages that ask a teacher or a judge about many items (generate, score) share this: results
-are appended to a JSONL file as they arrive, a restarted job skips ids already written, a
-torn last line from a kill is cut off, SIGTERM stops at once, and the first one-line JobError
-of any worker ends the run.
+Every stage that asks an endpoint about many items (generate, score, reward-model's judge,
+evaluate's served models) goes through `run_pool`: results are appended to a JSONL file as they
+arrive, a restarted job skips ids already written (`pending`), a torn last line from a kill is
+cut off, SIGTERM stops at once, and the first one-line JobError of any worker ends the run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -59,18 +60,30 @@ class Stopped(Exception):
     """SIGTERM arrived: rows so far are kept and a rerun resumes."""
 
 
-async def run_pool(items: Iterable, ask: Callable[[openai.AsyncOpenAI, object], Awaitable[dict]],
-                   endpoint: Teacher, out: Path, task: str, total: int, done: int,
-                   on_row: Callable[[dict], None] | None = None) -> int:
-    """Ask about every item with `endpoint.concurrency` workers; append each row to `out`.
+def pending(items: Iterable, key: Callable[[object], str], out: Path, what: str = "sample") -> tuple[dict[str, dict], list]:
+    """(rows already in `out` by id, the items whose `key` is not among them): what a resubmitted job still asks."""
+    done = load_done(out, what)
+    return done, [item for item in items if key(item) not in done]
 
-    Returns the number of rows written. Raises Stopped on SIGTERM and the first JobError of a worker.
+
+async def run_pool(items: Iterable, ask: Callable[[openai.AsyncOpenAI, object], Awaitable[dict]],
+                   endpoint: Teacher, out: Path | None = None, task: str | None = None, total: int = 0,
+                   done: int = 0, on_row: Callable[[dict], None] | None = None) -> int:
+    """Ask about every item with at most `endpoint.concurrency` requests in flight; the one worker pool
+    of the stages that talk to an OpenAI-compatible endpoint (generate, score, reward-model, evaluate).
+
+    The client retries 429, 5xx and timeouts with backoff (`client`). With `out`, each row is appended
+    to it as it arrives (JSONL, flushed: a rerun skips what `pending` finds there) and SIGTERM stops
+    at once with Stopped; without, rows only go to `on_row`. With `task`, `[progress] TASK DONE/TOTAL`
+    is logged at the start, every PROGRESS_EVERY_S and at the end (`done`: rows of earlier runs).
+    `on_row` sees every row; a JobError it or `ask` raises ends the run (the first one is raised).
+    Returns the number of rows this run produced.
     """
     count = {"done": done, "written": 0, "last": 0.0}
 
     def progress(force: bool = False) -> None:
         now = time.monotonic()
-        if force or now - count["last"] >= PROGRESS_EVERY_S:
+        if task is not None and (force or now - count["last"] >= PROGRESS_EVERY_S):
             count["last"] = now
             log(f"[progress] {task} {count['done']}/{total}")
 
@@ -82,11 +95,13 @@ async def run_pool(items: Iterable, ask: Callable[[openai.AsyncOpenAI, object], 
         stopping = True
         current.cancel()
 
-    try:
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop)
-    except (NotImplementedError, RuntimeError):  # not the main thread
-        pass
+    if out is not None:
+        try:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop)
+        except (NotImplementedError, RuntimeError):  # not the main thread
+            pass
 
+    workers = endpoint.concurrency if not hasattr(items, "__len__") else min(endpoint.concurrency, len(items))
     iterator = iter(items)
     progress(force=True)
 
@@ -94,8 +109,9 @@ async def run_pool(items: Iterable, ask: Callable[[openai.AsyncOpenAI, object], 
         # Workers pull from one iterator: bounded concurrency with constant memory.
         for item in iterator:
             row = await ask(c, item)
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-            f.flush()
+            if f is not None:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                f.flush()
             count["done"] += 1
             count["written"] += 1
             if on_row:
@@ -104,15 +120,16 @@ async def run_pool(items: Iterable, ask: Callable[[openai.AsyncOpenAI, object], 
 
     try:
         async with client(endpoint) as c:
-            with open(out, "a", encoding="utf-8") as f:
+            with open(out, "a", encoding="utf-8") if out is not None else contextlib.nullcontext() as f:
                 try:
                     async with asyncio.TaskGroup() as tg:
-                        for _ in range(endpoint.concurrency):
+                        for _ in range(workers):
                             tg.create_task(worker(c, f))
                 except* JobError as group:
                     raise group.exceptions[0] from None
     except asyncio.CancelledError:
         if stopping:
+            progress(force=True)
             raise Stopped() from None
         raise
     progress(force=True)

@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
-import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -29,12 +27,11 @@ from pai_distil.core.contract import JobContext, JobError, log
 from pai_distil_jobs.data import problems
 from pai_distil_jobs.endpoints import prompts
 from pai_distil_jobs.data.code_sandbox import open_sandbox
-from pai_distil_jobs.endpoints.resumable import NotACompletion, explain_failure, load_done, message_of
+from pai_distil_jobs.endpoints.resumable import NotACompletion, Stopped, explain_failure, load_done, message_of, pending, run_pool
 
 COTS = "cots.jsonl"
 SFT = "sft.jsonl"
 SUMMARY = "summary.json"
-PROGRESS_EVERY_S = 2.0
 MIN_ANSWERS_FOR_BAD_CHECK = 20
 DEFAULT_SYSTEM_PROMPT = (
     "You are a careful reasoner. Think step by step inside <think>...</think>, then give the final "
@@ -109,7 +106,7 @@ def read_completion(resp) -> tuple[str, str, str | None, int | None]:
 
 
 class Generation:
-    """Asks the teacher for every missing (problem, verbosity) pair and appends the answers."""
+    """Asks the teacher for every missing (problem, verbosity) pair; the shared worker pool appends the answers."""
 
     def __init__(self, config: GenerateConfig, out: Path, total: int, done: int, limits: Limits):
         self.config = config
@@ -119,42 +116,16 @@ class Generation:
         self.done = done
         self.answered = 0  # answers received by this run
         self.unboxed = 0  # ... of which had no \boxed{} answer
-        self.last_progress = 0.0
-        self.stopping = False
-
-    def progress(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if force or now - self.last_progress >= PROGRESS_EVERY_S:
-            self.last_progress = now
-            log(f"[progress] generate {self.done}/{self.total}")
 
     async def run(self, todo: list[tuple[dict, int]]) -> None:
-        t = self.config.teacher
-        key = os.environ.get(t.api_key_env) if t.api_key_env else None
-        client = openai.AsyncOpenAI(base_url=t.base_url, api_key=key or "EMPTY",
-                                    max_retries=t.max_retries, timeout=t.timeout_s)
-        items = iter(todo)
-        # A fixed pool of workers pulling from one iterator bounds concurrency (like a
-        # semaphore) with constant memory, however many problems there are.
-        async with client:
-            with open(self.out, "a", encoding="utf-8") as f:
-                try:
-                    async with asyncio.TaskGroup() as tg:
-                        for _ in range(min(t.concurrency, len(todo))):
-                            tg.create_task(self.worker(client, items, f))
-                except* JobError as group:
-                    raise group.exceptions[0] from None
+        await run_pool(todo, lambda client, item: self.ask(client, *item), self.config.teacher, self.out, "generate",
+                       total=self.total, done=self.done, on_row=self.answer)
 
-    async def worker(self, client: openai.AsyncOpenAI, items, f) -> None:
-        for problem, rv in items:
-            row = await self.ask(client, problem, rv)
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-            f.flush()
-            self.done += 1
-            self.answered += 1
-            self.unboxed += verifiers.extract(row, row["solution"]) is None
-            self.check_parseable()
-            self.progress()
+    def answer(self, row: dict) -> None:
+        self.done += 1
+        self.answered += 1
+        self.unboxed += verifiers.extract(row, row["solution"]) is None
+        self.check_parseable()
 
     async def ask(self, client: openai.AsyncOpenAI, problem: dict, rv: int) -> dict:
         t = self.config.teacher
@@ -204,28 +175,13 @@ class Generation:
                 f"({self.config.teacher.model!r}) and system_prompt, or raise teacher.max_tokens if answers are cut off")
 
 
-def _install_sigterm(gen: Generation) -> None:
-    """On SIGTERM stop at once (preemption); rows written so far stay and a rerun resumes."""
-    task = asyncio.current_task()
-
-    def stop() -> None:
-        gen.stopping = True
-        task.cancel()
-
-    try:
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop)
-    except (NotImplementedError, RuntimeError):  # not the main thread, or no signals here
-        pass
-
-
 def run(ctx: JobContext) -> bool | None:
     config = ctx.parsed_config(GenerateConfig)
     problems = load_problems(ctx, config)
     out = ctx.output / COTS
     ctx.output.mkdir(parents=True, exist_ok=True)
-    done = load_done(out)
     wanted = [(p, rv) for p in problems for rv in config.verbosity]
-    todo = [(p, rv) for p, rv in wanted if sample_id(p, rv, config) not in done]
+    _, todo = pending(wanted, lambda item: sample_id(*item, config), out)
     resumed = len(wanted) - len(todo)
     if resumed:
         log(f"generate: resuming, {resumed} of {len(wanted)} samples already in {COTS}")
@@ -235,20 +191,9 @@ def run(ctx: JobContext) -> bool | None:
 
     limits, _ = open_sandbox(config.sandbox, [p for p, _ in todo], "generate")
     gen = Generation(config, out, total=len(wanted), done=resumed, limits=limits)
-    gen.progress(force=True)
-
-    async def main() -> None:
-        _install_sigterm(gen)
-        await gen.run(todo)
-
-    if todo:
-        try:
-            asyncio.run(main())
-        except asyncio.CancelledError:
-            if not gen.stopping:
-                raise
-    gen.progress(force=True)
-    if gen.stopping:
+    try:
+        asyncio.run(gen.run(todo))
+    except Stopped:
         log(f"generate: stopped by SIGTERM after {gen.done}/{gen.total}; rerun to resume")
         return False
 

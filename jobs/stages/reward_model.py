@@ -35,7 +35,7 @@ from pai_distil_jobs.data.cot_data import assistant_text, read_cots, require
 from pai_distil_jobs.endpoints.judge_client import ask as ask_judge
 from pai_distil_jobs.data.problems import level_of
 from pai_distil_jobs.endpoints.prompts import user_message
-from pai_distil_jobs.endpoints.resumable import Stopped, load_done, run_pool
+from pai_distil_jobs.endpoints.resumable import Stopped, load_done, pending, run_pool
 
 SAMPLES = "student_samples.jsonl"
 JUDGED = "judged.jsonl"
@@ -153,8 +153,8 @@ def rate(ctx: JobContext, cfg: RewardModelConfig, candidates: list[dict]) -> boo
                 c["correct"] = check(c, c["completion"]).correct
         return True
     out = ctx.output / JUDGED
-    done = load_done(out, "judged")
-    todo = [c for c in candidates if c["id"] not in done and any(c.get(d) is None for d in DIMENSIONS)]
+    done, todo = pending([c for c in candidates if any(c.get(d) is None for d in DIMENSIONS)], lambda c: c["id"],
+                         out, "judged")
     log(f"reward-model: judge {cfg.judge.model!r} rates {len(todo)} candidates ({len(done)} already rated)")
 
     async def ask(c: openai.AsyncOpenAI, cand: dict) -> dict:

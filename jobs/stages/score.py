@@ -14,7 +14,7 @@ from pai_distil.core.config import ScoreConfig
 from pai_distil.core.contract import JobContext, JobError, log
 from pai_distil_jobs.data.cot_data import read_cots, require
 from pai_distil_jobs.endpoints.judge_client import ask as ask_judge
-from pai_distil_jobs.endpoints.resumable import Stopped, load_done, run_pool
+from pai_distil_jobs.endpoints.resumable import Stopped, load_done, pending, run_pool
 
 SCORED = "scored.jsonl"
 SUMMARY = "summary.json"
@@ -28,8 +28,7 @@ def run(ctx: JobContext) -> bool | None:
     for n, row in enumerate(rows, 1):
         require(row, n, ("id", "problem", "thought", "solution"), f"input 'cots' ({path})")
     out = ctx.output / SCORED
-    done = load_done(out, "scored")
-    todo = [r for r in rows if r["id"] not in done]
+    done, todo = pending(rows, lambda r: r["id"], out, "scored")
     log(f"score: judge {cfg.judge.model!r} at {cfg.judge.base_url} rates {len(todo)} samples "
         f"on {', '.join(cfg.dimensions)} ({len(done)} already scored)")
     unscored = {"rows": 0, "seen": 0}
