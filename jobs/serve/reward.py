@@ -17,9 +17,8 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
-from pai_distil.core.protocol import authorized
 from pai_distil.core.http_limits import BodyLimits
-from pai_distil.core.protocol import error_body
+from pai_distil.core.protocol import authorized, error_body
 
 DEFAULT_MAX_ITEMS = 256
 

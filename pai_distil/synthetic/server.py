@@ -10,18 +10,23 @@ FastAPI and uvicorn are imported here only; the CLI imports this module lazily.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import random
 import re
+import subprocess
+import sys
+import threading
 import time
 import uuid
+import weakref
 from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from pai_distil.core.protocol import error_body, text_of as _text
+from pai_distil.core.protocol import BadRequest, error_body, parse_chat
 from pai_distil.core.http_limits import BodyLimits
 from pai_distil.core.judging import which_dimension
 from pai_distil.synthetic import judge
@@ -49,8 +54,9 @@ class Stats:
     completions: int = 0  # completions returned
 
 
-def _error(status: int, message: str, type_: str, code: str | None = None, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse(error_body(message, type_, code), status_code=status, headers=headers)
+def _error(status: int, message: str, type_: str, code: str | None = None, headers: dict | None = None,
+           param: str | None = None) -> JSONResponse:
+    return JSONResponse(error_body(message, type_, code, param), status_code=status, headers=headers)
 
 
 def count_tokens(text: str) -> int:
@@ -81,37 +87,6 @@ def _rng(seed: int, text: str, rv: int) -> random.Random:
     """Same (seed, problem, verbosity) -> same answer, whatever the order of requests."""
     digest = hashlib.sha256(f"{seed}\x00{rv}\x00{text}".encode()).digest()
     return random.Random(int.from_bytes(digest[:8], "big"))
-
-
-class BadRequest(Exception):
-    pass
-
-
-def _parse_request(body) -> tuple[str, list[tuple[str, str]], dict]:
-    """(model, [(role, text)], options) from a chat completion request body, or BadRequest."""
-    if not isinstance(body, dict):
-        raise BadRequest("request body must be a JSON object")
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise BadRequest("'model' is required and must be a string")
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise BadRequest("'messages' is required and must be a non-empty list")
-    parsed = []
-    for i, m in enumerate(messages):
-        text = _text(m.get("content")) if isinstance(m, dict) else None
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or text is None:
-            raise BadRequest(f"messages[{i}] must be an object with a string 'role' and text 'content'")
-        parsed.append((m["role"], text))
-    if not any(role == "user" for role, _ in parsed):
-        raise BadRequest("'messages' must contain a user message")
-    if body.get("n", 1) != 1:
-        raise BadRequest("only n=1 is supported")
-    limit = body.get("max_completion_tokens", body.get("max_tokens"))
-    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
-        raise BadRequest("'max_tokens' must be a positive integer")
-    return model, parsed, {"max_tokens": limit, "stream": bool(body.get("stream")),
-                           "include_usage": bool((body.get("stream_options") or {}).get("include_usage"))}
 
 
 def create_app(api_key: str | None, error_rate: float = 0.0, seed: int = 0, fail_rate: float = 0.0,
@@ -180,14 +155,18 @@ def create_app(api_key: str | None, error_rate: float = 0.0, seed: int = 0, fail
         except (json.JSONDecodeError, UnicodeDecodeError):
             return _error(400, "request body is not valid JSON", "invalid_request_error")
         try:
-            model, messages, opts = _parse_request(body)
+            req = parse_chat(body)
+            if not any(m["role"] == "user" for m in req.messages):
+                raise BadRequest("'messages' must contain a user message", "messages")
         except BadRequest as e:
-            return _error(400, str(e), "invalid_request_error")
+            return _error(400, e.message, "invalid_request_error", param=e.param)
+        model, messages = req.model, [(m["role"], m["content"]) for m in req.messages]
+        opts = {"max_tokens": req.max_tokens, "stream": req.stream, "include_usage": req.include_usage}
         if model not in MODELS:
             return _error(404, f"The model '{model}' does not exist; this server serves {', '.join(MODELS)}.",
                           "invalid_request_error", "model_not_found")
 
-        system = "\n".join(text for role, text in messages if role in ("system", "developer"))
+        system = "\n".join(text for role, text in messages if role == "system")  # developer is read as system
         user = [text for role, text in messages if role == "user"][-1]
         rv = read_verbosity(system)
         problem = world.parse_problem(user)
@@ -223,7 +202,8 @@ def create_app(api_key: str | None, error_rate: float = 0.0, seed: int = 0, fail
                 "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
                 "usage": usage}
 
-    scorer = PromptScorer(logits_model) if logits_model else None
+    scorer = LogitsProcess(logits_model) if logits_model else None
+    app.state.logits = scorer
 
     @app.post("/v1/completions")
     async def completions(request: Request):
@@ -294,41 +274,60 @@ def _parse_completion(body) -> tuple[list[int] | str, int, bool]:
     return prompt, k, bool(body.get("return_tokens_as_token_ids"))
 
 
-class PromptScorer:
-    """A checkpoint's log-probabilities of a prompt's tokens, as vLLM's completions API echoes them:
-    per position its token's logprob and the top k (position 0: None). torch and the model load on
-    the first request, so the oracle part of the server starts without them."""
+class LogitsProcess:
+    """The --logits-model checkpoint, run by the jobs' code in a child process (`python -m
+    pai_distil_jobs.serve.scorer MODEL`, one JSON line per request): this server only forwards, so
+    it imports neither torch nor the jobs. Started on the first request, so the oracle part of the
+    server starts without them; requests are answered one at a time."""
+
+    MODULE = "pai_distil_jobs.serve.scorer"
 
     def __init__(self, model: str):
-        self.spec, self.model, self.tokenizer = model, None, None
+        self.spec, self.proc, self.lock = model, None, threading.Lock()
+        self._finalizer = None
 
-    def _load(self) -> None:
-        if self.model is None:
-            from pai_distil_jobs.models.models import load_model
-
-            self.model, self.tokenizer = load_model(self.spec)
-            self.model.eval()
+    def _call(self, request: dict):
+        with self.lock:
+            if self.proc is None or self.proc.poll() is not None:
+                self.proc = subprocess.Popen([sys.executable, "-m", self.MODULE, self.spec], stdin=subprocess.PIPE,
+                                             stdout=subprocess.PIPE, text=True, encoding="utf-8")
+                self._finalizer = weakref.finalize(self, _stop, self.proc)
+            try:
+                self.proc.stdin.write(json.dumps(request) + "\n")
+                self.proc.stdin.flush()
+                line = self.proc.stdout.readline()
+            except BrokenPipeError:
+                line = ""
+            if not line:
+                code = self.proc.wait()
+                raise RuntimeError(f"the --logits-model process ({self.MODULE} {self.spec}) exited with code {code}; "
+                                   "its error is in the log above")
+        reply = json.loads(line)
+        if "error" in reply:
+            raise BadRequest(reply["error"])
+        return reply["result"]
 
     def tokenize(self, text: str) -> list[int]:
-        self._load()
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return self._call({"op": "tokenize", "text": text})
 
     def score(self, prompt, k: int, as_ids: bool) -> dict:
-        import torch
+        return self._call({"op": "score", "prompt": prompt, "k": k, "as_ids": as_ids})
 
-        self._load()
-        ids = prompt if isinstance(prompt, list) else self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        if max(ids) >= self.model.config.vocab_size or min(ids) < 0:
-            raise BadRequest(f"token ids must be below the vocabulary size {self.model.config.vocab_size}")
-        with torch.inference_mode():
-            logp = torch.log_softmax(self.model(torch.tensor([ids])).logits[0].float(), dim=-1)
-        name = (lambda i: f"token_id:{i}") if as_ids else self.tokenizer.convert_ids_to_tokens
-        top = logp[:-1].topk(min(k, logp.shape[-1]), dim=-1)
-        tokens = [name(i) for i in ids]
-        token_lps = [None] + [float(logp[t, ids[t + 1]]) for t in range(len(ids) - 1)]
-        tops = [None] + [{name(int(i)): float(v) for i, v in zip(ti, tv)}
-                         for ti, tv in zip(top.indices.tolist(), top.values.tolist())]
-        return {"tokens": tokens, "token_logprobs": token_lps, "top_logprobs": tops, "text_offset": [0] * len(ids)}
+    def close(self) -> None:
+        if self._finalizer is not None:
+            self._finalizer()
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """End the child: closing its stdin ends its loop; a stuck one is killed."""
+    if proc.poll() is None:
+        with contextlib.suppress(OSError):
+            proc.stdin.close()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def _sse(cid: str, model: str, message: dict, finish: str, usage: dict | None):
