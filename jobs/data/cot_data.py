@@ -4,34 +4,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pai_distil.core import readers as datasets
+from pai_distil.core import readers
+from pai_distil.core.config import DataFile
 
 from pai_distil.core.contract import JobError
 from pai_distil.core.think import EMPTY_THOUGHT, think_block
-from pai_distil_jobs.data.problems import read_jsonl
 from pai_distil_jobs.endpoints.prompts import user_message
 
-# Preferred file of an input directory: scored samples, then raw samples, then SFT rows.
-CANDIDATES = ("scored.jsonl", "cots.jsonl", "sft.jsonl")
 
-
-def read_cots(path: Path, name: str = "cots") -> list[dict]:
-    """Rows of a CoT input: the output of `score` or `generate` (rows kept as they are, with their
-    metadata), or published CoT data (OmniThought-style rows, messages) read by `datasets`."""
-    if path.is_dir():
-        found = next((path / c for c in CANDIDATES if (path / c).is_file()), None)
-        if found is None:
-            raise JobError(f"input '{name}' ({path}) holds none of {', '.join(CANDIDATES)}; "
-                           "pass the output of `generate` or `score`")
-        path = found
-    if path.suffix == ".jsonl":
-        rows = read_jsonl(path)
-        if not rows or {"problem", "thought", "solution"} <= set(rows[0]) or "messages" in rows[0]:
-            return rows
+def read_cots(path: Path, name: str = "cots", data: DataFile | None = None, own_rows: bool = True) -> list[dict]:
+    """Rows of the CoT input `name` (pai_distil.core.readers.read_cot_input): the output of `score` or
+    `generate` as it is (with `own_rows`), or published CoT data (OmniThought-style rows, messages);
+    a bad file is one JobError naming the input."""
     try:
-        return datasets.read_cots(path)
-    except datasets.DataError as e:
-        raise JobError(str(e)) from None
+        return readers.read_cot_input(path, data, own_rows=own_rows)
+    except readers.DataError as e:
+        raise JobError(f"input '{name}': {e}") from None
 
 
 def require(row: dict, n: int, fields: tuple[str, ...], path_hint: str = "input") -> None:

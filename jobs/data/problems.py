@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from pai_distil.core import readers as datasets
-from pai_distil.core.config import DataFile, ProblemData, SyntheticProblems
+from pai_distil.core.config import ProblemData, SyntheticProblems
 from pai_distil.core import world
 
 from pai_distil.core.contract import JobError
@@ -54,14 +54,6 @@ def load_problems(synthetic: SyntheticProblems | None, path: Path | None, prefix
     if path is None:
         raise JobError("no problems: set `problems` in the config or pass --input problems=FILE")
     return read_problem_rows(path, data)
-
-
-def read_cot_rows(path: Path, data: DataFile | None = None) -> list[dict]:
-    """CoT samples of a file or directory: generate's cots.jsonl, OmniThought-style rows, messages rows."""
-    try:
-        return datasets.read_cots(path, data)
-    except datasets.DataError as e:
-        raise JobError(f"input 'problems': {e}") from None
 
 
 def level_of(row: dict) -> str:

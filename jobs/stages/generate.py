@@ -25,6 +25,7 @@ from pai_distil.core.verify.sandbox import Limits
 
 from pai_distil.core.contract import JobContext, JobError, log
 from pai_distil_jobs.data import problems
+from pai_distil_jobs.data.cot_data import read_cots
 from pai_distil_jobs.endpoints import prompts
 from pai_distil_jobs.data.code_sandbox import open_sandbox
 from pai_distil_jobs.endpoints.resumable import NotACompletion, Stopped, explain_failure, load_done, message_of, pending, run_pool
@@ -54,7 +55,7 @@ def load_problems(ctx: JobContext, config: GenerateConfig) -> list[dict]:
         if path is None:
             raise JobError("refine rewrites existing chains of thought: pass them as --input problems=COTS "
                            "(generate's output, OmniThought-style rows or messages) instead of `problems`")
-        rows = problems.read_cot_rows(path, config.data)
+        rows = read_cots(path, "problems", config.data, own_rows=False)  # rewritten as published samples
         if not rows:
             raise JobError(f"input 'problems' ({path}) holds no chains of thought to refine")
         return rows

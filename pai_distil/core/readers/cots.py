@@ -1,0 +1,131 @@
+"""CoT samples (DESIGN.md: `id, problem, answer, thought, solution, teacher, correct, rv, cd`): this
+project's own rows as the stages read them, and published CoT data (OmniThought-style rows, messages)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pai_distil.core.config import DataFile
+from pai_distil.core.think import split_thought
+from pai_distil.core.readers.files import DataError, Row, _level, _text, data_files, detect, read_records
+from pai_distil.core.readers.problems import _messages
+
+# -- CoT samples --------------------------------------------------------------------------------
+
+
+# Preferred file of a stage's CoT input directory: scored samples, then raw samples, then SFT rows.
+COT_FILES = ("scored.jsonl", "cots.jsonl", "sft.jsonl")
+
+
+def read_cot_input(path: Path, spec: DataFile | None = None, own_rows: bool = True) -> list[dict]:
+    """Rows of a stage's CoT input: in a directory, the first of COT_FILES it holds. With `own_rows`,
+    this project's JSONL rows (generate's or score's: problem, thought, solution; SFT messages rows)
+    come as they are, with every field they carry; anything else (published CoT data) is read by
+    `read_cots`."""
+    path = Path(path)
+    if path.is_dir():
+        found = next((path / c for c in COT_FILES if (path / c).is_file()), None)
+        if found is None:
+            raise DataError(f"{path} holds none of {', '.join(COT_FILES)}; pass the output of `generate` or `score`")
+        path = found
+    if own_rows and path.suffix == ".jsonl":
+        rows = [row for _, row in read_records(path)]
+        if not rows or {"problem", "thought", "solution"} <= set(rows[0]) or "messages" in rows[0]:
+            return rows
+    return read_cots(path, spec)
+
+
+def read_cots(path: Path, spec: DataFile | None = None) -> list[dict]:
+    """CoT samples (DESIGN.md) from generate's cots.jsonl, OmniThought-style rows (flat, or a `question`
+    with a list of `reasoning` entries) or messages rows with `<think>` in the assistant turn."""
+    spec = spec or DataFile()
+    out = []
+    for f in data_files(path, prefer=("scored.jsonl", "cots.jsonl")):
+        records = read_records(f)[:spec.limit] if spec.limit else read_records(f)
+        if not records:
+            continue
+        fmt = spec.format if spec.format != "auto" else detect(set(records[0][1]), f)
+        if fmt not in ("cots", "messages"):
+            raise DataError(f"{f} holds {fmt} rows, not chains of thought; CoT rows need thought and solution "
+                            "(OmniThought style) or messages with <think> in the assistant turn")
+        for n, data in records:
+            row = Row(f, n, data, spec.fields, fmt)
+            out += _messages_cot(row, spec) if fmt == "messages" else _omni_cots(row, spec)
+    return out
+
+
+def _annotation(value):
+    v = _level(value)
+    if v is None:
+        return None
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def _sample(row: Row, spec: DataFile, k: int | None, problem: str, entry: dict, answer, source_id) -> dict:
+    sub = Row(row.path, row.n, entry, spec.fields, row.fmt)
+    thought = sub.get("thought", ("thought", "reasoning_content", "deepseek_reasoning"))
+    solution = sub.get("solution")
+    full = sub.get("full_response", ("full_response",))
+    if (thought is None or solution is None) and isinstance(full, str):
+        thought, solution = split_thought(full)
+    if solution is None:
+        raise DataError(f"{row.where()}{'' if k is None else f' reasoning[{k}]'} lacks field "
+                        f"'{spec.fields.solution or 'solution'}'")
+    correct = sub.get("correct", ("correct", "verified", "is_correct"))
+    if answer is None and correct:  # OmniThought has no answer column: a verified solution's box is the answer
+        from pai_distil.core.verify.text import last_boxed
+
+        answer = last_boxed(str(solution))
+    rid = str(source_id or f"{row.path.stem}-{row.n}") + ("" if k is None else f"-{k}")
+    sample = {
+        "id": rid, "problem_id": str(source_id or f"{row.path.stem}-{row.n}"), "problem": problem,
+        "answer": "" if answer is None else _text(answer), "thought": _text(thought or ""), "solution": _text(solution),
+        "teacher": sub.get("teacher", ("teacher", "model")), "correct": None if correct is None else bool(correct),
+        "rv": _annotation(sub.get("rv", ("rv", "reasoning_verbosity"))),
+        "cd": _annotation(sub.get("cd", ("cd", "cognitive_difficulty"))),
+        "domain": spec.verifier or str(row.get("domain") or "math"),
+        "source": spec.source or str(row.get("source") or row.path.stem),
+        "meta": {"row": row.n, "file": row.path.name},
+    }
+    if spec.verifier:
+        sample["verifier"] = spec.verifier
+    return sample
+
+
+def _omni_cots(row: Row, spec: DataFile) -> list[dict]:
+    problem = _text(row.need("problem"))
+    answer = row.get("answer")
+    source_id = row.get("id", ("id", "problem_id", "unique_id"))
+    nested = row.data.get("reasoning")
+    if isinstance(nested, list) and spec.fields.thought != "reasoning":
+        if not nested:
+            raise DataError(f"{row.where()} field 'reasoning' is an empty list")
+        return [_sample(row, spec, k, problem, e if isinstance(e, dict) else {}, answer, source_id)
+                for k, e in enumerate(nested)]
+    sample = _sample(row, spec, None, problem, row.data, answer, source_id)
+    for k in ("requested_rv", "finish_reason", "completion_tokens", "truncated", "max_tokens"):  # generate's own rows
+        if k in row.data:
+            sample[k] = row.data[k]
+    if "id" in row.data and "problem_id" in row.data:
+        sample["id"], sample["problem_id"] = str(row.data["id"]), str(row.data["problem_id"])
+    if isinstance(row.data.get("meta"), dict):
+        sample["meta"] = {**row.data["meta"], **sample["meta"]}
+    return [sample]
+
+
+def _messages_cot(row: Row, spec: DataFile) -> list[dict]:
+    from pai_distil.core.verify.text import last_boxed
+
+    msgs = _messages(row)
+    user = next((m["content"] for m in msgs if m["role"] == "user"), None)
+    reply = next((m["content"] for m in reversed(msgs) if m["role"] == "assistant"), None)
+    if user is None or reply is None:
+        raise DataError(f"{row.where()} needs a user and an assistant message")
+    thought, solution = split_thought(reply)
+    answer = row.get("answer")
+    answer = last_boxed(solution) if answer is None else answer
+    return [_sample(row, spec, None, user, {"thought": thought, "solution": solution, **{
+        k: v for k, v in row.data.items() if k not in ("messages", "conversations")}}, answer, row.get("id", ("id",)))]
