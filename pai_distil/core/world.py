@@ -13,7 +13,7 @@ import random
 import re
 from dataclasses import dataclass
 
-from pai_distil.core.think import split_thought  # noqa: F401 - world.split_thought: how its responses split
+from pai_distil.core.think import split_thought
 
 DOMAIN = "synthetic"
 
