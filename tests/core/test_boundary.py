@@ -195,7 +195,6 @@ def test_jobs_import_only_the_core_of_pai_distil():
         pytest.fail(_report("jobs/ imports pai_distil outside pai_distil.core", bad), pytrace=False)
 
 
-@pytest.mark.xfail(strict=True, reason='synthetic/server.py still loads a checkpoint through pai_distil_jobs (issue 19, open)')
 def test_pai_distil_never_imports_the_jobs():
     bad = [i for i in all_imports() if _within(i.module, "pai_distil") and _within(i.target, "pai_distil_jobs")]
     if bad:
@@ -328,7 +327,6 @@ def test_no_import_cycles():
         pytest.fail(f"import cycles among the project's modules ({len(cycles)}):\n  " + "\n  ".join(lines), pytrace=False)
 
 
-@pytest.mark.xfail(strict=True, reason='core/readers.py is 566 lines (issue 19, open)')
 def test_no_module_over_the_line_limit():
     long = {p: n for p in files().values() if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_LINES}
     if long:
