@@ -17,8 +17,6 @@ was given GPUs its torch cannot use fails in one line instead of training on the
 from __future__ import annotations
 
 import argparse
-import functools
-import glob
 import importlib
 import importlib.metadata
 import importlib.util
@@ -28,11 +26,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from pai_distil_jobs.models.gpus import SmokeError, check_cuda
+
 STACK = ("torch", "transformers", "trl", "accelerate", "peft", "datasets", "deepspeed", "vllm")
-
-
-class SmokeError(Exception):
-    pass
 
 
 def versions() -> dict[str, str | None]:
@@ -66,30 +62,6 @@ def check_imports(cuda: bool) -> None:
         importlib.import_module(module.name)
     if cuda and importlib.util.find_spec("vllm") is not None:
         import vllm  # noqa: F401 - GRPO's rollouts: imports only where its CUDA kernels can load
-
-
-def check_cuda() -> str:
-    """The GPU this container was given is usable by torch; its name."""
-    import torch
-
-    if not torch.cuda.is_available():
-        built = torch.version.cuda or "no CUDA (a CPU build)"
-        raise SmokeError(f"torch {torch.__version__} (CUDA {built}) sees no GPU: check the node's driver and that "
-                         "the container was started with its GPUs")
-    return torch.cuda.get_device_name(0)
-
-
-@functools.cache
-def require_usable_gpus() -> None:
-    """Where GPUs are attached (/dev/nvidia0, ...), torch can use them; else a JobError in one line."""
-    from pai_distil.core.contract import JobError
-
-    attached = sorted(glob.glob("/dev/nvidia[0-9]*"))
-    if attached:
-        try:
-            check_cuda()
-        except SmokeError as e:
-            raise JobError(f"{len(attached)} GPU device(s) attached ({', '.join(attached[:2])}), but {e}") from None
 
 
 def train_one_step(cuda: bool) -> float:

@@ -15,6 +15,7 @@ from transformers.utils import logging as hf_logging
 
 from pai_distil.core.presets import CONFIG_KEY, PRESETS, is_preset, preset_name
 
+from pai_distil_jobs.models.gpus import require_usable_gpus
 from pai_distil_jobs.models.hub import load_kwargs
 from pai_distil_jobs.models.threads import set_cpu_threads
 from pai_distil_jobs.models.tokenizer import build_tokenizer
@@ -85,8 +86,6 @@ def load_model(spec: str | Path, seed: int = 0, attn_implementation: str | None 
 
     Weights load in fp32 by default: they are the optimizer's master copy, and bf16 runs as mixed
     precision over them (bf16 master weights lose updates of ~1e-5 relative size)."""
-    from pai_distil_jobs.smoke import require_usable_gpus
-
     spec = str(spec)
     require_usable_gpus()  # a GPU container whose torch cannot use the GPU fails here, in one line
     set_cpu_threads()

@@ -313,7 +313,6 @@ def test_cycle_finder_finds_a_cycle():
     assert _cycles({"a": {"b": imp}, "b": {}}) == []
 
 
-@pytest.mark.xfail(strict=True, reason='models.models <-> smoke (issue 19, open)')
 def test_no_import_cycles():
     graph = import_graph()
     cycles = _cycles(graph)
