@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 
+from pai_distil.core import think
 from pai_distil.core.think import THINK_CLOSE, THINK_OPEN
 
 _PROBE_USER, _PROBE_ANSWER = "ping", "pong"
@@ -64,4 +65,4 @@ def split_thought(message: dict) -> tuple[str | None, str]:
 
 def think_block(thought: str | None, answer: str) -> str:
     """The assistant text as Qwen3 writes it: `<think>\\n…\\n</think>\\n\\n` then the answer."""
-    return answer if thought is None else f"{THINK_OPEN}\n{thought}\n{THINK_CLOSE}\n\n{answer}"
+    return answer if thought is None else think.think_block(thought, answer)

@@ -216,14 +216,19 @@ class EndpointTeacher:
         return out_ids, out_lps
 
     async def _all(self, examples: list[dict], k: int) -> list:
-        from pai_distil_jobs.endpoints.resumable import client
+        from pai_distil_jobs.endpoints.resumable import run_pool
 
-        sem = asyncio.Semaphore(self.endpoint.concurrency)
-        async with client(self.endpoint) as c:
-            async def one(e):
-                async with sem:
-                    return await self._one(c, e, k)
-            return await asyncio.gather(*(one(e) for e in examples))
+        scored: list = [None] * len(examples)
+
+        async def ask(client, item):
+            i, example = item
+            return {"i": i, "topk": await self._one(client, example, k)}
+
+        def keep(row: dict) -> None:
+            scored[row["i"]] = row["topk"]
+
+        await run_pool(list(enumerate(examples)), ask, self.endpoint, on_row=keep)
+        return scored
 
     def score(self, examples: list[dict], k: int, pad_id: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
         return asyncio.run(self._all(examples, k))

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 
+from pai_distil.core.think import THINK_CLOSE, THINK_OPEN
+
 DIMENSIONS = ("correct", "rv", "cd")
 
 RUBRICS: dict[str, str] = {
@@ -46,7 +48,7 @@ def which_dimension(system: str) -> str | None:
     return None
 
 
-_THINK = re.compile(r"<think>.*?</think>", re.S)
+_THINK = re.compile(re.escape(THINK_OPEN) + ".*?" + re.escape(THINK_CLOSE), re.S)
 _PATTERNS = [
     re.compile(r"<score>\s*(-?\d+)\s*</score>", re.I),
     re.compile(r"\bscore\s*(?:is|of)?\s*[:=]?\s*\**\s*(-?\d+)\b", re.I),

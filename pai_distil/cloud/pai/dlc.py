@@ -113,14 +113,10 @@ def _gib(x: float | None) -> str | None:
 
 
 def _command(spec: JobSpec) -> list[str]:
-    """The job command inside the image: the client's Python path becomes the image's `python`."""
+    """The job command inside the image (`python -m pai_distil_jobs …`), quoted for DLC's shell."""
     import shlex
-    from pathlib import Path
 
-    cmd = list(spec.command)
-    if cmd and Path(cmd[0]).name.startswith("python"):
-        cmd[0] = "python"
-    return [shlex.quote(c) for c in cmd]
+    return [shlex.quote(c) for c in spec.command]
 
 
 def request_body(request) -> dict:
