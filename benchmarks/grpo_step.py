@@ -32,7 +32,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from timing import pinned, timed_run
+from timing import parse_arms_args, pinned, timed_run
 
 ROOT = Path(__file__).resolve().parents[1]
 ARMS = ("ours", "trl")
@@ -136,12 +136,8 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=4, help="problems per step")
     ap.add_argument("--group", type=int, default=8, help="completions per problem")
     ap.add_argument("--max-completion", type=int, default=48, help="tokens per completion")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--cpu", type=int, default=0, help="the core every arm is pinned to")
-    ap.add_argument("--plain-trl", help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.plain_trl:
-        plain_trl(json.loads(args.plain_trl))
+    args = parse_arms_args(ap, plain_trl)
+    if args is None:
         return
     print(f"grpo stage at: {git_head()}")
     print(f"preset:micro, {args.prompts} problems x {args.group} completions (max {args.max_completion} tokens) a "

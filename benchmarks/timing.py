@@ -7,6 +7,8 @@ spent training between them, whatever the job did before (imports, model build) 
 
 from __future__ import annotations
 
+import argparse
+import json
 import re
 import shutil
 import subprocess
@@ -55,3 +57,16 @@ def timed_run(cmd: list[str], env: dict, cwd: Path) -> tuple[dict[int, float], l
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd[:4])} ... failed (rc {proc.returncode}):\n" + "\n".join(lines[-30:]))
     return stamps, lines
+
+
+def parse_arms_args(ap: argparse.ArgumentParser, plain_trl) -> argparse.Namespace | None:
+    """The options every A/B benchmark shares (interleaved rounds, the pinned core) and its hidden
+    plain-TRL arm, which runs in a child process of the benchmark: None when this process was that arm."""
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--cpu", type=int, default=0, help="the core every arm is pinned to")
+    ap.add_argument("--plain-trl", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.plain_trl:
+        plain_trl(json.loads(args.plain_trl))
+        return None
+    return args

@@ -41,7 +41,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from timing import pinned, timed_run
+from timing import parse_arms_args, pinned, timed_run
 
 ROOT = Path(__file__).resolve().parents[1]
 PREVIOUS = "de1991c"  # the commit before the stages moved onto TRL: the hand-written loop
@@ -179,13 +179,9 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--log-every", type=int, default=5)
     ap.add_argument("--skip", type=int, default=10, help="steps before the timing window opens")
-    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--rv", type=int, default=6, help="verbosity of the teacher's chains (longer at higher rv)")
-    ap.add_argument("--cpu", type=int, default=0, help="the core every arm is pinned to")
-    ap.add_argument("--plain-trl", help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.plain_trl:
-        plain_trl(json.loads(args.plain_trl))
+    args = parse_arms_args(ap, plain_trl)
+    if args is None:
         return
     with tempfile.TemporaryDirectory(prefix="pai-distil-throughput-") as tmp:
         tmp = Path(tmp)

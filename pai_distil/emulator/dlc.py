@@ -16,7 +16,7 @@ import uuid
 from fastapi import APIRouter, Request
 
 from . import dlc_runner
-from .pop import PopError, body_json, pop_router, request_id
+from .pop import PopError, body_json, pop_router, request_id, stored
 
 TERMINAL = ("Succeeded", "Failed", "Stopped")
 JOB_TYPES = ("PyTorchJob", "TFJob", "XGBoostJob", "MPIJob", "RayJob")
@@ -126,10 +126,7 @@ def router(emulator) -> APIRouter:
     r = pop_router()
 
     def get_job(job_id: str) -> dict:
-        job = store.get(job_id) if job_id.startswith("dlc") else None
-        if job is None:
-            raise PopError(404, "100400027", f"Job {job_id} does not exist or you have no permission to access it")
-        return job
+        return stored(store, job_id, "dlc", "100400027", f"Job {job_id} does not exist or you have no permission to access it")
 
     @r.post("/api/v1/jobs")
     async def create_job(request: Request) -> dict:

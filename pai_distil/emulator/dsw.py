@@ -17,7 +17,7 @@ from fastapi import APIRouter, Request
 
 from .dlc_runner import iso, parse_oss_uri
 from .objects import store_of
-from .pop import PopError, body_json, pop_router, request_id
+from .pop import PopError, body_json, pop_router, request_id, stored
 
 STORE = "dsw-instances"
 
@@ -28,10 +28,7 @@ def router(emulator) -> APIRouter:
     r = pop_router()
 
     def get(instance_id: str) -> dict:
-        inst = store.get(instance_id) if instance_id.startswith("dsw-") else None
-        if inst is None:
-            raise PopError(404, "100030001", f"Instance {instance_id} is not found")
-        return inst
+        return stored(store, instance_id, "dsw-", "100030001", f"Instance {instance_id} is not found")
 
     def ok(**fields) -> dict:
         return {"Success": True, "Code": "200", "Message": "", "HttpStatusCode": 200, "RequestId": request_id(), **fields}

@@ -23,6 +23,14 @@ class PopError(Exception):
         self.message = message
 
 
+def stored(store, key: str, prefix: str, code: str, message: str) -> dict:
+    """The resource `key` in `store`, or PAI's 404 (`code`, `message`) for an unknown or malformed id."""
+    doc = store.get(key) if key.startswith(prefix) else None
+    if doc is None:
+        raise PopError(404, code, message)
+    return doc
+
+
 def request_id() -> str:
     return str(uuid.uuid4()).upper()
 

@@ -15,7 +15,9 @@ from pai_distil.core.errors import UserError
 from pai_distil.cloud.pai.oss import extract
 
 
-def test_download_is_checked_against_the_manifest(tmp_path, monkeypatch):
+@pytest.fixture
+def emu_storage(tmp_path, monkeypatch):
+    """An emulator and the client's Storage configured against it (the client's own env)."""
     with start_emulator(tmp_path / "emu") as emu:
         home = tmp_path / "home"
         configure(home, emu)
@@ -24,25 +26,29 @@ def test_download_is_checked_against_the_manifest(tmp_path, monkeypatch):
         from pai_distil.cloud.pai import config
         from pai_distil.cloud.pai.oss import Storage
 
-        art = tmp_path / "artifact"
-        (art / "sub").mkdir(parents=True)
-        (art / "weights.bin").write_bytes(b"w" * 1000)
-        (art / "sub" / "notes.txt").write_text("hello")
-        artifacts.write_manifest(art)
-        storage = Storage(config.load())
-        sent = storage.upload(art, "t/artifact")
-        assert sent.files_sent == 3 and storage.upload(art, "t/artifact").files_sent == 0
+        yield emu, Storage(config.load())
 
-        dest = tmp_path / "back"
+
+def test_download_is_checked_against_the_manifest(tmp_path, emu_storage):
+    emu, storage = emu_storage
+    art = tmp_path / "artifact"
+    (art / "sub").mkdir(parents=True)
+    (art / "weights.bin").write_bytes(b"w" * 1000)
+    (art / "sub" / "notes.txt").write_text("hello")
+    artifacts.write_manifest(art)
+    sent = storage.upload(art, "t/artifact")
+    assert sent.files_sent == 3 and storage.upload(art, "t/artifact").files_sent == 0
+
+    dest = tmp_path / "back"
+    storage.download("t/artifact", dest)
+    artifacts.verify(dest)
+    assert (dest / "sub" / "notes.txt").read_text() == "hello"
+
+    bucket = oss2.Bucket(oss2.Auth(ACCESS_KEY_ID, ACCESS_KEY_SECRET), emu.url, BUCKET)
+    bucket.put_object("t/artifact/weights.bin", b"x" * 1000)  # changed behind the manifest's back
+    with pytest.raises(UserError, match="weights.bin is missing or changed"):
         storage.download("t/artifact", dest)
-        artifacts.verify(dest)
-        assert (dest / "sub" / "notes.txt").read_text() == "hello"
-
-        bucket = oss2.Bucket(oss2.Auth(ACCESS_KEY_ID, ACCESS_KEY_SECRET), emu.url, BUCKET)
-        bucket.put_object("t/artifact/weights.bin", b"x" * 1000)  # changed behind the manifest's back
-        with pytest.raises(UserError, match="weights.bin is missing or changed"):
-            storage.download("t/artifact", dest)
-        assert (dest / "weights.bin").read_bytes() == b"w" * 1000  # the verified copy is untouched
+    assert (dest / "weights.bin").read_bytes() == b"w" * 1000  # the verified copy is untouched
 
 
 def _tar(members: dict[str, bytes], link: tuple[str, str] | None = None) -> bytes:
@@ -110,42 +116,36 @@ def test_extraction_refuses_links_already_in_the_destination_and_bombs(tmp_path)
     assert extract(bomb, tmp_path / "bomb-out3", max_bytes=1 << 30) == [tmp_path / "bomb-out3" / "zeros.bin"]
 
 
-def test_remote_manifest_and_resumable_download_of_a_large_file(tmp_path, monkeypatch):
-    with start_emulator(tmp_path / "emu") as emu:
-        home = tmp_path / "home"
-        configure(home, emu)
-        for k, v in client_env(home).items():
-            monkeypatch.setenv(k, v)
-        from pai_distil.cloud.pai import config
-        from pai_distil.cloud.pai.oss import MULTIPART_THRESHOLD, PART_SIZE, Storage
+def test_remote_manifest_and_resumable_download_of_a_large_file(tmp_path, emu_storage):
+    from pai_distil.cloud.pai.oss import MULTIPART_THRESHOLD, PART_SIZE
 
-        art = tmp_path / "artifact"
-        art.mkdir()
-        big = bytes(range(256)) * ((MULTIPART_THRESHOLD + PART_SIZE) // 256)
-        (art / "model.safetensors").write_bytes(big)
-        (art / "config.json").write_text("{}")
-        artifacts.write_manifest(art)
-        storage = Storage(config.load())
-        assert storage.remote_manifest("t/artifact") is None  # nothing there yet
-        storage.upload(art, "t/artifact")
-        manifest = storage.remote_manifest("t/artifact")
-        assert artifacts.manifest_digest(manifest) == artifacts.digest(art)  # the same digest as the local copy
-        reads = {k: v for k, v in emu.counters().items() if k.startswith("GetObject ")}
-        assert list(reads) == [f"GetObject {BUCKET}/t/artifact/manifest.json"]  # only the manifest was read
+    emu, storage = emu_storage
+    art = tmp_path / "artifact"
+    art.mkdir()
+    big = bytes(range(256)) * ((MULTIPART_THRESHOLD + PART_SIZE) // 256)
+    (art / "model.safetensors").write_bytes(big)
+    (art / "config.json").write_text("{}")
+    artifacts.write_manifest(art)
+    assert storage.remote_manifest("t/artifact") is None  # nothing there yet
+    storage.upload(art, "t/artifact")
+    manifest = storage.remote_manifest("t/artifact")
+    assert artifacts.manifest_digest(manifest) == artifacts.digest(art)  # the same digest as the local copy
+    reads = {k: v for k, v in emu.counters().items() if k.startswith("GetObject ")}
+    assert list(reads) == [f"GetObject {BUCKET}/t/artifact/manifest.json"]  # only the manifest was read
 
-        dest = tmp_path / "back"
-        (tmp_path / ".tmp-back").mkdir()
-        (tmp_path / ".tmp-back" / "stale.bin").write_bytes(b"from an interrupted older download")
-        storage.download("t/artifact", dest)
-        artifacts.verify(dest)
-        assert (dest / "model.safetensors").read_bytes() == big and not (dest / "stale.bin").exists()
-        ranged = emu.counters()[f"GetObject {BUCKET}/t/artifact/model.safetensors"]
-        assert ranged >= 3  # oss2.resumable_download fetched it in parts
+    dest = tmp_path / "back"
+    (tmp_path / ".tmp-back").mkdir()
+    (tmp_path / ".tmp-back" / "stale.bin").write_bytes(b"from an interrupted older download")
+    storage.download("t/artifact", dest)
+    artifacts.verify(dest)
+    assert (dest / "model.safetensors").read_bytes() == big and not (dest / "stale.bin").exists()
+    ranged = emu.counters()[f"GetObject {BUCKET}/t/artifact/model.safetensors"]
+    assert ranged >= 3  # oss2.resumable_download fetched it in parts
 
-        bucket = oss2.Bucket(oss2.Auth(ACCESS_KEY_ID, ACCESS_KEY_SECRET), emu.url, BUCKET)
-        bucket.put_object("t/artifact/config.json", b'{"changed": 1}')
-        with pytest.raises(UserError, match="config.json: the manifest says 2 bytes, OSS has 14 bytes"):
-            storage.remote_manifest("t/artifact")
-        bucket.delete_object("t/artifact/config.json")
-        with pytest.raises(UserError, match="config.json: the manifest says 2 bytes, OSS has no such object"):
-            storage.remote_manifest("t/artifact")
+    bucket = oss2.Bucket(oss2.Auth(ACCESS_KEY_ID, ACCESS_KEY_SECRET), emu.url, BUCKET)
+    bucket.put_object("t/artifact/config.json", b'{"changed": 1}')
+    with pytest.raises(UserError, match="config.json: the manifest says 2 bytes, OSS has 14 bytes"):
+        storage.remote_manifest("t/artifact")
+    bucket.delete_object("t/artifact/config.json")
+    with pytest.raises(UserError, match="config.json: the manifest says 2 bytes, OSS has no such object"):
+        storage.remote_manifest("t/artifact")
