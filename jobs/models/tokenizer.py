@@ -16,10 +16,15 @@ from pai_distil.core import oracle as teacher, world
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
 
-# Qwen3-style template: `enable_thinking=False` pre-fills an empty thought, like Qwen3's own.
+# Qwen3-style template: `enable_thinking=False` pre-fills an empty thought, and a final answer with
+# no thought is written after an empty one, as Qwen3's own template does.
 CHAT_TEMPLATE = (
     "{%- for message in messages %}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- set content = message['content'] %}"
+    "{%- if loop.last and message['role'] == 'assistant' and '</think>' not in content %}"
+    "{%- set content = '<think>\\n\\n</think>\\n\\n' + content %}"
+    "{%- endif %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + content + '<|im_end|>\\n' }}"
     "{%- endfor %}"
     "{%- if add_generation_prompt %}"
     "{{- '<|im_start|>assistant\\n' }}"

@@ -152,6 +152,17 @@ def test_preset_tokenizer_no_thinking_row():
     assert trained == [None] * (len(tokens) - 3) + ["4", "<|im_end|>", None]
 
 
+def test_preset_tokenizer_plain_answer_trains_the_empty_thought_as_qwen3():
+    """A final answer with no thought: the preset's template writes the empty thought Qwen3's writes;
+    with enable_thinking=False the prompt holds it and only the answer is trained."""
+    tok = preset()
+    plain = [USER, {"role": "assistant", "content": "4"}]
+    tokens, trained = split(tok, encode_messages(tok, plain, 100))
+    assert tok.convert_tokens_to_string([t for t in trained if t]) == "<think>\n\n</think>\n\n4<|im_end|>"
+    tokens, trained = split(tok, encode_messages(tok, plain, 100, {"enable_thinking": False}))
+    assert trained == [None] * (len(tokens) - 3) + ["4", "<|im_end|>", None]
+
+
 def test_collate_pads_right_with_ignored_labels():
     batch = collate([{"input_ids": [5, 6, 7], "labels": [IGNORE, 6, 7]}, {"input_ids": [8], "labels": [8]}], pad_id=0)
     assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
