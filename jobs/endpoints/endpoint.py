@@ -17,7 +17,7 @@ from pai_distil.core.config import Endpoint
 
 from pai_distil.core.contract import JobError
 from pai_distil.core.think import think_block
-from pai_distil_jobs.endpoints.resumable import NotACompletion, explain_failure, message_of, run_pool
+from pai_distil_jobs.endpoints.resumable import NotACompletion, ask_in_order, explain_failure, message_of
 
 
 def _record(resp) -> dict:
@@ -34,7 +34,6 @@ def _record(resp) -> dict:
 async def _sample_all(endpoint: Endpoint, name: str, prompts: list[str], *, max_tokens: int, temperature: float,
                       top_p: float, seed: int, enable_thinking: bool | None,
                       on_done: Callable[[int], None] | None) -> list[dict]:
-    results: list[dict | None] = [None] * len(prompts)
     extra = {} if enable_thinking is None else {"chat_template_kwargs": {"enable_thinking": enable_thinking}}
 
     async def ask(c: openai.AsyncOpenAI, item: tuple[int, str]) -> dict:
@@ -43,14 +42,12 @@ async def _sample_all(endpoint: Endpoint, name: str, prompts: list[str], *, max_
             resp = await c.chat.completions.create(
                 model=endpoint.model, messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens,
                 temperature=temperature, top_p=top_p, seed=seed + i, extra_body=extra or None)
-            results[i] = _record(resp)
+            return _record(resp)
         except (openai.OpenAIError, NotACompletion, ValueError) as e:
             raise JobError(f"model '{name}': {explain_failure(e, endpoint, role='endpoint')}") from None
-        return results[i]
 
-    # Nothing to resume (the answers are judged in memory): no file, no SIGTERM handling, evaluate logs progress.
-    await run_pool(list(enumerate(prompts)), ask, endpoint, on_row=(lambda _: on_done(1)) if on_done else None)
-    return results  # type: ignore[return-value]
+    # Nothing to resume (the answers are judged in memory), evaluate logs progress.
+    return await ask_in_order(list(enumerate(prompts)), ask, endpoint, on_done=(lambda: on_done(1)) if on_done else None)
 
 
 def sample(endpoint: Endpoint, name: str, prompts: list[str], **kw) -> list[dict]:

@@ -136,6 +136,22 @@ async def run_pool(items: Iterable, ask: Callable[[openai.AsyncOpenAI, object], 
     return count["written"]
 
 
+async def ask_in_order(items: list, ask: Callable[[openai.AsyncOpenAI, object], Awaitable[object]],
+                       endpoint: Teacher, on_done: Callable[[], None] | None = None) -> list:
+    """Every item's answer in the items' order, through `run_pool` (nothing written: nothing to resume)."""
+    answers: list = [None] * len(items)
+
+    async def indexed(c: openai.AsyncOpenAI, item: tuple[int, object]) -> dict:
+        i, x = item
+        answers[i] = await ask(c, x)
+        if on_done:
+            on_done()
+        return {}
+
+    await run_pool(list(enumerate(items)), indexed, endpoint)
+    return answers
+
+
 def explain_failure(e: Exception, endpoint: Teacher, role: str = "teacher") -> str:
     """One line naming the problem with the endpoint and the fix."""
     url = endpoint.base_url

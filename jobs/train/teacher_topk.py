@@ -216,19 +216,9 @@ class EndpointTeacher:
         return out_ids, out_lps
 
     async def _all(self, examples: list[dict], k: int) -> list:
-        from pai_distil_jobs.endpoints.resumable import run_pool
+        from pai_distil_jobs.endpoints.resumable import ask_in_order
 
-        scored: list = [None] * len(examples)
-
-        async def ask(client, item):
-            i, example = item
-            return {"i": i, "topk": await self._one(client, example, k)}
-
-        def keep(row: dict) -> None:
-            scored[row["i"]] = row["topk"]
-
-        await run_pool(list(enumerate(examples)), ask, self.endpoint, on_row=keep)
-        return scored
+        return await ask_in_order(examples, lambda client, example: self._one(client, example, k), self.endpoint)
 
     def score(self, examples: list[dict], k: int, pad_id: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
         return asyncio.run(self._all(examples, k))
