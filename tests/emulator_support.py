@@ -105,3 +105,45 @@ def dlc_client(emu: RunningEmulator, secret: str = ACCESS_KEY_SECRET):
 
     cred = Credentials(CredentialConfig(type="access_key", access_key_id=ACCESS_KEY_ID, access_key_secret=secret))
     return Client(Config(credential=cred, endpoint=emu.endpoint(), protocol="http", region_id="cn-hangzhou"))
+
+
+def dlc_run(emu: RunningEmulator, home: Path, command: str, run_id: str, pods: int = 1) -> tuple[str, Path, Path]:
+    """A pai run around a DLC job created directly (no stage, no upload): its spec, `dlc-job.json` and
+    registry record, as `PaiBackend.start` leaves them for the supervisor; returns (job id, run dir,
+    registry path). The job's output mount is `/mnt/out`."""
+    from alibabacloud_pai_dlc20201203 import models as m
+
+    from pai_distil.backends import pai
+    from pai_distil.cloud.pai.config import PaiConfig
+    from pai_distil.core.config import JobSpec
+    from pai_distil.run.registry import REMOTE_JOB, Registry
+
+    os.environ["PAI_DISTIL_HOME"] = str(home)  # the registry and run dirs of this home, read in this process
+    try:
+        registry = Registry()
+        work = home / "work" / f"{run_id}-work"
+        spec = JobSpec(run_id=run_id, stage="generate", command=["true"], config={}, output=str(work / "output"),
+                       checkpoint_dir=str(work / "checkpoints"))
+        directory = home / "runs" / run_id
+        directory.mkdir(parents=True)
+        (directory / "spec.json").write_text(spec.model_dump_json())
+        (directory / REMOTE_JOB).touch()
+        cfg = PaiConfig.model_validate({"oss_bucket": BUCKET, "oss_endpoint": emu.url, "dlc_endpoint": emu.url,
+                                        "ecs_spec": "ecs.g6.xlarge", "log_delay_s": 1})
+        prefix = pai.output_prefix(cfg, work.name)
+        request = m.CreateJobRequest(
+            display_name=run_id, job_type="PyTorchJob", user_command=command,
+            job_specs=[m.JobSpec(type="Worker", image="any:latest", pod_count=pods, ecs_spec="ecs.g6.xlarge")],
+            data_sources=[m.CreateJobRequestDataSources(uri=f"oss://{BUCKET}/{prefix}/", mount_path="/mnt/out",
+                                                        mount_access="RW")])
+        job_id = dlc_client(emu).create_job(request).body.job_id
+        pai.write_job_info(directory, {"job_id": job_id, "config": cfg.model_dump(mode="json"), "output_prefix": prefix,
+                                       "checkpoint_prefix": prefix, "download": False, "max_restarts": 0,
+                                       "attempts": [{"job_id": job_id, "status": "Submitted", "reason": ""}]})
+        registry.create(run_id, "generate", "pai", "key", str(work), spec.output, str(directory / "job.log"))
+    finally:
+        del os.environ["PAI_DISTIL_HOME"]
+    return job_id, directory, registry.path
+
+
+WRITE_MANIFEST = "echo '{\"files\": []}' > /mnt/out/manifest.json"

@@ -12,7 +12,10 @@
 
 A UserError in 1-3 marks the run failed before it is raised. `cancel(record)` sends the
 supervisor SIGTERM (it stops the job, which may save a checkpoint first), kills what is left if it
-does not answer, then calls `_cancelled(record)` for the backend's own cleanup. The job-contract
+does not answer, then calls `_cancelled(record)` for the backend's own cleanup (pai: StopJob by the
+saved job id, which also covers a supervisor that died). A backend whose job outlives its supervisor
+(`job_outlives_supervisor`: a DLC job) is detached from, never cancelled, by Ctrl-C, and `attach(record)`
+gives such a run a new supervisor after a crash or a reboot. The job-contract
 environment and the secrets a job is handed come from `job_env`, the same rules for every backend.
 """
 
@@ -31,7 +34,7 @@ from pathlib import Path
 from pai_distil.core.config import JobSpec
 from pai_distil.core.errors import RunFailed, UserError
 from pai_distil.run import work_lock
-from pai_distil.run.registry import ACTIVE, Registry, RunRecord
+from pai_distil.run.registry import ACTIVE, REMOTE_JOB, Registry, RunRecord, supervisor_alive
 
 from ..paths import run_dir
 
@@ -77,6 +80,7 @@ class Backend:
     name: str
     supervisor_module: str
     options: tuple[str, ...] = ()  # the backend's own keyword options (`get_backend` refuses them elsewhere)
+    job_outlives_supervisor = False  # True when the job runs on without its supervisor (pai: a DLC job)
 
     def __init__(self, registry: Registry | None = None):
         self.registry = registry or Registry()
@@ -99,6 +103,14 @@ class Backend:
         record = self._stop_supervisor(record, wait_s)
         self._cancelled(record)
         return record
+
+    def attach(self, record: RunRecord) -> RunRecord:
+        """Make sure a live supervisor follows an active run: a job that outlives its supervisor gets a
+        new one (after a crash, a reboot, a killed terminal); returns the record as it now is."""
+        record = self.registry.get(record.id)
+        if record.terminal or not self.job_outlives_supervisor or supervisor_alive(record.supervisor_pid, record.id):
+            return record
+        return self._spawn_supervisor(record, dict(os.environ))
 
     # -- the hooks ----------------------------------------------------------------------------
 
@@ -125,6 +137,8 @@ class Backend:
         log_path.touch()
         if record.log_path != str(log_path):
             self.registry.update(record.id, log_path=str(log_path))  # before the supervisor reads it
+        if self.job_outlives_supervisor:
+            (run_dir(record.id) / REMOTE_JOB).touch()
         argv = [sys.executable, "-m", self.supervisor_module, record.id, str(self.registry.path)]
         lock = work_lock.held_fd(record.work_dir)  # handed on: the supervisor holds the work dir from now on
         if lock is not None:
@@ -144,7 +158,7 @@ class Backend:
         record = self.registry.get(record.id)
         if record.terminal:
             return record
-        if record.supervisor_pid is None:  # queued, never started
+        if not supervisor_alive(record.supervisor_pid, record.id):  # never started, or died: nothing to signal
             self.registry.update(record.id, where_state=ACTIVE, state="cancelled", finished_at=time.time())
             return self.registry.get(record.id)
         _signal(record.supervisor_pid, signal.SIGTERM)

@@ -10,8 +10,9 @@ pai_distil.backends.pai RUN_ID REGISTRY`) then polls the job with backoff, appen
 log to the run's log, and when the job ends checks the output's manifest in OSS; only with
 `--download` (or `pai-distil runs pull`) does the output come home. A job DLC failed through
 preemption or node loss is submitted again, up to `max_restarts` times, and resumes from its OSS
-checkpoints; the attempts are kept in the run's `dlc-job.json`. Cancel = SIGTERM to the
-supervisor = StopJob.
+checkpoints; the attempts are kept in the run's `dlc-job.json`. The supervisor lives in
+`pai_supervisor` and never stops a job on its own (see there); `runs cancel` does, by the saved job id
+even when no supervisor is alive, and Ctrl-C on an attached submit only detaches.
 
 OSS layout under `<oss_prefix>/`: `inputs/<digest>/` and `configs/<digest>/` (the stage config)
 as read-only mounts, `work/<stage>-<key>/output/` and `.../checkpoints/` (read-write mounts). The work
@@ -25,9 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
-import sys
-import time
 from pathlib import Path, PurePosixPath
 
 from rich.console import Console
@@ -40,12 +38,9 @@ from pai_distil.run.registry import Registry, RunRecord
 from ..paths import run_dir
 from .base import CONFIG_FILE, Backend
 from .job_env import contract_env, named_secrets, secrets
-from .supervisor import NO_ARTIFACT, Supervisor, supervise
 
-SUPERVISOR_MODULE = "pai_distil.backends.pai"
+SUPERVISOR_MODULE = "pai_distil.backends.pai_supervisor"
 JOB_FILE = "dlc-job.json"
-MAX_POLL_ERRORS = 5
-NOT_STARTED = ("Pending", "Queuing", "Creating", "Dequeued")  # pod states before there is a log to read
 DLC_SETS = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK")  # DLC gives every pod its own
 CREDENTIAL_ENV = ("ALIBABA_CLOUD_ACCESS_KEY_ID", "ALIBABA_CLOUD_ACCESS_KEY_SECRET", "ALIBABA_CLOUD_SECURITY_TOKEN")
 
@@ -119,10 +114,11 @@ class Plan:
                             "`pai-distil config set image=REGISTRY/pai-distil-gpu:TAG`")
         return image
 
-    def request(self, attempt: int = 1):
+    def request(self, attempt: int = 1, **options):
+        """The CreateJob request; `options` are create_job_request's production settings (driver, limits)."""
         from pai_distil.cloud.pai.dlc import create_job_request
 
-        return create_job_request(self.spec, self.cfg, self.image(), self.mounts, self.env, attempt=attempt)
+        return create_job_request(self.spec, self.cfg, self.image(), self.mounts, self.env, attempt=attempt, **options)
 
 
 def output_prefix(cfg, work_name: str) -> str:
@@ -191,6 +187,7 @@ def dry_run_body(spec: JobSpec) -> dict:
 class PaiBackend(Backend):
     name = "pai"
     supervisor_module = SUPERVISOR_MODULE
+    job_outlives_supervisor = True
     options = ("download", "max_restarts")
 
     def __init__(self, registry: Registry | None = None, download: bool | None = None,
@@ -246,6 +243,20 @@ class PaiBackend(Backend):
             "attempts": [{"job_id": job_id, "status": "Submitted", "reason": ""}]})
         return job_id
 
+    def _cancelled(self, record: RunRecord) -> None:
+        """StopJob by the saved job id, unless the job already ended: a supervisor that died (or was never
+        reattached) leaves a cancelled run's DLC job to be stopped here."""
+        from pai_distil.cloud.pai import dlc
+        from pai_distil.cloud.pai.config import PaiConfig
+
+        info = read_job_info(record.id)
+        if not info or record.state != "cancelled":
+            return
+        client = dlc.client(PaiConfig.model_validate(info["config"]))
+        if dlc.get_job(client, info["job_id"]).status not in (*dlc.TERMINAL, "Stopping"):
+            dlc.stop_job(client, info["job_id"])
+            self.console.print(f"stopped DLC job {info['job_id']}")
+
 
 BACKEND = PaiBackend
 
@@ -289,173 +300,3 @@ def pull_output(record: RunRecord, dest: Path | None = None, registry: Registry 
     if dest is None and registry is not None:
         registry.update(record.id, output=str(target))
     return str(target)
-
-
-class PaiSupervisor(Supervisor):
-    """Follows a run's DLC jobs: status changes and pod logs into the run's log, a preempted job
-    submitted again, the output checked in OSS (and brought home when asked)."""
-
-    def __init__(self, run_id: str, registry: Registry):
-        super().__init__(run_id, registry)
-        self.client = None
-        self.job_id = None
-        self.stop_sent = False
-
-    submitted_by_start = True  # PaiBackend.start submitted the DLC job: a cancel stops it
-
-    def launch(self, spec: JobSpec, record: RunRecord) -> None:
-        """Take over the DLC job `start` submitted."""
-        from pai_distil.cloud.pai import dlc
-        from pai_distil.cloud.pai.config import PaiConfig
-
-        self.info = read_job_info(self.run_id)
-        self.cfg = PaiConfig.model_validate(self.info["config"])
-        self.client, self.job_id = dlc.client(self.cfg), self.info["job_id"]
-
-    def poll(self, spec: JobSpec, record: RunRecord) -> dict | None:
-        """Follow the DLC job, submitted again after a preemption; the terminal record's fields, or
-        None when a job succeeded (its output is then checked)."""
-        from pai_distil.cloud.pai import dlc
-
-        info = self.info
-        while True:
-            job = self.follow(self.cfg)
-            self.record_attempt(info, job)
-            if job.status == "Stopped" or self.stop_requested:
-                return {"state": "cancelled", "error": f"DLC job {self.job_id} stopped"}
-            if job.status == "Succeeded":
-                return None
-            reason = job.reason_message or job.reason_code or "no reason given"
-            machines = dlc.failed_by_infrastructure(job)  # not the job's own code: worth another attempt
-            if not machines or len(info["attempts"]) > int(info.get("max_restarts") or 0):
-                why = f" (after {len(info['attempts'])} attempts)" if machines else ""
-                return {"state": "failed", "error": f"DLC job {self.job_id} {job.status.lower()}{why}: {reason}",
-                        "exit_code": 1}
-            try:
-                self.resubmit(spec, self.cfg, info, reason)
-            except UserError as e:
-                return {"state": "failed", "error": f"resubmitting after a preemption: {e.message}", "exit_code": 1}
-
-    def stop(self, sig: int) -> None:
-        """StopJob, once (DLC gives the pods SIGTERM, then kills them)."""
-        from pai_distil.cloud.pai import dlc
-
-        if self.client is not None and self.job_id and not self.stop_sent:
-            dlc.stop_job(self.client, self.job_id)
-            self.stop_sent = True
-
-    def record_attempt(self, info: dict, job) -> None:
-        info["attempts"][-1].update(status=job.status, reason=job.reason_code if job.status != "Succeeded" else "")
-        write_job_info(run_dir(self.run_id), info)
-
-    def resubmit(self, spec: JobSpec, cfg, info: dict, reason: str) -> None:
-        """The same job again, as a new DLC job on the same OSS prefixes: it resumes from its checkpoints."""
-        from pai_distil.cloud.pai import dlc
-
-        attempt = len(info["attempts"]) + 1
-        self.note(f"DLC job {self.job_id} failed through its machines ({reason}); submitting attempt {attempt} "
-                  f"of {1 + int(info['max_restarts'])}, which resumes from the checkpoints in OSS")
-        request = Plan(spec, cfg).request(attempt=attempt)
-        try:
-            self.job_id = self.client.create_job(request).body.job_id
-        except Exception as e:  # noqa: BLE001 - Tea exceptions of every kind become one line
-            raise dlc.explain(e, "resubmitting the DLC job") from None
-        info["job_id"] = self.job_id
-        info["attempts"].append({"job_id": self.job_id, "status": "Submitted", "reason": ""})
-        write_job_info(run_dir(self.run_id), info)
-        self.note(f"DLC job {self.job_id} for run {self.run_id} (attempt {attempt})")
-
-    def collect(self, spec: JobSpec, record: RunRecord, ended: dict | None) -> None:
-        """The output, checked by its manifest in OSS; downloaded and checked again only when asked."""
-        from pai_distil.cloud.pai.oss import Storage
-
-        if ended is not None:
-            return self.finish(**ended)
-        cfg, info = self.cfg, self.info
-        storage = Storage(cfg, Console(file=sys.stdout, force_terminal=False, width=120))
-        uri = storage.uri(info["output_prefix"].rstrip("/") + "/")
-        try:
-            manifest = storage.remote_manifest(info["output_prefix"])
-            if manifest is None:
-                return self.finish("failed", error=NO_ARTIFACT, exit_code=0)
-            self.note(f"output in OSS: {uri} ({len(manifest.get('files', []))} files, manifest checked)")
-            if not info.get("download"):
-                self.registry.update(self.run_id, output=uri)
-                return self.finish("succeeded", exit_code=0)
-            moved = storage.download(info["output_prefix"], Path(spec.output), "output")
-        except UserError as e:
-            return self.finish("failed", error=f"output of DLC job {self.job_id}: {e.message}", exit_code=1)
-        self.note(moved.summary("downloaded"))
-        return self.finish_output(spec.output)
-
-    def follow(self, cfg):
-        """Poll one DLC job until it ends, its pods' logs into the run's log; returns its last body."""
-        from pai_distil.cloud.pai import dlc
-
-        cursors: dict[str, dlc.LogCursor] = {}
-        status, errors = None, 0
-        for delay in dlc.backoff(0.5, 1.5, 5.0):
-            if self.stop_requested and not self.stop_sent:
-                self.note(f"cancel requested: stopping DLC job {self.job_id}")
-                self.stop(signal.SIGTERM)
-            try:
-                job = dlc.get_job(self.client, self.job_id)
-                if job.status in dlc.TERMINAL:  # the last lines: wait until the log has them all
-                    end = (dlc.parse_iso(job.gmt_finish_time) or time.time()) + 2
-                    time.sleep(max(0.0, end + cfg.log_delay_s - time.time()))
-                    self.pump(job, cursors, end)
-                else:
-                    self.pump(job, cursors, time.time() - cfg.log_delay_s)
-                errors = 0
-            except UserError as e:
-                errors += 1
-                self.note(f"{e.message} (attempt {errors} of {MAX_POLL_ERRORS})")
-                if errors >= MAX_POLL_ERRORS or "refused the credentials" in e.message:
-                    raise
-                time.sleep(delay)
-                continue
-            if job.status != status:
-                status = job.status
-                self.note(f"DLC job {self.job_id}: {status}")
-            if status == "Running" and self.registry.get(self.run_id).state != "running":
-                self.running()
-            if status in dlc.TERMINAL:
-                return job
-            end = time.monotonic() + delay
-            while time.monotonic() < end and not (self.stop_requested and not self.stop_sent):
-                time.sleep(0.1)
-
-    def pump(self, job, cursors: dict, until: float) -> None:
-        """Append every pod's lines logged up to `until`, each once; several pods are told apart by a prefix."""
-        from pai_distil.cloud.pai import dlc
-
-        pods = job.pods or []
-        created = dlc.parse_iso(job.gmt_create_time) or time.time() - 7 * 86400  # GetPodLogs' own default
-        for i, pod in enumerate(pods):
-            if pod.status in NOT_STARTED:  # no log yet; its cursor still starts at the job's creation
-                continue
-            cursor = cursors.setdefault(pod.pod_id, dlc.LogCursor(since=created))
-            lines, complete = dlc.new_pod_lines(self.client, self.job_id, pod.pod_id, cursor, until)
-            if not complete and not cursor.warned:
-                cursor.warned = True
-                self.note(f"pod {pod.pod_id} logged more than {dlc.MAX_LINES_CEILING} lines in one second; "
-                          "some of them are not shown (the DLC console has them all)")
-            prefix = f"[{pod.pod_id}] " if len(pods) > 1 else ""
-            for line in lines:
-                shown = line if i == 0 and line.startswith("[progress] ") else prefix + line
-                print(shown, flush=True)
-
-    def kill_all(self) -> None:
-        """The supervisor is going away: do not leave a job running on PAI unwatched."""
-        try:
-            self.stop(signal.SIGKILL)
-        except UserError:
-            pass
-
-
-def main(argv: list[str] | None = None) -> int:
-    return supervise(PaiSupervisor, SUPERVISOR_MODULE, argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

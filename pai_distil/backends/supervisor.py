@@ -65,6 +65,8 @@ class Supervisor:
     """The skeleton (`run`) and what supervisors of local processes share (`procs`, `wait_nodes`)."""
 
     submitted_by_start = False  # True when `start` already launched the job: a cancel must stop it, not skip it
+    job_outlives_supervisor = False  # True when the job runs on if this process dies (a DLC job): a crash then
+                                     # leaves the run active for `runs attach`, never stops or fails the job
 
     def __init__(self, run_id: str, registry: Registry):
         self.run_id = run_id
@@ -189,6 +191,10 @@ def supervise(make, module: str, argv: list[str] | None = None) -> int:
         supervisor.run()
     except BaseException as e:  # noqa: BLE001 - record why, whatever it was, instead of leaving `running`
         traceback.print_exc()
+        if supervisor.job_outlives_supervisor:
+            supervisor.note(f"supervisor error: {type(e).__name__}: {e}; the job runs on: `pai-distil runs attach "
+                            f"{argv[0]}` follows it again, `pai-distil runs cancel {argv[0]}` stops it")
+            return 1
         try:
             supervisor.kill_all()
         finally:

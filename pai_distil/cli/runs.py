@@ -117,7 +117,31 @@ def logs(run: str, follow: bool) -> None:
     from pai_distil.run.follow import tail_log
 
     registry = Registry()
-    tail_log(registry.get(run), follow=follow, registry=registry)
+    record = registry.get(run)
+    if follow:  # a DLC job whose supervisor died gets a new one, or the log would never grow or end
+        from ..backends import get_backend
+
+        record = get_backend(record.backend, registry).attach(record)
+    tail_log(record, follow=follow, registry=registry)
+
+
+@runs.command("attach")
+@click.argument("run")
+def attach(run: str) -> None:
+    """Follow RUN again until it ends (after Ctrl-C, a closed terminal or a reboot); a pai run whose
+    supervisor is gone gets a new one. Ctrl-C detaches again."""
+    from pai_distil.core.errors import RunFailed
+    from pai_distil.run.follow import follow
+
+    from ..backends import get_backend
+
+    registry = Registry()
+    record = get_backend(registry.get(run).backend, registry).attach(registry.get(run))
+    if not record.terminal:
+        record = follow(record.id, registry=registry, console=Console(stderr=True, highlight=False))
+    if record.state not in ("succeeded", "cached"):
+        raise RunFailed(f"run {record.id} ({record.stage}) {record.state}: {record.error or record.exit_code}")
+    click.echo(record.output)
 
 
 @runs.command("pull")

@@ -72,7 +72,9 @@ def tail_log(record: RunRecord, follow: bool = False, registry: Registry | None 
 
 
 def follow(run_id: str, registry: Registry | None = None, console: Console | None = None) -> RunRecord:
-    """Show a run until it ends and return its final record; Ctrl-C cancels the run."""
+    """Show a run until it ends and return its final record. Ctrl-C cancels a run whose job lives here;
+    from a job that outlives its supervisor (a DLC job, paid by the hour) it only detaches, says how to
+    reattach or cancel, and raises KeyboardInterrupt again (the CLI exits 130)."""
     registry = registry or Registry()
     console = console or Console(highlight=False)
     record = registry.get(run_id)
@@ -92,6 +94,12 @@ def follow(run_id: str, registry: Registry | None = None, console: Console | Non
     except KeyboardInterrupt:
         from pai_distil.backends import get_backend
 
+        backend = get_backend(record.backend, registry)
+        if backend.job_outlives_supervisor:
+            console.print(f"detached from run {record.id}; its job keeps running. Follow it again with "
+                          f"`pai-distil runs attach {record.id}`, stop it with `pai-distil runs cancel {record.id}`",
+                          soft_wrap=True)
+            raise
         console.print(f"cancelling run {record.id} (the job saves a checkpoint first) ...")
         record = get_backend(record.backend, registry).cancel(registry.get(record.id))
         console.print(f"run {record.id} {record.state}")

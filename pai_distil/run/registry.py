@@ -25,6 +25,7 @@ STATES = ("queued", "running", "succeeded", "failed", "cancelled", "cached")
 TERMINAL = frozenset({"succeeded", "failed", "cancelled", "cached"})
 ACTIVE = ("queued", "running")
 SUPERVISOR_GONE = "supervisor exited unexpectedly"
+REMOTE_JOB = "remote-job"  # in a run's dir: its job lives in the cloud, not under its supervisor (see _reconcile)
 
 
 @dataclass
@@ -91,6 +92,23 @@ def pid_alive(pid: int | None) -> bool:
     except OSError:
         return True  # no /proc (macOS): signal 0 is all we know
     return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
+
+
+def supervisor_alive(pid: int | None, run_id: str) -> bool:
+    """True while `pid` is the supervisor of `run_id`: after a reboot the pid may name another process,
+    which must never be signalled (the supervisor's command line names its run)."""
+    if not pid_alive(pid):
+        return False
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return True  # no /proc (macOS): signal 0 is all we know
+    return run_id.encode() in argv
+
+
+def outlives_supervisor(run_id: str) -> bool:
+    """Whether a run's job goes on without its supervisor (a DLC job): it is then reattached, not failed."""
+    return (paths.run_dir(run_id) / REMOTE_JOB).exists()
 
 
 class Registry:
@@ -212,8 +230,11 @@ class Registry:
 
     def _reconcile(self, record: RunRecord) -> RunRecord:
         """An active run whose supervisor is gone is failed, and a job it left running is stopped; so is
-        one whose work dir nothing holds (its supervisor's pid now names another process)."""
+        one whose work dir nothing holds (its supervisor's pid now names another process). A run whose
+        job lives in the cloud stays active: `runs attach` gives it a new supervisor."""
         if record.state not in ACTIVE or not record.supervisor_pid:
+            return record
+        if outlives_supervisor(record.id):
             return record
         if not pid_alive(record.supervisor_pid):
             error = SUPERVISOR_GONE

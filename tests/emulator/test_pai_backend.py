@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import pairs_file, start_teacher
+from conftest import pairs_file, start_teacher, wait_until
 from emulator_support import ACCESS_KEY_SECRET, BUCKET, cli, configure, start_emulator
 
 
@@ -291,51 +291,23 @@ def test_failed_job_is_reported_with_its_reason_and_cancel_stops_the_dlc_job(emu
 
 def test_runs_logs_follow_shows_all_10000_lines_of_a_pod_once_each(emu, tmp_path):
     """GetPodLogs returns 2,000 lines a call; a run's log still gets every line of a chatty job."""
-    import os
     import subprocess
     import sys
 
-    from alibabacloud_pai_dlc20201203 import models as m
-    from emulator_support import client_env, dlc_client
-
-    from pai_distil.backends import pai
-    from pai_distil.cloud.pai.config import PaiConfig
-    from pai_distil.run.registry import Registry
-    from pai_distil.core.config import JobSpec
+    from emulator_support import WRITE_MANIFEST, client_env, dlc_run
 
     home = tmp_path / "home"
     configure(home, emu)
-    env = client_env(home)
-    os.environ["PAI_DISTIL_HOME"] = str(home)  # the registry and run dirs of this home, read in this process
-    try:
-        registry = Registry()
-        run_id = "chatty-20261202-000000-0001"
-        work = home / "work" / "chatty-0001"
-        spec = JobSpec(run_id=run_id, stage="generate", command=["true"], config={}, output=str(work / "output"),
-                       checkpoint_dir=str(work / "checkpoints"))
-        directory = home / "runs" / run_id
-        directory.mkdir(parents=True)
-        (directory / "spec.json").write_text(spec.model_dump_json())
-        cfg = PaiConfig.model_validate({"oss_bucket": BUCKET, "oss_endpoint": emu.url, "dlc_endpoint": emu.url,
-                                        "ecs_spec": "ecs.g6.xlarge", "log_delay_s": 1})
-        prefix = pai.output_prefix(cfg, work.name)
-        command = ("for i in $(seq 1 5000); do echo \"line $i\"; done; sleep 1; "
-                   "for i in $(seq 5001 10000); do echo \"line $i\"; done; "
-                   "echo '{\"files\": []}' > /mnt/out/manifest.json")
-        request = m.CreateJobRequest(
-            display_name=run_id, job_type="PyTorchJob", user_command=command,
-            job_specs=[m.JobSpec(type="Worker", image="any:latest", pod_count=2, ecs_spec="ecs.g6.xlarge")],
-            data_sources=[m.CreateJobRequestDataSources(uri=f"oss://{BUCKET}/{prefix}/", mount_path="/mnt/out",
-                                                        mount_access="RW")])
-        job_id = dlc_client(emu).create_job(request).body.job_id
-        pai.write_job_info(directory, {"job_id": job_id, "config": cfg.model_dump(mode="json"), "output_prefix": prefix,
-                                       "checkpoint_prefix": prefix, "download": False, "max_restarts": 0,
-                                       "attempts": [{"job_id": job_id, "status": "Submitted", "reason": ""}]})
-        registry.create(run_id, "generate", "pai", "key", str(work), spec.output, str(directory / "job.log"))
-    finally:
-        del os.environ["PAI_DISTIL_HOME"]
-    supervisor = subprocess.Popen([sys.executable, "-m", "pai_distil.backends.pai", run_id, str(registry.path)],
-                                  env=env, stdout=open(directory / "job.log", "ab"), stderr=subprocess.STDOUT)
+    run_id = "chatty-20261202-000000-0001"
+    command = ("for i in $(seq 1 5000); do echo \"line $i\"; done; sleep 1; "
+               "for i in $(seq 5001 10000); do echo \"line $i\"; done; " + WRITE_MANIFEST)
+    job_id, directory, registry_path = dlc_run(emu, home, command, run_id, pods=2)
+    supervisor = subprocess.Popen([sys.executable, "-m", "pai_distil.backends.pai_supervisor", run_id,
+                                   str(registry_path)], env=client_env(home), stdout=open(directory / "job.log", "ab"),
+                                  stderr=subprocess.STDOUT)
+    from pai_distil.run.registry import Registry
+
+    wait_until(lambda: Registry(registry_path).get(run_id).supervisor_pid, timeout=60)  # else logs -f attaches
     followed = cli(home, "runs", "logs", "-f", run_id, timeout=300)
     assert supervisor.wait(timeout=60) == 0
     assert followed.returncode == 0, followed.stderr
