@@ -74,6 +74,20 @@ PRESET_TRAINING = {"learning_rate": 3e-3, "max_length": 1024, "gradient_checkpoi
 
 CHECKPOINT_TRAINING = {"learning_rate": 1e-5, "max_length": 8192, "gradient_checkpointing": True}
 
+# A real checkpoint's default micro-batch: this many tokens per process and forward pass (2 rows at 8192,
+# 1 at 16k and above); gradient accumulation makes up the rest of train.batch_size. Checked by
+# `pai-distil plan` at the qwen3-8b shape: activations stay a fraction of an 80 GiB GPU up to 32k tokens.
+TOKENS_PER_MICRO_BATCH = 16_384
+
+
+def micro_batch_accumulation(batch_size: int, world: int, max_length: int) -> tuple[int, int]:
+    """(rows per process per forward pass, accumulation steps) for a checkpoint's `batch_size` on `world`
+    processes: the largest micro-batch within TOKENS_PER_MICRO_BATCH that splits the batch exactly."""
+    per_rank = max(1, batch_size // world)
+    cap = max(1, TOKENS_PER_MICRO_BATCH // max_length)
+    micro = max(m for m in range(1, min(cap, per_rank) + 1) if per_rank % m == 0)
+    return micro, per_rank // micro
+
 
 class Optimisation(Strict):
     """What every training stage sets the same way: steps, rate, precision, adapters, checkpoints. Each
@@ -83,9 +97,10 @@ class Optimisation(Strict):
     CHECKPOINT: ClassVar[dict] = CHECKPOINT_TRAINING
 
     max_steps: int = Field(600, ge=1, le=100_000_000, description="optimizer steps")
-    gradient_accumulation_steps: int = Field(
-        1, ge=1, le=4096, description="micro-batches per optimizer step: each process takes "
-                                      "batch_size / (processes x this) sequences at a time")
+    gradient_accumulation_steps: int | None = Field(
+        None, ge=1, le=4096, description="micro-batches per optimizer step: each process takes "
+                                         "batch_size / (processes x this) sequences at a time; default 1 for "
+                                         "presets, for checkpoints as many as keep a micro-batch within 16,384 tokens")
     learning_rate: float | None = Field(None, gt=0, le=10, allow_inf_nan=False,
                                         description="peak learning rate; default 3e-3 for presets, 1e-5 for checkpoints")
     warmup_steps: int = Field(30, ge=0, le=100_000_000)
@@ -101,12 +116,18 @@ class Optimisation(Strict):
     max_bad_steps: int = Field(3, ge=1, description="fail the run after this many steps in a row with a non-finite loss")
     seed: int = 0
 
-    def by_kind(self, preset: bool):
-        """This config with every `None` default filled for a preset or a real checkpoint, and what was
-        filled (printed at the start of training, so a user sees every default applied)."""
+    def by_kind(self, preset: bool, world: int = 1, gpus: bool = False):
+        """This config with every `None` default filled for a preset or a real checkpoint on `world`
+        processes (`gpus`: one per GPU), and what was filled (printed at the start of training, so a user
+        sees every default applied; `pai-distil plan` traces the same)."""
         defaults = self.PRESET if preset else self.CHECKPOINT
-        filled = {k: v for k, v in defaults.items() if getattr(self, k) is None}
+        filled = {k: v for k, v in defaults.items() if getattr(self, k, "unset") is None}
+        if self.gradient_accumulation_steps is None:
+            filled["gradient_accumulation_steps"] = self._default_accumulation(preset, world, filled)
         return self.model_copy(update=filled), filled
+
+    def _default_accumulation(self, preset: bool, world: int, filled: dict) -> int:
+        return 1
 
 
 class Training(Optimisation):
@@ -135,6 +156,21 @@ class Training(Optimisation):
     stop_at: StopAt | None = Field(
         None, description="end training early once held-out accuracy reaches a target: a student just good "
                           "enough, whatever its seed (how fast a seed learns varies several-fold)")
+
+    def by_kind(self, preset: bool, world: int = 1, gpus: bool = False):
+        """As `Optimisation.by_kind`; a real checkpoint on several GPUs with no sharding, adapters or stop_at
+        chosen is also sharded with FSDP (full_shard): plain DDP keeps a whole fp32 model, its gradients and
+        Adam's state on every GPU, 16 bytes a parameter (128 GB for 8B)."""
+        config, filled = super().by_kind(preset, world, gpus)
+        if (not preset and gpus and world > 1 and not (self.deepspeed or self.fsdp or self.lora or self.stop_at)):
+            filled["fsdp"] = FSDP()
+            config = config.model_copy(update={"fsdp": filled["fsdp"]})
+        return config, filled
+
+    def _default_accumulation(self, preset: bool, world: int, filled: dict) -> int:
+        if preset:
+            return 1
+        return micro_batch_accumulation(self.batch_size, world, self.max_length or filled["max_length"])[1]
 
     @model_validator(mode="after")
     def _stop_at_needs_whole_weights(self) -> Training:
