@@ -136,33 +136,45 @@ def _check_trained(tokenizer, ids: list[int], labels: list[int], thought: str | 
                         f"its end-of-turn token; {FIX_TEMPLATE}")
 
 
-def encode_rows(tokenizer, rows: list[dict], max_length: int, max_truncated: float = 0.05, log=print) -> list[dict]:
-    """Every row encoded, with a truncation report: rows cut at `max_length`, rows that lost their
-    end-of-turn token (a student trained on them learns not to stop). Warns above 1 %; raises JobError
-    above `max_truncated`, or when a row or the template cannot be masked."""
+def encode_each(tokenizer, rows: list[dict], max_length: int, first: int = 1) -> list[dict | None]:
+    """Each row encoded (`encode_messages`), None where its prompt alone is longer than `max_length`;
+    JobError naming the row (counted from `first`) when a row or the template cannot be masked."""
     from pai_distil.core.contract import JobError
 
-    out, dropped, eot = [], 0, end_of_turn(tokenizer)
-    for n, row in enumerate(rows, 1):
+    out, eot = [], end_of_turn(tokenizer)
+    for n, row in enumerate(rows, first):
         try:
-            e = encode_messages(tokenizer, row["messages"], max_length, row.get("chat_template_kwargs"), eot=eot)
+            out.append(encode_messages(tokenizer, row["messages"], max_length, row.get("chat_template_kwargs"), eot=eot))
         except MaskError as err:
             raise JobError(f"training row {n}: {err}") from None
-        if e is None:
-            dropped += 1
-        else:
-            out.append(e)
-    if not out:
+    return out
+
+
+def check_truncation(rows: int, kept: int, cut: int, lost: int, max_length: int, max_truncated: float = 0.05,
+                     log=print) -> None:
+    """The truncation report of `rows` encoded rows: `kept` of them fit (the others' prompts alone are
+    longer), `cut` were cut at `max_length`, `lost` kept rows lost their end-of-turn token (a student
+    trained on them learns not to stop). Warns above 1 %; raises JobError above `max_truncated`."""
+    from pai_distil.core.contract import JobError
+
+    dropped = rows - kept
+    if not kept:
         raise JobError(f"every training row is longer than train.max_length={max_length}; raise it")
-    cut = sum(e["truncated"] for e in out)
-    lost = sum(not e["ended"] for e in out) + dropped
-    share = (cut + dropped) / len(rows)
-    report = (f"truncation: {cut} of {len(rows)} rows cut at train.max_length={max_length}, {lost} lost their "
+    share = (cut + dropped) / rows
+    report = (f"truncation: {cut} of {rows} rows cut at train.max_length={max_length}, {lost + dropped} lost their "
               f"end-of-turn token" + (f", {dropped} dropped (the prompt alone is longer)" if dropped else ""))
     if share > max_truncated:
         raise JobError(f"{share:.1%} of the training rows are longer than train.max_length={max_length} "
                        f"({report}); raise train.max_length or train.max_truncated (now {max_truncated})")
     log(("warning: " if share > WARN_TRUNCATED else "") + report)
+
+
+def encode_rows(tokenizer, rows: list[dict], max_length: int, max_truncated: float = 0.05, log=print) -> list[dict]:
+    """Every row encoded that fits, with the truncation report (`check_truncation`); JobError when a
+    row or the template cannot be masked."""
+    out = [e for e in encode_each(tokenizer, rows, max_length) if e is not None]
+    check_truncation(len(rows), len(out), sum(e["truncated"] for e in out), sum(not e["ended"] for e in out),
+                     max_length, max_truncated, log)
     return out
 
 
