@@ -98,6 +98,7 @@ class Plan:
         if cfg.pass_secrets:
             self.env.update(present)
         self.withheld = [] if cfg.pass_secrets else list(present)
+        self.options: dict = {}  # create_job_request's settings from pre-flight and the CLI (driver, limits)
 
     def job_uri(self, prefix: str) -> str:
         """A data source URI naming the internal endpoint, so the pods read and write OSS inside the region."""
@@ -118,7 +119,8 @@ class Plan:
         """The CreateJob request; `options` are create_job_request's production settings (driver, limits)."""
         from pai_distil.cloud.pai.dlc import create_job_request
 
-        return create_job_request(self.spec, self.cfg, self.image(), self.mounts, self.env, attempt=attempt, **options)
+        return create_job_request(self.spec, self.cfg, self.image(), self.mounts, self.env, attempt=attempt,
+                                  **{**self.options, **options})
 
 
 def output_prefix(cfg, work_name: str) -> str:
@@ -173,12 +175,48 @@ def load_config(need_credentials: bool = True):
     return cfg
 
 
-def dry_run_body(spec: JobSpec) -> dict:
-    """The CreateJob body `start` would send (nothing uploaded, no credentials needed)."""
+def preflight(plan: Plan, console: Console, no_preflight: bool = False, price_per_hour: float | None = None,
+              max_runtime: int | None = None) -> None:
+    """The node checks (cloud.pai.preflight) and the cost line, before anything is uploaded; what they
+    decide (the GPU driver, the node's GPUs, the run-time limit) goes into `plan.options`."""
+    from pai_distil.cloud.pai import dlc, preflight as pf
+
+    # `pai-distil plan` (issue 26) predicts these; its engineer wires the stage's plan in here
+    gpu_hours, peak_gib = None, None
+    node = None
+    if max_runtime:
+        plan.options["max_running_minutes"] = max_runtime
+    if not no_preflight:
+        if not plan.cfg.quota_id:
+            ecs = plan.spec.resources.instance_type or plan.cfg.ecs_spec
+            node = pf.node_type(dlc.client(plan.cfg), ecs)
+            if node is None:
+                from pai_distil.cloud.pai.config import ECS_SPEC_EXAMPLE
+
+                raise UserError(f"ecs_spec {ecs} is not an instance type DLC offers in {plan.cfg.region} "
+                                f"(ListEcsSpecs): choose one it lists, e.g. --ecs-spec {ECS_SPEC_EXAMPLE}")
+        checked = pf.check_nodes(plan.spec, plan.cfg, node, peak_gib)
+        plan.options.update(driver=checked.driver, node_gpus=node.gpus if node else None)
+    console.print(pf.cost_line(plan.spec, node, gpu_hours, price_per_hour), soft_wrap=True)
+
+
+def dry_run_body(spec: JobSpec, no_preflight: bool = False, price_per_hour: float | None = None,
+                 max_runtime: int | None = None) -> dict:
+    """The CreateJob body `start` would send (nothing uploaded); pre-flight runs when credentials are there."""
     from ..masking import masked
     from pai_distil.cloud.pai.dlc import SECRET_MARK, request_body
 
     plan = Plan(spec, load_config(need_credentials=False))
+    console = Console(stderr=True)
+    if not no_preflight:
+        try:
+            from pai_distil.cloud.pai.credentials import chain
+
+            chain()
+        except UserError:
+            console.print("pre-flight skipped: no credentials to call ListEcsSpecs with")
+            no_preflight = True
+    preflight(plan, console, no_preflight, price_per_hour, max_runtime)
     names = [*named_secrets(spec.config), *CREDENTIAL_ENV]
     return masked(request_body(plan.request()), names=names, values=[os.environ.get(n) for n in names],
                   mark=SECRET_MARK)
@@ -188,12 +226,14 @@ class PaiBackend(Backend):
     name = "pai"
     supervisor_module = SUPERVISOR_MODULE
     job_outlives_supervisor = True
-    options = ("download", "max_restarts")
+    options = ("download", "max_restarts", "no_preflight", "price_per_hour", "max_runtime")
 
     def __init__(self, registry: Registry | None = None, download: bool | None = None,
-                 max_restarts: int | None = None):
+                 max_restarts: int | None = None, no_preflight: bool = False, price_per_hour: float | None = None,
+                 max_runtime: int | None = None):
         super().__init__(registry)
         self.download, self.max_restarts = bool(download), max_restarts
+        self.no_preflight, self.price_per_hour, self.max_runtime = no_preflight, price_per_hour, max_runtime
         self.console = Console(stderr=True)
         self._plan: Plan | None = None  # from _prepare to _launch of one start
 
@@ -201,6 +241,7 @@ class PaiBackend(Backend):
         plan = Plan(spec, load_config())
         spec = spec.model_copy(update={"image": plan.image()})  # a missing setting fails before anything is uploaded
         plan.spec, self._plan = spec, plan
+        preflight(plan, self.console, self.no_preflight, self.price_per_hour, self.max_runtime)
         return spec
 
     def _launch(self, spec: JobSpec, record: RunRecord, config_path: Path) -> dict[str, str]:
@@ -240,6 +281,7 @@ class PaiBackend(Backend):
         write_job_info(directory, {
             "job_id": job_id, "config": plan.cfg.model_dump(mode="json"), "output_prefix": plan.output_prefix,
             "checkpoint_prefix": plan.checkpoint_prefix, "download": self.download, "max_restarts": max_restarts,
+            "request_options": plan.options, "max_runtime_minutes": self.max_runtime,
             "attempts": [{"job_id": job_id, "status": "Submitted", "reason": ""}]})
         return job_id
 

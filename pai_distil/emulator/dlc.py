@@ -16,6 +16,7 @@ import uuid
 from fastapi import APIRouter, Request
 
 from . import dlc_runner
+from .ecs_specs import SPECS
 from .pop import PopError, body_json, pop_router, request_id, stored
 
 TERMINAL = ("Succeeded", "Failed", "Stopped")
@@ -26,6 +27,7 @@ CPU = re.compile(r"\d+(\.\d+)?")
 SIZE = re.compile(r"\d+(\.\d+)?(Mi|Gi|Ti)")
 MAX_LINES = 2000  # GetPodLogs' default MaxLines
 LOG_DAYS = 7  # GetPodLogs' default StartTime: this many days ago
+MAX_BODY = 65_536  # CreateJob's request size limit, in bytes
 
 
 def iso(t: float | None) -> str | None:
@@ -56,6 +58,8 @@ def validate_create(body: dict) -> None:
                 bad(f"JobSpecs[{i}].ResourceConfig", "is required on a resource quota (ResourceId)")
         elif not spec.get("EcsSpec"):
             bad(f"JobSpecs[{i}].EcsSpec", "is required on public resources (or give ResourceId, a quota)")
+        else:
+            check_against_type(spec, f"JobSpecs[{i}]", bad)
         if spec.get("ResourceConfig") is not None:
             check_resources(spec["ResourceConfig"], f"JobSpecs[{i}].ResourceConfig", bad)
         if spec.get("UseSpotInstance"):
@@ -67,6 +71,23 @@ def validate_create(body: dict) -> None:
     for i, ds in enumerate(body.get("DataSources") or []):
         if not str(ds.get("Uri", "")).startswith("oss://") or not ds.get("MountPath", "").startswith("/"):
             bad(f"DataSources[{i}]", "needs an oss:// Uri and an absolute MountPath")
+
+
+def check_against_type(spec: dict, where: str, bad) -> None:
+    """On public resources the ECS type decides a pod's shape: an unknown type, or a ResourceConfig asking
+    for more (or other GPUs) than the type has, is refused."""
+    node = SPECS.get(spec["EcsSpec"])
+    if node is None:
+        bad(f"{where}.EcsSpec", f"{spec['EcsSpec']!r} is not an instance type DLC offers here (ListEcsSpecs)")
+    rc = spec.get("ResourceConfig") or {}
+    if rc.get("GPU") is not None and str(rc["GPU"]).isdigit() and int(rc["GPU"]) != node["Gpu"]:
+        bad(f"{where}.ResourceConfig.GPU", f"{rc['GPU']} contradicts EcsSpec {spec['EcsSpec']}, which has "
+                                           f"{node['Gpu']} GPU(s)")
+    if rc.get("CPU") is not None and CPU.fullmatch(str(rc["CPU"])) and float(rc["CPU"]) > node["Cpu"]:
+        bad(f"{where}.ResourceConfig.CPU", f"{rc['CPU']} is more than the {node['Cpu']} vCPUs of {spec['EcsSpec']}")
+    memory = rc.get("Memory")
+    if memory is not None and SIZE.fullmatch(str(memory)) and memory.endswith("Gi") and float(memory[:-2]) > node["Memory"]:
+        bad(f"{where}.ResourceConfig.Memory", f"{memory} is more than the {node['Memory']} GiB of {spec['EcsSpec']}")
 
 
 def check_resources(rc: dict, where: str, bad) -> None:
@@ -130,7 +151,11 @@ def router(emulator) -> APIRouter:
 
     @r.post("/api/v1/jobs")
     async def create_job(request: Request) -> dict:
-        body = body_json(await request.body())
+        raw = await request.body()
+        if len(raw) > MAX_BODY:
+            raise PopError(400, "InvalidParameter", f"the request body is {len(raw)} bytes; CreateJob takes at "
+                                                    f"most {MAX_BODY}")
+        body = body_json(raw)
         validate_create(body)
         job_id = "dlc" + uuid.uuid4().hex[:14]
         now = time.time()

@@ -183,7 +183,7 @@ class JobRun(threading.Thread):
             base = {"HOME": "/tmp", "PYTHONUNBUFFERED": "1"}
             job_env = {k: str(v) for k, v in (job.get("Envs") or {}).items()}
         pids = {}
-        gpus = ((job["JobSpecs"][0].get("ResourceConfig") or {}).get("GPU") or "0")
+        gpus = node_gpus(job["JobSpecs"][0])
         for rank, pod in enumerate(pods):
             env = {**base, "NPROC_PER_NODE": str(max(1, int(gpus))), **job_env, "MASTER_ADDR": "127.0.0.1",
                    "MASTER_PORT": str(port), "WORLD_SIZE": str(len(pods)), "RANK": str(rank),
@@ -346,6 +346,16 @@ class JobRun(threading.Thread):
                 self.drain_logs()
                 return "succeeded"
             time.sleep(POLL_S)
+
+
+def node_gpus(spec: dict) -> int:
+    """A pod's GPUs, as DLC sets NPROC_PER_NODE from them: the ECS type's on public resources, else the
+    ResourceConfig's (a quota)."""
+    from .ecs_specs import SPECS
+
+    if spec.get("EcsSpec") in SPECS:
+        return SPECS[spec["EcsSpec"]]["Gpu"]
+    return int((spec.get("ResourceConfig") or {}).get("GPU") or 0)
 
 
 def remove_containers(job_id: str) -> None:

@@ -21,7 +21,7 @@ from . import pop
 from .auth import Keys, Nonces
 from .state import Store
 
-SERVICES = ["pai_distil.emulator.dlc", "pai_distil.emulator.dsw", "pai_distil.emulator.eas"]
+SERVICES = ["pai_distil.emulator.dlc", "pai_distil.emulator.ecs_specs", "pai_distil.emulator.dsw", "pai_distil.emulator.eas"]
 OSS_SERVICE = "pai_distil.emulator.oss"
 DEFAULT_PORT = 8790
 

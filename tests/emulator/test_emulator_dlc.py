@@ -142,6 +142,14 @@ def test_state_survives_a_restart_and_unfinished_jobs_run_again(tmp_path):
         assert job.status == "Succeeded" and logs[-1] == "second life", logs
 
 
+def test_list_ecs_specs_gives_gpus_drivers_and_spot_stock(emu):
+    specs = dlc_client(emu).list_ecs_specs(m.ListEcsSpecsRequest(instance_types="ecs.gn7i-c32g1.32xlarge")).body
+    [a10] = specs.ecs_specs
+    assert (a10.gpu, a10.gpu_type, a10.gpu_memory, a10.cpu) == (4, "NVIDIA A10", 24, 128)
+    assert a10.supported_gpudrivers and a10.default_gpudriver in a10.supported_gpudrivers
+    assert a10.spot_stock_status == "WithStock"
+
+
 def test_create_job_checks_spot_and_resource_fields_as_dlc_documents(emu):
     client = dlc_client(emu)
 
@@ -167,13 +175,24 @@ def test_create_job_checks_spot_and_resource_fields_as_dlc_documents(emu):
     assert "ResourceConfig.CPU" in refused(resource_config=m.ResourceConfig(cpu="lots"))
     assert "EcsSpec" in refused(ecs_spec=None)
 
+    # as strict as DLC: the ECS type decides the pod's shape, and the body has a size limit
+    assert "contradicts EcsSpec ecs.g6.xlarge, which has 0 GPU(s)" in refused(resource_config=m.ResourceConfig(gpu="8"))
+    assert "not an instance type" in refused(ecs_spec="ecs.gn99-imaginary")
+    assert "more than the 16 GiB" in refused(resource_config=m.ResourceConfig(memory="512Gi"))
+    huge = job_request("true", "huge")
+    huge.envs = {f"PAD_{i}": "x" * 1000 for i in range(70)}
+    with pytest.raises(ClientException) as err:
+        client.create_job(huge)
+    assert err.value.code == "InvalidParameter" and "at most 65536" in err.value.message
+
     spot = job_request('echo "procs $NPROC_PER_NODE"', "spot-ok")
+    spot.job_specs[0].ecs_spec = "ecs.gn7i-c32g1.32xlarge"  # four A10s
     spot.job_specs[0].use_spot_instance = True
     spot.job_specs[0].spot_spec = m.SpotSpec(spot_strategy="SpotWithPriceLimit", spot_discount_limit=0.8)
     spot.job_specs[0].resource_config = m.ResourceConfig(cpu="8", gpu="4", memory="30Gi", shared_memory="8Gi")
     job_id = client.create_job(spot).body.job_id
     assert wait_for(client, job_id).status == "Succeeded"
-    # DLC sets NPROC_PER_NODE to the pod's GPU count when the job does not
+    # DLC sets NPROC_PER_NODE to the ECS type's GPU count when the job does not
     assert client.get_pod_logs(job_id, f"{job_id}-worker-0", m.GetPodLogsRequest()).body.logs == ["procs 4"]
 
 

@@ -192,7 +192,8 @@ def test_dry_run_body_is_a_dlc_create_job_request(tmp_path):
                  "--dry-run", secret="")
     body = json.loads(priced.stdout)
     assert body["JobSpecs"][0]["SpotSpec"] == {"SpotStrategy": "SpotWithPriceLimit", "SpotPriceLimit": 0.4}
-    assert body["Envs"]["NPROC_PER_NODE"] == "4" and "ResourceConfig" not in body["JobSpecs"][0]
+    assert body["Envs"]["NPROC_PER_NODE"] == "4"
+    assert body["JobSpecs"][0]["ResourceConfig"] == {"SharedMemory": "8Gi"}  # a GPU type: /dev/shm for NCCL
     both = cli(home, "config", "set", "spot_discount_limit=0.5")
     assert both.returncode != 0 and "spot_discount_limit and spot_price_limit" in both.stderr
 

@@ -56,7 +56,20 @@ class PaiConfig(Strict):
         5.0, ge=0, le=600, description="seconds a pod's log line may take to reach GetPodLogs; the client reads "
                                        "windows of the log that ended at least this long ago, so none is missed")
     priority: int = Field(1, ge=1, le=9)
-    max_running_minutes: int | None = Field(None, ge=1)
+    max_running_minutes: int | None = Field(
+        None, ge=1, description="JobMaxRunningTimeMinutes: DLC ends a job running longer (an NCCL hang stops "
+                                "billing); default 4320 (3 days); `--max-runtime` overrides it per submit")
+    termination_grace_s: int = Field(
+        600, ge=30, le=7200, description="TerminationGracePeriodSeconds: how long a stopped or preempted pod has to "
+                                         "save its checkpoint before it is killed")
+    image_cuda: str | None = Field(None, description="CUDA version of the job image, e.g. 12.4; pre-flight picks "
+                                                     "a node driver that runs it (default: the GPU image's)")
+    gpu_driver: str | None = Field(None, description="Settings.Driver: the GPU driver DLC installs, e.g. 550.127.08; "
+                                                     "default: the lowest the node offers that runs image_cuda")
+    ram_role_arn: str | None = Field(
+        None, description="a RAM role the job assumes (CredentialConfig): jobs get keys from it, not from Envs")
+    accessibility: Literal["PRIVATE", "PUBLIC"] = Field(
+        "PRIVATE", description="who in the workspace sees the job: PRIVATE (its creator) or PUBLIC")
     vpc_id: str | None = None
     switch_id: str | None = None
     security_group_id: str | None = None

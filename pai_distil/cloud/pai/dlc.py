@@ -3,8 +3,11 @@
 The request is built from the SDK's own models, so field names are DLC's: a PyTorchJob with
 Worker pods (one per node; the first is RANK 0), the image, EcsSpec on public resources or
 ResourceConfig on a quota, spot options, OSS data sources (inputs read-only; output and
-checkpoints read-write), Envs (the job contract, never a secret), UserVpc, Priority,
-JobMaxRunningTimeMinutes, and Settings.Tags carrying the run id, which makes a submit idempotent.
+checkpoints read-write), Envs (the job contract, never a secret), UserVpc, Priority, and the
+production settings: JobMaxRunningTimeMinutes (always: a hung job stops billing), Accessibility
+PRIVATE, CredentialConfig (a RAM role, the way to give a job keys), and Settings with the run-id
+Tags (which make a submit idempotent), TerminationGracePeriodSeconds (time to save a checkpoint),
+the GPU Driver pre-flight chose, and RDMA for a multi-node job on a quota (Lingjun).
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ from pai_distil.cloud.pai.config import PaiConfig
 RUN_TAG = "pai-distil-run-id"
 STAGE_TAG = "pai-distil-stage"
 ATTEMPT_TAG = "pai-distil-attempt"
+DEFAULT_MAX_RUNNING_MINUTES = 3 * 24 * 60  # JobMaxRunningTimeMinutes when neither --max-runtime nor the config sets it
+QUOTA_CPU_PER_GPU, QUOTA_MEMORY_GIB_PER_GPU = 8, 64  # a quota job's CPU and memory when not given
+GPU_FAMILIES = ("ecs.gn", "ecs.gu", "ecs.ebmgn", "ecs.sgn", "ecs.vgn", "ecs.ebmgu")  # GPU instance families
 DEFAULT_SHM_GB = 8  # /dev/shm of a GPU pod when not given: NCCL and data loaders need more than a container's 64 MiB
 MOUNT_ROOT = "/mnt/pai-distil"
 TERMINAL = ("Succeeded", "Failed", "Stopped")
@@ -63,11 +69,17 @@ def explain(e: Exception, what: str) -> UserError:
 
 
 def create_job_request(spec: JobSpec, cfg: PaiConfig, image: str, mounts: list[Mount], env: dict[str, str],
-                       attempt: int = 1):
-    """The CreateJob request for one job, as the SDK's request model."""
+                       attempt: int = 1, driver: str | None = None, node_gpus: int | None = None,
+                       max_running_minutes: int | None = None):
+    """The CreateJob request for one job, as the SDK's request model.
+
+    `driver` is the GPU driver pre-flight chose (Settings.Driver), `node_gpus` the GPU count ListEcsSpecs
+    gave for the ECS type (None when unknown), `max_running_minutes` the user's `--max-runtime`.
+    """
     from alibabacloud_pai_dlc20201203 import models as m
 
-    worker = m.JobSpec(type="Worker", image=image, pod_count=spec.nodes, resource_config=resource_config(spec, cfg))
+    worker = m.JobSpec(type="Worker", image=image, pod_count=spec.nodes,
+                       resource_config=resource_config(spec, cfg, node_gpus))
     if not cfg.quota_id:
         worker.ecs_spec = spec.resources.instance_type or cfg.ecs_spec
     if cfg.spot:
@@ -76,32 +88,47 @@ def create_job_request(spec: JobSpec, cfg: PaiConfig, image: str, mounts: list[M
         worker.spot_spec = m.SpotSpec(spot_strategy=cfg.spot_strategy, spot_discount_limit=limit.get("discount"),
                                       spot_price_limit=limit.get("price"))
     tags = {RUN_TAG: spec.run_id, STAGE_TAG: spec.stage} | ({ATTEMPT_TAG: str(attempt)} if attempt > 1 else {})
+    settings = m.JobSettings(tags=tags, termination_grace_period_seconds=cfg.termination_grace_s, driver=driver)
+    if cfg.quota_id and spec.nodes > 1:  # Lingjun nodes talk over RDMA; DLC wires it only when asked
+        settings.enable_rdma, settings.allocate_all_rdmadevices = True, True
     request = m.CreateJobRequest(
         display_name=spec.run_id if attempt == 1 else f"{spec.run_id}-attempt{attempt}", job_type="PyTorchJob",
         job_specs=[worker], user_command=" ".join(_command(spec)),
         data_sources=[m.CreateJobRequestDataSources(uri=x.uri, mount_path=x.path, mount_access="RW" if x.writable else "RO")
                       for x in mounts],
         envs=env, workspace_id=cfg.workspace_id, resource_id=cfg.quota_id, priority=cfg.priority,
-        job_max_running_time_minutes=cfg.max_running_minutes, settings=m.JobSettings(tags=tags),
+        job_max_running_time_minutes=max_running_minutes or cfg.max_running_minutes or DEFAULT_MAX_RUNNING_MINUTES,
+        settings=settings, accessibility=cfg.accessibility,
     )
+    if cfg.ram_role_arn:
+        request.credential_config = m.CredentialConfig(enable_credential_inject=True, credential_config_items=[
+            m.CredentialConfigItem(type="Role", roles=[m.CredentialRole(role_arn=cfg.ram_role_arn, role_type="service")])])
     if cfg.vpc_id:
         request.user_vpc = m.CreateJobRequestUserVpc(vpc_id=cfg.vpc_id, switch_id=cfg.switch_id,
                                                      security_group_id=cfg.security_group_id)
     return request
 
 
-def resource_config(spec: JobSpec, cfg: PaiConfig):
-    """A pod's ResourceConfig (CPU, GPU, Memory, SharedMemory), from the job's resources; None when it asks
-    for nothing and runs on public resources (the ECS spec then decides)."""
+def resource_config(spec: JobSpec, cfg: PaiConfig, node_gpus: int | None = None):
+    """A pod's ResourceConfig (CPU, GPU, Memory, SharedMemory). On a quota every field is set (CPU and memory
+    default by GPU count); on public resources the ECS type decides CPU, memory and GPUs, and only what was
+    asked for is sent, plus SharedMemory wherever the node has GPUs (a container's 64 MiB breaks NCCL)."""
     from alibabacloud_pai_dlc20201203 import models as m
 
     r = spec.resources
-    if not (cfg.quota_id or r.cpu or r.memory_gb or r.gpu or r.shared_memory_gb):
+    if cfg.quota_id:
+        gpu = r.gpu or (spec.procs_per_node or 0)  # on a quota: one GPU per process asked for
+        cpu = r.cpu or max(4, QUOTA_CPU_PER_GPU * gpu)
+        memory = r.memory_gb or max(16, QUOTA_MEMORY_GIB_PER_GPU * gpu)
+        shm = r.shared_memory_gb or (DEFAULT_SHM_GB if gpu else None)
+        return m.ResourceConfig(cpu=_amount(cpu), gpu=str(gpu), memory=_gib(memory), shared_memory=_gib(shm))
+    ecs = r.instance_type or cfg.ecs_spec or ""
+    has_gpus = bool(r.gpu) or (node_gpus > 0 if node_gpus is not None else ecs.startswith(GPU_FAMILIES))
+    shm = r.shared_memory_gb or (DEFAULT_SHM_GB if has_gpus else None)
+    if not (r.cpu or r.memory_gb or r.gpu or shm):
         return None
-    gpu = r.gpu or ((spec.procs_per_node or 0) if cfg.quota_id else 0)  # on a quota: one GPU per process asked for
-    shm = r.shared_memory_gb or (DEFAULT_SHM_GB if gpu else None)
-    return m.ResourceConfig(cpu=_amount(r.cpu), gpu=str(gpu) if gpu or cfg.quota_id else None,
-                            memory=_gib(r.memory_gb), shared_memory=_gib(shm))
+    return m.ResourceConfig(cpu=_amount(r.cpu), gpu=str(r.gpu) if r.gpu else None, memory=_gib(r.memory_gb),
+                            shared_memory=_gib(shm))
 
 
 def _amount(x: float | None) -> str | None:
