@@ -23,7 +23,7 @@ POLL_S = 1.0
 
 
 def build_once(final: Path, build: Callable[[Path], None], *, writer: bool, complete: str, say=print,
-               what: str = "the folder", wait_s: float = WAIT_S) -> Path:
+               what: str = "the folder", wait_s: float | None = None) -> Path:
     """`final`, built by `build(tmp)` in the writer (a folder it fills, then marks with the file
     `complete` last) and renamed into place; other processes wait for it.
 
@@ -34,7 +34,7 @@ def build_once(final: Path, build: Callable[[Path], None], *, writer: bool, comp
         complete (str): the file whose presence marks the folder complete.
         say (callable, optional): log lines. Defaults to print.
         what (str, optional): the folder, as log lines and errors name it.
-        wait_s (float, optional): how long a waiting process waits. Defaults to 6 hours.
+        wait_s (float, optional): how long a waiting process waits. Defaults to WAIT_S (6 hours).
 
     Returns:
         Path: `final`, complete.
@@ -43,7 +43,7 @@ def build_once(final: Path, build: Callable[[Path], None], *, writer: bool, comp
     if (final / complete).exists():
         return final
     if not writer:
-        return _wait(final, complete, what, wait_s)
+        return _wait(final, complete, what, WAIT_S if wait_s is None else wait_s)
     final.parent.mkdir(parents=True, exist_ok=True)
     for stale in final.parent.glob(f".tmp-{final.name}-*"):
         shutil.rmtree(stale, ignore_errors=True)  # a build killed half-way (this is the only writer)

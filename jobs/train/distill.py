@@ -134,19 +134,14 @@ class KDCollator:
         return batch
 
 
-def kd_dataset(examples: list[dict], keys: list[str] | None, store):
-    """The training rows as a datasets.Dataset; each row names its stored top-k by key."""
-    import datasets
-
-    rows = [{"input_ids": e["input_ids"], "labels": e["labels"]} for e in examples]
-    if store is not None:
-        missing = [k for k in keys if k not in store]
-        if missing:
-            raise JobError(f"{len(missing)} of {len(keys)} training rows have no teacher logits in input "
-                           "'teacher_logits'; score this stage's `cots` input with the teacher-logits stage")
-        for r, k in zip(rows, keys):
-            r["kd_key"] = k
-    return datasets.Dataset.from_list(rows)
+def check_stored(dataset, store) -> None:
+    """Every training row (`token_cache.encoded_rows(keyed=True)`: its `kd_key` names its stored top-k)
+    has the teacher's top-k in `store`."""
+    keys = dataset["kd_key"]
+    missing = [k for k in keys if k not in store]
+    if missing:
+        raise JobError(f"{len(missing)} of {len(keys)} training rows have no teacher logits in input "
+                       "'teacher_logits'; score this stage's `cots` input with the teacher-logits stage")
 
 
 # -- the trainer ---------------------------------------------------------------------------------------
@@ -239,18 +234,18 @@ def kd_trainer_class():
     return JobKDTrainer
 
 
-def kd_trainer(ctx, distill, model, tokenizer, student_name: str, examples: list[dict], keys: list[str], args, peft,
-               callbacks, say):
+def kd_trainer(ctx, distill, model, tokenizer, student_name: str, dataset, args, peft, callbacks, say):
     """The KD trainer for `distill` (specs.Distill): stored top-k from input `teacher_logits`, or the
     teacher (checked to share the tokenizer) on this process's device."""
     from pai_distil.core.config import LogitsTeacher
 
     from pai_distil_jobs.models.models import end_tokens
     from pai_distil_jobs.train.teacher_topk import TopKStore, open_teacher, resolve_teacher, tokenizer_digest
+    from pai_distil_jobs.train.topk_local import local_topk
 
     store = teacher = None
     if distill.mode == "logits":
-        store = TopKStore(ctx.input("teacher_logits"))
+        store = TopKStore(local_topk(ctx.input("teacher_logits"), say))
         if store.meta.get("tokenizer") not in (None, tokenizer_digest(tokenizer)):
             raise JobError(f"input 'teacher_logits' was scored for another tokenizer than student {student_name!r}'s; "
                            "score the rows with teacher-logits for this student (student.model)")
@@ -263,7 +258,8 @@ def kd_trainer(ctx, distill, model, tokenizer, student_name: str, examples: list
         say(f"distill: on-policy (GKD) from teacher {distill.teacher.model or distill.teacher.endpoint.base_url}, "
             f"{distill.divergence_name} divergence over its top-{distill.top_k}, lmbda {distill.lmbda:g}, "
             f"{distill.max_new_tokens} new tokens per sample")
-    dataset = kd_dataset(examples, keys, store)
+    if store is not None:
+        check_stored(dataset, store)
     collator = KDCollator(tokenizer.pad_token_id, store, store.top_k if store else None)
     trainer = kd_trainer_class()(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                                  data_collator=collator, peft_config=peft, callbacks=callbacks)

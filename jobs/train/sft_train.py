@@ -15,8 +15,8 @@ from pai_distil.core.config import Student, Training
 
 from pai_distil.core.contract import JobContext, JobError, log
 from pai_distil_jobs.models.models import load_model
-from pai_distil_jobs.train.sft_data import encode_rows
 from pai_distil_jobs.models.threads import set_cpu_threads
+from pai_distil_jobs.train.token_cache import encoded_rows
 from pai_distil_jobs.train.trainer import JobCallback, JobTrainerMixin, TrainSettings, fit, tensorboard_callback, training_arguments
 
 
@@ -41,6 +41,32 @@ def say_defaults(filled: dict, preset: bool, say) -> None:
         kind = "a preset" if preset else "a checkpoint"
         say(f"defaults for {kind}: " + ", ".join(f"train.{k}={v}" for k, v in filled.items())
             + " (set them in the config to override)")
+
+
+def sampling(keep_order: bool, flattened: bool) -> str:
+    """The order of training rows: the curriculum's; or, in padded batches, rows of similar length
+    together (sorted within shuffled groups of 50 batches), so little of a batch is padding."""
+    return "sequential" if keep_order else "random" if flattened else "group_by_length"
+
+
+def padding_free_mode(train: Training, model, say) -> bool:
+    """Whether batches are flattened without padding (`train.padding_free`). Attention then stays within
+    each row by its position ids: flash-attention's varlen kernel on GPUs; on CPUs transformers builds
+    a block-diagonal mask, fine for presets. A GPU without a varlen kernel would build a dense mask
+    over the whole flattened batch, slower than the padding it saves: padded batches there, said so."""
+    if not train.padding_free:
+        return False
+    import torch
+
+    attn = model.config._attn_implementation
+    if torch.cuda.is_available() and "flash" not in attn and attn != "flex_attention" and not train.packing:
+        say(f"note: train.padding_free needs flash-attention on GPUs ({attn} would build a dense mask over the whole "
+            "batch); training on padded, length-grouped batches instead. Install flash-attn in the image or set "
+            "train.attn_implementation: flash_attention_2")
+        return False
+    if not train.packing:
+        say(f"padding-free: each micro-batch is one flat sequence, rows kept apart by their position ids ({attn})")
+    return True
 
 
 def job_callbacks(ctx: JobContext, train: Training, tokenizer, rank: int, say) -> tuple[JobCallback, list]:
@@ -78,19 +104,20 @@ def train_sft(ctx: JobContext, student: Student, train: Training, rows: list[dic
 
         check_vllm_rollout(distill, str(student.model))
     model, tokenizer = load_model(student.model, seed=student.seed, attn_implementation=train.attn_implementation)
-    if distill is None:
-        examples, keys = encode_rows(tokenizer, rows, train.max_length, train.max_truncated, log=say), None
-    else:
-        from pai_distil_jobs.train.teacher_topk import keyed_examples
-
-        if train.packing or train.padding_free:
-            raise JobError("distill needs each row in a sequence of its own; drop train.packing and train.padding_free")
-        examples, keys = keyed_examples(tokenizer, rows, train.max_length, train.max_truncated, log=say)
+    if distill is not None and (train.packing or train.padding_free):
+        raise JobError("distill needs each row in a sequence of its own; drop train.packing and train.padding_free")
+    examples = encoded_rows(tokenizer, rows, train.max_length, train.max_truncated, ctx.checkpoint_dir,
+                            keyed=distill is not None, say=say)
+    padding_free = padding_free_mode(train, model, say)
     settings = TrainSettings.of(train, keep_order=keep_order)
+    # rows come encoded and cut at max_length (token_cache): TRL prepares them no further (its truncation would
+    # copy the data set on every rank), unless it packs them; padding-free without packing it refuses max_length
     args = training_arguments(settings, ctx.checkpoint_dir, len(examples), cls=SFTConfig,
-                              max_length=train.max_length, packing=train.packing, padding_free=train.padding_free,
-                              dataset_num_proc=None, shuffle_dataset=False)
-    n_tok = sum(len(e["input_ids"]) for e in examples)
+                              max_length=None if padding_free and not train.packing else train.max_length,
+                              packing=train.packing, padding_free=padding_free, dataset_num_proc=None,
+                              shuffle_dataset=False, dataset_kwargs={"skip_prepare_dataset": not train.packing},
+                              train_sampling_strategy=sampling(keep_order, train.packing or padding_free))
+    n_tok = sum(examples["length"])
     say(f"model {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on {args.device} "
         f"({'bf16' if args.bf16 else 'fp32'}, {model.config._attn_implementation}, {threads} CPU threads); "
         f"{len(examples)} sequences, {n_tok} tokens (mean {n_tok / len(examples):.0f}); {train.max_steps} steps "
@@ -99,13 +126,12 @@ def train_sft(ctx: JobContext, student: Student, train: Training, rows: list[dic
     callback, callbacks = job_callbacks(ctx, train, tokenizer, rank, say)
     peft = lora_config(train.lora) if train.lora else None
     if distill is None:
-        dataset = datasets.Dataset.from_list([{"input_ids": e["input_ids"], "labels": e["labels"]} for e in examples])
-        trainer = _sft_trainer_class()(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+        trainer = _sft_trainer_class()(model=model, args=args, train_dataset=examples, processing_class=tokenizer,
                                        peft_config=peft, callbacks=callbacks)
     else:
         from pai_distil_jobs.train.distill import kd_trainer
 
-        trainer = kd_trainer(ctx, distill, model, tokenizer, student.model, examples, keys, args, peft, callbacks, say)
+        trainer = kd_trainer(ctx, distill, model, tokenizer, student.model, examples, args, peft, callbacks, say)
     trainer.job = settings
     if train.fsdp and not trainer.is_fsdp_enabled:
         raise JobError("train.fsdp needs GPUs (accelerate runs FSDP on multi-GPU nodes only); on CPUs drop it "

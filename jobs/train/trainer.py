@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from transformers import PrinterCallback, TrainerCallback, TrainingArguments
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from pai_distil.core.contract import JobError
 
@@ -151,7 +152,7 @@ def training_arguments(s: TrainSettings, checkpoint_dir: Path, examples: int, cl
         use_cpu=not cuda, gradient_checkpointing=s.gradient_checkpointing, report_to="none", disable_tqdm=True,
         # a data set smaller than one global batch still gives a batch each epoch
         dataloader_drop_last=examples >= s.batch_size, ddp_find_unused_parameters=False, log_level="warning",
-        remove_unused_columns=False,
+        remove_unused_columns=False, **dataloader_settings(cuda),
     )
     if s.gradient_checkpointing:
         kw["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
@@ -169,6 +170,17 @@ def training_arguments(s: TrainSettings, checkpoint_dir: Path, examples: int, cl
     return cls(**{**kw, **extra})
 
 
+def dataloader_settings(cuda: bool) -> dict:
+    """Batches collated in worker processes on GPU nodes (a node's CPUs shared by its ranks, at most 4
+    each), kept alive across epochs and copied from pinned memory. On CPUs none: the cores train."""
+    if not cuda:
+        return {"dataloader_num_workers": 0, "dataloader_pin_memory": False}
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    workers = min(4, max(1, len(os.sched_getaffinity(0)) // local))
+    return {"dataloader_num_workers": workers, "dataloader_pin_memory": True,
+            "dataloader_persistent_workers": True, "dataloader_prefetch_factor": 2}
+
+
 def _skip_deepspeed_cpu_kernel() -> None:
     """On CPUs DeepSpeed would JIT-compile a shared-memory allreduce kernel when its process group
     starts, which needs a C++ toolchain (the job images have none) and minutes of two cores; gloo's
@@ -179,6 +191,23 @@ def _skip_deepspeed_cpu_kernel() -> None:
 
 
 # -- the trainer -------------------------------------------------------------------------------------
+
+
+class SeededLengthGroupedSampler(LengthGroupedSampler):
+    """transformers' length-grouped order drawn from (seed, epoch) alone, as accelerate's seedable random
+    sampler is: a resumed run skips into the very order the first run had (the stock one draws from the
+    global RNG, whose state differs after a resume)."""
+
+    def __init__(self, batch_size: int, lengths: list[int], seed: int):
+        super().__init__(batch_size, lengths=lengths)
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        self.generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return super().__iter__()
 
 
 class JobTrainerMixin:
@@ -199,7 +228,11 @@ class JobTrainerMixin:
     def _get_train_sampler(self, train_dataset=None):
         if self.job.keep_order:
             return torch.utils.data.SequentialSampler(train_dataset or self.train_dataset)
-        return super()._get_train_sampler(train_dataset)
+        sampler = super()._get_train_sampler(train_dataset)
+        if isinstance(sampler, LengthGroupedSampler):  # the lengths it read, drawn in a resumable order
+            return SeededLengthGroupedSampler(sampler.batch_size, lengths=sampler.lengths,
+                                              seed=self.args.data_seed or self.args.seed)
+        return sampler
 
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
