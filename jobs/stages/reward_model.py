@@ -21,6 +21,7 @@ import json
 import os
 import random
 import re
+import shutil
 from collections import defaultdict
 from pathlib import Path
 
@@ -42,6 +43,8 @@ JUDGED = "judged.jsonl"
 CANDIDATES = "candidates.jsonl"
 PAIRS = "pairs.jsonl"
 REPORT = "report.json"
+PREFERENCES = "preferences"  # beside the checkpoints: rank 0 writes candidates and pairs, every rank reads them
+DONE = "DONE"
 DIMENSIONS = ("correct", "rv", "cd")
 
 
@@ -113,7 +116,7 @@ def student_candidates(ctx: JobContext, cfg: RewardModelConfig, by_problem: dict
     """Samples of the `student` input, drawn once and kept in the output (a restart reads them)."""
     path = ctx.output / SAMPLES
     if path.exists():
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return read_jsonl(path)
     import torch
 
     from pai_distil_jobs.models.generation import generate
@@ -138,9 +141,7 @@ def student_candidates(ctx: JobContext, cfg: RewardModelConfig, by_problem: dict
     rows = [{**problem_row(row), "id": f"{pid}-s{k}", "problem_id": pid, "completion": o["text"],
              "source": "student", "correct": None, "rv": None, "cd": None, "truncated": o["truncated"]}
             for (pid, row, k), o in zip(jobs, outs, strict=True)]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    os.replace(tmp, path)
+    write_jsonl(path, rows)
     return rows
 
 
@@ -167,7 +168,6 @@ def rate(ctx: JobContext, cfg: RewardModelConfig, candidates: list[dict]) -> boo
     try:
         asyncio.run(run_pool(todo, ask, cfg.judge, out, "judge", total=len(todo) + len(done), done=len(done)))
     except Stopped:
-        log("reward-model: stopped by SIGTERM while judging; resubmit to resume")
         return False
     done = load_done(out, "judged")
     for c in candidates:
@@ -206,6 +206,10 @@ def make_pairs(cfg: RewardModelConfig, candidates: list[dict]) -> list[dict]:
     return pairs
 
 
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
@@ -226,7 +230,29 @@ def accuracy_table(pairs: list[dict], margins: list[float]) -> dict:
 
 
 def run(ctx: JobContext) -> bool:
+    """Rank 0 builds the preference pairs (`build_pairs`: samples, judge calls, files) once per run; every
+    rank then reads the same rows in the same order and trains (`train`)."""
+    from pai_distil_jobs.train.build_once import build_once
+
     cfg = ctx.parsed_config(RewardModelConfig)
+    try:
+        folder = build_once(ctx.checkpoint_dir / PREFERENCES, lambda tmp: build_pairs(ctx, cfg, tmp),
+                            writer=ctx.is_main_process, complete=DONE, say=log, what="the preference pairs")
+    except Stopped:
+        log("reward-model: stopped by SIGTERM while judging; resubmit to resume")
+        return False
+    candidates, pairs = read_jsonl(folder / CANDIDATES), read_jsonl(folder / PAIRS)
+    if ctx.is_main_process:
+        for name in (CANDIDATES, PAIRS):
+            shutil.copyfile(folder / name, ctx.output / name)
+    return train(ctx, cfg, [p for p in pairs if p["split"] == "train"], [p for p in pairs if p["split"] == "eval"],
+                 candidates)
+
+
+def build_pairs(ctx: JobContext, cfg: RewardModelConfig, folder: Path) -> None:
+    """Candidates (teacher chains, cut chains, student samples), their ratings and the preference pairs, as
+    `candidates.jsonl` and `pairs.jsonl` in `folder`, then `DONE`. Rank 0 alone: it calls the judge and
+    samples the student (both resumable from files in the output). Raises `Stopped` on SIGTERM."""
     by_problem = problems_of(read_cots(ctx.input("cots")), cfg.max_problems)
     if not by_problem:
         raise JobError("input 'cots' holds no chains of thought; pass the output of `generate` or `score`")
@@ -234,14 +260,14 @@ def run(ctx: JobContext) -> bool:
     if "student" in ctx.inputs:
         candidates += student_candidates(ctx, cfg, by_problem)
     if not rate(ctx, cfg, candidates):
-        return False
+        raise Stopped()
     for c in candidates:
         c["score"] = round(cfg.judgment.score(c["correct"], c.get("rv"), c.get("cd")), 4)
-    write_jsonl(ctx.output / CANDIDATES, [{"prompt": user_message(c), "completion": c["completion"], "score": c["score"],
+    write_jsonl(folder / CANDIDATES, [{"prompt": user_message(c), "completion": c["completion"], "score": c["score"],
                                            **{k: c.get(k) for k in ("id", "problem_id", "source", "correct", "rv", "cd")}}
                                           for c in candidates])
     pairs = make_pairs(cfg, candidates)
-    write_jsonl(ctx.output / PAIRS, pairs)
+    write_jsonl(folder / PAIRS, pairs)
     train_pairs = [p for p in pairs if p["split"] == "train"]
     eval_pairs = [p for p in pairs if p["split"] == "eval"]
     kinds = defaultdict(int)
@@ -254,7 +280,7 @@ def run(ctx: JobContext) -> bool:
     if not train_pairs or not eval_pairs:
         raise JobError("too few preference pairs: candidates of a problem must differ in correctness or length fit; "
                        "add verbosity levels to generate, a `student` input, or lower min_margin")
-    return train(ctx, cfg, train_pairs, eval_pairs, candidates)
+    (folder / DONE).write_text(json.dumps({"candidates": len(candidates), "pairs": len(pairs)}))
 
 
 def train(ctx: JobContext, cfg: RewardModelConfig, train_pairs: list[dict], eval_pairs: list[dict],
@@ -262,53 +288,69 @@ def train(ctx: JobContext, cfg: RewardModelConfig, train_pairs: list[dict], eval
     from pai_distil.core.presets import trains_like_preset
 
     from pai_distil_jobs.train.reward import load_reward_model
-    from pai_distil_jobs.train.reward import STATS, encode, reward_trainer, score_texts
+    from pai_distil_jobs.train.reward import encode, reward_trainer, save_whole
     from pai_distil_jobs.train.trainer import TrainSettings, fit
 
+    say = log if ctx.is_main_process else (lambda _: None)  # one log line per job, not one per rank
     if "base" in ctx.inputs:
         source = str(ctx.input("base"))
     else:
         source = str(ctx.input("student")) if cfg.init_from_student else cfg.model.model
     t, filled = cfg.train.by_kind(trains_like_preset(source))
     if filled:
-        log("defaults applied: " + ", ".join(f"train.{k}={v}" for k, v in filled.items()))
+        say("defaults applied: " + ", ".join(f"train.{k}={v}" for k, v in filled.items()))
     model, tokenizer = load_reward_model(source, seed=cfg.model.seed, likelihood_weight=cfg.likelihood_weight,
                                          likelihood=cfg.likelihood)
     examples = [{"chosen": encode(tokenizer, p["prompt"], p["chosen"], t.max_length),
                  "rejected": encode(tokenizer, p["prompt"], p["rejected"], t.max_length),
                  "chosen_score": p["chosen_score"], "rejected_score": p["rejected_score"]} for p in train_pairs]
-    log(f"reward model from {source}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
+    say(f"reward model from {source}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
         f"score = head + {model.likelihood_weight:g} x log-likelihood ({model.likelihood} per response), "
         f"language-model loss x {t.lm_weight:g}; {t.max_steps} steps of {t.batch_size} pairs")
     settings = TrainSettings.of(t)
     trainer, callback = reward_trainer(model, tokenizer, examples, settings, ctx.checkpoint_dir, ctx.metrics_path,
                                        regression_weight=t.regression_weight, lm_weight=t.lm_weight,
-                                       tensorboard=ctx.output, log=log)
-    log(f"training on {trainer.args.device} ({'bf16' if trainer.args.bf16 else 'fp32'}): batch {t.batch_size} = "
+                                       tensorboard=ctx.output if ctx.is_main_process else None, log=say)
+    say(f"training on {trainer.args.device} ({'bf16' if trainer.args.bf16 else 'fp32'}): batch {t.batch_size} = "
         f"{trainer.args.per_device_train_batch_size} x {trainer.args.gradient_accumulation_steps} accumulation")
-    if not fit(trainer, callback, ctx.checkpoint_dir, log=log):
+    if not fit(trainer, callback, ctx.checkpoint_dir, log=say):
         return False
-    model = trainer.accelerator.unwrap_model(trainer.model)
-
-    prompts = [p["prompt"] for p in eval_pairs]
-    chosen = score_texts(model, tokenizer, prompts, [p["chosen"] for p in eval_pairs], t.max_length)
-    rejected = score_texts(model, tokenizer, prompts, [p["rejected"] for p in eval_pairs], t.max_length)
-    margins = [c - r for c, r in zip(chosen, rejected)]
-    held = {p["problem_id"] for p in eval_pairs}
-    held_cands = [c for c in candidates if c["problem_id"] in held]
-    raw = score_texts(model, tokenizer, [user_message(c) for c in held_cands], [c["completion"] for c in held_cands],
-                      t.max_length)
-    mean = sum(raw) / len(raw)
-    std = (sum((r - mean) ** 2 for r in raw) / len(raw)) ** 0.5 or 1.0
-    model.save_pretrained(ctx.output)
-    tokenizer.save_pretrained(ctx.output)
+    save_whole(trainer, ctx.output)  # every rank: ZeRO-3 / FSDP gather the shards, rank 0 writes
+    if not ctx.is_main_process:
+        return True
     if trainer.args.bf16:  # trained in bf16: saved in it, the head too (fp32 stays on CPU presets)
         from pai_distil_jobs.models.precision import cast_checkpoint
 
         cast_checkpoint(ctx.output, "bfloat16")
-    (ctx.output / STATS).write_text(json.dumps({"mean": mean, "std": std, "max_length": t.max_length}, indent=1))
+    steps = trainer.state.global_step
+    trainer.accelerator.free_memory()  # the optimizer's state and this rank's shards: the scorer needs the room
+    del trainer, model
+    report_held_out(ctx, t.max_length, train_pairs, eval_pairs, candidates, steps)
+    return True
+
+
+def report_held_out(ctx: JobContext, max_length: int, train_pairs: list[dict], eval_pairs: list[dict],
+                    candidates: list[dict], steps: int) -> None:
+    """Pairwise accuracy on the held-out pairs and the score statistics GRPO standardises with
+    (`reward_stats.json`), from the saved model as a scorer loads it. Rank 0 alone, after training:
+    the whole model fits one GPU for scoring where its training state did not."""
+    from pai_distil_jobs.train.reward import STATS, RewardScorer, score_texts
+
+    scorer = RewardScorer(ctx.output, max_length=max_length)
+    model, tokenizer = scorer.model, scorer.tokenizer
+    prompts = [p["prompt"] for p in eval_pairs]
+    chosen = score_texts(model, tokenizer, prompts, [p["chosen"] for p in eval_pairs], max_length)
+    rejected = score_texts(model, tokenizer, prompts, [p["rejected"] for p in eval_pairs], max_length)
+    margins = [c - r for c, r in zip(chosen, rejected)]
+    held = {p["problem_id"] for p in eval_pairs}
+    held_cands = [c for c in candidates if c["problem_id"] in held]
+    raw = score_texts(model, tokenizer, [c["prompt"] for c in held_cands], [c["completion"] for c in held_cands],
+                      max_length)
+    mean = sum(raw) / len(raw)
+    std = (sum((r - mean) ** 2 for r in raw) / len(raw)) ** 0.5 or 1.0
+    (ctx.output / STATS).write_text(json.dumps({"mean": mean, "std": std, "max_length": max_length}, indent=1))
     table = accuracy_table(eval_pairs, margins)
-    report = {"held_out_pairs": table, "train_pairs": len(train_pairs), "steps": trainer.state.global_step,
+    report = {"held_out_pairs": table, "train_pairs": len(train_pairs), "steps": steps,
               "candidates": len(candidates), "wrong_candidates": sum(not c["correct"] for c in candidates),
               "score_stats": {"mean": mean, "std": std}}
     (ctx.output / REPORT).write_text(json.dumps(report, indent=1))
@@ -316,4 +358,3 @@ def train(ctx: JobContext, cfg: RewardModelConfig, train_pairs: list[dict], eval
     levels = ", ".join(f"level {k} {v['accuracy']:.1%}" for k, v in table["by_level"].items())
     log(f"held-out pairwise accuracy {table['overall']['accuracy']:.1%} of {table['overall']['pairs']} pairs "
         f"({kinds}; {levels})")
-    return True

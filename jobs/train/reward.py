@@ -103,6 +103,20 @@ class RewardModel(nn.Module):
         self.head = nn.Linear(lm.config.hidden_size, 1)
         nn.init.zeros_(self.head.weight)  # at the start the score is the likelihood alone
         nn.init.zeros_(self.head.bias)
+        # FSDP's TRANSFORMER_BASED_WRAP reads the units to shard from the model it is given: the LM's layers
+        self._no_split_modules = getattr(lm, "_no_split_modules", None)
+
+    def tie_weights(self, **kwargs) -> None:
+        """accelerate re-ties the embeddings after loading FSDP shards into a model built on the meta device."""
+        self.lm.tie_weights(**kwargs)
+
+    def freeze_unused_head(self, lm_weight: float) -> None:
+        """Freeze the LM head when neither the score nor the loss reads it (no likelihood term, no language-model
+        loss) and it is not tied to the embeddings: DDP then sees no parameter without a gradient, and the
+        optimizer keeps no state for V x H weights that never change."""
+        head, embeddings = self.lm.get_output_embeddings(), self.lm.get_input_embeddings()
+        if not self.likelihood_weight and not lm_weight and head.weight is not embeddings.weight:
+            head.requires_grad_(False)
 
     def forward(self, input_ids, attention_mask, response_mask) -> torch.Tensor:
         return self.score_and_likelihood(input_ids, attention_mask, response_mask)[0]
@@ -127,12 +141,19 @@ class RewardModel(nn.Module):
         """Whatever transformers asks of a model (its arguments change between releases) goes to the LM."""
         self.lm.gradient_checkpointing_enable(**kwargs)
 
-    def save_pretrained(self, path: str | Path) -> None:
+    def save_pretrained(self, path: str | Path, state_dict: dict | None = None) -> None:
+        """The LM as Hugging Face saves it and the head beside it. `state_dict`: this model's whole weights
+        gathered from ZeRO-3 / FSDP shards (its own parameters there are empty or partial)."""
         from safetensors.torch import save_file
 
         path = Path(path)
-        self.lm.save_pretrained(path)
-        save_file({k: v.contiguous() for k, v in self.head.state_dict().items()}, str(path / HEAD),
+        if state_dict is None:
+            self.lm.save_pretrained(path)
+            head = self.head.state_dict()
+        else:
+            self.lm.save_pretrained(path, state_dict={k[3:]: v for k, v in state_dict.items() if k.startswith("lm.")})
+            head = {k[5:]: v for k, v in state_dict.items() if k.startswith("head.")}
+        save_file({k: v.contiguous() for k, v in head.items()}, str(path / HEAD),
                   metadata={"likelihood_weight": str(self.likelihood_weight), "likelihood": self.likelihood})
 
     def load_head(self, path: str | Path) -> None:
@@ -144,8 +165,12 @@ class RewardModel(nn.Module):
         """Load a checkpoint directory written by `save_pretrained` into this model (resume)."""
         from safetensors.torch import load_file
 
-        self.lm.load_state_dict(load_file(str(Path(path) / "model.safetensors")), strict=False)
-        self.load_head(Path(path) / HEAD)
+        path = Path(path)
+        index = path / "model.safetensors.index.json"  # a large LM is saved in several files
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else ["model.safetensors"]
+        for name in files:
+            self.lm.load_state_dict(load_file(str(path / name)), strict=False)
+        self.load_head(path / HEAD)
 
 
 def pair_batch(examples: list[dict], pad: int) -> dict:
@@ -198,31 +223,40 @@ def _reward_trainer_class():
             return (loss, None) if return_outputs else loss
 
         def log(self, logs: dict, start_time: float | None = None) -> None:
-            if "loss" in logs:  # a training record: add the window's mean of our numbers
-                logs.update({k: sum(v) / len(v) for k, v in self._pair_metrics.items() if v})
+            if "loss" in logs:  # a training record: add the window's mean of our numbers, over every rank
+                names = sorted(k for k, v in self._pair_metrics.items() if v)
+                local = torch.tensor([sum(self._pair_metrics[k]) / len(self._pair_metrics[k]) for k in names],
+                                     device=self.args.device)
+                logs.update(zip(names, self.accelerator.reduce(local, reduction="mean").tolist()))
                 self._pair_metrics = {}
             super().log(logs, start_time)
 
         def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+            """Rank 0 writes; `state_dict` is the whole model where ZeRO-3 / FSDP gathered it (`save_model`)."""
             output_dir = output_dir or self.args.output_dir
             if self.args.should_save:
-                self.accelerator.unwrap_model(self.model).save_pretrained(output_dir)
+                self.accelerator.unwrap_model(self.model).save_pretrained(output_dir, state_dict=state_dict)
                 self.processing_class.save_pretrained(output_dir)
 
         def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-            (model or self.model).load_weights(resume_from_checkpoint)
+            if self.is_fsdp_enabled:  # FSDP's own shards, written beside ours at every checkpoint
+                return super()._load_from_checkpoint(resume_from_checkpoint, model)
+            # DeepSpeed resumes from its engine's files and never comes here; DDP and one process do, unwrapped
+            self.accelerator.unwrap_model(model or self.model).load_weights(resume_from_checkpoint)
 
     return JobRewardTrainer
 
 
 def reward_trainer(model: RewardModel, tokenizer, examples: list[dict], settings, checkpoint_dir: Path,
                    metrics_path: Path, *, regression_weight: float = 0.0, lm_weight: float = 0.0,
-                   tensorboard: Path | None = None, log=print):
+                   tensorboard: Path | None = None, log=print, args=None):
     """A trainer of `model` on preference rows (see `pair_batch`) and its `JobCallback`; run it with
-    `trainer.fit(trainer, callback, checkpoint_dir)`, which resumes from the newest complete checkpoint in `checkpoint_dir`."""
+    `trainer.fit(trainer, callback, checkpoint_dir)`, which resumes from the newest complete checkpoint in `checkpoint_dir`.
+    `args`: the arguments the model was loaded after (`training_arguments`); built here when not given."""
     from pai_distil_jobs.train.trainer import JobCallback, tensorboard_callback, training_arguments
 
-    args = training_arguments(settings, checkpoint_dir, len(examples))
+    args = args or training_arguments(settings, checkpoint_dir, len(examples))
+    model.freeze_unused_head(lm_weight)
     callback = JobCallback(metrics_path, log=log)
     callbacks = [callback] + ([tensorboard_callback(tensorboard)] if tensorboard else [])
     pad = tokenizer.pad_token_id
@@ -231,6 +265,15 @@ def reward_trainer(model: RewardModel, tokenizer, examples: list[dict], settings
     trainer.job, trainer._pair_metrics = settings, {}
     trainer.regression_weight, trainer.lm_weight = regression_weight, lm_weight
     return trainer, callback
+
+
+def save_whole(trainer, output_dir: Path) -> None:
+    """The trained reward model, whole, in `output_dir`; called on every rank: ZeRO-3 and FSDP gather the
+    shards (a collective), rank 0 writes. (transformers' `save_model` writes nothing under FSDP's sharded
+    checkpoints, hence the gather here.)"""
+    state = trainer.accelerator.get_state_dict(trainer.model_wrapped if trainer.is_deepspeed_enabled else trainer.model)
+    trainer._save(str(output_dir), state_dict=state)
+    trainer.accelerator.wait_for_everyone()
 
 
 @torch.inference_mode()

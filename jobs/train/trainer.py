@@ -167,7 +167,20 @@ def training_arguments(s: TrainSettings, checkpoint_dir: Path, examples: int, cl
         kw["fsdp_config"] = {"version": 2, "reshard_after_forward": s.fsdp.sharding == "full_shard",
                              "cpu_offload": s.fsdp.offload, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
                              "state_dict_type": "FULL_STATE_DICT"}
-    return cls(**{**kw, **extra})
+    return one_device_per_process(cls(**{**kw, **extra}))
+
+
+def one_device_per_process(args):
+    """`args` with at most one GPU for this process, so Trainer never wraps the model in `nn.DataParallel`.
+
+    Why: a process started without a launcher on a node with several visible GPUs gets `n_gpu` = all of
+    them from transformers, and DataParallel then replicates the model every step, splits batches behind
+    our loss (the reward model's `score_and_likelihood` is not even reachable through it) and cannot
+    shard. Under torchrun (`python -m pai_distil_jobs` relaunches distributed stages under it) each
+    process has its own GPU and `n_gpu` is already 1; one process in all trains on `cuda:0`."""
+    if args.n_gpu > 1:  # reading it sets up the devices (and the process group) as training would
+        args._n_gpu = 1
+    return args
 
 
 def dataloader_settings(cuda: bool) -> dict:

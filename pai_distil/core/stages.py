@@ -52,7 +52,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           "AdaptiveThinkingConfig", inputs=("cots",), optional_inputs=("teacher_logits", "teacher"), distributed=True,
           trains=True),
     Stage("reward-model", "a reward model distilled from the teacher's judgments", "RewardModelConfig",
-          inputs=("cots",), optional_inputs=("student", "base"), trains=True),
+          inputs=("cots",), optional_inputs=("student", "base"), distributed=True, trains=True),
     Stage("grpo", "GRPO of the student with the distilled reward model and verifiable correctness", "GRPOConfig",
           inputs=("student",), optional_inputs=("reward_model", "problems"), trains=True),
     Stage("dpo", "DPO of the student on preference pairs (the reward-model stage's or a file); the reference is "

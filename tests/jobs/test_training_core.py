@@ -170,3 +170,39 @@ def test_a_run_resubmitted_after_its_last_checkpoint_trains_no_step_more(tmp_pat
     assert steps == [1, 2, 3, 4]
     second = load_file(str(out / "model.safetensors"))
     assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_a_process_that_sees_several_gpus_without_a_launcher_never_builds_data_parallel(tmp_path, monkeypatch):
+    """transformers gives a process started without torchrun every visible GPU (`n_gpu`) and Trainer then
+    wraps the model in nn.DataParallel, where the reward model fails (its loss calls its own methods). Faked
+    on CPU: arguments whose device setup found two GPUs."""
+    from functools import cached_property
+
+    import torch
+    from transformers import TrainingArguments
+
+    from pai_distil_jobs.train.reward import encode, load_reward_model, reward_trainer
+    from pai_distil_jobs.train.trainer import TrainSettings, fit, training_arguments
+
+    class TwoVisibleGPUs(TrainingArguments):
+        @cached_property
+        def _setup_devices(self):
+            device = TrainingArguments._setup_devices.func(self)
+            self._n_gpu = 2  # what transformers sets with two visible GPUs and no distributed launch
+            return device
+
+    class NoDataParallel(torch.nn.Module):
+        def __init__(self, *_, **__):
+            raise AssertionError("nn.DataParallel built")
+
+    monkeypatch.setattr(torch.nn, "DataParallel", NoDataParallel)
+    settings = TrainSettings(max_steps=2, batch_size=2, learning_rate=1e-2, warmup_steps=1, checkpoint_every=10)
+    args = training_arguments(settings, tmp_path / "ckpt", 2, cls=TwoVisibleGPUs)
+    assert (args.n_gpu, args.train_batch_size) == (1, 2)
+    model, tok = load_reward_model("preset:micro", seed=0)
+    ex = {"chosen": encode(tok, "1 + 1?", "2", 64), "rejected": encode(tok, "1 + 1?", "3", 64),
+          "chosen_score": 1.0, "rejected_score": 0.0}
+    trainer, callback = reward_trainer(model, tok, [ex, ex], settings, tmp_path / "ckpt", tmp_path / "m.jsonl",
+                                       log=lambda *_: None, args=args)
+    assert fit(trainer, callback, tmp_path / "ckpt", log=lambda *_: None)
+    assert trainer.state.global_step == 2 and trainer.model_wrapped is trainer.model

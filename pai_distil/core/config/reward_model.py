@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from .base import Strict
 from .endpoint import Teacher
@@ -37,7 +37,8 @@ class StudentSamples(Strict):
 
 
 class RewardTraining(Training):
-    """Reward-model training on transformers' Trainer over accelerate (one process; the head and loss are ours)."""
+    """Reward-model training on transformers' Trainer over accelerate, on every rank (DDP, DeepSpeed ZeRO or
+    FSDP as for SFT); the head and loss are ours."""
 
     PRESET: ClassVar[dict] = {"learning_rate": 1e-3, "max_length": 384, "gradient_checkpointing": False}
     CHECKPOINT: ClassVar[dict] = {"learning_rate": 5e-6, "max_length": 4096, "gradient_checkpointing": True}
@@ -53,12 +54,6 @@ class RewardTraining(Training):
         1.0, ge=0, description="weight of the language-model loss on the chosen responses: it keeps the likelihood "
                                "term a likelihood, so text the model would never write (runs of blank lines, "
                                "an empty answer) stays unlikely and a GRPO policy cannot win with it; 0: off")
-
-    @model_validator(mode="after")
-    def _no_deepspeed(self) -> RewardTraining:
-        if self.deepspeed is not None:
-            raise ValueError("the reward model trains in one process; remove train.deepspeed")
-        return self
 
 
 # The reward model's likelihood term: its forms, the default form, and the default weight (with the
