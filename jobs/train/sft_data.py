@@ -144,7 +144,8 @@ def encode_each(tokenizer, rows: list[dict], max_length: int, first: int = 1) ->
     out, eot = [], end_of_turn(tokenizer)
     for n, row in enumerate(rows, first):
         try:
-            out.append(encode_messages(tokenizer, row["messages"], max_length, row.get("chat_template_kwargs"), eot=eot))
+            kwargs = row.get("chat_template_kwargs")
+            out.append(encode_messages(tokenizer, row["messages"], max_length, kwargs, eot=eot))
         except MaskError as err:
             raise JobError(f"training row {n}: {err}") from None
     return out

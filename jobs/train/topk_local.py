@@ -68,6 +68,6 @@ def copy_verified(folder: Path, files: list[dict], dest: Path) -> None:
                 n += len(block)
         if n != f["size"] or h.hexdigest() != f["sha256"]:
             raise JobError(f"input 'teacher_logits': {f['path']} differs from its manifest ({n} bytes, sha256 "
-                           f"{h.hexdigest()[:12]}…; the manifest says {f['size']}, {f['sha256'][:12]}…); the artifact "
-                           "is damaged: rerun the teacher-logits stage into a fresh output")
+                           f"{h.hexdigest()[:12]}…; the manifest says {f['size']}, {f['sha256'][:12]}…); the "
+                           "artifact is damaged: rerun the teacher-logits stage into a fresh output")
     (dest / COPIED).write_text(json.dumps({"from": str(folder), "files": len(files)}))

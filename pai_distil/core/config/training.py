@@ -149,7 +149,9 @@ class Training(Optimisation):
         "auto", description="attention kernel; auto: flash_attention_2 on GPUs when installed, else sdpa")
     packing: bool = Field(False, description="pack several rows into each max_length sequence (padding-free, "
                                              "attention kept within each row); faster on GPUs, slower on CPU")
-    padding_free: bool = Field(False, description="concatenate a batch's rows without padding (implied by packing)")
+    padding_free: bool = Field(False, description="concatenate each micro-batch's rows into one sequence without "
+                               "padding, attention kept within each row (implied by packing); on GPUs it needs "
+                               "flash-attention, else batches stay padded and the log says so")
     deepspeed: DeepSpeed | None = Field(
         None, description="train with DeepSpeed ZeRO (a config generated from these fields); omit for plain DDP")
     fsdp: FSDP | None = Field(None, description="shard the model with PyTorch FSDP; omit for plain DDP")
