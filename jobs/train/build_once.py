@@ -23,7 +23,8 @@ POLL_S = 1.0
 
 
 def build_once(final: Path, build: Callable[[Path], None], *, writer: bool, complete: str, say=print,
-               what: str = "the folder", wait_s: float | None = None) -> Path:
+               what: str = "the folder", wait_s: float | None = None,
+               check: Callable[[Path], bool] | None = None) -> Path:
     """`final`, built by `build(tmp)` in the writer (a folder it fills, then marks with the file
     `complete` last) and renamed into place; other processes wait for it.
 
@@ -35,15 +36,21 @@ def build_once(final: Path, build: Callable[[Path], None], *, writer: bool, comp
         say (callable, optional): log lines. Defaults to print.
         what (str, optional): the folder, as log lines and errors name it.
         wait_s (float, optional): how long a waiting process waits. Defaults to WAIT_S (6 hours).
+        check (Callable[[Path], bool], optional): also required of a complete folder, where a rename
+            may not be atomic (an OSS fuse mount copies a folder file by file). Defaults to none.
 
     Returns:
         Path: `final`, complete.
     """
     final = Path(final)
-    if (final / complete).exists():
+
+    def done() -> bool:
+        return (final / complete).exists() and (check is None or check(final))
+
+    if done():
         return final
     if not writer:
-        return _wait(final, complete, what, WAIT_S if wait_s is None else wait_s)
+        return _wait(final, done, what, WAIT_S if wait_s is None else wait_s)
     final.parent.mkdir(parents=True, exist_ok=True)
     for stale in final.parent.glob(f".tmp-{final.name}-*"):
         shutil.rmtree(stale, ignore_errors=True)  # a build killed half-way (this is the only writer)
@@ -60,9 +67,9 @@ def build_once(final: Path, build: Callable[[Path], None], *, writer: bool, comp
     return final
 
 
-def _wait(final: Path, complete: str, what: str, wait_s: float) -> Path:
+def _wait(final: Path, done: Callable[[], bool], what: str, wait_s: float) -> Path:
     start = time.monotonic()
-    while not (final / complete).exists():
+    while not done():
         if time.monotonic() - start > wait_s:
             raise JobError(f"waited {wait_s / 3600:.1f} h for {what} at {final}, which the first process builds; "
                            "check its log (rank 0) for why it stopped")

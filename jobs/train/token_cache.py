@@ -67,7 +67,7 @@ def encoded_rows(tokenizer, rows: list[dict], max_length: int, max_truncated: fl
     if (folder / META).exists():
         say(f"encoded rows: read from the cache {folder}")
     build_once(folder, lambda tmp: _build(tmp, tokenizer, rows, max_length, keyed, key, say), writer=writer,
-               complete=META, say=say, what="the encoded training rows")
+               complete=META, say=say, what="the encoded training rows", check=_whole)
     if writer:
         _prune(folder)
     meta = json.loads((folder / META).read_text())
@@ -103,6 +103,7 @@ def _build(tmp: Path, tokenizer, rows: list[dict], max_length: int, keyed: bool,
     finally:
         _job.clear()
     meta = {"key": key, "rows": len(rows), "max_length": max_length, "shards": [Path(t[2]).name for t in tasks],
+            "bytes": [Path(t[2]).stat().st_size for t in tasks],
             **{k: sum(s[k] for s in stats) for k in ("kept", "cut", "lost", "tokens")}}
     (tmp / META).write_text(json.dumps(meta, indent=1))
     say(f"encoded rows: {len(rows)} rows, {meta['tokens']} tokens tokenised in {time.time() - t0:.1f} s by "
@@ -131,6 +132,15 @@ def _encode_shard(task: tuple) -> dict:
             stats["tokens"] += len(e["input_ids"])
         w.finalize()
     return stats
+
+
+def _whole(folder: Path) -> bool:
+    """Every shard its meta names is there at its full size (a copy in flight is not read)."""
+    try:
+        meta = json.loads((folder / META).read_text())
+        return all((folder / n).stat().st_size == b for n, b in zip(meta["shards"], meta["bytes"], strict=True))
+    except (OSError, ValueError, KeyError):  # unreadable, half-copied or from another version: not whole
+        return False
 
 
 def _prune(keep: Path) -> None:

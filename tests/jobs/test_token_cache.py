@@ -152,3 +152,14 @@ def test_many_rows_are_encoded_by_a_pool_in_order(tok, tmp_path, monkeypatch):
     meta = json.loads(next((tmp_path / CACHE_DIR).iterdir()).joinpath(META).read_text())
     assert len(meta["shards"]) == 8  # 2 workers x 4 shards
     assert got["input_ids"] == [e["input_ids"] for e in sft_data.encode_rows(tok, data, 512, log=quiet)]
+
+
+def test_a_cache_whose_shards_are_still_being_copied_is_not_read(tok, tmp_path, counted):
+    """On a mount whose folder rename is a copy, meta.json can arrive before a shard's last bytes."""
+    data = rows()
+    encoded_rows(tok, data, 96, 0.5, tmp_path, say=quiet)
+    shard = next((tmp_path / CACHE_DIR).iterdir()) / "shard-000000000.arrow"
+    shard.write_bytes(shard.read_bytes()[:-10])
+    counted.clear()
+    got = encoded_rows(tok, data, 96, 0.5, tmp_path, say=quiet)  # rank 0 rebuilds it
+    assert sum(counted) == len(data) and len(got) == len(data)
