@@ -7,6 +7,7 @@ preset and a real checkpoint take the same path through training and evaluation.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -81,11 +82,21 @@ def attention_kernel(requested: str | None) -> str:
 
 
 def load_model(spec: str | Path, seed: int = 0, attn_implementation: str | None = None,
-               dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+               dtype: torch.dtype = torch.float32, device_map: dict | None = None,
+               meta: bool = False) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A model and its tokenizer from a preset, a local checkpoint directory, or a hub id.
 
     Weights load in fp32 by default: they are the optimizer's master copy, and bf16 runs as mixed
-    precision over them (bf16 master weights lose updates of ~1e-5 relative size)."""
+    precision over them (bf16 master weights lose updates of ~1e-5 relative size). Training stages
+    choose the dtype and placement by their sharding (`train.sharded_load`).
+
+    Args:
+        device_map (dict, optional): where the weights go as they are read, e.g. {"": this rank's
+            GPU}, so a whole model never passes through host memory. Defaults to the CPU.
+        meta (bool, optional): build a checkpoint's parameters on the meta device and read no
+            weights (buffers are real): a rank whose weights FSDP broadcasts from rank 0, once the
+            process group and `cpu_ram_efficient_loading` are set up. Defaults to False.
+    """
     spec = str(spec)
     require_usable_gpus()  # a GPU container whose torch cannot use the GPU fails here, in one line
     set_cpu_threads()
@@ -93,18 +104,43 @@ def load_model(spec: str | Path, seed: int = 0, attn_implementation: str | None 
     if is_preset(spec):
         model, tokenizer = build_preset(preset_name(spec), seed)
         model.set_attn_implementation(attn)
-        return model.to(dtype), tokenizer
+        model = model.to(dtype)
+        return (model.to(device_map[""]) if device_map else model), tokenizer
     source = load_kwargs(spec)  # a hub id that cannot be had fails here in seconds, in one line
     tokenizer = _tokenizer(spec, **source)
-    model = AutoModelForCausalLM.from_pretrained(spec, dtype=dtype, attn_implementation=attn, **source)
+    if meta:
+        return _meta_model(spec, source, dtype, attn), tokenizer
+    model = AutoModelForCausalLM.from_pretrained(spec, dtype=dtype, attn_implementation=attn, device_map=device_map,
+                                                 **source)
     return model, tokenizer
+
+
+def _meta_model(spec: str, source: dict, dtype: torch.dtype, attn: str) -> PreTrainedModel:
+    """The checkpoint's model with its parameters on the meta device and real non-persistent buffers
+    (rotary frequencies), as transformers builds it for an FSDP rank that is not its node's first."""
+    from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, AutoConfig, GenerationConfig
+    from transformers.integrations import is_fsdp_enabled
+
+    if not is_fsdp_enabled() or os.environ.get("LOCAL_RANK", "0") == "0":  # else transformers inits random weights
+        raise ValueError("meta=True is for FSDP's cpu_ram_efficient_loading on a rank other than its node's first")
+    config = AutoConfig.from_pretrained(spec, **source)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # every weight is "missing" by design
+    try:
+        model = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)].from_pretrained(
+            None, config=config, state_dict={}, dtype=dtype, attn_implementation=attn, use_kernels=False)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    try:
+        model.generation_config = GenerationConfig.from_pretrained(spec, **source)
+    except OSError:  # no generation_config.json: the one built from config.json stays
+        pass
+    return model
 
 
 def inference_device() -> torch.device:
     """Where a job decodes: this process's GPU when there is one (`LOCAL_RANK`), else the CPU."""
     if torch.cuda.is_available():
-        import os
-
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device("cpu")
 

@@ -23,6 +23,7 @@ import random
 import re
 import shutil
 from collections import defaultdict
+from functools import partial
 from pathlib import Path
 
 import openai
@@ -289,7 +290,8 @@ def train(ctx: JobContext, cfg: RewardModelConfig, train_pairs: list[dict], eval
 
     from pai_distil_jobs.train.reward import load_reward_model
     from pai_distil_jobs.train.reward import encode, reward_trainer, save_whole
-    from pai_distil_jobs.train.trainer import TrainSettings, fit
+    from pai_distil_jobs.train.sharded_load import load_trained, model_hidden_size, parameter_count
+    from pai_distil_jobs.train.trainer import TrainSettings, fit, training_arguments
 
     say = log if ctx.is_main_process else (lambda _: None)  # one log line per job, not one per rank
     if "base" in ctx.inputs:
@@ -299,18 +301,19 @@ def train(ctx: JobContext, cfg: RewardModelConfig, train_pairs: list[dict], eval
     t, filled = cfg.train.by_kind(trains_like_preset(source))
     if filled:
         say("defaults applied: " + ", ".join(f"train.{k}={v}" for k, v in filled.items()))
+    settings = TrainSettings.of(t, hidden_size=model_hidden_size(source))
+    args = training_arguments(settings, ctx.checkpoint_dir, len(train_pairs))  # before the model: see sharded_load
     model, tokenizer = load_reward_model(source, seed=cfg.model.seed, likelihood_weight=cfg.likelihood_weight,
-                                         likelihood=cfg.likelihood)
+                                         likelihood=cfg.likelihood, load=partial(load_trained, args=args))
     examples = [{"chosen": encode(tokenizer, p["prompt"], p["chosen"], t.max_length),
                  "rejected": encode(tokenizer, p["prompt"], p["rejected"], t.max_length),
                  "chosen_score": p["chosen_score"], "rejected_score": p["rejected_score"]} for p in train_pairs]
-    say(f"reward model from {source}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
+    say(f"reward model from {source}: {parameter_count(model) / 1e6:.2f}M parameters, "
         f"score = head + {model.likelihood_weight:g} x log-likelihood ({model.likelihood} per response), "
         f"language-model loss x {t.lm_weight:g}; {t.max_steps} steps of {t.batch_size} pairs")
-    settings = TrainSettings.of(t)
     trainer, callback = reward_trainer(model, tokenizer, examples, settings, ctx.checkpoint_dir, ctx.metrics_path,
                                        regression_weight=t.regression_weight, lm_weight=t.lm_weight,
-                                       tensorboard=ctx.output if ctx.is_main_process else None, log=say)
+                                       tensorboard=ctx.output if ctx.is_main_process else None, log=say, args=args)
     say(f"training on {trainer.args.device} ({'bf16' if trainer.args.bf16 else 'fp32'}): batch {t.batch_size} = "
         f"{trainer.args.per_device_train_batch_size} x {trainer.args.gradient_accumulation_steps} accumulation")
     if not fit(trainer, callback, ctx.checkpoint_dir, log=say):

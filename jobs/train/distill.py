@@ -236,11 +236,12 @@ def kd_trainer_class():
 
 def kd_trainer(ctx, distill, model, tokenizer, student_name: str, dataset, args, peft, callbacks, say):
     """The KD trainer for `distill` (specs.Distill): stored top-k from input `teacher_logits`, or the
-    teacher (checked to share the tokenizer) on this process's device."""
+    teacher (checked to share the tokenizer) in bf16 under bf16 training, sharded as the student is
+    (`sharded_load.shard_frozen`)."""
     from pai_distil.core.config import LogitsTeacher
 
     from pai_distil_jobs.models.models import end_tokens
-    from pai_distil_jobs.train.teacher_topk import TopKStore, open_teacher, resolve_teacher, tokenizer_digest
+    from pai_distil_jobs.train.teacher_topk import LocalTeacher, TopKStore, open_teacher, resolve_teacher, tokenizer_digest
     from pai_distil_jobs.train.topk_local import local_topk
 
     store = teacher = None
@@ -252,9 +253,12 @@ def kd_trainer(ctx, distill, model, tokenizer, student_name: str, dataset, args,
         say(f"distill: white-box KD on the teacher's top-{store.top_k} ({store.meta.get('teacher')}), "
             f"{distill.divergence_name} divergence, alpha {distill.alpha:g}, temperature {distill.temperature:g}")
     else:
-        dtype = torch.bfloat16 if args.bf16 else torch.float32
+        from functools import partial
+
+        from pai_distil_jobs.train.sharded_load import load_frozen
+
         distill = distill.model_copy(update={"teacher": resolve_teacher(distill.teacher or LogitsTeacher(), ctx)})
-        teacher = open_teacher(distill.teacher, tokenizer, student_name, device=args.device, dtype=dtype)
+        teacher = open_teacher(distill.teacher, tokenizer, student_name, load=partial(load_frozen, args=args))
         say(f"distill: on-policy (GKD) from teacher {distill.teacher.model or distill.teacher.endpoint.base_url}, "
             f"{distill.divergence_name} divergence over its top-{distill.top_k}, lmbda {distill.lmbda:g}, "
             f"{distill.max_new_tokens} new tokens per sample")
@@ -264,6 +268,10 @@ def kd_trainer(ctx, distill, model, tokenizer, student_name: str, dataset, args,
     trainer = kd_trainer_class()(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                                  data_collator=collator, peft_config=peft, callbacks=callbacks)
     trainer.model_accepts_loss_kwargs = False  # our loss is a per-batch mean; the Trainer divides by accumulation
+    if isinstance(teacher, LocalTeacher):  # sharded like the student (ZeRO-3 / FSDP), else on this rank's GPU
+        from pai_distil_jobs.train.sharded_load import shard_frozen
+
+        teacher.model = shard_frozen(teacher.model, args, trainer.accelerator)
     trainer.distill, trainer.teacher = distill, teacher
     trainer.stops = end_tokens(tokenizer, model)
     if distill.rollout == "vllm":

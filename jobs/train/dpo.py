@@ -256,12 +256,32 @@ def dpo_arguments(cfg: DPOConfig, settings, checkpoint_dir: Path, n_pairs: int, 
                               label_smoothing=cfg.label_smoothing, dataset_num_proc=None)
 
 
+def load_policy_and_reference(source: str, args, seed: int, train):
+    """The policy to train and the frozen reference (None with LoRA: the policy with its adapter off),
+    after `args`: the reference in bf16 under bf16 training, sharded as the policy is (TRL's
+    `prepare_deepspeed` partitions it under ZeRO-3; `shard_frozen` shards its layers under FSDP), never
+    a second fp32 copy of the whole model on each GPU."""
+    from pai_distil_jobs.train import sharded_load
+
+    try:
+        model, _ = sharded_load.load_trained(source, args, seed=seed, attn_implementation=train.attn_implementation,
+                                             lora=bool(train.lora))
+        if train.lora:
+            return model, None
+        reference, _ = sharded_load.load_frozen(source, args, seed=seed, attn_implementation=train.attn_implementation)
+    except OSError as e:
+        raise JobError(f"the student ({source}: the `student` input or student.model) cannot be loaded: "
+                       f"{str(e).splitlines()[0]}") from None
+    return model, sharded_load.shard_frozen(reference, args)
+
+
 def train_dpo(ctx: JobContext, cfg: DPOConfig, source: str, train_rows: list[dict], eval_rows: list[dict]) -> bool:
     """DPO of the checkpoint `source` on `train_rows`; the final checkpoint and report.json (held-out
     preference before and after) in ctx.output. False if stopped by SIGTERM (a checkpoint was saved)."""
     import datasets
 
-    from pai_distil_jobs.models.models import load_model
+    from pai_distil_jobs.models.models import load_tokenizer
+    from pai_distil_jobs.train import sharded_load
     from pai_distil_jobs.train.sft_train import job_callbacks, lora_config, save_final, say_defaults
     from pai_distil_jobs.models.threads import set_cpu_threads
     from pai_distil_jobs.train.trainer import TrainSettings, fit
@@ -275,19 +295,20 @@ def train_dpo(ctx: JobContext, cfg: DPOConfig, source: str, train_rows: list[dic
     say_defaults(filled, preset, say)
     seed = cfg.student.seed
     try:
-        model, tokenizer = load_model(source, seed=seed, attn_implementation=train.attn_implementation)
-        reference = None if train.lora else load_model(source, seed=seed,
-                                                       attn_implementation=train.attn_implementation)[0]
+        tokenizer = load_tokenizer(source)
+        settings = TrainSettings.of(train, hidden_size=sharded_load.model_hidden_size(source))
     except OSError as e:
         raise JobError(f"the student ({source}: the `student` input or student.model) cannot be loaded: "
                        f"{str(e).splitlines()[0]}") from None
     examples = encode_pairs(tokenizer, train_rows, train.max_length, train.max_truncated, "training", log=say)
     held = encode_pairs(tokenizer, eval_rows, train.max_length, 1.0, "held-out", log=say)
-    settings = TrainSettings.of(train)
     args = dpo_arguments(cfg, settings, ctx.checkpoint_dir, len(examples), train.max_length)
+    model, reference = load_policy_and_reference(source, args, seed, train)
     losses = ", ".join(cfg.losses)
-    say(f"dpo: model {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on {args.device} "
-        f"({'bf16' if args.bf16 else 'fp32'}, {threads} CPU threads); {len(examples)} pairs to train, {len(held)} held "
+    say(f"dpo: model {sharded_load.parameter_count(model) / 1e6:.2f}M parameters on {args.device} "
+        f"({'bf16' if args.bf16 else 'fp32'}, loaded in {str(model.dtype).removeprefix('torch.')}, reference in "
+        f"{str((reference or model).dtype).removeprefix('torch.')}, {threads} CPU threads); {len(examples)} pairs "
+        f"to train, {len(held)} held "
         f"out; loss {losses}, beta {cfg.beta:g}; reference: {source}{' with the adapter off' if train.lora else ''}; "
         f"{train.max_steps} steps of {train.batch_size} pairs = {args.world_size} processes x "
         f"{args.per_device_train_batch_size} x {args.gradient_accumulation_steps} accumulation")
@@ -305,7 +326,8 @@ def train_dpo(ctx: JobContext, cfg: DPOConfig, source: str, train_rows: list[dic
         return False
     save_final(trainer, tokenizer, ctx, train)
     steps = trainer.state.global_step
-    del trainer, model, reference
+    del trainer, model, reference, args
+    sharded_load.release_sharding()  # the report below loads whole models on rank 0 alone
     if rank == 0:
         table = held_out_report(ctx.output, source, seed, held)
         report = {"held_out": table, "train_pairs": len(examples), "steps": steps, "student": source,

@@ -295,10 +295,11 @@ def score_texts(model, tokenizer, prompts: list[str], responses: list[str], max_
 
 
 def load_reward_model(spec: str | Path, seed: int = 0, likelihood_weight: float = LIKELIHOOD_WEIGHT,
-                      likelihood: str = LIKELIHOOD):
+                      likelihood: str = LIKELIHOOD, load=None):
     """A reward model (`RewardModel`) and its tokenizer: a trained one as it was saved, or a
     new head on a preset or on any causal-LM checkpoint (`likelihood_weight` and `likelihood`
-    apply to new ones; checkpoints written before the per-token form existed summed)."""
+    apply to new ones; checkpoints written before the per-token form existed summed). `load(spec, seed)`
+    loads the language model (training: `sharded_load.load_trained`); default `models.load_model`."""
     from safetensors import safe_open
 
     from pai_distil_jobs.models.models import load_model
@@ -309,7 +310,7 @@ def load_reward_model(spec: str | Path, seed: int = 0, likelihood_weight: float 
             saved = f.metadata() or {}
         likelihood_weight = float(saved.get("likelihood_weight", likelihood_weight))
         likelihood = saved.get("likelihood", "sum")
-    lm, tokenizer = load_model(spec, seed=seed)
+    lm, tokenizer = (load or load_model)(spec, seed=seed)
     torch.manual_seed(seed)
     model = RewardModel(lm, likelihood_weight, likelihood)
     if head.exists():

@@ -14,7 +14,8 @@ from pai_distil.core.presets import trains_like_preset
 from pai_distil.core.config import Student, Training
 
 from pai_distil.core.contract import JobContext, JobError, log
-from pai_distil_jobs.models.models import load_model
+from pai_distil_jobs.models.models import attention_kernel, load_tokenizer
+from pai_distil_jobs.train.sharded_load import load_trained, model_hidden_size, parameter_count
 from pai_distil_jobs.models.threads import set_cpu_threads
 from pai_distil_jobs.train.token_cache import encoded_rows
 from pai_distil_jobs.train.trainer import JobCallback, JobTrainerMixin, TrainSettings, fit, tensorboard_callback, training_arguments
@@ -49,7 +50,7 @@ def sampling(keep_order: bool, flattened: bool) -> str:
     return "sequential" if keep_order else "random" if flattened else "group_by_length"
 
 
-def padding_free_mode(train: Training, model, say) -> bool:
+def padding_free_mode(train: Training, attn: str, say) -> bool:
     """Whether batches are flattened without padding (`train.padding_free`). Attention then stays within
     each row by its position ids: flash-attention's varlen kernel on GPUs; on CPUs transformers builds
     a block-diagonal mask, fine for presets. A GPU without a varlen kernel would build a dense mask
@@ -58,7 +59,6 @@ def padding_free_mode(train: Training, model, say) -> bool:
         return False
     import torch
 
-    attn = model.config._attn_implementation
     if torch.cuda.is_available() and "flash" not in attn and attn != "flex_attention" and not train.packing:
         say(f"note: train.padding_free needs flash-attention on GPUs ({attn} would build a dense mask over the whole "
             "batch); training on padded, length-grouped batches instead. Install flash-attn in the image or set "
@@ -103,13 +103,13 @@ def train_sft(ctx: JobContext, student: Student, train: Training, rows: list[dic
         from pai_distil_jobs.train.distill import check_vllm_rollout
 
         check_vllm_rollout(distill, str(student.model))
-    model, tokenizer = load_model(student.model, seed=student.seed, attn_implementation=train.attn_implementation)
+    tokenizer = load_tokenizer(student.model)  # the model loads after the arguments, into its sharded layout
     if distill is not None and (train.packing or train.padding_free):
         raise JobError("distill needs each row in a sequence of its own; drop train.packing and train.padding_free")
     examples = encoded_rows(tokenizer, rows, train.max_length, train.max_truncated, ctx.checkpoint_dir,
                             keyed=distill is not None, say=say)
-    padding_free = padding_free_mode(train, model, say)
-    settings = TrainSettings.of(train, keep_order=keep_order)
+    padding_free = padding_free_mode(train, attention_kernel(train.attn_implementation), say)
+    settings = TrainSettings.of(train, keep_order=keep_order, hidden_size=model_hidden_size(student.model))
     # rows come encoded and cut at max_length (token_cache): TRL prepares them no further (its truncation would
     # copy the data set on every rank), unless it packs them; padding-free without packing it refuses max_length
     args = training_arguments(settings, ctx.checkpoint_dir, len(examples), cls=SFTConfig,
@@ -117,9 +117,12 @@ def train_sft(ctx: JobContext, student: Student, train: Training, rows: list[dic
                               packing=train.packing, padding_free=padding_free, dataset_num_proc=None,
                               shuffle_dataset=False, dataset_kwargs={"skip_prepare_dataset": not train.packing},
                               train_sampling_strategy=sampling(keep_order, train.packing or padding_free))
+    model, _ = load_trained(student.model, args, seed=student.seed, attn_implementation=train.attn_implementation,
+                            lora=bool(train.lora))
     n_tok = sum(examples["length"])
-    say(f"model {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on {args.device} "
-        f"({'bf16' if args.bf16 else 'fp32'}, {model.config._attn_implementation}, {threads} CPU threads); "
+    say(f"model {parameter_count(model) / 1e6:.2f}M parameters on {args.device} "
+        f"({'bf16' if args.bf16 else 'fp32'}, loaded in {str(model.dtype).removeprefix('torch.')}, "
+        f"{model.config._attn_implementation}, {threads} CPU threads); "
         f"{len(examples)} sequences, {n_tok} tokens (mean {n_tok / len(examples):.0f}); {train.max_steps} steps "
         f"of batch {train.batch_size} = {args.world_size} processes x {args.per_device_train_batch_size} "
         f"x {args.gradient_accumulation_steps} accumulation")
@@ -168,9 +171,12 @@ def _steps_before(model: str) -> int:
 
 def save_final(trainer, tokenizer, ctx: JobContext, train: Training) -> None:
     """The student as a Hugging Face checkpoint in ctx.output, whole also under ZeRO-3 / FSDP; with
-    LoRA, the merged model there and the adapter alone in `adapter/`."""
+    LoRA, the merged model there and the adapter alone in `adapter/`. FSDP's resume checkpoints are
+    sharded; the final model is gathered whole (a full state dict, rank 0 writes it)."""
     from pai_distil_jobs.models.models import set_generation_stops
 
+    if trainer.is_fsdp_enabled:
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
     if train.lora:
         trainer.save_model(str(ctx.output / "adapter"))
         if trainer.is_world_process_zero():
@@ -186,9 +192,7 @@ def save_final(trainer, tokenizer, ctx: JobContext, train: Training) -> None:
         from pai_distil_jobs.models.precision import cast_checkpoint
 
         cast_checkpoint(ctx.output, "bfloat16")  # trained in bf16: saved in it (fp32 stays on CPU presets)
-    if train.deepspeed and trainer.is_world_process_zero():
-        from pai_distil_jobs.train.deepspeed_config import zero_config
-        from pai_distil_jobs.train.trainer import world_size
-
-        (ctx.output / "deepspeed_config.json").write_text(json.dumps(zero_config(train, world_size()), indent=1))
+    if train.deepspeed and trainer.is_world_process_zero():  # the config the run used, "auto" values filled
+        used = trainer.args.hf_deepspeed_config.config
+        (ctx.output / "deepspeed_config.json").write_text(json.dumps(used, indent=1, default=str))
     trainer.accelerator.wait_for_everyone()

@@ -27,12 +27,6 @@ from pai_distil.core.contract import JobError, log
 from pai_distil_jobs.train.sft_data import IGNORE
 
 SHARD_GLOB = "shard-*.safetensors"
-CHUNK_ELEMENTS = 2**25  # logits turned into log-probabilities at once: 128 MiB of fp32, whatever the vocabulary
-
-
-def chunk_positions(vocab: int) -> int:
-    """Positions per chunk: 220 with Qwen's 151 936-token vocabulary, all of a row with a small one."""
-    return max(16, CHUNK_ELEMENTS // vocab)
 
 
 def row_key(row: dict) -> str:
@@ -82,13 +76,15 @@ def topk_at(model, input_ids, attention_mask, labels, k: int):
     the teacher's k most likely tokens for position t (from the logits at t - 1); elsewhere -inf."""
     import torch
 
+    from pai_distil_jobs.train.lm_head_chunks import chunk_positions
+
     hidden = _last_hidden(model, input_ids, attention_mask)  # [B, T, H]
     head = model.get_output_embeddings()
     B, T = input_ids.shape
     ids = torch.zeros((B, T, k), dtype=torch.long, device=input_ids.device)
     lps = torch.full((B, T, k), float("-inf"), dtype=torch.float32, device=input_ids.device)
     b, t = (labels[:, 1:] != IGNORE).nonzero(as_tuple=True)
-    step = chunk_positions(head.weight.shape[0])
+    step = chunk_positions(model.config.get_text_config().vocab_size)  # a ZeRO-3 / FSDP head holds a shard
     for s in range(0, len(b), step):
         bb, tt = b[s:s + step], t[s:s + step]
         logp = torch.log_softmax(head(hidden[bb, tt]).float(), dim=-1)
@@ -103,18 +99,13 @@ def _last_hidden(model, input_ids, attention_mask):
 
 
 class LocalTeacher:
-    """A teacher checkpoint on this process's device (bf16 on GPUs), scoring batches of examples."""
+    """A teacher checkpoint scoring batches of examples: on this process's device (bf16 on GPUs), or as
+    `load(spec, seed)` places it (a training run's `sharded_load.load_frozen`)."""
 
-    def __init__(self, spec: str, seed: int = 0, batch_size: int = 8, device=None, dtype=None):
-        import torch
+    def __init__(self, spec: str, seed: int = 0, batch_size: int = 8, load=None):
+        from pai_distil_jobs.models.models import load_for_inference
 
-        from pai_distil_jobs.models.models import load_for_inference, load_model
-
-        if device is None:
-            self.model, self.tokenizer = load_for_inference(spec, seed=seed)
-        else:
-            self.model, self.tokenizer = load_model(spec, seed=seed, dtype=dtype or torch.float32)
-            self.model = self.model.to(device).eval()
+        self.model, self.tokenizer = (load or load_for_inference)(spec, seed=seed)
         self.name, self.batch_size = spec, batch_size
         for p in self.model.parameters():
             p.requires_grad_(False)
@@ -256,13 +247,14 @@ def resolve_teacher(cfg, ctx):
     return cfg
 
 
-def open_teacher(cfg, student_tok, student_name: str, device=None, dtype=None):
-    """The configured teacher (`specs.LogitsTeacher`), refused in one line unless it shares the student's tokenizer."""
+def open_teacher(cfg, student_tok, student_name: str, load=None):
+    """The configured teacher (`specs.LogitsTeacher`), refused in one line unless it shares the student's
+    tokenizer; `load(spec, seed)` places a local one (see `LocalTeacher`)."""
     if cfg.model is not None:
         from pai_distil_jobs.models.models import load_tokenizer
 
         check_same_tokenizer(load_tokenizer(cfg.model), student_tok, cfg.model, student_name)
-        return LocalTeacher(cfg.model, seed=cfg.seed, batch_size=cfg.batch_size, device=device, dtype=dtype)
+        return LocalTeacher(cfg.model, seed=cfg.seed, batch_size=cfg.batch_size, load=load)
     teacher = EndpointTeacher(cfg.endpoint, student_tok)
     teacher.check_tokenizer("<|im_start|>user\nStart with 7. Add 5.<|im_end|>\n<|im_start|>assistant\n<think>")
     return teacher

@@ -65,6 +65,7 @@ class TrainSettings:
     max_bad_steps: int = 3
     deepspeed: object | None = None  # specs.DeepSpeed
     fsdp: object | None = None  # specs.FSDP
+    hidden_size: int | None = None  # the model's (from its config): sizes DeepSpeed's communication buckets
 
     @classmethod
     def of(cls, train, batch_size: int | None = None, **kw) -> TrainSettings:
@@ -138,7 +139,8 @@ def per_device_batch(s: TrainSettings) -> int:
 
 def training_arguments(s: TrainSettings, checkpoint_dir: Path, examples: int, cls=TrainingArguments, **extra):
     """`TrainingArguments` (or TRL's config class `cls`) for settings `s`: the one place that maps our
-    fields onto the libraries' (DeepSpeed and FSDP configs included)."""
+    fields onto the libraries' (DeepSpeed and FSDP configs included). Build them before loading the
+    model: they start the DeepSpeed / FSDP state that loads it sharded (`sharded_load`)."""
     cuda = torch.cuda.is_available()
     bf16 = s.bf16
     if bf16 is None and s.deepspeed is not None:
@@ -161,12 +163,9 @@ def training_arguments(s: TrainSettings, checkpoint_dir: Path, examples: int, cl
 
         if not cuda:
             _skip_deepspeed_cpu_kernel()
-        kw["deepspeed"] = zero_config(s, world_size())
+        kw["deepspeed"] = zero_config(s, world_size(), s.hidden_size, gpu=cuda)
     if s.fsdp is not None:
-        kw["fsdp"] = True
-        kw["fsdp_config"] = {"version": 2, "reshard_after_forward": s.fsdp.sharding == "full_shard",
-                             "cpu_offload": s.fsdp.offload, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
-                             "state_dict_type": "FULL_STATE_DICT"}
+        kw["fsdp"], kw["fsdp_config"] = True, fsdp_config(s.fsdp)
     return one_device_per_process(cls(**{**kw, **extra}))
 
 
@@ -181,6 +180,20 @@ def one_device_per_process(args):
     if args.n_gpu > 1:  # reading it sets up the devices (and the process group) as training would
         args._n_gpu = 1
     return args
+
+
+def fsdp_config(fsdp) -> dict:
+    """transformers' `fsdp_config` for our `train.fsdp` (FSDP2, each decoder layer a unit).
+
+    `cpu_ram_efficient_loading`: one process per node reads the checkpoint, the others build the model on
+    the meta device, and accelerate broadcasts the weights into the shards (`sharded_load.load_trained`).
+    `SHARDED_STATE_DICT`: each rank writes its own shard of the weights and optimizer state (torch's
+    distributed checkpoint), instead of gathering both onto rank 0 at every checkpoint; the format
+    reshards on load, so a run resumes on another number of GPUs. The final model is still saved whole
+    (`sft_train.save_final` switches to a full state dict for it)."""
+    return {"version": 2, "reshard_after_forward": fsdp.sharding == "full_shard", "cpu_offload": fsdp.offload,
+            "auto_wrap_policy": "TRANSFORMER_BASED_WRAP", "cpu_ram_efficient_loading": True,
+            "state_dict_type": "SHARDED_STATE_DICT"}
 
 
 def dataloader_settings(cuda: bool) -> dict:
