@@ -1,0 +1,254 @@
+"""What one training step of each stage holds and runs, at the shapes a plan asks for.
+
+Each stage's step builds the models the job holds (student or policy, reference, teacher, reward
+model), a micro-batch as the stage's collator makes it, at `train.max_length`, and calls the stage's
+own loss entry points (`sft_loss`, `kd_loss`, `pair_loss`, `dpo_logps`, TRL's GRPO log-probabilities),
+so a change to the training code changes the plan. The defaults are the job's (`by_kind` on the
+world the plan is for): what is planned is what runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from pai_distil_jobs.plan.trace import build_model, concrete, local_numel, shard_fsdp
+
+PROMPT_SHARE = 0.1  # of a training row: the prompt (not trained); the rest is the chain and answer
+GRPO_PROMPT_TOKENS = 512  # a GRPO prompt (a long problem); the completion is max_completion_length
+IGNORE = -100
+
+
+@dataclass
+class Step:
+    """One stage's training step, ready to trace."""
+
+    root: torch.nn.Module  # the trained model, sharded as the job shards it
+    run: Callable[[], torch.Tensor]  # forward of one micro-batch: the loss to backward
+    micro: int  # rows per process per forward pass
+    accumulation: int
+    rows_per_step: int  # sequences per optimizer step over every process
+    tokens_per_row: int
+    sharding: str  # "fsdp full_shard", "deepspeed zero-3 (analytic)", "ddp", "single process"
+    frozen_gib: float = 0.0  # reference / teacher / reward-model weights beside the trained model
+    vllm_share: float = 0.0  # of each GPU's memory, taken by a colocated vLLM engine
+    notes: list[str] = field(default_factory=list)
+    inputs: tuple = ()
+
+
+def _train_settings(train, preset: bool, world: int):
+    """The job's own defaults for this world (FSDP and accumulation included), on GPUs."""
+    return train.by_kind(preset, world, True)[0]
+
+
+def _micro(rows: int, world: int, accumulation: int) -> int:
+    micro, rest = divmod(rows, world * accumulation)
+    if micro == 0 or rest:
+        from pai_distil.core.contract import JobError
+
+        raise JobError(f"train.batch_size={rows} does not split into {world} processes x {accumulation} "
+                       f"accumulation steps; make it a multiple of {world * accumulation}")
+    return micro
+
+
+def _trained(config: dict, train, world: int, lm_factory=None):
+    """The trained model: built in fp32 (master weights), checkpointed, sharded as the job would."""
+    model = build_model(config, torch.float32)
+    if lm_factory is not None:
+        model = lm_factory(model)
+    if train.gradient_checkpointing:
+        inner = getattr(model, "lm", model)
+        inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if getattr(train, "lora", None):
+        from peft import get_peft_model
+
+        from pai_distil_jobs.train.sft_train import lora_config
+
+        model = get_peft_model(model, lora_config(train.lora))
+    if getattr(train, "fsdp", None):
+        shard_fsdp(model, world, train.fsdp.sharding == "full_shard")
+        return model, f"FSDP2 {train.fsdp.sharding} over {world}"
+    if getattr(train, "deepspeed", None):
+        return model, f"DeepSpeed ZeRO-{train.deepspeed.stage} over {world} (analytic)"
+    return model, ("DDP over %d" % world) if world > 1 else "one process"
+
+
+def _frozen(config: dict, sharded: bool, world: int) -> tuple[torch.nn.Module, float]:
+    """A model the step runs without gradients (reference, teacher): bf16, sharded with the trained one."""
+    model = build_model(config, torch.bfloat16).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    numel = sum(p.numel() for p in model.parameters())
+    return model, numel * 2 / (world if sharded else 1) / 2**30
+
+
+def _sft_batch(rows: int, length: int, vocab: int, k: int = 0) -> dict:
+    """KDCollator's batch (SFTTrainer's with k = 0): ids, mask, labels with the prompt ignored, stored top-k."""
+
+    def make():
+        ids = torch.randint(0, vocab, (rows, length))
+        labels = ids.clone()
+        labels[:, : max(1, int(length * PROMPT_SHARE))] = IGNORE
+        batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+        if k:
+            batch["topk_ids"] = torch.randint(0, vocab, (rows, length, k))
+            batch["topk_lps"] = torch.randn(rows, length, k).log_softmax(-1)
+        return batch
+
+    return concrete(make)
+
+
+def sft_step(cfg, models: dict, world: int, preset: bool) -> Step:
+    """slow-thinking / adaptive-thinking: SFT, or KD on stored top-k, or on-policy KD with a teacher."""
+    from pai_distil_jobs.train.distill import kd_loss
+    from pai_distil_jobs.train.sft_train import sft_loss
+
+    train = _train_settings(cfg.train, preset, world)
+    student = models["student"]
+    micro = _micro(train.batch_size, world, train.gradient_accumulation_steps)
+    model, sharding = _trained(student, train, world)
+    distill = getattr(cfg, "distill", None)
+    stored_k = distill.top_k if distill is not None and distill.mode == "logits" else 0
+    batch = _sft_batch(micro, train.max_length, student["vocab_size"], stored_k)
+    step = Step(model, lambda: sft_loss(model, batch)[0], micro, train.gradient_accumulation_steps,
+                train.batch_size, train.max_length, sharding, inputs=tuple(batch.values()))
+    if distill is None:
+        return step
+    k = distill.top_k
+    if distill.mode == "on-policy":
+        from pai_distil_jobs.train.teacher_topk import topk_at
+
+        teacher, step.frozen_gib = _frozen(models["teacher"], bool(train.fsdp or train.deepspeed), world)
+        if train.fsdp:
+            shard_fsdp(teacher, world, True)
+        if distill.rollout == "vllm":
+            step.vllm_share = distill.vllm_gpu_memory
+        step.notes.append(f"on-policy: the teacher scores every row ({'sharded' if train.fsdp else 'whole'}, bf16)")
+
+        def on_policy():
+            with torch.no_grad():
+                ids, lps = topk_at(teacher, batch["input_ids"], batch["attention_mask"], batch["labels"], k)
+            return kd_loss(model, {**batch, "topk_ids": ids, "topk_lps": lps}, distill)[0]
+
+        step.run = on_policy
+        return step
+    step.run = lambda: kd_loss(model, batch, distill)[0]
+    return step
+
+
+def _pair_rows(micro: int, length: int, vocab: int, mask_key: str) -> dict:
+    """Chosen rows then rejected ones, each `length` tokens, the response the last 1 - PROMPT_SHARE."""
+
+    def make():
+        ids = torch.randint(0, vocab, (2 * micro, length))
+        mask = torch.ones_like(ids)
+        mask[:, : max(1, int(length * PROMPT_SHARE))] = 0
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), mask_key: mask, "targets": torch.zeros(2 * micro)}
+
+    return concrete(make)
+
+
+def reward_model_step(cfg, models: dict, world: int, preset: bool) -> Step:
+    """reward-model: Bradley-Terry over pairs, with the likelihood term and the LM loss the config asks for."""
+    from pai_distil_jobs.train.reward import RewardModel, pair_loss
+
+    train = _train_settings(cfg.train, preset, world)
+    lm = models["model"]
+    micro = _micro(train.batch_size, world, train.gradient_accumulation_steps)
+    model, sharding = _trained(lm, train, world, lambda m: RewardModel(m, cfg.likelihood_weight, cfg.likelihood))
+    batch = _pair_rows(micro, train.max_length, lm["vocab_size"], "response_mask")
+    return Step(model, lambda: pair_loss(model, batch, train.regression_weight, train.lm_weight)[0], micro,
+                train.gradient_accumulation_steps, train.batch_size, train.max_length, sharding,
+                inputs=tuple(batch.values()))
+
+
+def dpo_step(cfg, models: dict, world: int, preset: bool) -> Step:
+    """dpo: the policy's and the reference's log-probabilities of chosen and rejected, and the sigmoid loss."""
+    import torch.nn.functional as F
+
+    from pai_distil_jobs.train.dpo import dpo_logps
+
+    train = _train_settings(cfg.train, preset, world)
+    student = models["student"]
+    micro = _micro(train.batch_size, world, train.gradient_accumulation_steps)
+    model, sharding = _trained(student, train, world)
+    batch = _pair_rows(micro, train.max_length, student["vocab_size"], "completion_mask")
+    step = Step(model, None, micro, train.gradient_accumulation_steps, train.batch_size, train.max_length, sharding,
+                inputs=tuple(batch.values()))
+    reference = None
+    if not train.lora:
+        reference, step.frozen_gib = _frozen(student, bool(train.fsdp or train.deepspeed), world)
+        if train.fsdp:
+            shard_fsdp(reference, world, True)
+
+    def loss():
+        chosen, rejected = dpo_logps(model, batch)
+        with torch.no_grad():
+            ref_c, ref_r = dpo_logps(reference, batch) if reference is not None else (chosen.detach(), rejected.detach())
+        return -F.logsigmoid(cfg.beta * ((chosen - ref_c) - (rejected - ref_r))).mean()
+
+    step.run = loss
+    return step
+
+
+def grpo_step(cfg, models: dict, world: int, preset: bool) -> Step:
+    """grpo: one micro-batch of completions through TRL's per-token log-probabilities (policy and, with a KL
+    term, reference), the reward model scoring them in-process, and vLLM's share when it rolls out."""
+    from trl.trainer.utils import selective_log_softmax
+
+    train = cfg.train.by_kind(preset, world, True)[0]
+    policy = models["student"]
+    completions = train.prompts_per_step * cfg.group_size
+    micro = _micro(completions, world, train.gradient_accumulation_steps)
+    model, sharding = _trained(policy, train, world)
+    length = GRPO_PROMPT_TOKENS + cfg.max_completion_length
+    keep = cfg.max_completion_length
+    rows = concrete(lambda: {"ids": torch.randint(0, policy["vocab_size"], (micro, length)),
+                             "mask": torch.ones(micro, length, dtype=torch.long),
+                             "resp": torch.cat([torch.zeros(micro, length - keep, dtype=torch.long),
+                                                torch.ones(micro, keep, dtype=torch.long)], 1)})
+    ids, mask = rows["ids"], rows["mask"]
+    step = Step(model, None, micro, train.gradient_accumulation_steps, completions, length, sharding,
+                inputs=(ids, mask))
+    step.notes.append(f"rows: a {GRPO_PROMPT_TOKENS}-token prompt and {keep} completion tokens")
+    reference = scorer = None
+    if cfg.kl_coef and not train.lora:
+        reference, step.frozen_gib = _frozen(policy, False, world)
+    if cfg.reward.rm_weight and cfg.reward.endpoint is None and "reward_model" in models:
+        from pai_distil_jobs.train.reward import RewardModel
+
+        scorer = RewardModel(build_model(models["reward_model"], torch.bfloat16)).eval().to(torch.bfloat16)
+        step.frozen_gib += sum(p.numel() for p in scorer.parameters()) * 2 / 2**30
+    if cfg.rollout == "vllm":
+        step.vllm_share = 0.3  # TRL's colocate default (vllm_gpu_memory_utilization)
+
+    def logps(m):
+        logits = m(input_ids=ids, attention_mask=mask, logits_to_keep=keep + 1, use_cache=False).logits
+        return selective_log_softmax(logits[:, :-1] / cfg.temperature, ids[:, -keep:])
+
+    def loss():
+        if scorer is not None:
+            with torch.no_grad():
+                scorer(ids, mask, rows["resp"])
+        per_token = logps(model)
+        ratio = torch.exp(per_token - per_token.detach())
+        total = -(ratio * torch.randn(micro, 1)).mean()
+        if reference is not None:
+            with torch.no_grad():
+                ref = logps(reference)
+            total = total + cfg.kl_coef * (torch.exp(ref - per_token) - (ref - per_token) - 1).mean()
+        return total
+
+    step.run = loss
+    return step
+
+
+STEPS = {"slow-thinking": sft_step, "adaptive-thinking": sft_step, "reward-model": reward_model_step,
+         "dpo": dpo_step, "grpo": grpo_step}
+
+
+def trainable_numel(model) -> int:
+    """Elements this rank's optimizer holds state for."""
+    return local_numel(p for p in model.parameters() if p.requires_grad)
