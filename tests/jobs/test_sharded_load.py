@@ -210,3 +210,39 @@ def test_under_zero3_policy_and_reference_load_partitioned_in_bf16(tmp_path, qwe
         assert out[name]["dtype"] == "torch.bfloat16" and out[name]["partitioned"], out
         assert out[name]["held"] == 0 and out[name]["whole"] > 9_000_000, out  # 9.8M: the 151k vocabulary
     assert out["policy"]["trained"] and not out["reference"]["trained"]
+
+
+FROZEN_FSDP = """
+import json, sys, types, torch, torch.distributed as dist
+from pai_distil_jobs.models.models import load_model
+from pai_distil_jobs.train import sharded_load
+from pai_distil_jobs.train.teacher_topk import topk_at
+dist.init_process_group("gloo")
+sharded_load.fsdp_run = lambda args: True  # FSDP's own code path, on CPUs over gloo
+args = types.SimpleNamespace(bf16=False, deepspeed=None, fsdp_plugin_args={}, hf_deepspeed_config=None,
+                             device=torch.device("cpu"))
+whole, _ = load_model(sys.argv[1])
+model = sharded_load.shard_frozen(load_model(sys.argv[1])[0].eval().requires_grad_(False), args)
+ids = torch.tensor([[5, 6, 7, 8, 9, 10], [11, 12, 13, 14, 15, 16]])
+labels = torch.tensor([[-100, -100, 7, 8, 9, 10], [-100, 12, 13, 14, 15, 16]])
+with torch.inference_mode():
+    got, want = (topk_at(m, ids, torch.ones_like(ids), labels, 4) for m in (model, whole.eval()))
+w = model.get_decoder().layers[0].mlp.up_proj.weight
+print(json.dumps({"ids": torch.equal(got[0], want[0]), "lps": (got[1] - want[1]).nan_to_num().abs().max().item(),
+                  "sharded": type(w).__name__ == "DTensor" and w.to_local().shape[0] * 2 == w.shape[0]}))
+"""
+
+
+def test_a_teacher_under_fsdp_keeps_its_layers_sharded_and_scores_as_the_whole_model(tmp_path, qwen3):
+    """The decoder and the head called apart (top-k over chunks of positions) on per-layer FSDP units, 2 ranks."""
+    from conftest import free_socket
+
+    script = tmp_path / "frozen_fsdp.py"
+    script.write_text(FROZEN_FSDP)
+    with free_socket() as sock:
+        port = sock.getsockname()[1]
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                           str(port), str(script), str(qwen3)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    outs = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert outs == [{"ids": True, "lps": 0.0, "sharded": True}] * 2  # still sharded after the forward pass
