@@ -163,6 +163,7 @@ def training_arguments(s: TrainSettings, checkpoint_dir: Path, examples: int, cl
 
         if not cuda:
             _skip_deepspeed_cpu_kernel()
+        _one_process_group_env()
         kw["deepspeed"] = zero_config(s, world_size(), s.hidden_size, gpu=cuda)
     if s.fsdp is not None:
         kw["fsdp"], kw["fsdp_config"] = True, fsdp_config(s.fsdp)
@@ -205,6 +206,21 @@ def dataloader_settings(cuda: bool) -> dict:
     workers = min(4, max(1, len(os.sched_getaffinity(0)) // local))
     return {"dataloader_num_workers": workers, "dataloader_pin_memory": True,
             "dataloader_persistent_workers": True, "dataloader_prefetch_factor": 2}
+
+
+def _one_process_group_env() -> None:
+    """A job of one process is not started by torchrun; under DeepSpeed give it the variables torchrun
+    would (a group of one forms at once), so the process group DeepSpeed needs (zero.Init while the model
+    loads, then the engine) starts from them instead of DeepSpeed falling back on MPI discovery."""
+    if "LOCAL_RANK" in os.environ or world_size() != 1:
+        return
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
 
 
 def _skip_deepspeed_cpu_kernel() -> None:

@@ -246,3 +246,27 @@ def test_a_teacher_under_fsdp_keeps_its_layers_sharded_and_scores_as_the_whole_m
     assert proc.returncode == 0, proc.stderr[-3000:]
     outs = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert outs == [{"ids": True, "lps": 0.0, "sharded": True}] * 2  # still sharded after the forward pass
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("deepspeed") is None, reason="DeepSpeed is not installed")
+def test_dpo_under_zero3_in_one_process_trains_and_saves_the_whole_model(tmp_path):
+    """One process (no torchrun): the job still gets the process group zero.Init needs, TRL partitions the
+    reference, and the final checkpoint and the held-out report come from whole models."""
+    from conftest import pairs_file, run_job
+    from safetensors.torch import load_file
+
+    from pai_distil_jobs.models.models import build_preset
+
+    base = tmp_path / "base"
+    model, tok = build_preset("micro", seed=0)
+    model.save_pretrained(base)
+    tok.save_pretrained(base)
+    cfg = {"train": {"max_steps": 2, "batch_size": 4, "log_every": 1, "deepspeed": {"stage": 3}}}
+    out = tmp_path / "out"
+    proc = run_job("dpo", cfg, out, inputs={"pairs": pairs_file(tmp_path / "p.jsonl"), "student": base}, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    used = json.loads((out / "deepspeed_config.json").read_text())
+    assert used["zero_optimization"]["stage"] == 3 and used["bf16"] == {"enabled": False}  # "auto" filled: CPU
+    before, after = load_file(str(base / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    assert before.keys() == after.keys() and all(before[k].shape == after[k].shape for k in before)
+    assert json.loads((out / "report.json").read_text())["held_out"]["pairs"] > 0
