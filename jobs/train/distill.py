@@ -36,17 +36,22 @@ TAIL_FLOOR = 1e-6  # the rest-of-vocabulary bucket never drops below this mass (
 # -- the loss ------------------------------------------------------------------------------------------
 
 
-def coarsen(student_logits: torch.Tensor, ids: torch.Tensor, teacher_lps: torch.Tensor, temperature: float):
+def coarsen(student_logits: torch.Tensor, ids: torch.Tensor, teacher_lps: torch.Tensor, temperature: float,
+            log_norm: torch.Tensor | None = None):
     """(student, teacher) log-probabilities over k + 1 buckets: the teacher's top-k tokens and the rest.
 
     student_logits [n, V]; ids, teacher_lps [n, k] (teacher log-probs at temperature 1; -inf marks an
     empty slot). The student's buckets are exact at `temperature`; the teacher's rest bucket is its
-    remaining mass, tempered as one token.
+    remaining mass, tempered as one token. `log_norm` [n, 1], the logsumexp of the tempered logits when
+    the caller has it already (a pass over the vocabulary fewer).
     """
     valid = torch.isfinite(teacher_lps)
-    z = student_logits.float() / temperature
-    s_all = z - torch.logsumexp(z, dim=-1, keepdim=True)
-    s = torch.where(valid, s_all.gather(1, ids.clamp(min=0)), float("-inf"))
+    z = student_logits.float()
+    z = z if temperature == 1 else z / temperature
+    if log_norm is None:
+        log_norm = torch.logsumexp(z, dim=-1, keepdim=True)
+    # gathered, then normalised: the same numbers as log_softmax(z)[ids], without its [n, V] result
+    s = torch.where(valid, z.gather(1, ids.clamp(min=0)) - log_norm, float("-inf"))
     t = teacher_lps.float()
     s_rest = torch.log1p(-torch.logsumexp(s, -1).exp().clamp(max=1 - TAIL_FLOOR))
     t_rest = torch.log1p(-torch.logsumexp(t, -1).exp().clamp(max=1 - TAIL_FLOOR))
@@ -73,33 +78,52 @@ def divergence(s: torch.Tensor, t: torch.Tensor, kind: str, beta: float = 0.5) -
     return beta * _kl(t, m) + (1 - beta) * _kl(s, m)
 
 
-def _chunk_losses(logits, labels, ids, lps, temperature: float, kind: str, beta: float):
-    z = logits.float()
-    ce = torch.logsumexp(z, -1) - z.gather(1, labels[:, None]).squeeze(1)
-    s, t = coarsen(z, ids, lps, temperature)
-    return ce.sum(), (temperature ** 2) * divergence(s, t, kind, beta).sum()
+def _kd_terms(z, labels, ids, lps, temperature: float, kind: str, beta: float) -> torch.Tensor:
+    """[n, 2]: each position's CE at temperature 1 and its T^2-scaled divergence, from fp32 logits z [n, V]."""
+    log_norm = torch.logsumexp(z, -1, keepdim=True)
+    ce = (log_norm - z.gather(1, labels[:, None])).squeeze(1)
+    s, t = coarsen(z, ids, lps, temperature, log_norm if temperature == 1 else None)
+    return torch.stack([ce, (temperature ** 2) * divergence(s, t, kind, beta)], 1)
 
 
-def kd_losses(logits, labels, ids, lps, temperature: float = 1.0, kind: str = "forward", beta: float = 0.5):
+def kd_losses(hidden, weight, bias, labels, ids, lps, temperature: float = 1.0, kind: str = "forward",
+              beta: float = 0.5):
     """(CE sum, divergence sum, tokens) over positions with labels != IGNORE.
 
-    logits [B, T, V] (position t predicts token t + 1); labels [B, T]; ids, lps [B, T, k] hold the
-    teacher's top-k for the token at t. Positions go through in chunks, each recomputed in the
-    backward pass, so no [tokens, vocab] fp32 tensor outlives its chunk.
+    hidden [B, T, H], the decoder's last hidden states (position t predicts token t + 1); weight [V, H] and
+    bias, the LM head; labels [B, T]; ids, lps [B, T, k] hold the teacher's top-k for the token at t. Only
+    the trained positions reach the head, a chunk at a time (`lm_head_chunks.chunked_head`): no
+    [tokens, vocab] tensor outlives its chunk, in the forward or the backward pass.
     """
-    from torch.utils.checkpoint import checkpoint
+    from functools import partial
 
-    from pai_distil_jobs.train.teacher_topk import chunk_positions
+    from pai_distil_jobs.train.lm_head_chunks import chunked_head, next_token_positions
 
-    b, t = (labels[:, 1:] != IGNORE).nonzero(as_tuple=True)
-    ce = kd = logits.new_zeros((), dtype=torch.float32)
-    step = chunk_positions(logits.shape[-1])
-    for s in range(0, len(b), step):
-        bb, tt = b[s:s + step], t[s:s + step]
-        args = (logits[bb, tt], labels[bb, tt + 1], ids[bb, tt + 1], lps[bb, tt + 1], temperature, kind, beta)
-        c, d = checkpoint(_chunk_losses, *args, use_reentrant=False) if torch.is_grad_enabled() else _chunk_losses(*args)
-        ce, kd = ce + c, kd + d
-    return ce, kd, len(b)
+    b, t = next_token_positions(labels != IGNORE)
+    terms = chunked_head(hidden[b, t], weight, bias, partial(_kd_terms, temperature=temperature, kind=kind, beta=beta),
+                         labels[b, t + 1], ids[b, t + 1], lps[b, t + 1])
+    return terms[:, 0].sum(), terms[:, 1].sum(), len(b)
+
+
+def kd_loss(model, batch: dict, distill, on_policy: bool = False):
+    """(loss, CE sum, divergence sum, tokens) of one KD batch: `alpha` CE + (1 - alpha) divergence per trained
+    token, the divergence alone on on-policy steps.
+
+    model: the student as the trainer holds it (plain, PEFT, DDP, a DeepSpeed engine or FSDP), run through
+    its own forward; batch: `KDCollator`'s (input_ids, attention_mask, labels, topk_ids, topk_lps);
+    distill: `specs.Distill`.
+    """
+    from pai_distil_jobs.train.lm_head_chunks import final_hidden, head_params, run_inside, unwrap
+
+    def student_sums(input_ids=None, attention_mask=None, **_):
+        lm = unwrap(model)
+        hidden = final_hidden(lm, {"input_ids": input_ids, "attention_mask": attention_mask})
+        return kd_losses(hidden, *head_params(lm), batch["labels"], batch["topk_ids"], batch["topk_lps"],
+                         distill.temperature, distill.divergence_name, distill.beta)
+
+    ce, kd, n = run_inside(model, student_sums, input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    alpha = 0.0 if on_policy else distill.alpha
+    return (alpha * ce + (1 - alpha) * kd) / max(n, 1), ce, kd, n
 
 
 # -- data ----------------------------------------------------------------------------------------------
@@ -215,13 +239,8 @@ def kd_trainer_class():
             if "topk_ids" not in inputs:
                 inputs["topk_ids"], inputs["topk_lps"] = self.teacher.topk(
                     inputs["input_ids"], inputs["attention_mask"], inputs["labels"], self.distill.top_k)
-            out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
-            d = self.distill
-            ce, kd, n = kd_losses(out.logits, inputs["labels"], inputs["topk_ids"], inputs["topk_lps"],
-                                  d.temperature, d.divergence_name, d.beta)
+            loss, ce, kd, n = kd_loss(model, inputs, self.distill, on_policy)
             n = max(n, 1)
-            alpha = 0.0 if on_policy else d.alpha
-            loss = (alpha * ce + (1 - alpha) * kd) / n
             metrics = self._metrics["train"]
             # tokens seen, counted as SFTTrainer counts them, so KD runs log tokens/s (and TensorBoard num_tokens)
             self._total_train_tokens += int(self.accelerator.gather_for_metrics(inputs["attention_mask"].sum()).sum())
@@ -229,7 +248,7 @@ def kd_trainer_class():
             metrics["ce"].append(float(ce.detach()) / n)
             metrics["kd"].append(float(kd.detach()) / n)
             metrics["on_policy"].append(float(on_policy))
-            return (loss, out) if return_outputs else loss
+            return (loss, None) if return_outputs else loss
 
     return JobKDTrainer
 

@@ -167,31 +167,39 @@ def encode_pairs(tokenizer, rows: list[dict], max_length: int, max_truncated: fl
 # -- held-out preference ---------------------------------------------------------------------------
 
 
+def dpo_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(chosen, rejected): log p(response | prompt) [n] in fp32, summed over each response's tokens, of a
+    batch as TRL's `DataCollatorForPreference` makes it (input_ids [2n, T], the chosen rows then the
+    rejected ones, attention_mask and completion_mask). Only the completion positions reach the LM head,
+    a chunk at a time (`lm_head_chunks`), as in TRL's DPOTrainer, which computes the same numbers for the
+    policy and the reference with its own fused LM head.
+
+    model: plain, PEFT, DDP, a DeepSpeed engine or FSDP; it runs through its own forward.
+    """
+    from pai_distil_jobs.train.lm_head_chunks import final_hidden, head_params, run_inside, sequence_logprobs, unwrap
+
+    def sums(input_ids=None, attention_mask=None, **_):
+        lm = unwrap(model)
+        hidden = final_hidden(lm, {"input_ids": input_ids, "attention_mask": attention_mask})
+        return sequence_logprobs(hidden, *head_params(lm), input_ids, batch["completion_mask"])[0]
+
+    logps = run_inside(model, sums, input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    return logps.chunk(2)
+
+
 @torch.inference_mode()
 def completion_logps(model, examples: list[dict], pad_id: int, batch_size: int = 8) -> torch.Tensor:
-    """log p(response | prompt), summed over the response tokens, of every example's chosen and
-    rejected response: a tensor [n, 2]. Logits are formed at the response positions only (a full
-    vocabulary over every position of a long chain is gigabytes)."""
+    """`dpo_logps` of every example's chosen and rejected response: a tensor [n, 2]."""
     from trl.trainer.dpo_trainer import DataCollatorForPreference
-    from trl.trainer.utils import selective_log_softmax
 
     collate = DataCollatorForPreference(pad_token_id=pad_id)
     device = next(model.parameters()).device
-    decoder, head = model.get_decoder(), model.get_output_embeddings()
     out = []
     for start in range(0, len(examples), batch_size):
         part = examples[start:start + batch_size]
         batch = {k: v.to(device) for k, v in collate([{k: e[k] for k in ("prompt_ids", "chosen_ids", "rejected_ids")}
                                                       for e in part]).items()}
-        hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-        sums = []
-        for i in range(hidden.shape[0]):
-            pos = batch["completion_mask"][i, 1:].nonzero()[:, 0]  # the hidden state at pos predicts token pos + 1
-            logits = head(hidden[i, pos]).float()
-            sums.append(selective_log_softmax(logits, batch["input_ids"][i, pos + 1]).sum())
-        values = torch.stack(sums).float().cpu()
-        n = len(part)
-        out.append(torch.stack([values[:n], values[n:]], dim=1))
+        out.append(torch.stack(dpo_logps(model, batch), dim=1).float().cpu())
     return torch.cat(out)
 
 

@@ -125,15 +125,14 @@ class RewardModel(nn.Module):
                              with_likelihood: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """The scores, and the mean log-probability of each row's response tokens (zeros when the
         score has no likelihood term and `with_likelihood` does not ask for it)."""
-        hidden = self.lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        from pai_distil_jobs.train.lm_head_chunks import final_hidden, head_params, sequence_logprobs
+
+        hidden = final_hidden(self.lm, {"input_ids": input_ids, "attention_mask": attention_mask})
         score = self.head(hidden[:, -1])[:, 0]
         mean = torch.zeros_like(score)
-        if self.likelihood_weight or with_likelihood:
-            logp = self.lm.get_output_embeddings()(hidden[:, :-1]).float().log_softmax(-1)
-            token_logp = logp.gather(2, input_ids[:, 1:, None])[..., 0]
-            mask = response_mask[:, 1:].to(token_logp.dtype)
-            total = (token_logp * mask).sum(1)
-            mean = total / mask.sum(1).clamp(min=1)
+        if self.likelihood_weight or with_likelihood:  # the response tokens only go through the LM head, in chunks
+            total, count = sequence_logprobs(hidden, *head_params(self.lm), input_ids, response_mask)
+            mean = total / count.clamp(min=1)
             score = score + self.likelihood_weight * (mean if self.likelihood == "mean" else total)
         return score, mean
 
@@ -191,8 +190,11 @@ def pair_loss(model: RewardModel, batch: dict, regression_weight: float = 0.0,
     alone it moves the likelihood anywhere that serves that, e.g. runs of blank lines become likely.
     A policy trained against the score then finds those. Keeping the model a model of good
     responses keeps text it would never write unlikely."""
-    r, mean_logp = model.score_and_likelihood(batch["input_ids"], batch["attention_mask"], batch["response_mask"],
-                                              with_likelihood=bool(lm_weight))
+    from pai_distil_jobs.train.lm_head_chunks import run_inside, unwrap
+
+    r, mean_logp = run_inside(model, unwrap(model).score_and_likelihood, input_ids=batch["input_ids"],
+                              attention_mask=batch["attention_mask"], response_mask=batch["response_mask"],
+                              with_likelihood=bool(lm_weight))
     n = r.shape[0] // 2
     margin = r[:n] - r[n:]
     loss = -F.logsigmoid(margin).mean()

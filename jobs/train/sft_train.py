@@ -22,12 +22,67 @@ from pai_distil_jobs.train.trainer import JobCallback, JobTrainerMixin, TrainSet
 
 
 def _sft_trainer_class():
+    import torch
     from trl import SFTTrainer
 
     class JobSFTTrainer(JobTrainerMixin, SFTTrainer):
-        """TRL's SFTTrainer with the job contract's checkpoints, schedule and divergence check."""
+        """TRL's SFTTrainer with the job contract's checkpoints, schedule and divergence check; the loss is
+        `sft_loss` (TRL's own fused LM head tiles every position of a batch on CPUs; ours only the trained
+        ones, on every device, and a trace of the step calls the same function)."""
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            mode = "train" if self.model.training else "eval"
+            stats = {}
+            loss, n = sft_loss(model, inputs, num_items_in_batch, metrics=stats)
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                loss = loss * (self.accelerator.num_processes // self.get_tp_size())  # as SFTTrainer: DDP averages
+            gather = self.accelerator.gather_for_metrics
+            valid = gather(n.detach()).sum().clamp(min=1)
+            self._metrics[mode]["entropy"].append((gather(stats["entropy"]).sum() / valid).item())
+            self._metrics[mode]["mean_token_accuracy"].append((gather(stats["correct"]).sum() / valid).item())
+            if mode == "train":
+                ids = inputs["input_ids"]  # a padding-free batch has no mask and no padding
+                local = inputs["attention_mask"].sum() if "attention_mask" in inputs else \
+                    torch.tensor(ids.numel(), device=ids.device)
+                self._total_train_tokens += int(gather(local).sum()) // self._tp_size
+            self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+            return (loss, None) if return_outputs else loss
 
     return JobSFTTrainer
+
+
+def sft_loss(model, batch: dict, num_items_in_batch=None, metrics: dict | None = None):
+    """(loss, trained tokens) of one SFT batch: the summed CE of the tokens whose label is not -100, over
+    `num_items_in_batch` (the accumulated steps' trained tokens, as transformers counts them) or else over
+    this batch's own. The same loss as TRL's SFTTrainer and transformers' causal-LM loss, through
+    `lm_head_chunks` (no [tokens, vocab] tensor).
+
+    model: as the trainer holds it (plain, PEFT, DDP, a DeepSpeed engine or FSDP); batch: TRL's
+    collator's (input_ids, labels, and attention_mask, or position_ids and the varlen fields of a
+    padding-free batch); metrics, when given, gets the summed `entropy` and `correct` (target = argmax)
+    of the trained tokens, without gradient.
+    """
+    import torch
+
+    from pai_distil_jobs.train.lm_head_chunks import (final_hidden, head_params, next_token_positions, run_inside,
+                                                      token_logprobs, unwrap)
+
+    labels = batch["labels"]
+
+    def nll_sum(**inputs):
+        lm = unwrap(model)
+        hidden = final_hidden(lm, inputs)
+        rows, pos = next_token_positions(labels != -100)
+        logp, entropy, top1 = token_logprobs(hidden[rows, pos], *head_params(lm), labels[rows, pos + 1],
+                                             stats=metrics is not None)
+        if metrics is not None:
+            metrics.update(entropy=entropy.sum(), correct=top1.sum())
+        return -logp.sum()
+
+    total = run_inside(model, nll_sum, **{k: v for k, v in batch.items() if k != "labels"})
+    n = (labels[:, 1:] != -100).sum()
+    return total / torch.as_tensor(n if num_items_in_batch is None else num_items_in_batch).clamp(min=1), n
+
 
 
 def lora_config(lora):

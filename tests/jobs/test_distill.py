@@ -87,12 +87,12 @@ def test_the_chunked_loss_and_its_gradient_equal_the_whole_computation(monkeypat
     labels[1, 6] = -100
     ids = torch.randint(0, V, (B, T, k))
     lps = torch.log_softmax(torch.randn(B, T, V), -1).gather(2, ids)
-    ce, kd, n = kd_losses(logits, labels, ids, lps, 2.0, "jsd")
+    ce, kd, n = kd_losses(logits, torch.eye(V), None, labels, ids, lps, 2.0, "jsd")
     (ce + kd).backward()
     grad = logits.grad.clone()
     logits.grad = None
-    monkeypatch.setattr("pai_distil_jobs.train.teacher_topk.chunk_positions", lambda vocab: 2)
-    ce2, kd2, n2 = kd_losses(logits, labels, ids, lps, 2.0, "jsd")
+    monkeypatch.setattr("pai_distil_jobs.train.lm_head_chunks.chunk_positions", lambda vocab: 2)
+    ce2, kd2, n2 = kd_losses(logits, torch.eye(V), None, labels, ids, lps, 2.0, "jsd")
     (ce2 + kd2).backward()
     assert n == n2 == 7
     ce, kd, ce2, kd2 = (float(x.detach()) for x in (ce, kd, ce2, kd2))

@@ -15,9 +15,11 @@ torch = pytest.importorskip("torch")
 
 from pai_distil_jobs.train.distill import TAIL_FLOOR, coarsen, divergence, kd_losses  # noqa: E402
 from pai_distil_jobs.train.sft_data import IGNORE  # noqa: E402
-from pai_distil_jobs.train.teacher_topk import EndpointTeacher, chunk_positions, topk_at  # noqa: E402
+from pai_distil_jobs.train.lm_head_chunks import chunk_positions  # noqa: E402
+from pai_distil_jobs.train.teacher_topk import EndpointTeacher, topk_at  # noqa: E402
 
 INF = float("inf")
+EYE = torch.eye(4)  # an LM head that gives the hidden states as they are
 # hidden states = logits (the head below is the identity): one row, four positions, vocabulary 4
 LOGITS = torch.tensor([[[2.0, 1.0, 0.0, -1.0],
                         [0.0, 3.0, 1.0, 0.5],
@@ -114,7 +116,7 @@ def test_kd_losses_sum_the_trained_tokens():
     lps = torch.full((1, 4, k), -INF)
     lps[0, 1], lps[0, 3] = hand[0], hand[2]
     with torch.no_grad():
-        ce, kd, n = kd_losses(logits, labels, ids, lps, temperature=1.0)
+        ce, kd, n = kd_losses(logits, EYE, None, labels, ids, lps, temperature=1.0)
     assert n == 2
     assert ce.item() == pytest.approx(-(hand[0, 1] + hand[2, 2]).item())
     assert kd.item() == pytest.approx(0.0, abs=1e-5)
@@ -124,12 +126,12 @@ def test_kd_losses_sum_the_trained_tokens():
     lps1 = torch.full((1, 4, 1), -INF)
     lps1[0, 1, 0], lps1[0, 3, 0] = math.log(0.5), math.log(0.5)
     with torch.no_grad():
-        _, kd1, _ = kd_losses(logits, labels, ids1, lps1, temperature=1.0)
+        _, kd1, _ = kd_losses(logits, EYE, None, labels, ids1, lps1, temperature=1.0)
     p = torch.softmax(logits[0], -1)
     want = sum(0.5 * math.log(0.5 / p[pos, 0].item()) + 0.5 * math.log(0.5 / (1 - p[pos, 0].item())) for pos in (0, 2))
     assert kd1.item() == pytest.approx(want, rel=1e-5)
     with torch.no_grad():
-        ce2, kd2, _ = kd_losses(logits, labels, ids1, lps1, temperature=2.0)
+        ce2, kd2, _ = kd_losses(logits, EYE, None, labels, ids1, lps1, temperature=2.0)
     p2 = torch.softmax(logits[0] / 2, -1)
     t2 = torch.softmax(torch.log(torch.tensor([0.5, 0.5])) / 2, -1)  # equal buckets stay equal
     want2 = 4 * sum(t2[0].item() * math.log(t2[0].item() / p2[pos, 0].item())
@@ -143,7 +145,7 @@ def test_kd_losses_gradient_flows_through_the_checkpointed_chunks():
     labels = torch.tensor([[IGNORE, 1, IGNORE, 2]])
     ids = torch.zeros((1, 4, 1), dtype=torch.long)
     lps = torch.full((1, 4, 1), math.log(0.5))
-    ce, kd, n = kd_losses(logits, labels, ids, lps)
+    ce, kd, n = kd_losses(logits, EYE, None, labels, ids, lps)
     ce.backward()
     grad = logits.grad[0]
     p = torch.softmax(LOGITS[0], -1)
