@@ -105,26 +105,21 @@ def shard_frozen(model, args, accelerator=None):
     decoder wraps them; the embeddings and LM head stay whole on each GPU (about 1.2 GB each for
     Qwen3-8B in bf16), so the decoder and the head can be called apart (a top-k over chunks of
     positions never forms all logits). A caller that runs the whole model (TRL's DPO reference) gets
-    its root wrapped by TRL as well. ZeRO-3: the DeepSpeed inference engine of
-    `trl.models.prepare_deepspeed` with `accelerator` (DPOTrainer does this itself for its
-    reference), whose hooks gather each layer's partition as it runs; it answers the model's own
-    attributes (`get_decoder`, `config`). Otherwise the model goes to args.device.
+    its root wrapped by TRL as well. ZeRO-3: `trl.models.prepare_deepspeed` with `accelerator`
+    (DPOTrainer does this itself for its reference) puts hooks on the model's modules that gather
+    each one's partition as it runs; the model itself is returned (the engine's own `config` would
+    hide the model's), holding its engine. Otherwise the model goes to args.device.
     """
     if fsdp_run(args):
-        from torch.distributed.fsdp import fully_shard
-
-        decoder = model.get_decoder()
-        for layer in decoder.layers:
-            fully_shard(layer)
-        whole = {p for m in (model.get_input_embeddings(), model.get_output_embeddings()) for p in m.parameters()}
-        fully_shard(decoder, ignored_params=whole)
-        return model.to(args.device)
+        return shard_frozen_fsdp(model).to(args.device)
     if zero3_run(args):
         if accelerator is None:
             return model
         from trl.models import prepare_deepspeed
 
-        return prepare_deepspeed(model, accelerator)
+        engine = prepare_deepspeed(model, accelerator)
+        object.__setattr__(engine.module, "_ds_engine", engine)  # kept alive, not registered as a submodule
+        return engine.module
     return model.to(args.device)
 
 
@@ -154,3 +149,16 @@ def release_sharding() -> None:
     from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
     unset_hf_deepspeed_config()
+
+
+def shard_frozen_fsdp(model, mesh=None):
+    """`shard_frozen`'s FSDP layout (`pai-distil plan` passes its fake mesh): each decoder layer a unit, the
+    decoder over them, the embeddings and the LM head whole."""
+    from torch.distributed.fsdp import fully_shard
+
+    decoder = model.get_decoder()
+    for layer in decoder.layers:
+        fully_shard(layer, mesh=mesh)
+    whole = {p for m in (model.get_input_embeddings(), model.get_output_embeddings()) for p in m.parameters()}
+    fully_shard(decoder, mesh=mesh, ignored_params=whole)
+    return model

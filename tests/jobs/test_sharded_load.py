@@ -270,3 +270,27 @@ def test_dpo_under_zero3_in_one_process_trains_and_saves_the_whole_model(tmp_pat
     before, after = load_file(str(base / "model.safetensors")), load_file(str(out / "model.safetensors"))
     assert before.keys() == after.keys() and all(before[k].shape == after[k].shape for k in before)
     assert json.loads((out / "report.json").read_text())["held_out"]["pairs"] > 0
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("deepspeed") is None, reason="DeepSpeed is not installed")
+def test_on_policy_kd_under_zero3_scores_with_a_partitioned_teacher(tmp_path):
+    """The local teacher loads under zero.Init and is prepared by DeepSpeed (`shard_frozen`); its decoder and
+    head, called apart for the top-k, gather their partitions as they run."""
+    from conftest import metric_records, run_job
+
+    from pai_distil.core import oracle, world
+
+    cots = tmp_path / "cots.jsonl"
+    with open(cots, "w") as f:
+        for p in world.generate_problems(8, 4, levels=[1]):
+            thought, solution = world.split_thought(oracle.respond(p, 2))
+            f.write(json.dumps({"problem": p.text, "thought": thought, "solution": solution, "correct": True}) + "\n")
+    cfg = {"student": {"model": "preset:micro"},
+           "train": {"max_steps": 2, "batch_size": 4, "warmup_steps": 1, "log_every": 1, "max_length": 128,
+                     "deepspeed": {"stage": 3}},
+           "distill": {"mode": "on-policy", "lmbda": 0.5, "top_k": 8, "max_new_tokens": 8,
+                       "teacher": {"model": "preset:micro", "seed": 7}}}
+    proc = run_job("slow-thinking", cfg, tmp_path / "out", inputs={"cots": cots}, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [r for r in metric_records(tmp_path / "out" / "metrics.jsonl") if "kd" in r]
+    assert len(records) == 2 and all(0 < r["kd"] < 1 for r in records)
