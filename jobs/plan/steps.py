@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-from pai_distil_jobs.plan.trace import build_model, concrete, local_numel, shard_fsdp
+from pai_distil_jobs.plan.trace import build_model, concrete, fake_mesh, local_numel, shard_fsdp
 
 PROMPT_SHARE = 0.1  # of a training row: the prompt (not trained); the rest is the chain and answer
 GRPO_PROMPT_TOKENS = 512  # a GRPO prompt (a long problem); the completion is max_completion_length
@@ -75,13 +75,18 @@ def _trained(config: dict, train, world: int, lm_factory=None):
     return model, ("DDP over %d" % world) if world > 1 else "one process"
 
 
-def _frozen(config: dict, sharded: bool, world: int) -> tuple[torch.nn.Module, float]:
-    """A model the step runs without gradients (reference, teacher): bf16, sharded with the trained one."""
+def _frozen(config: dict, fsdp: bool) -> tuple[torch.nn.Module, float]:
+    """A model the step runs without gradients (reference, teacher) in bf16, laid out as the job's
+    `sharded_load.shard_frozen` lays it out under FSDP, else whole; and the GiB of its weights on this rank
+    that the trace does not see. Whole, the plain MemTracker counts them itself, and it hooks the gradient
+    of every parameter it meets: they keep requires_grad (the step runs them under no_grad)."""
+    from pai_distil_jobs.train.sharded_load import shard_frozen_fsdp
+
     model = build_model(config, torch.bfloat16).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    numel = sum(p.numel() for p in model.parameters())
-    return model, numel * 2 / (world if sharded else 1) / 2**30
+    if not fsdp:
+        return model, 0.0
+    shard_frozen_fsdp(model.requires_grad_(False), fake_mesh())
+    return model, local_numel(model.parameters()) * 2 / 2**30
 
 
 def _sft_batch(rows: int, length: int, vocab: int, k: int = 0) -> dict:
@@ -120,9 +125,7 @@ def sft_step(cfg, models: dict, world: int, preset: bool) -> Step:
     if distill.mode == "on-policy":
         from pai_distil_jobs.train.teacher_topk import topk_at
 
-        teacher, step.frozen_gib = _frozen(models["teacher"], bool(train.fsdp or train.deepspeed), world)
-        if train.fsdp:
-            shard_fsdp(teacher, world, True)
+        teacher, step.frozen_gib = _frozen(models["teacher"], bool(train.fsdp))
         if distill.rollout == "vllm":
             step.vllm_share = distill.vllm_gpu_memory
         step.notes.append(f"on-policy: the teacher scores every row ({'sharded' if train.fsdp else 'whole'}, bf16)")
@@ -179,9 +182,7 @@ def dpo_step(cfg, models: dict, world: int, preset: bool) -> Step:
                 inputs=tuple(batch.values()))
     reference = None
     if not train.lora:
-        reference, step.frozen_gib = _frozen(student, bool(train.fsdp or train.deepspeed), world)
-        if train.fsdp:
-            shard_fsdp(reference, world, True)
+        reference, step.frozen_gib = _frozen(student, bool(train.fsdp))
 
     def loss():
         chosen, rejected = dpo_logps(model, batch)
@@ -215,12 +216,11 @@ def grpo_step(cfg, models: dict, world: int, preset: bool) -> Step:
     step.notes.append(f"rows: a {GRPO_PROMPT_TOKENS}-token prompt and {keep} completion tokens")
     reference = scorer = None
     if cfg.kl_coef and not train.lora:
-        reference, step.frozen_gib = _frozen(policy, False, world)
+        reference, step.frozen_gib = _frozen(policy, False)
     if cfg.reward.rm_weight and cfg.reward.endpoint is None and "reward_model" in models:
         from pai_distil_jobs.train.reward import RewardModel
 
         scorer = RewardModel(build_model(models["reward_model"], torch.bfloat16)).eval().to(torch.bfloat16)
-        step.frozen_gib += sum(p.numel() for p in scorer.parameters()) * 2 / 2**30
     if cfg.rollout == "vllm":
         step.vllm_share = 0.3  # TRL's colocate default (vllm_gpu_memory_utilization)
 

@@ -69,6 +69,8 @@ def _value_mode():
             kwargs = kwargs or {}
             fakes = [a for a in pytree.arg_tree_leaves(*args, **kwargs) if isinstance(a, FakeTensor)]
             real = bool(fakes) and all(a.real_tensor is not None for a in fakes)
+            if func is aten._local_scalar_dense.default and not real:
+                return 0.0 if args[0].dtype.is_floating_point else 0  # a logged metric's .item(): any number does
             if real and any(tag in func.tags for tag in by_value):
                 real_args, real_kwargs = pytree.tree_map_only(FakeTensor, lambda t: t.real_tensor, (args, kwargs))
                 out = func(*real_args, **real_kwargs)
@@ -120,6 +122,11 @@ def fake_world(world: int) -> None:
         dist.destroy_process_group()
     dist.init_process_group("fake", rank=0, world_size=world, store=FakeStore())
     _MESH = init_device_mesh("cpu", (world,))  # outside the fake mode: the mesh's coordinates are values
+
+
+def fake_mesh():
+    """The fake world's device mesh (`fake_world` makes it)."""
+    return _MESH
 
 
 def build_model(config: dict, dtype: torch.dtype = torch.float32):

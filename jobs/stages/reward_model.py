@@ -38,6 +38,7 @@ from pai_distil_jobs.endpoints.judge_client import ask as ask_judge
 from pai_distil_jobs.data.problems import level_of
 from pai_distil_jobs.endpoints.prompts import user_message
 from pai_distil_jobs.endpoints.resumable import Stopped, load_done, pending, run_pool
+from pai_distil_jobs.train.trainer import by_kind_here
 
 SAMPLES = "student_samples.jsonl"
 JUDGED = "judged.jsonl"
@@ -298,7 +299,7 @@ def train(ctx: JobContext, cfg: RewardModelConfig, train_pairs: list[dict], eval
         source = str(ctx.input("base"))
     else:
         source = str(ctx.input("student")) if cfg.init_from_student else cfg.model.model
-    t, filled = cfg.train.by_kind(trains_like_preset(source))
+    t, filled = by_kind_here(cfg.train, trains_like_preset(source))
     if filled:
         say("defaults applied: " + ", ".join(f"train.{k}={v}" for k, v in filled.items()))
     settings = TrainSettings.of(t, hidden_size=model_hidden_size(source))

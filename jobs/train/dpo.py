@@ -28,6 +28,7 @@ from pai_distil.core.config import DPOConfig
 from pai_distil.core.contract import JobContext, JobError, log
 from pai_distil_jobs.data.problems import numbered_jsonl
 from pai_distil_jobs.train.sft_data import IGNORE, MaskError, encode_messages
+from pai_distil_jobs.train.trainer import by_kind_here
 
 PAIRS = "pairs.jsonl"  # the reward-model stage's preference rows
 REPORT = "report.json"
@@ -299,7 +300,7 @@ def train_dpo(ctx: JobContext, cfg: DPOConfig, source: str, train_rows: list[dic
     say = log if rank == 0 else (lambda m: None)
     threads = set_cpu_threads()
     preset = trains_like_preset(source)
-    train, filled = cfg.train.by_kind(preset)
+    train, filled = by_kind_here(cfg.train, preset)
     say_defaults(filled, preset, say)
     seed = cfg.student.seed
     try:

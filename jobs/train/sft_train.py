@@ -18,7 +18,7 @@ from pai_distil_jobs.models.models import attention_kernel, load_tokenizer
 from pai_distil_jobs.train.sharded_load import load_trained, model_hidden_size, parameter_count
 from pai_distil_jobs.models.threads import set_cpu_threads
 from pai_distil_jobs.train.token_cache import encoded_rows
-from pai_distil_jobs.train.trainer import JobCallback, JobTrainerMixin, TrainSettings, fit, tensorboard_callback, training_arguments
+from pai_distil_jobs.train.trainer import by_kind_here, JobCallback, JobTrainerMixin, TrainSettings, fit, tensorboard_callback, training_arguments
 
 
 def _sft_trainer_class():
@@ -152,7 +152,7 @@ def train_sft(ctx: JobContext, student: Student, train: Training, rows: list[dic
     say = log if rank == 0 else (lambda m: None)
     threads = set_cpu_threads()
     preset = trains_like_preset(student.model)
-    train, filled = train.by_kind(preset)
+    train, filled = by_kind_here(train, preset)
     say_defaults(filled, preset, say)
     if distill is not None and distill.rollout == "vllm":
         from pai_distil_jobs.train.distill import check_vllm_rollout

@@ -84,6 +84,11 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def by_kind_here(train, preset: bool):
+    """`train.by_kind` for this job's processes and devices: the defaults `pai-distil plan` traces."""
+    return train.by_kind(preset, world_size(), torch.cuda.is_available())
+
+
 def use_bf16(requested: bool | None) -> bool:
     """bf16 mixed precision: on by default where the GPU supports it; on CPU only when asked."""
     if requested is not None:

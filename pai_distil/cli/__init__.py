@@ -42,9 +42,9 @@ def cli(home: str | None) -> None:
 
 
 def _register() -> None:
-    from . import config, deploy, dsw, emulator, images, reward, runs, serving, submit, teacher
+    from . import config, deploy, dsw, emulator, images, plan, reward, runs, serving, submit, teacher
 
-    for module in (submit, runs, teacher, reward, images, config, dsw, emulator, deploy, serving):
+    for module in (submit, plan, runs, teacher, reward, images, config, dsw, emulator, deploy, serving):
         for command in module.COMMANDS:
             cli.add_command(command)
 
