@@ -266,22 +266,16 @@ def dpo_arguments(cfg: DPOConfig, settings, checkpoint_dir: Path, n_pairs: int, 
 
 
 def load_policy_and_reference(source: str, args, seed: int, train):
-    """The policy to train and the frozen reference (None with LoRA: the policy with its adapter off),
-    after `args`: the reference in bf16 under bf16 training, sharded as the policy is (TRL's
-    `prepare_deepspeed` partitions it under ZeRO-3; `shard_frozen` shards its layers under FSDP), never
-    a second fp32 copy of the whole model on each GPU."""
+    """The policy to train and the frozen reference (`sharded_load.load_policy_and_reference`), with the
+    error a user can act on when the student cannot be loaded."""
     from pai_distil_jobs.train import sharded_load
 
     try:
-        model, _ = sharded_load.load_trained(source, args, seed=seed, attn_implementation=train.attn_implementation,
-                                             lora=bool(train.lora))
-        if train.lora:
-            return model, None
-        reference, _ = sharded_load.load_frozen(source, args, seed=seed, attn_implementation=train.attn_implementation)
+        return sharded_load.load_policy_and_reference(source, args, seed=seed, lora=bool(train.lora),
+                                                      attn_implementation=train.attn_implementation)
     except OSError as e:
         raise JobError(f"the student ({source}: the `student` input or student.model) cannot be loaded: "
                        f"{str(e).splitlines()[0]}") from None
-    return model, sharded_load.shard_frozen(reference, args)
 
 
 def train_dpo(ctx: JobContext, cfg: DPOConfig, source: str, train_rows: list[dict], eval_rows: list[dict]) -> bool:

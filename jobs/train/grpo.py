@@ -20,8 +20,10 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable
+from contextlib import contextmanager
 
 from pai_distil.core.config import GRPOConfig
+from pai_distil.core.config.grpo import PROMPT_TOKENS
 from pai_distil.core.verifiers import check
 
 TRUNCATION_WARN_EVERY = 10  # steps between two warnings about cut completions
@@ -57,13 +59,14 @@ class GroupRewards:
 
     def functions(self) -> tuple[list[Callable], list[float]]:
         """The reward functions and their weights (TRL's `reward_funcs` and `reward_weights`)."""
-        w = self.cfg.reward
-        funcs = [self.correct, self.overlong, self.no_answer]
-        weights = [w.correct_weight, -w.overlong_penalty, -w.format_penalty]
-        if self.scorer is not None:
-            funcs.append(self.reward_model)
-            weights.append(w.rm_weight)
-        return funcs, weights
+        funcs = [self.correct, self.overlong, self.no_answer] + ([self.reward_model] if self.scorer else [])
+        return funcs, self.weights(self.cfg, self.scorer is not None)
+
+    @staticmethod
+    def weights(cfg: GRPOConfig, scored: bool) -> list[float]:
+        """The weights of `functions()`, known before the model loads (TRL's arguments come first)."""
+        w = cfg.reward
+        return [w.correct_weight, -w.overlong_penalty, -w.format_penalty] + ([w.rm_weight] if scored else [])
 
     def text(self, index: int, ids: list[int]) -> str:
         """A completion as the verifier and the reward model read it: end tokens dropped, special
@@ -139,7 +142,12 @@ def grpo_trainer_class():
     from pai_distil_jobs.train.trainer import JobTrainerMixin
 
     class JobGRPOTrainer(JobTrainerMixin, GRPOTrainer):
-        """TRL's GRPOTrainer with the job contract; logs today's metric names (see RENAMED, KEPT)."""
+        """TRL's GRPOTrainer with the job contract; logs today's metric names (see RENAMED, KEPT). `reference`:
+        the KL reference (`sharded_load.load_policy_and_reference`), used instead of the one TRL would build."""
+
+        def __init__(self, *args, reference=None, **kw):
+            with _reference_given(reference):
+                super().__init__(*args, **kw)
 
         def _get_train_sampler(self, dataset=None):
             return EpochSeededSampler(super()._get_train_sampler(dataset))
@@ -155,15 +163,43 @@ def grpo_trainer_class():
     return JobGRPOTrainer
 
 
-def grpo_arguments(cfg: GRPOConfig, settings, checkpoint_dir, n_problems: int, reward_weights: list[float]):
+@contextmanager
+def _reference_given(reference):
+    """TRL's GRPOTrainer builds its KL reference itself: `from_pretrained` of the policy's path in the policy's
+    dtype. That is a whole fp32 copy on each GPU under DDP (the policy trains in fp32 there), and under FSDP's
+    `cpu_ram_efficient_loading` a model with no weights on every rank but each node's first (accelerate
+    broadcasts only into the trained model). While `reference` is given, TRL's builder returns it instead;
+    TRL then prepares it as before (ZeRO-3 partitions it, FSDP wraps its root, else it goes to the device)."""
+    if reference is None:
+        yield
+        return
+    import trl.trainer.grpo_trainer as trl_grpo
+
+    build = trl_grpo.create_model_from_path
+    trl_grpo.create_model_from_path = lambda *_, **__: reference
+    try:
+        yield
+    finally:
+        trl_grpo.create_model_from_path = build
+
+
+def grpo_arguments(cfg: GRPOConfig, settings, checkpoint_dir, n_problems: int, reward_weights: list[float],
+                   prompt_tokens: int = PROMPT_TOKENS):
     """TRL's GRPOConfig for our config: one generation per optimizer step, `group_size` completions
-    per problem, `settings.batch_size` completions per step split into micro-batches."""
+    per problem, `settings.batch_size` completions per step split into micro-batches over the processes.
+    Colocated vLLM takes `cfg.vllm_gpu_memory` of each GPU, and its context is the longest prompt
+    (`prompt_tokens`) plus a completion: left to vLLM, the model's own (40,960 tokens for Qwen3) would
+    reserve KV cache for rows that never occur."""
     from trl import GRPOConfig as TRLGRPOConfig
 
     from pai_distil_jobs.train.trainer import training_arguments
 
     chat = {} if cfg.enable_thinking is None else {"enable_thinking": cfg.enable_thinking}
-    extra = {"vllm_mode": "colocate"} if cfg.rollout == "vllm" else {}
+    extra = {}
+    if cfg.rollout == "vllm":
+        extra = {"vllm_mode": "colocate", "vllm_gpu_memory_utilization": cfg.vllm_gpu_memory,
+                 "vllm_tensor_parallel_size": cfg.vllm_tensor_parallel_size,
+                 "vllm_max_model_length": prompt_tokens + cfg.max_completion_length}
     level = {"importance_sampling_level": "sequence"} if cfg.loss_type in ("luspo", "vespo") else {}
     return training_arguments(
         settings, checkpoint_dir, n_problems * cfg.group_size, cls=TRLGRPOConfig,

@@ -325,14 +325,18 @@ class RewardScorer:
     scores from a pool)."""
 
     def __init__(self, path: str | Path, max_length: int | None = None, batch_size: int = 64):
-        from pai_distil_jobs.models.models import inference_device
+        from functools import partial
+
+        from pai_distil_jobs.models.models import inference_device, load_model
 
         self.path = Path(path)
-        self.model, self.tokenizer = load_reward_model(self.path)
-        device = inference_device()  # this process's GPU when there is one, in bf16 where it is supported
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            self.model.to(torch.bfloat16)
-        self.model.to(device).eval()
+        device = inference_device()  # this process's GPU (LOCAL_RANK) when there is one, in bf16 where supported
+        gpu = device.type == "cuda"
+        dtype = torch.bfloat16 if gpu and torch.cuda.is_bf16_supported() else torch.float32
+        # read straight onto that GPU in its dtype: never a whole fp32 copy in host memory per process
+        load = partial(load_model, dtype=dtype, device_map={"": device} if gpu else None)
+        self.model, self.tokenizer = load_reward_model(self.path, load=load)
+        self.model.to(device=device, dtype=dtype).eval()
         stats_path = self.path / STATS
         stats = json.loads(stats_path.read_text()) if stats_path.exists() else {}
         self.mean, self.std = float(stats.get("mean", 0.0)), float(stats.get("std", 1.0)) or 1.0

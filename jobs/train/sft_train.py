@@ -128,7 +128,7 @@ def job_callbacks(ctx: JobContext, train: Training, tokenizer, rank: int, say) -
     """Our callback (metrics.jsonl, SIGTERM, `train.stop_at`) and the list to give a trainer: it, and
     TensorBoard on rank 0."""
     stop_check = None
-    if train.stop_at:
+    if getattr(train, "stop_at", None):  # GRPO's settings have no stop_at
         from pai_distil_jobs.train.stop_at import AccuracyTarget
 
         stop_check = AccuracyTarget(train.stop_at, tokenizer, log=say)

@@ -90,11 +90,35 @@ def load_trained(spec: str | Path, args, seed: int = 0, attn_implementation: str
 
 def load_frozen(spec: str | Path, args, seed: int = 0, attn_implementation: str | None = None):
     """A model that only runs forward passes, in eval mode with no gradients: real weights on every
-    rank (FSDP shards them in `shard_frozen`; under ZeRO-3 zero.Init partitions them at load)."""
-    model, tokenizer = load_model(spec, seed=seed, attn_implementation=attn_implementation,
-                                  dtype=frozen_dtype(args), device_map=_device_map(args))
+    rank (FSDP shards them in `shard_frozen`; under ZeRO-3 zero.Init partitions them at load).
+
+    Under FSDP every rank reads it: `cpu_ram_efficient_loading` (set by `load_trained`) would make
+    transformers build it on the meta device on all but each node's first rank, and accelerate broadcasts
+    weights only into the model it prepares for training, so those ranks would hold no weights at all."""
+    efficient = os.environ.get("FSDP_CPU_RAM_EFFICIENT_LOADING")
+    if efficient is not None:
+        os.environ["FSDP_CPU_RAM_EFFICIENT_LOADING"] = "False"
+    try:
+        model, tokenizer = load_model(spec, seed=seed, attn_implementation=attn_implementation,
+                                      dtype=frozen_dtype(args), device_map=_device_map(args))
+    finally:
+        if efficient is not None:
+            os.environ["FSDP_CPU_RAM_EFFICIENT_LOADING"] = efficient
     model.eval().requires_grad_(False)
     return model, tokenizer
+
+
+def load_policy_and_reference(spec: str | Path, args, seed: int = 0, attn_implementation: str | None = None,
+                              lora: bool = False, reference: bool = True):
+    """The model to train and its frozen reference (DPO's, GRPO's KL term), after `args`. The reference is
+    None with LoRA (the policy with its adapter off) or when not asked for; otherwise bf16 under bf16
+    training and sharded as the policy is (`shard_frozen`; under ZeRO-3 the trainer's `prepare_deepspeed`
+    partitions it), never a second fp32 copy of the whole model on each GPU. OSError: cannot be loaded."""
+    model, _ = load_trained(spec, args, seed=seed, attn_implementation=attn_implementation, lora=lora)
+    if lora or not reference:
+        return model, None
+    frozen, _ = load_frozen(spec, args, seed=seed, attn_implementation=attn_implementation)
+    return model, shard_frozen(frozen, args)
 
 
 def shard_frozen(model, args, accelerator=None):

@@ -54,7 +54,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("reward-model", "a reward model distilled from the teacher's judgments", "RewardModelConfig",
           inputs=("cots",), optional_inputs=("student", "base"), distributed=True, trains=True),
     Stage("grpo", "GRPO of the student with the distilled reward model and verifiable correctness", "GRPOConfig",
-          inputs=("student",), optional_inputs=("reward_model", "problems"), trains=True),
+          inputs=("student",), optional_inputs=("reward_model", "problems"), distributed=True,
+          trains=True),
     Stage("dpo", "DPO of the student on preference pairs (the reward-model stage's or a file); the reference is "
           "the starting checkpoint", "DPOConfig", inputs=("pairs",), optional_inputs=("student",), distributed=True,
           trains=True),

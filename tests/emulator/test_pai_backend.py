@@ -203,7 +203,7 @@ def test_job_shapes_that_would_fail_on_dlc_are_refused_in_one_line(tmp_path):
     assert cli(home, "config", "set", "oss_bucket=b", "ecs_spec=ecs.gn7i-c8g1.2xlarge", "image=x:1").returncode == 0
     cots = tmp_path / "cots.jsonl"
     cots.write_text('{"id": "1", "problem": "1+1", "answer": "2", "thought": "1+1=2", "solution": "2", "correct": true}\n')
-    for stage in ("generate", "score", "grpo", "evaluate"):
+    for stage in ("generate", "score", "evaluate"):
         proc = cli(home, "submit", stage, "--nodes", "2", "--backend", "pai", secret="")
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode == 2 and len(lines) == 1, (stage, proc.stderr)

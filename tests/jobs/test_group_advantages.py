@@ -115,3 +115,53 @@ def test_scale_rewards_reaches_trl_as_group_or_none(tmp_path, scale, trl_mode):
     assert args.scale_rewards == trl_mode
     assert args.multi_objective_aggregation == "sum_then_normalize"  # weighted sum first, then the group normalisation
     assert (args.num_generations, args.reward_weights, args.beta, args.num_iterations) == (4, [1.0, -0.0, -0.0], 0.1, 1)
+
+
+# -- defaults at real scale, and the arguments TRL receives ---------------------------------------------------
+
+
+@pytest.mark.parametrize("completion, world, gpus, accumulation", [
+    (160, 8, True, 1),  # 672-token rows: 8 completions per rank fit one micro-batch of 16,384 tokens
+    (8192, 8, True, 8),  # 8,704 tokens: one completion a micro-batch, 64 / 8 ranks = 8 each
+    (32768, 8, True, 8),
+    (8192, 1, True, 64),
+    (1536, 2, False, 4),  # 2,048 tokens: 8 a micro-batch, 32 per rank
+])
+def test_a_checkpoint_is_sharded_and_its_micro_batch_holds_at_most_16k_tokens(completion, world, gpus, accumulation):
+    cfg = GRPOConfig(problems={"n": 1}, max_completion_length=completion)
+    train, filled = cfg.train.by_kind(False, world, gpus)
+    fsdp = {"fsdp": {"sharding": "full_shard", "offload": False}} if gpus and world > 1 else {}
+    assert {k: getattr(v, "model_dump", lambda: v)() for k, v in filled.items()} == {
+        "learning_rate": 1e-6, "gradient_checkpointing": True, "gradient_accumulation_steps": accumulation, **fsdp}
+    assert train.gradient_accumulation_steps == accumulation and (train.fsdp is not None) == bool(fsdp)
+
+
+def test_presets_and_chosen_settings_keep_their_values():
+    cfg = GRPOConfig(problems={"n": 1}, max_completion_length=8192)
+    assert cfg.train.by_kind(True, 8, True)[1] == {"learning_rate": 2e-4, "gradient_checkpointing": False,
+                                                   "gradient_accumulation_steps": 1}
+    for chosen in ({"lora": {}}, {"deepspeed": {"stage": 3}}, {"fsdp": {"sharding": "shard_grad_op"}},
+                   {"gradient_accumulation_steps": 2}):
+        cfg = GRPOConfig(problems={"n": 1}, max_completion_length=8192, train=chosen)
+        train, filled = cfg.train.by_kind(False, 8, True)
+        assert "fsdp" not in filled or "gradient_accumulation_steps" in chosen
+        assert {k: getattr(train, k) for k in chosen} == {k: getattr(cfg.train, k) for k in chosen}
+    with pytest.raises(ValueError, match="choose one"):
+        GRPOConfig(train={"deepspeed": {}, "fsdp": {}})
+
+
+def test_trl_arguments_for_a_checkpoint_with_vllm_rollouts(tmp_path):
+    cfg = GRPOConfig(problems={"n": 1}, max_completion_length=8192, rollout="vllm", vllm_gpu_memory=0.45,
+                     vllm_tensor_parallel_size=2, kl_coef=0.04)
+    train, _ = cfg.train.by_kind(False, 1, False)
+    settings = TrainSettings.of(train, batch_size=train.prompts_per_step * cfg.group_size)
+    args = grpo_arguments(cfg, settings, tmp_path, n_problems=100, reward_weights=[1.0, -0.0, -0.0], prompt_tokens=300)
+    got = {k: getattr(args, k) for k in (
+        "per_device_train_batch_size", "gradient_accumulation_steps", "steps_per_generation", "generation_batch_size",
+        "num_generations", "learning_rate", "gradient_checkpointing", "beta", "max_completion_length", "use_vllm",
+        "vllm_mode", "vllm_gpu_memory_utilization", "vllm_tensor_parallel_size", "vllm_max_model_length")}
+    assert got == {"per_device_train_batch_size": 1, "gradient_accumulation_steps": 64, "steps_per_generation": 64,
+                   "generation_batch_size": 64, "num_generations": 8, "learning_rate": 1e-6,
+                   "gradient_checkpointing": True, "beta": 0.04, "max_completion_length": 8192, "use_vllm": True,
+                   "vllm_mode": "colocate", "vllm_gpu_memory_utilization": 0.45, "vllm_tensor_parallel_size": 2,
+                   "vllm_max_model_length": 300 + 8192}

@@ -115,19 +115,41 @@ class Optimisation(Strict):
     log_every: int = Field(10, ge=1)
     max_bad_steps: int = Field(3, ge=1, description="fail the run after this many steps in a row with a non-finite loss")
     seed: int = 0
+    deepspeed: DeepSpeed | None = Field(
+        None, description="train with DeepSpeed ZeRO (a config generated from these fields); omit for plain DDP")
+    fsdp: FSDP | None = Field(None, description="shard the model with PyTorch FSDP; omit for plain DDP")
 
     def by_kind(self, preset: bool, world: int = 1, gpus: bool = False):
         """This config with every `None` default filled for a preset or a real checkpoint on `world`
         processes (`gpus`: one per GPU), and what was filled (printed at the start of training, so a user
-        sees every default applied; `pai-distil plan` traces the same)."""
+        sees every default applied; `pai-distil plan` traces the same).
+
+        A real checkpoint on several GPUs with no sharding or adapters chosen (`_may_shard`) is also sharded
+        with FSDP (full_shard): plain DDP keeps a whole fp32 model, its gradients and Adam's state on every
+        GPU, 16 bytes a parameter (128 GB for 8B)."""
         defaults = self.PRESET if preset else self.CHECKPOINT
         filled = {k: v for k, v in defaults.items() if getattr(self, k, "unset") is None}
         if self.gradient_accumulation_steps is None:
             filled["gradient_accumulation_steps"] = self._default_accumulation(preset, world, filled)
+        if not preset and gpus and world > 1 and self._may_shard():
+            filled["fsdp"] = FSDP()
         return self.model_copy(update=filled), filled
 
     def _default_accumulation(self, preset: bool, world: int, filled: dict) -> int:
         return 1
+
+    def _may_shard(self) -> bool:
+        """Nothing chosen that FSDP would override or break (DeepSpeed, FSDP itself, LoRA's merge)."""
+        return not (self.deepspeed or self.fsdp or self.lora)
+
+    @model_validator(mode="after")
+    def _one_sharding(self) -> Optimisation:
+        if self.deepspeed and self.fsdp:
+            raise ValueError("deepspeed and fsdp both shard the model; choose one")
+        if self.lora and (self.fsdp or (self.deepspeed and self.deepspeed.stage == 3)):
+            raise ValueError("lora merges the adapter into whole weights at the end; use it with plain DDP or "
+                             "deepspeed.stage 2, not with ZeRO-3 or fsdp")
+        return self
 
 
 class Training(Optimisation):
@@ -152,22 +174,12 @@ class Training(Optimisation):
     padding_free: bool = Field(False, description="concatenate each micro-batch's rows into one sequence without "
                                "padding, attention kept within each row (implied by packing); on GPUs it needs "
                                "flash-attention, else batches stay padded and the log says so")
-    deepspeed: DeepSpeed | None = Field(
-        None, description="train with DeepSpeed ZeRO (a config generated from these fields); omit for plain DDP")
-    fsdp: FSDP | None = Field(None, description="shard the model with PyTorch FSDP; omit for plain DDP")
     stop_at: StopAt | None = Field(
         None, description="end training early once held-out accuracy reaches a target: a student just good "
                           "enough, whatever its seed (how fast a seed learns varies several-fold)")
 
-    def by_kind(self, preset: bool, world: int = 1, gpus: bool = False):
-        """As `Optimisation.by_kind`; a real checkpoint on several GPUs with no sharding, adapters or stop_at
-        chosen is also sharded with FSDP (full_shard): plain DDP keeps a whole fp32 model, its gradients and
-        Adam's state on every GPU, 16 bytes a parameter (128 GB for 8B)."""
-        config, filled = super().by_kind(preset, world, gpus)
-        if (not preset and gpus and world > 1 and not (self.deepspeed or self.fsdp or self.lora or self.stop_at)):
-            filled["fsdp"] = FSDP()
-            config = config.model_copy(update={"fsdp": filled["fsdp"]})
-        return config, filled
+    def _may_shard(self) -> bool:
+        return super()._may_shard() and not self.stop_at  # stop_at decodes with the whole model on rank 0
 
     def _default_accumulation(self, preset: bool, world: int, filled: dict) -> int:
         if preset:
@@ -181,9 +193,4 @@ class Training(Optimisation):
                              "use deepspeed.stage 2, or drop stop_at")
         if self.stop_at and self.fsdp:
             raise ValueError("stop_at decodes with the model on one process, which FSDP shards; drop stop_at or fsdp")
-        if self.deepspeed and self.fsdp:
-            raise ValueError("deepspeed and fsdp both shard the model; choose one")
-        if self.lora and (self.fsdp or (self.deepspeed and self.deepspeed.stage == 3)):
-            raise ValueError("lora merges the adapter into whole weights at the end; use it with plain DDP or "
-                             "deepspeed.stage 2, not with ZeRO-3 or fsdp")
         return self
