@@ -14,10 +14,10 @@ from typing import Callable
 
 import torch
 
+from pai_distil.core.config.grpo import PROMPT_TOKENS as GRPO_PROMPT_TOKENS  # the prompt the job sizes micro-batches by
 from pai_distil_jobs.plan.trace import build_model, concrete, fake_mesh, local_numel, shard_fsdp
 
 PROMPT_SHARE = 0.1  # of a training row: the prompt (not trained); the rest is the chain and answer
-GRPO_PROMPT_TOKENS = 512  # a GRPO prompt (a long problem); the completion is max_completion_length
 IGNORE = -100
 
 
@@ -195,38 +195,49 @@ def dpo_step(cfg, models: dict, world: int, preset: bool) -> Step:
 
 
 def grpo_step(cfg, models: dict, world: int, preset: bool) -> Step:
-    """grpo: one micro-batch of completions through TRL's per-token log-probabilities (policy and, with a KL
-    term, reference), the reward model scoring them in-process, and vLLM's share when it rolls out."""
-    from trl.trainer.utils import selective_log_softmax
+    """grpo: one micro-batch of completions through TRL's per-token log-probabilities (its fused LM head, in
+    tiles of positions: never the [rows, tokens, vocab] logits) of the policy and, with a KL term, of the
+    reference (bf16, sharded as `sharded_load.load_policy_and_reference` shards it), the reward model scoring
+    them in-process (bf16, whole on each GPU, as `RewardScorer` loads it), and vLLM's share of each GPU."""
+    from trl.trainer.utils import add_fused_lm_head
 
     train = cfg.train.by_kind(preset, world, True)[0]
     policy = models["student"]
     completions = train.prompts_per_step * cfg.group_size
     micro = _micro(completions, world, train.gradient_accumulation_steps)
     model, sharding = _trained(policy, train, world)
+    add_fused_lm_head(model, temperature=cfg.temperature, outputs=("log_probs", "entropy"))  # as GRPOTrainer
     length = GRPO_PROMPT_TOKENS + cfg.max_completion_length
     keep = cfg.max_completion_length
     rows = concrete(lambda: {"ids": torch.randint(0, policy["vocab_size"], (micro, length)),
                              "mask": torch.ones(micro, length, dtype=torch.long),
                              "resp": torch.cat([torch.zeros(micro, length - keep, dtype=torch.long),
-                                                torch.ones(micro, keep, dtype=torch.long)], 1)})
-    ids, mask = rows["ids"], rows["mask"]
+                                                torch.ones(micro, keep, dtype=torch.long)], 1),
+                             "labels": torch.full((micro, length), 1)})  # the completion's tokens: scored
+    ids, mask, labels = rows["ids"], rows["mask"], rows["labels"]
+    labels[:, :-keep] = IGNORE  # the prompt: not scored (TRL's labels)
     step = Step(model, None, micro, train.gradient_accumulation_steps, completions, length, sharding,
                 inputs=(ids, mask))
     step.notes.append(f"rows: a {GRPO_PROMPT_TOKENS}-token prompt and {keep} completion tokens")
     reference = scorer = None
     if cfg.kl_coef and not train.lora:
-        reference, step.frozen_gib = _frozen(policy, False)
+        reference, step.frozen_gib = _frozen(policy, bool(train.fsdp))
+        add_fused_lm_head(reference, temperature=cfg.temperature)
     if cfg.reward.rm_weight and cfg.reward.endpoint is None and "reward_model" in models:
         from pai_distil_jobs.train.reward import RewardModel
 
-        scorer = RewardModel(build_model(models["reward_model"], torch.bfloat16)).eval().to(torch.bfloat16)
+        lm, made = build_model(models["reward_model"], torch.bfloat16), torch.get_default_dtype()
+        torch.set_default_dtype(torch.bfloat16)  # its head too (a fake's `.to` cannot swap a parameter)
+        try:
+            scorer = RewardModel(lm).eval()
+        finally:
+            torch.set_default_dtype(made)
     if cfg.rollout == "vllm":
-        step.vllm_share = 0.3  # TRL's colocate default (vllm_gpu_memory_utilization)
+        step.vllm_share = cfg.vllm_gpu_memory  # TRL's vllm_gpu_memory_utilization
 
     def logps(m):
-        logits = m(input_ids=ids, attention_mask=mask, logits_to_keep=keep + 1, use_cache=False).logits
-        return selective_log_softmax(logits[:, :-1] / cfg.temperature, ids[:, -keep:])
+        out = m(input_ids=ids, attention_mask=mask, labels=labels, fused_lm_head=True, use_cache=False)
+        return out.log_probs[:, -keep:]
 
     def loss():
         if scorer is not None:
