@@ -176,13 +176,13 @@ def load_config(need_credentials: bool = True):
 
 
 def preflight(plan: Plan, console: Console, no_preflight: bool = False, price_per_hour: float | None = None,
-              max_runtime: int | None = None) -> None:
-    """The node checks (cloud.pai.preflight) and the cost line, before anything is uploaded; what they
-    decide (the GPU driver, the node's GPUs, the run-time limit) goes into `plan.options`."""
+              max_runtime: int | None = None, no_plan: bool = False) -> None:
+    """The node checks (cloud.pai.preflight), the stage's `pai-distil plan` on the node's GPUs and the cost
+    line, before anything is uploaded; what they decide (the GPU driver, the node's GPUs, the run-time
+    limit) goes into `plan.options`."""
     from pai_distil.cloud.pai import dlc, preflight as pf
 
-    # `pai-distil plan` (issue 26) predicts these; its engineer wires the stage's plan in here
-    gpu_hours, peak_gib = None, None
+    gpu_hours = peak_gib = None
     node = None
     if max_runtime:
         plan.options["max_running_minutes"] = max_runtime
@@ -195,13 +195,43 @@ def preflight(plan: Plan, console: Console, no_preflight: bool = False, price_pe
 
                 raise UserError(f"ecs_spec {ecs} is not an instance type DLC offers in {plan.cfg.region} "
                                 f"(ListEcsSpecs): choose one it lists, e.g. --ecs-spec {ECS_SPEC_EXAMPLE}")
+    if not no_plan:
+        gpu_hours, peak_gib = _stage_plan(plan.spec, node, console)
+    if not no_preflight:
         checked = pf.check_nodes(plan.spec, plan.cfg, node, peak_gib)
         plan.options.update(driver=checked.driver, node_gpus=node.gpus if node else None)
     console.print(pf.cost_line(plan.spec, node, gpu_hours, price_per_hour), soft_wrap=True)
 
 
+def _stage_plan(spec: JobSpec, node, console: Console) -> tuple[float | None, float | None]:
+    """(GPU-hours, per-GPU peak GiB) of a training stage on `node`'s GPUs (`pai-distil plan`); a step that
+    does not fit is refused here, naming the knob. A preset (a test model) or a model the plan cannot size
+    (a checkpoint only in OSS) is not planned, and the console says so."""
+    from pai_distil.core.presets import is_preset
+    from pai_distil.run.plan import GPUS, TRAINING, gpu_spec, plan_stage, refusal, trained_model
+
+    if spec.stage not in TRAINING or is_preset(str(trained_model(spec.stage, spec.config, spec.inputs))):
+        return None, None
+    gpus = spec.procs_per_node or (node.gpus if node else None) or spec.resources.gpu or 1
+    kind = (node.gpu_type or "").lower() if node else ""
+    name = next((g for g in GPUS if g in kind), "h800")
+    memory = node.gpu_memory_gib if node and node.gpu_memory_gib else None
+    try:
+        result = plan_stage(spec.stage, spec.config, spec.inputs, nodes=spec.nodes, gpus=gpus,
+                            gpu=gpu_spec(name, memory), where=f"{spec.stage} config")
+    except UserError as e:
+        console.print(f"plan skipped: {e.message}")
+        return None, None
+    if not result["fits"]:
+        raise UserError(refusal(result) + "; or pass --no-plan to submit anyway")
+    console.print(f"plan: {result['peak_gib']:.1f} GiB per GPU of {result['budget_gib']:g} ({result['sharding']}), "
+                  f"{result['step_seconds']:.1f} s a step at MFU {result['mfu']:g}, {result['gpu_hours']:,.1f} GPU-hours",
+                  soft_wrap=True)
+    return result["gpu_hours"], result["peak_gib"]
+
+
 def dry_run_body(spec: JobSpec, no_preflight: bool = False, price_per_hour: float | None = None,
-                 max_runtime: int | None = None) -> dict:
+                 max_runtime: int | None = None, no_plan: bool = False) -> dict:
     """The CreateJob body `start` would send (nothing uploaded); pre-flight runs when credentials are there."""
     from ..masking import masked
     from pai_distil.cloud.pai.dlc import SECRET_MARK, request_body
@@ -216,7 +246,7 @@ def dry_run_body(spec: JobSpec, no_preflight: bool = False, price_per_hour: floa
         except UserError:
             console.print("pre-flight skipped: no credentials to call ListEcsSpecs with")
             no_preflight = True
-    preflight(plan, console, no_preflight, price_per_hour, max_runtime)
+    preflight(plan, console, no_preflight, price_per_hour, max_runtime, no_plan)
     names = [*named_secrets(spec.config), *CREDENTIAL_ENV]
     return masked(request_body(plan.request()), names=names, values=[os.environ.get(n) for n in names],
                   mark=SECRET_MARK)
@@ -226,12 +256,13 @@ class PaiBackend(Backend):
     name = "pai"
     supervisor_module = SUPERVISOR_MODULE
     job_outlives_supervisor = True
-    options = ("download", "max_restarts", "no_preflight", "price_per_hour", "max_runtime")
+    options = ("download", "max_restarts", "no_preflight", "price_per_hour", "max_runtime", "no_plan")
 
     def __init__(self, registry: Registry | None = None, download: bool | None = None,
                  max_restarts: int | None = None, no_preflight: bool = False, price_per_hour: float | None = None,
-                 max_runtime: int | None = None):
+                 max_runtime: int | None = None, no_plan: bool = False):
         super().__init__(registry)
+        self.no_plan = no_plan
         self.download, self.max_restarts = bool(download), max_restarts
         self.no_preflight, self.price_per_hour, self.max_runtime = no_preflight, price_per_hour, max_runtime
         self.console = Console(stderr=True)
@@ -241,7 +272,7 @@ class PaiBackend(Backend):
         plan = Plan(spec, load_config())
         spec = spec.model_copy(update={"image": plan.image()})  # a missing setting fails before anything is uploaded
         plan.spec, self._plan = spec, plan
-        preflight(plan, self.console, self.no_preflight, self.price_per_hour, self.max_runtime)
+        preflight(plan, self.console, self.no_preflight, self.price_per_hour, self.max_runtime, self.no_plan)
         return spec
 
     def _launch(self, spec: JobSpec, record: RunRecord, config_path: Path) -> dict[str, str]:

@@ -66,6 +66,8 @@ def _stage_list() -> str:
                                                "`pai-distil runs pull RUN` fetches it later)")
 @click.option("--no-preflight", is_flag=True, help="pai: skip the node checks (GPUs per node, driver, spot stock) "
                                                    "made with ListEcsSpecs before anything is uploaded")
+@click.option("--no-plan", is_flag=True, help="pai: skip `pai-distil plan` of a training stage on the node's GPUs "
+                                              "(memory fit, GPU-hours) before anything is uploaded")
 @click.option("--price-per-hour", type=click.FloatRange(min=0), metavar="PRICE",
               help="pai: price of one node per hour, for the cost line (the SDKs have no pricing API)")
 @click.option("--max-runtime", type=click.IntRange(min=1), metavar="MINUTES",
@@ -76,7 +78,8 @@ def _stage_list() -> str:
 @click.option("--dry-run", is_flag=True, help="print the job spec (with --backend pai: the DLC CreateJob body) and start nothing")
 @click.option("--variant", type=click.Choice(["x", "y"]), help="adaptive-thinking: ThoughtX (x) or ThoughtY (y)")
 def submit(stage, config_file, inputs, backend, nodes, nproc_per_node, gpus, cpu, memory, shared_memory, ecs_spec,
-           max_restarts, download, no_preflight, price_per_hour, max_runtime, force, detach, dry_run, variant):
+           max_restarts, download, no_preflight, no_plan, price_per_hour, max_runtime, force, detach, dry_run,
+           variant):
     """Run one STAGE as a job (e.g. `pai-distil submit slow-thinking -c cfg.yaml -i cots=out/`)."""
     from pai_distil.core.config import Resources, read_mapping
     from pai_distil.core.stages import get_stage
@@ -97,12 +100,13 @@ def submit(stage, config_file, inputs, backend, nodes, nproc_per_node, gpus, cpu
         if backend == "pai":  # what DLC would receive: the CreateJob body, field names as the API has them
             from ..backends.pai import dry_run_body
 
-            click.echo(json.dumps(dry_run_body(prep.spec, no_preflight, price_per_hour, max_runtime), indent=2))
+            click.echo(json.dumps(dry_run_body(prep.spec, no_preflight, price_per_hour, max_runtime, no_plan), indent=2))
             return
         click.echo(json.dumps(prep.spec.model_dump(mode="json"), indent=2))
         return
     record = execute(prep, backend, force=force, detach=detach, download=download, max_restarts=max_restarts,
-                     no_preflight=no_preflight, price_per_hour=price_per_hour, max_runtime=max_runtime)
+                     no_preflight=no_preflight, price_per_hour=price_per_hour, max_runtime=max_runtime,
+                     no_plan=no_plan)
     click.echo(record.output)
 
 

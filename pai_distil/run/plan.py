@@ -97,6 +97,14 @@ def _configs(roles: dict[str, str], shape: str | None) -> tuple[dict, dict, bool
     return configs, labels, isinstance(configs[trained], str) and is_preset(configs[trained])
 
 
+def trained_model(stage: str, config: dict, inputs: dict[str, str] | None = None, where: str = "plan") -> str | None:
+    """The reference of the model a training stage trains (None when it is an input not given)."""
+    from pai_distil.core.config import validate
+
+    spec = get_stage(stage)
+    return next(iter(_model_roles(spec.name, validate(spec.config, config, where), inputs or {}).values()))
+
+
 def plan_stage(stage: str, config: dict, inputs: dict[str, str] | None = None, *, nodes: int = 1, gpus: int = 8,
                gpu: dict | None = None, shape: str | None = None, where: str = "plan") -> dict:
     """The plan of one training stage (see the module docstring); raises UserError for bad input.

@@ -97,3 +97,25 @@ def test_cost_line_with_the_plans_gpu_hours():
     line = preflight.cost_line(spec, node, gpu_hours=32.0, price_per_hour=26.5)
     assert "32.0 GPU-hours, 2.00 h (from the plan)" in line and "2 × 2.00 h × 26.5/h = 106.00" in line
     assert "price unknown: pass --price-per-hour" in preflight.cost_line(spec, node, None, None)
+
+
+def test_a_real_model_is_planned_on_the_nodes_gpus_before_upload(emu, tmp_path, cots):
+    """Qwen3-8B at 8k: on 8 A100s of 80 GiB the plan's GPU-hours reach the cost line; on 8 V100s of 16 GiB it
+    is refused before anything is uploaded, naming the knob; --no-plan submits it anyway."""
+    home = tmp_path / "home"
+    configure(home, emu, ecs_spec="ecs.gn7e-c16g1.32xlarge", image_cuda="12.4")
+    train = tmp_path / "train.yaml"
+    train.write_text(yaml.safe_dump({"student": {"model": "Qwen/Qwen3-8B"}, "train": {"max_length": 8192}}))
+    args = ("submit", "slow-thinking", "-c", train, "-i", f"cots={cots}", "--backend", "pai", "--price-per-hour", "30",
+            "--dry-run")
+    dry = cli(home, *args)
+    assert dry.returncode == 0, dry.stderr
+    assert "plan: " in dry.stderr and "GiB per GPU of 80 (FSDP2 full_shard over 8)" in dry.stderr
+    assert "(from the plan)" in dry.stderr
+    before = len(uploads(emu))
+    small = cli(home, *args[:-1], "--ecs-spec", "ecs.gn6v-c8g1.16xlarge")
+    line = one_line_refusal(small)
+    assert "more than the 16 GiB" in line and "--no-plan" in line and len(uploads(emu)) == before
+    anyway = cli(home, *args, "--ecs-spec", "ecs.gn6v-c8g1.16xlarge", "--no-plan")
+    assert anyway.returncode == 0, anyway.stderr
+    assert "plan: " not in anyway.stderr
