@@ -89,23 +89,30 @@ def compose(stage: str, step: Step, trace: Trace, train, world: int, gpu: dict) 
 
 
 def knob(step: Step, train, memory: dict, peak: float, budget: float, world: int) -> str:
-    """The setting that brings this step under `budget`, the cheapest first: a smaller micro-batch,
-    checkpointing, sharding, offload; else fewer tokens per row."""
-    over = peak - budget
+    """The settings that bring this step under `budget`, cheapest first (a smaller micro-batch,
+    checkpointing, sharding, offload), as many as it takes; else what is left to change."""
     act = memory["activations"] + memory["temporaries"]
-    if step.micro > 1 and act * (1 - 1 / step.micro) > over:
-        return (f"set train.gradient_accumulation_steps: {step.accumulation * step.micro} "
-                f"(micro-batch 1 instead of {step.micro})")
-    if not train.gradient_checkpointing and act * 0.7 > over:
-        return "set train.gradient_checkpointing: true"
     state = memory["parameters"] + memory["gradients"] + memory["optimizer"]
     fsdp, ds = getattr(train, "fsdp", None), getattr(train, "deepspeed", None)
-    if world > 1 and not (fsdp or ds) and not getattr(train, "lora", None) and state * (1 - 1 / world) > over:
-        return "set train.fsdp: {sharding: full_shard} (or train.deepspeed: {stage: 3})"
-    if fsdp and fsdp.sharding != "full_shard":
-        return "set train.fsdp.sharding: full_shard"
-    if (fsdp and not fsdp.offload) and memory["optimizer"] > over:
-        return "set train.fsdp.offload: true, or train.lora, or use more GPUs"
+    options = []  # (setting, GiB it saves)
     if step.micro > 1:
-        return f"set train.gradient_accumulation_steps: {step.accumulation * step.micro} and use more GPUs"
-    return f"lower train.max_length below {step.tokens_per_row}, use train.lora, or use more GPUs"
+        options.append((f"train.gradient_accumulation_steps: {step.accumulation * step.micro} (micro-batch 1)",
+                        act * (1 - 1 / step.micro)))
+        act /= step.micro
+    if not train.gradient_checkpointing:
+        options.append(("train.gradient_checkpointing: true", act * 0.7))
+    if world > 1 and not (fsdp or ds) and not getattr(train, "lora", None):
+        options.append(("train.fsdp: {sharding: full_shard}", state * (1 - 1 / world)))
+    elif fsdp and fsdp.sharding != "full_shard":
+        options.append(("train.fsdp.sharding: full_shard", memory["parameters"] * (1 - 1 / world)))
+    elif fsdp and not fsdp.offload:
+        options.append(("train.fsdp.offload: true", memory["optimizer"]))
+    chosen, over = [], peak - budget
+    for setting, saves in options:
+        if saves > 0.05:
+            chosen.append(setting)
+            over -= saves
+        if over <= 0:
+            return "set " + " and ".join(chosen)
+    rest = f"lower train.max_length below {step.tokens_per_row}, use train.lora, or use more GPUs"
+    return ("set " + " and ".join(chosen) + f"; that still leaves {over:.0f} GiB over: " + rest) if chosen else rest

@@ -81,3 +81,24 @@ def test_attention_flops_are_counted_on_the_cpu_kernel():
         torch.nn.functional.scaled_dot_product_attention(q, q, q, is_causal=True).sum().backward()
     forward = 4 * 1 * 2 * 64 * 64 * 16
     assert counter.get_total_flops() == forward * 3
+
+
+def test_the_knob_names_as_many_settings_as_it_takes_cheapest_first():
+    from types import SimpleNamespace
+
+    from pai_distil.core.config import Training
+    from pai_distil_jobs.plan.estimate import knob
+
+    step = SimpleNamespace(micro=4, accumulation=1, tokens_per_row=8192)
+    ddp = Training(max_length=8192, gradient_checkpointing=True)
+    memory = {"parameters": 30.0, "gradients": 60.0, "optimizer": 60.0, "activations": 100.0, "temporaries": 20.0}
+    # 270 GiB on 80: micro-batch 1 saves 90, sharding 8 ways 131 of the 150 GiB of state
+    assert knob(step, ddp, memory, 270, 80, 8) == ("set train.gradient_accumulation_steps: 4 (micro-batch 1) and "
+                                                    "train.fsdp: {sharding: full_shard}")
+    assert knob(step, ddp, memory, 150, 80, 8) == "set train.gradient_accumulation_steps: 4 (micro-batch 1)"
+    one = SimpleNamespace(micro=1, accumulation=4, tokens_per_row=32768)
+    sharded = Training(max_length=32768, gradient_checkpointing=True, fsdp={"offload": False})
+    assert knob(one, sharded, memory, 100, 80, 8) == "set train.fsdp.offload: true"
+    assert knob(one, sharded, memory, 200, 80, 8) == ("set train.fsdp.offload: true; that still leaves 60 GiB over: "
+                                                       "lower train.max_length below 32768, use train.lora, or use "
+                                                       "more GPUs")

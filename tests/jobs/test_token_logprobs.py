@@ -33,6 +33,8 @@ class IdentityLM(torch.nn.Module):
     def __init__(self, hidden):
         super().__init__()
         self.hidden = hidden
+        vocab = SimpleNamespace(vocab_size=hidden.shape[-1])
+        self.config = SimpleNamespace(get_text_config=lambda: vocab)  # topk_at sizes its chunks from the config
         self.head = torch.nn.Linear(hidden.shape[-1], hidden.shape[-1], bias=False)
         with torch.no_grad():
             self.head.weight.copy_(torch.eye(hidden.shape[-1]))
