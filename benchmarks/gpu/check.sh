@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# The GPU check: slow-thinking (bf16, sdpa, packing, 4k tokens), LoRA, teacher-logits, white-box and on-policy KD,
-# reward model, DPO, five GRPO steps and a
-# kill-and-resume, as real jobs on a random-weight Qwen3-0.6B-shaped checkpoint; under 10 minutes on one GPU.
+# The GPU check, and the first calibration of `pai-distil plan`: slow-thinking on 4k- and 16k-token rows, DeepSpeed
+# ZeRO-3, teacher-logits and white-box KD from a 1.7B-shaped teacher, reward model, DPO, a kill-and-resume, GRPO and
+# on-policy KD with vLLM rollouts, and LoRA, as real jobs on a random-weight Qwen3-0.6B-shaped student; each run's
+# measured peak memory, seconds per step and MFU (the plan's FLOPs: attention counted) beside the plan's prediction
+# for its exact config. Sized for one H100 within the 570 s timeout below.
 #
 #   bash benchmarks/gpu/check.sh                 # with this project and its train extra installed
 #   WHEELS=/path/to/wheels bash benchmarks/gpu/check.sh   # first install from those wheels only (no index)
 #
-# Prints a summary table; writes $OUT/gpu_check.json and the jobs' logs under $OUT/logs when OUT is set.
+# Prints the table (plan beside measurement, per run); writes $OUT/gpu_check.json and the jobs' logs under $OUT/logs
+# when OUT is set, after every run: a timeout keeps what finished, and `--only grpo-vllm,lora` reruns the rest (with
+# the runs whose outputs they read).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PYTHON="${PYTHON:-python}"
