@@ -21,6 +21,18 @@ RUNTIME_GIB = 1.5
 ADAM_BYTES = 8  # two fp32 moments per trained element
 
 
+class _Step(torch.nn.Module):
+    """The step's forward as one module call: MemTracker refuses a top-level module called twice in one
+    pass (a teacher's LM head per chunk of positions), not one called twice inside another."""
+
+    def __init__(self, run):
+        super().__init__()
+        self.run = run
+
+    def forward(self):
+        return self.run()
+
+
 def trace_step(stage: str, cfg, models: dict, world: int, preset: bool) -> tuple[Step, Trace]:
     """Build the stage's step for `world` processes on fake tensors and trace one micro-batch of it."""
     if stage not in STEPS:
@@ -33,7 +45,7 @@ def trace_step(stage: str, cfg, models: dict, world: int, preset: bool) -> tuple
 
         def forward_backward():
             with precision:
-                loss = step.run()
+                loss = _Step(step.run)()
             loss.backward()
 
         with traced(step.root, step.inputs) as trace:
@@ -65,6 +77,8 @@ def compose(stage: str, step: Step, trace: Trace, train, world: int, gpu: dict) 
         analytic += ["parameters", "gradients"]
     else:
         memory["optimizer"] = 0.0 if offload else ADAM_BYTES * step.trainable / GIB
+        # the traced micro-batch starts with no gradients; the next ones (and the optimizer step) hold them all
+        memory["gradients"] = max(memory["gradients"], 4 * step.trainable / GIB)
         if step.sharding.startswith("DDP"):
             memory["gradients"] += 4 * step.trainable / GIB  # DDP's bucket copy of every gradient
     memory["frozen models"] = step.frozen_gib

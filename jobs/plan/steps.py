@@ -54,19 +54,18 @@ def _micro(rows: int, world: int, accumulation: int) -> int:
 
 
 def _trained(config: dict, train, world: int, lm_factory=None):
-    """The trained model: built in fp32 (master weights), checkpointed, sharded as the job would."""
-    model = build_model(config, torch.float32)
+    """The trained model, checkpointed and sharded as the job would: fp32 master weights; with LoRA a bf16
+    base (sharded_load's rule) and fp32 adapters."""
+    lora = getattr(train, "lora", None)
+    if lora:
+        model = _with_lora(config, lora)
+    else:
+        model = build_model(config, torch.float32)
     if lm_factory is not None:
         model = lm_factory(model)
     if train.gradient_checkpointing:
         inner = getattr(model, "lm", model)
         inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if getattr(train, "lora", None):
-        from peft import get_peft_model
-
-        from pai_distil_jobs.train.sft_train import lora_config
-
-        model = get_peft_model(model, lora_config(train.lora))
     if getattr(train, "fsdp", None):
         shard_fsdp(model, world, train.fsdp.sharding == "full_shard")
         return model, f"FSDP2 {train.fsdp.sharding} over {world}"
@@ -75,17 +74,32 @@ def _trained(config: dict, train, world: int, lm_factory=None):
     return model, ("DDP over %d" % world) if world > 1 else "one process"
 
 
+def _with_lora(config: dict, lora):
+    """PEFT's adapters on a bf16 base. PEFT moves each adapter to its base layer's device, which fake tensors
+    cannot swap, so the model is built on the meta device outside the fake mode and materialised inside it."""
+    from peft import get_peft_model
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    from pai_distil_jobs.train.sft_train import lora_config
+
+    with unset_fake_temporarily(), torch.device("meta"):
+        model = get_peft_model(build_model(config, torch.bfloat16), lora_config(lora))
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                p.data = p.data.float()
+    return model.to_empty(device="cpu")
+
+
 def _frozen(config: dict, fsdp: bool) -> tuple[torch.nn.Module, float]:
     """A model the step runs without gradients (reference, teacher) in bf16, laid out as the job's
     `sharded_load.shard_frozen` lays it out under FSDP, else whole; and the GiB of its weights on this rank
-    that the trace does not see. Whole, the plain MemTracker counts them itself, and it hooks the gradient
-    of every parameter it meets: they keep requires_grad (the step runs them under no_grad)."""
+    that the trace does not see (whole, the MemTracker counts them when the step runs it)."""
     from pai_distil_jobs.train.sharded_load import shard_frozen_fsdp
 
-    model = build_model(config, torch.bfloat16).eval()
+    model = build_model(config, torch.bfloat16).eval().requires_grad_(False)
     if not fsdp:
         return model, 0.0
-    shard_frozen_fsdp(model.requires_grad_(False), fake_mesh())
+    shard_frozen_fsdp(model, fake_mesh())
     return model, local_numel(model.parameters()) * 2 / 2**30
 
 

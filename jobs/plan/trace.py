@@ -182,6 +182,26 @@ _FSDP_KINDS = {"Sharded Param": "parameters", "Unsharded Param": "parameters", "
                "Optstate": "optimizer", "Other": "temporaries"}
 
 
+def _hooking_trained_only(tracker_cls):
+    """`tracker_cls` hooking the gradients of trained parameters only: MemTracker hooks every parameter of
+    every module it meets, and a frozen one (LoRA's base, a reference, a teacher) cannot take a hook."""
+    from torch.distributed._tools.mem_tracker import _MemRefType
+
+    class TrainedOnly(tracker_cls):
+        def _track_module_params_and_buffers(self, module, install_grad_hooks: bool = True):
+            sizes = super()._track_module_params_and_buffers(module, install_grad_hooks=False)
+            for p in module.parameters() if install_grad_hooks else ():
+                if p.requires_grad and self._param_to_grad_hook_handles.get(p) is None:
+                    def seen(grad):
+                        self._update_and_maybe_create_winfos(grad, _MemRefType.GRAD)
+
+                    self._param_to_grad_hook_handles[p] = (p.register_hook(seen),
+                                                           p.register_post_accumulate_grad_hook(lambda q: seen(q.grad)))
+            return sizes
+
+    return TrainedOnly
+
+
 @contextlib.contextmanager
 def traced(root, inputs: tuple = ()):
     """Track the memory of what runs inside; yields the `Trace`, filled on exit. `root` is the module whose
@@ -194,7 +214,7 @@ def traced(root, inputs: tuple = ()):
         tracker = FSDPMemTracker(root)
         tracker.track_inputs(inputs)
     else:
-        tracker = MemTracker()
+        tracker = _hooking_trained_only(MemTracker)()
         tracker.track_external(root, *inputs)
     result = Trace()
     with tracker:
