@@ -245,11 +245,17 @@ def test_wrong_secret_is_one_line_from_the_cli(emu, teacher, tmp_path):
     configure(home, emu)
     gen = tmp_path / "gen.yaml"
     gen.write_text(yaml.safe_dump({"teacher": {"base_url": teacher.base_url}, "problems": {"n": 4, "seed": 3}}))
-    oss_refused = cli(home, "submit", "generate", "-c", gen, "--backend", "pai", secret="not-the-secret")
+    # pre-flight (ListEcsSpecs) is the first call, before any upload; without it, OSS is
+    dlc_refused = cli(home, "submit", "generate", "-c", gen, "--backend", "pai", secret="not-the-secret")
+    lines = dlc_refused.stderr.strip().splitlines()
+    assert dlc_refused.returncode != 0 and len(lines) == 1, lines
+    assert lines[0].startswith("error: PAI-DLC refused the credentials (SignatureDoesNotMatch)"), lines
+    oss_refused = cli(home, "submit", "generate", "-c", gen, "--backend", "pai", "--no-preflight", secret="not-the-secret")
     assert oss_refused.returncode != 0
-    lines = oss_refused.stderr.strip().splitlines()
+    lines = [line for line in oss_refused.stderr.strip().splitlines() if not line.startswith("cost: ")]
     assert len(lines) == 1 and lines[0].startswith("error: OSS refused the credentials (SignatureDoesNotMatch)"), lines
-    assert "Traceback" not in oss_refused.stderr and "not-the-secret" not in oss_refused.stderr
+    for proc in (dlc_refused, oss_refused):
+        assert "Traceback" not in proc.stderr and "not-the-secret" not in proc.stderr
     no_keys = cli(home, "submit", "generate", "-c", gen, "--backend", "pai", secret="")
     assert no_keys.returncode != 0 and len(no_keys.stderr.strip().splitlines()) == 1
     assert "ALIBABA_CLOUD_ACCESS_KEY_SECRET" in no_keys.stderr
