@@ -118,6 +118,20 @@ def test_attach_reattaches_after_the_supervisor_died_and_shows_no_line_twice(emu
     assert "succeeded" in cli(home, "runs", "show", "reattach-1").stdout and status(emu, job_id) == "Succeeded"
 
 
+def _read_until(proc: subprocess.Popen, text: str, timeout: float) -> str:
+    """What `proc` wrote on stdout and stderr until `text` appeared in either (or `timeout` passed)."""
+    import os
+    import select
+
+    seen, deadline = "", time.time() + timeout
+    while text not in seen and time.time() < deadline:
+        ready, _, _ = select.select([proc.stdout, proc.stderr], [], [], 0.5)
+        for stream in ready:
+            chunk = os.read(stream.fileno(), 65536).decode(errors="replace")
+            seen += chunk
+    return seen
+
+
 def test_ctrl_c_on_an_attached_run_detaches_and_says_how_to_come_back(emu, tmp_path):
     home = tmp_path / "home"
     configure(home, emu)
@@ -125,9 +139,10 @@ def test_ctrl_c_on_an_attached_run_detaches_and_says_how_to_come_back(emu, tmp_p
     spawn_supervisor(home, "detach-1", registry_path, directory)
     attached = subprocess.Popen([*CLI, "runs", "attach", "detach-1"], env=client_env(home), stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
-    time.sleep(4)
+    seen = _read_until(attached, "started", timeout=60)  # attached and following (start-up takes seconds when busy)
     attached.send_signal(signal.SIGINT)
     out, err = attached.communicate(timeout=60)
+    err = seen + err
     assert attached.returncode == 130, err
     assert "pai-distil runs attach detach-1" in err and "pai-distil runs cancel detach-1" in err
     time.sleep(2)

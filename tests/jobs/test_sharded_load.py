@@ -213,7 +213,7 @@ def test_under_zero3_policy_and_reference_load_partitioned_in_bf16(tmp_path, qwe
 
 
 FROZEN_FSDP = """
-import json, sys, types, torch, torch.distributed as dist
+import json, os, sys, types, torch, torch.distributed as dist
 from pai_distil_jobs.models.models import load_model
 from pai_distil_jobs.train import sharded_load
 from pai_distil_jobs.train.teacher_topk import topk_at
@@ -228,8 +228,9 @@ labels = torch.tensor([[-100, -100, 7, 8, 9, 10], [-100, 12, 13, 14, 15, 16]])
 with torch.inference_mode():
     got, want = (topk_at(m, ids, torch.ones_like(ids), labels, 4) for m in (model, whole.eval()))
 w = model.get_decoder().layers[0].mlp.up_proj.weight
-print(json.dumps({"ids": torch.equal(got[0], want[0]), "lps": (got[1] - want[1]).nan_to_num().abs().max().item(),
-                  "sharded": type(w).__name__ == "DTensor" and w.to_local().shape[0] * 2 == w.shape[0]}))
+found = {"ids": torch.equal(got[0], want[0]), "lps": (got[1] - want[1]).nan_to_num().abs().max().item(),
+         "sharded": type(w).__name__ == "DTensor" and w.to_local().shape[0] * 2 == w.shape[0]}
+open(f"{sys.argv[2]}/rank{os.environ['RANK']}.json", "w").write(json.dumps(found))  # a file each: stdout interleaves
 """
 
 
@@ -242,9 +243,10 @@ def test_a_teacher_under_fsdp_keeps_its_layers_sharded_and_scores_as_the_whole_m
     with free_socket() as sock:
         port = sock.getsockname()[1]
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                           str(port), str(script), str(qwen3)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+                           str(port), str(script), str(qwen3), str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    outs = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    outs = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert outs == [{"ids": True, "lps": 0.0, "sharded": True}] * 2  # still sharded after the forward pass
 
 
