@@ -44,13 +44,12 @@ def _train_settings(train, preset: bool, world: int):
 
 
 def _micro(rows: int, world: int, accumulation: int) -> int:
-    micro, rest = divmod(rows, world * accumulation)
-    if micro == 0 or rest:
-        from pai_distil.core.contract import JobError
+    """The job's own split of `rows` a step (trainer.per_device_batch), for the planned world."""
+    from types import SimpleNamespace
 
-        raise JobError(f"train.batch_size={rows} does not split into {world} processes x {accumulation} "
-                       f"accumulation steps; make it a multiple of {world * accumulation}")
-    return micro
+    from pai_distil_jobs.train.trainer import per_device_batch
+
+    return per_device_batch(SimpleNamespace(batch_size=rows, gradient_accumulation_steps=accumulation), world)
 
 
 def _trained(config: dict, train, world: int, lm_factory=None):

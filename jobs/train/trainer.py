@@ -132,9 +132,10 @@ def publish_checkpoint(staged: Path, checkpoint_dir: Path, step: int, keep: int)
 # -- arguments ---------------------------------------------------------------------------------------
 
 
-def per_device_batch(s: TrainSettings) -> int:
-    """Each process's micro-batch: the global batch over processes and accumulation steps."""
-    world, accum = world_size(), s.gradient_accumulation_steps
+def per_device_batch(s: TrainSettings, world: int | None = None) -> int:
+    """Each process's micro-batch: the global batch over processes (this job's, or `world`) and accumulation
+    steps (`pai-distil plan` asks for the world it plans)."""
+    world, accum = world or world_size(), s.gradient_accumulation_steps
     micro, rest = divmod(s.batch_size, world * accum)
     if micro == 0 or rest:
         raise JobError(f"train.batch_size={s.batch_size} does not split into {world} processes x "
