@@ -88,6 +88,13 @@ def _autoscale(value: str | None) -> tuple[int, int] | None:
     return int(lo), int(hi)
 
 
+def _configured_workspace() -> str | None:
+    """`pai-distil config`'s workspace, so a service lands where the team's jobs run."""
+    from pai_distil.cloud.pai.config import load
+
+    return load().workspace_id
+
+
 @deploy.command("eas")
 @click.argument("checkpoint")
 @click.option("--name", help="EAS service name (default: from the checkpoint or run id)")
@@ -116,11 +123,15 @@ def _autoscale(value: str | None) -> tuple[int, int] | None:
 @click.option("--rolling", metavar="SURGE/UNAVAILABLE", help="rolling update: extra instances started and instances "
               "stopped at a time, counts or percentages (e.g. 1/0; default: EAS's)")
 @click.option("--instances", type=click.IntRange(1), default=1, show_default=True)
-@click.option("--autoscale", metavar="MIN:MAX", help="scale between MIN and MAX instances on QPS")
-@click.option("--autoscale-qps", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
-              help="QPS per instance above which the autoscaler adds one")
+@click.option("--autoscale", metavar="MIN:MAX", help="scale between MIN and MAX instances on requests in flight "
+              "(reasoning streams last minutes, so QPS stays below 1 and would never scale out)")
+@click.option("--autoscale-concurrency", type=click.IntRange(1), default=32, show_default=True,
+              help="requests in flight per instance above which the autoscaler adds one")
+@click.option("--autoscale-qps", type=click.FloatRange(min=0, min_open=True),
+              help="scale on QPS per instance instead of concurrency (short requests only)")
 @click.option("--max-model-len", type=click.IntRange(1), default=4096, show_default=True)
-@click.option("--workspace-id", envvar="PAI_DISTIL_WORKSPACE_ID", help="PAI workspace of the service")
+@click.option("--workspace-id", envvar="PAI_DISTIL_WORKSPACE_ID",
+              help="PAI workspace of the service (default: `pai-distil config`'s workspace_id)")
 @click.option("--oss-prefix", help="for a local checkpoint: oss://BUCKET/PATH/ to upload it under first, into a new "
               "folder named for its content (PATH/<digest>/)")
 @click.option("--oss-endpoint", envvar="PAI_DISTIL_OSS_ENDPOINT", show_envvar=True,
@@ -133,8 +144,9 @@ def _autoscale(value: str | None) -> tuple[int, int] | None:
 @click.option("--timeout", "timeout_s", type=click.IntRange(1), default=1800, show_default=True,
               help="seconds to wait for Running")
 def eas(checkpoint, name, engine, template, sets, image, served_model_name, instance_type, resource_group, cpu,
-        memory_mb, gpu, tensor_parallel, dtype, shm_gb, keepalive_s, rolling, instances, autoscale, autoscale_qps,
-        max_model_len, workspace_id, oss_prefix, oss_endpoint, token, region, endpoint, dry_run, no_wait, timeout_s):
+        memory_mb, gpu, tensor_parallel, dtype, shm_gb, keepalive_s, rolling, instances, autoscale,
+        autoscale_concurrency, autoscale_qps, max_model_len, workspace_id, oss_prefix, oss_endpoint, token, region,
+        endpoint, dry_run, no_wait, timeout_s):
     """Deploy CHECKPOINT (a run id, a folder or oss://...) as a PAI-EAS service: create it, or update it if it exists.
 
     A student serves the OpenAI API (vLLM or SGLang); a reward model serves POST /v1/score for GRPO.
@@ -172,7 +184,8 @@ def eas(checkpoint, name, engine, template, sets, image, served_model_name, inst
         service_name=name or ckpt.name, oss_path=oss_path, engine=engine, served_model_name=served_model_name,
         image=image, region=region, instance_type=instance_type, resource_group=resource_group, cpu=cpu,
         memory_mb=memory_mb, gpu=gpu, instances=instances, autoscale=_autoscale(autoscale),
-        autoscale_qps=autoscale_qps, workspace_id=workspace_id, max_model_len=max_model_len,
+        autoscale_concurrency=autoscale_concurrency, autoscale_qps=autoscale_qps,
+        workspace_id=workspace_id or _configured_workspace(), max_model_len=max_model_len,
         token=given_token or secrets.token_urlsafe(24), template=template,
         dtype=dtype or (ckpt.dtype if ckpt.dtype in DTYPES else "bfloat16"), tensor_parallel=tensor_parallel,
         shm_gb=shm_gb, keepalive_s=keepalive_s, rolling=rolling)

@@ -96,7 +96,22 @@ def test_vllm_config_has_the_fields_of_eas_service_config_format(ckpts):
     assert shm == {"mount_path": "/dev/shm", "empty_dir": {"medium": "memory", "size_limit": 16}}
     for probe in ("startup_check", "readiness_check"):
         assert container[probe]["http_get"] == {"path": "/health", "port": 8000}
-    assert config["autoscaler"] == {"min": 1, "max": 4, "scaleStrategies": [{"metricName": "qps", "threshold": 10.0}]}
+    # reasoning streams last minutes: QPS stays below 1, so the autoscaler keys on requests in flight
+    assert config["autoscaler"] == {"min": 1, "max": 4,
+                                    "scaleStrategies": [{"metricName": "concurrency", "threshold": 32}]}
+
+
+def test_autoscaler_on_qps_when_asked_and_workspace_from_config(ckpts, tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "config.toml").write_text('[pai]\nworkspace_id = "ws-team-1"\n')
+    proc = cli("deploy", "eas", str(ckpts[0]), "--oss-prefix", "oss://models/students/x/", *RESOURCES,
+               "--autoscale", "2:6", "--autoscale-qps", "4", "--dry-run",
+               env=cloud_env("http://127.0.0.1:9", PAI_DISTIL_EAS_TOKEN=TOKEN, PAI_DISTIL_HOME=str(home)))
+    assert proc.returncode == 0, proc.stderr
+    config = json.loads(proc.stdout)
+    assert config["autoscaler"]["scaleStrategies"] == [{"metricName": "qps", "threshold": 4.0}]
+    assert config["metadata"]["workspace_id"] == "ws-team-1"
 
 
 def test_readme_shows_the_generated_vllm_config(ckpts, tmp_path):

@@ -71,7 +71,8 @@ class EasOptions:
     gpu: int | None = None
     instances: int = 1
     autoscale: tuple[int, int] | None = None
-    autoscale_qps: float = 10.0
+    autoscale_concurrency: int = 32
+    autoscale_qps: float | None = None
     workspace_id: str | None = None
     oss_endpoint: str | None = None
     max_model_len: int = 4096
@@ -124,8 +125,8 @@ class EasOptions:
         autoscaler = None
         if self.autoscale:
             lo, hi = self.autoscale
-            autoscaler = {"min": lo, "max": hi,
-                          "scaleStrategies": [{"metricName": "qps", "threshold": self.autoscale_qps}]}
+            metric = ("qps", self.autoscale_qps) if self.autoscale_qps else ("concurrency", self.autoscale_concurrency)
+            autoscaler = {"min": lo, "max": hi, "scaleStrategies": [{"metricName": metric[0], "threshold": metric[1]}]}
         return {
             "service_name": self.service_name, "served_model_name": self.served_model_name or self.service_name,
             "image": self.image or ENGINES[self.engine]["image"].format(region=self.region),
