@@ -54,6 +54,12 @@ def test_absurd_numbers_in_json_are_one_line(tmp_path):
     assert_one_line_error(cli("validate", "-s", "slow-thinking", cfg), "'train' appears twice", "line 3")
 
 
+def test_a_warmup_as_long_as_the_run_is_refused_at_validate(tmp_path):
+    cfg = write(tmp_path, "cfg.yaml", "train: {max_steps: 20, warmup_steps: 30}\n")
+    assert_one_line_error(cli("validate", "-s", "slow-thinking", cfg), "train", "warmup_steps = 30 is not below "
+                          "max_steps = 20", "set warmup_steps below max_steps (e.g. 2)")
+
+
 def test_duplicate_stage_ids_are_refused_with_their_line(tmp_path):
     p = write(tmp_path, "p.yaml", "name: p\nstages:\n  gen:\n    stage: generate\n  gen:\n    stage: score\n")
     assert_one_line_error(cli("validate", p), "'gen' appears twice", "line 5")

@@ -132,14 +132,15 @@ def test_a_checkpoint_is_sharded_and_its_micro_batch_holds_at_most_16k_tokens(co
     train, filled = cfg.train.by_kind(False, world, gpus)
     fsdp = {"fsdp": {"sharding": "full_shard", "offload": False}} if gpus and world > 1 else {}
     assert {k: getattr(v, "model_dump", lambda: v)() for k, v in filled.items()} == {
-        "learning_rate": 1e-6, "gradient_checkpointing": True, "gradient_accumulation_steps": accumulation, **fsdp}
+        "learning_rate": 1e-6, "gradient_checkpointing": True, "gradient_accumulation_steps": accumulation,
+        "warmup_steps": 5, **fsdp}
     assert train.gradient_accumulation_steps == accumulation and (train.fsdp is not None) == bool(fsdp)
 
 
 def test_presets_and_chosen_settings_keep_their_values():
     cfg = GRPOConfig(problems={"n": 1}, max_completion_length=8192)
     assert cfg.train.by_kind(True, 8, True)[1] == {"learning_rate": 2e-4, "gradient_checkpointing": False,
-                                                   "gradient_accumulation_steps": 1}
+                                                   "gradient_accumulation_steps": 1, "warmup_steps": 5}
     for chosen in ({"lora": {}}, {"deepspeed": {"stage": 3}}, {"fsdp": {"sharding": "shard_grad_op"}},
                    {"gradient_accumulation_steps": 2}):
         cfg = GRPOConfig(problems={"n": 1}, max_completion_length=8192, train=chosen)

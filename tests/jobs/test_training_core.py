@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import job_errors, run_job
+from conftest import job_errors, metric_records, run_job
 
 from pai_distil.core.artifacts import is_complete
 from pai_distil.core import oracle as teacher, world
@@ -110,11 +110,13 @@ def test_a_real_checkpoint_gets_the_fields_defaults_printed(tmp_path):
     AutoModelForCausalLM.from_config(config).save_pretrained(ckpt)
     tok.save_pretrained(ckpt)
     out = tmp_path / "out"
-    proc = run_job("slow-thinking", {"student": {"model": str(ckpt)}, "train": {"max_steps": 2, "batch_size": 2}},
-                   out, inputs={"cots": cots(tmp_path, 4)})
+    train = {"max_steps": 2, "batch_size": 2, "log_every": 1}
+    proc = run_job("slow-thinking", {"student": {"model": str(ckpt)}, "train": train}, out, inputs={"cots": cots(tmp_path, 4)})
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "defaults for a checkpoint: train.learning_rate=1e-05, train.max_length=8192, " \
-           "train.gradient_checkpointing=True" in proc.stdout
+           "train.gradient_checkpointing=True, train.warmup_steps=0" in proc.stdout
+    # a 2-step run warms up over none of them: the first step trains at the peak rate, not at 1/30 of it
+    assert metric_records(out / "metrics.jsonl")[0]["lr"] == pytest.approx(1e-5)
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))  # beside metrics.jsonl
 
 
@@ -127,12 +129,25 @@ def test_the_schedule_warms_up_then_decays_to_a_tenth():
     assert f(104) == pytest.approx(0.1) and f(10_000) == pytest.approx(0.1)
 
 
+def test_the_default_warmup_is_a_tenth_of_the_run_at_most_the_methods_own():
+    from pai_distil.core.config import DPOConfig, GRPOConfig, Training
+
+    for steps, warmup in [(2, 0), (25, 2), (300, 30), (600, 30), (10_000, 30)]:
+        train, filled = Training(max_steps=steps).by_kind(True, 1, False)
+        assert train.warmup_steps == filled["warmup_steps"] == warmup
+    assert DPOConfig().train.by_kind(True)[0].warmup_steps == 10  # 200 steps, at most 10
+    assert GRPOConfig(problems={"n": 1}).train.by_kind(True)[0].warmup_steps == 5
+    train, filled = Training(max_steps=2, warmup_steps=1).by_kind(True, 1, False)
+    assert train.warmup_steps == 1 and "warmup_steps" not in filled
+
+
 def test_training_values_that_cannot_work_are_refused():
     from pai_distil.core.config import SlowThinkingConfig
 
     for bad, field in [({"learning_rate": float("inf")}, "learning_rate"), ({"max_steps": 1e29}, "max_steps"),
                        ({"lora": {"r": 8}, "fsdp": {}}, "lora"),
-                       ({"deepspeed": {"stage": 2}, "fsdp": {}}, "fsdp")]:
+                       ({"deepspeed": {"stage": 2}, "fsdp": {}}, "fsdp"),
+                       ({"max_steps": 2, "warmup_steps": 2}, "warmup_steps = 2 is not below max_steps = 2")]:
         with pytest.raises(ValueError, match=field):
             SlowThinkingConfig.model_validate({"train": bad})
 

@@ -26,7 +26,7 @@ class DPOTraining(Training):
                                         "steps (each pair is two sequences, and the reference scores both)")
     learning_rate: float | None = Field(None, gt=0, le=10, allow_inf_nan=False,
                                         description="peak learning rate; default 5e-4 for presets, 5e-7 for checkpoints")
-    warmup_steps: int = Field(10, ge=0, le=100_000_000)
+    WARMUP: ClassVar[int] = 10
     max_length: int | None = Field(None, ge=16, le=1_048_576,
                                    description="tokens per prompt + response; longer ones are cut (see max_truncated); "
                                                "default 512 for presets, 8192 for checkpoints")

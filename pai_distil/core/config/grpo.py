@@ -54,7 +54,7 @@ class GRPOTraining(Optimisation):
                                          "of prompt and completion")
     learning_rate: float | None = Field(None, gt=0, le=10, description="peak learning rate; default 2e-4 for "
                                                                        "presets, 1e-6 for checkpoints")
-    warmup_steps: int = Field(5, ge=0, le=100_000_000)
+    WARMUP: ClassVar[int] = 5
     gradient_checkpointing: bool | None = Field(
         None, description="recompute activations in the backward pass; default off for presets, on for checkpoints")
     lora: Lora | None = Field(None, description="train LoRA adapters (PEFT) instead of every weight; the KL "

@@ -89,12 +89,19 @@ def micro_batch_accumulation(batch_size: int, world: int, max_length: int) -> tu
     return micro, per_rank // micro
 
 
+def default_warmup(max_steps: int, longest: int) -> int:
+    """Warmup steps when none are set: a tenth of the run, at most `longest` (2 steps warm up over none,
+    rather than over 30 that never end)."""
+    return min(longest, max_steps // 10)
+
+
 class Optimisation(Strict):
     """What every training stage sets the same way: steps, rate, precision, adapters, checkpoints. Each
     stage's settings extend this and change the defaults its method needs."""
 
     PRESET: ClassVar[dict] = PRESET_TRAINING
     CHECKPOINT: ClassVar[dict] = CHECKPOINT_TRAINING
+    WARMUP: ClassVar[int] = 30  # the default warmup of a long run; a short one warms up over a tenth of it
 
     max_steps: int = Field(600, ge=1, le=100_000_000, description="optimizer steps")
     gradient_accumulation_steps: int | None = Field(
@@ -103,7 +110,9 @@ class Optimisation(Strict):
                                          "presets, for checkpoints as many as keep a micro-batch within 16,384 tokens")
     learning_rate: float | None = Field(None, gt=0, le=10, allow_inf_nan=False,
                                         description="peak learning rate; default 3e-3 for presets, 1e-5 for checkpoints")
-    warmup_steps: int = Field(30, ge=0, le=100_000_000)
+    warmup_steps: int | None = Field(None, ge=0, le=100_000_000,
+                                     description="steps of linear learning-rate warmup, fewer than max_steps; "
+                                                 "default a tenth of max_steps, at most 30 (DPO 10, GRPO 5)")
     weight_decay: float = Field(0.0, ge=0, le=10, allow_inf_nan=False)
     bf16: bool | None = Field(None, description="bf16 mixed precision; default: on where the GPU supports it, off on CPU")
     gradient_checkpointing: bool | None = Field(
@@ -129,6 +138,8 @@ class Optimisation(Strict):
         GPU, 16 bytes a parameter (128 GB for 8B)."""
         defaults = self.PRESET if preset else self.CHECKPOINT
         filled = {k: v for k, v in defaults.items() if getattr(self, k, "unset") is None}
+        if self.warmup_steps is None:
+            filled["warmup_steps"] = default_warmup(self.max_steps, self.WARMUP)
         if self.gradient_accumulation_steps is None:
             filled["gradient_accumulation_steps"] = self._default_accumulation(preset, world, filled)
         if not preset and gpus and world > 1 and self._may_shard():
@@ -141,6 +152,14 @@ class Optimisation(Strict):
     def _may_shard(self) -> bool:
         """Nothing chosen that FSDP would override or break (DeepSpeed, FSDP itself, LoRA's merge)."""
         return not (self.deepspeed or self.fsdp or self.lora)
+
+    @model_validator(mode="after")
+    def _warmup_within_the_run(self) -> Optimisation:
+        if self.warmup_steps is not None and self.warmup_steps >= self.max_steps:
+            raise ValueError(f"warmup_steps = {self.warmup_steps} is not below max_steps = {self.max_steps}: the "
+                             "learning rate would never reach its peak; set warmup_steps below max_steps (e.g. "
+                             f"{default_warmup(self.max_steps, self.WARMUP)}), or drop it for the default")
+        return self
 
     @model_validator(mode="after")
     def _one_sharding(self) -> Optimisation:
