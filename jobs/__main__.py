@@ -43,6 +43,10 @@ def main() -> int:
     try:
         ctx = JobContext.from_env()
         stage = get_stage(ctx.stage)
+        if os.environ.get("PAI_DISTIL_GPUS", "0") != "0":  # paid GPUs: fail now, not after hours on the CPU
+            from pai_distil_jobs.models.gpus import require_usable_gpus
+
+            require_usable_gpus()
         if stage.distributed and "LOCAL_RANK" not in os.environ:
             nodes, procs = int(os.environ.get("WORLD_SIZE", "1")), procs_per_node()
             if nodes * procs > 1:

@@ -82,6 +82,8 @@ def contract_env(spec: JobSpec, config_path: str | Path, *, master_addr: str = "
         "NPROC_PER_NODE": str(spec.procs_per_node or 1),
         "PYTHONUNBUFFERED": "1",
     }
+    if spec.resources.gpu:
+        env["PAI_DISTIL_GPUS"] = str(spec.resources.gpu)
     env.update(spec.env)
     return env
 

@@ -44,6 +44,11 @@ def build(target_name, base, wheelhouse_dir, pip_cert, push, force, dry_run):
                 "network": p.network, "files": len(p.files)}
         if p.target.layer is None:  # what the image installs: its lock's versions of the training stack
             plan["versions"] = img.resolved_versions(p.target)
+            cuda = img.image_cuda(p.target)
+            if cuda:  # DLC installs the driver it is told (Settings.Driver): pre-flight asks for one at least this
+                from pai_distil.cloud.pai.preflight import driver_floor
+
+                plan.update(cuda=cuda, driver_floor=driver_floor(cuda))
         click.echo(json.dumps(plan, indent=2))
         return
     click.echo(img.build(target_name, base=base, wheelhouse_dir=wheelhouse_dir, pip_cert=pip_cert, push=push,

@@ -158,6 +158,14 @@ def resolved_versions(tgt: Target) -> dict[str, str | None]:
     return {name: pins.get(name) for name in (*TRAINING_STACK, "vllm")}
 
 
+def image_cuda(tgt: Target) -> str | None:
+    """The CUDA runtime (major.minor) the image's torch was built with, from its lock's
+    `nvidia-cuda-runtime` pin; None for an image without one (cpu)."""
+    pins = {_name(p): p.split("==", 1)[1] for p in requirements(tgt)}
+    version = next((v for n, v in pins.items() if n.startswith("nvidia-cuda-runtime")), None)
+    return ".".join(version.split(".")[:2]) if version else None
+
+
 def _exact_torch(pins: list[str]) -> list[str]:
     """torch pinned with `===`: that exact build (PyPI's CUDA one), never a CPU build of the same version
     (2.13.0+cpu) that a machine's find-links or extra index offers."""

@@ -22,6 +22,7 @@ restarts the job from its OSS checkpoints.
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import signal
@@ -182,6 +183,8 @@ class JobRun(threading.Thread):
         else:
             base = {"HOME": "/tmp", "PYTHONUNBUFFERED": "1"}
             job_env = {k: str(v) for k, v in (job.get("Envs") or {}).items()}
+        if not glob.glob("/dev/nvidia[0-9]*"):  # this host's CPUs stand in for the type's GPUs: the job must
+            job_env.pop("PAI_DISTIL_GPUS", None)  # not refuse them (on DLC it fails where torch cannot use its GPUs)
         pids = {}
         gpus = node_gpus(job["JobSpecs"][0])
         for rank, pod in enumerate(pods):

@@ -102,6 +102,15 @@ def test_cli_dry_run_prints_the_plan_and_the_resolved_versions(tree):
     assert plan["tag"].startswith("pai-distil-gpu:") and plan["dockerfile"] == "Dockerfile.gpu"
     assert plan["versions"] == {**images.resolved_versions(images.TARGETS["cpu"]), "vllm": "0.30.0"}
     assert plan["versions"]["transformers"] == "5.24.0" and plan["versions"]["torch"] == "2.13.0"
+    # the CUDA runtime torch was built with, and the lowest driver that runs it (pre-flight asks DLC for one)
+    assert plan["cuda"] == "13.0" and plan["driver_floor"] == "580.65.06"
+
+
+def test_pre_flight_assumes_the_cuda_the_gpu_lock_installs():
+    from pai_distil.cloud.pai.preflight import DEFAULT_IMAGE_CUDA
+
+    assert images.image_cuda(images.TARGETS["gpu"]) == DEFAULT_IMAGE_CUDA
+    assert images.image_cuda(images.TARGETS["cpu"]) is None
 
 
 def test_gpu_lock_holds_the_training_stack_of_the_cpu_lock_and_fits_vllm():

@@ -185,6 +185,7 @@ def test_dry_run_body_is_a_dlc_create_job_request(tmp_path):
     assert body["Envs"]["PAI_DISTIL_INPUT_COTS"] == "/mnt/pai-distil/inputs/cots/cots.jsonl"
     assert body["Settings"]["Tags"]["pai-distil-run-id"] == body["DisplayName"]
     assert not {"MASTER_ADDR", "RANK", "WORLD_SIZE"} & set(body["Envs"])  # DLC sets these per pod
+    assert body["Envs"]["PAI_DISTIL_GPUS"] == "8"  # the job fails in one line where its torch cannot use them
 
     # a price limit instead of the discount; processes per node only when asked for
     assert cli(home, "config", "set", "spot_price_limit=0.4").returncode == 0

@@ -78,6 +78,9 @@ def create_job_request(spec: JobSpec, cfg: PaiConfig, image: str, mounts: list[M
     """
     from alibabacloud_pai_dlc20201203 import models as m
 
+    gpus = pod_gpus(spec, cfg, node_gpus)
+    if gpus:  # the job fails in one line where its torch cannot use them, never trains on the CPU
+        env = {**env, "PAI_DISTIL_GPUS": str(gpus)}
     worker = m.JobSpec(type="Worker", image=image, pod_count=spec.nodes,
                        resource_config=resource_config(spec, cfg, node_gpus))
     if not cfg.quota_id:
@@ -117,18 +120,29 @@ def resource_config(spec: JobSpec, cfg: PaiConfig, node_gpus: int | None = None)
 
     r = spec.resources
     if cfg.quota_id:
-        gpu = r.gpu or (spec.procs_per_node or 0)  # on a quota: one GPU per process asked for
+        gpu = pod_gpus(spec, cfg)  # on a quota: one GPU per process asked for
         cpu = r.cpu or max(4, QUOTA_CPU_PER_GPU * gpu)
         memory = r.memory_gb or max(16, QUOTA_MEMORY_GIB_PER_GPU * gpu)
         shm = r.shared_memory_gb or (DEFAULT_SHM_GB if gpu else None)
         return m.ResourceConfig(cpu=_amount(cpu), gpu=str(gpu), memory=_gib(memory), shared_memory=_gib(shm))
-    ecs = r.instance_type or cfg.ecs_spec or ""
-    has_gpus = bool(r.gpu) or (node_gpus > 0 if node_gpus is not None else ecs.startswith(GPU_FAMILIES))
-    shm = r.shared_memory_gb or (DEFAULT_SHM_GB if has_gpus else None)
+    shm = r.shared_memory_gb or (DEFAULT_SHM_GB if pod_gpus(spec, cfg, node_gpus) else None)
     if not (r.cpu or r.memory_gb or r.gpu or shm):
         return None
     return m.ResourceConfig(cpu=_amount(r.cpu), gpu=str(r.gpu) if r.gpu else None, memory=_gib(r.memory_gb),
                             shared_memory=_gib(shm))
+
+
+def pod_gpus(spec: JobSpec, cfg: PaiConfig, node_gpus: int | None = None) -> int:
+    """GPUs one pod gets: asked for (a quota, or `resources.gpu`), else the ECS type's (ListEcsSpecs'
+    count; 1 at least for a GPU family when pre-flight did not look)."""
+    r = spec.resources
+    if cfg.quota_id:
+        return r.gpu or (spec.procs_per_node or 0)
+    if r.gpu:
+        return r.gpu
+    if node_gpus is not None:
+        return node_gpus
+    return 1 if (r.instance_type or cfg.ecs_spec or "").startswith(GPU_FAMILIES) else 0
 
 
 def _amount(x: float | None) -> str | None:
