@@ -68,7 +68,7 @@ def run(ctx: JobContext) -> bool:
 
     from pai_distil_jobs.models.chat_template import OPENED_THINK
     from pai_distil_jobs.models.models import load_tokenizer, set_generation_stops
-    from pai_distil_jobs.train.grpo import GroupRewards, grpo_arguments, grpo_trainer_class
+    from pai_distil_jobs.train.grpo import COMPLETIONS, GroupRewards, grpo_arguments, grpo_trainer_class
     from pai_distil_jobs.train.sft_train import job_callbacks, lora_config, save_final, say_defaults
     from pai_distil_jobs.train.sharded_load import load_policy_and_reference, model_hidden_size
     from pai_distil_jobs.train.trainer import TrainSettings, by_kind_here, fit
@@ -126,6 +126,7 @@ def run(ctx: JobContext) -> bool:
                                    processing_class=tokenizer, callbacks=callbacks, reference=reference,
                                    peft_config=lora_config(t.lora) if t.lora else None)
     trainer.job = settings
+    trainer.completions_path = ctx.output / COMPLETIONS
     if t.fsdp and not trainer.is_fsdp_enabled:
         raise JobError("train.fsdp needs GPUs (accelerate runs FSDP on multi-GPU nodes only); on CPUs drop it "
                        "or use train.deepspeed")

@@ -116,6 +116,53 @@ class GroupRewards:
         return [float(s) for s in scores]
 
 
+COMPLETIONS = "completions.jsonl"  # in the output: a sample of each logged step's completions, with their rewards
+COMPLETIONS_PER_STEP = 8
+
+
+def sample_completions(logs: dict, step: int, names: list[str], weights: list[float],
+                       limit: int = COMPLETIONS_PER_STEP) -> list[dict]:
+    """The first `limit` completions of a step's batch (whole groups first: TRL orders a batch by prompt), as
+    records: prompt, completion, each reward function's value, the weighted reward and the advantage.
+
+    logs: TRL's `GRPOTrainer._logs` (the latest generation batch, gathered from every process);
+    names, weights: the reward functions' names and weights, in TRL's order."""
+    rows = []
+    for i, (prompt, completion) in enumerate(zip(logs["prompt"], logs["completion"])):
+        if i == limit:
+            break
+        values = {n: _finite(logs["rewards"][n][i]) for n in names}
+        total = sum(w * v for w, v in zip(weights, values.values()) if v is not None)
+        rows.append({"step": step, "prompt": _text(prompt), "completion": _text(completion),
+                     "reward": round(total, 6), "rewards": values, "advantage": _finite(logs["advantages"][i])})
+    return rows
+
+
+def _text(turns) -> str:
+    """A prompt or completion as TRL logs it: text, or a conversation whose last turn is the one we want."""
+    return turns if isinstance(turns, str) else turns[-1]["content"]
+
+
+def _finite(x: float) -> float | None:
+    return None if x != x or x in (float("inf"), float("-inf")) else round(float(x), 6)  # JSON has no NaN
+
+
+def append_completions(path, records: list[dict], resumed: bool) -> None:
+    """Add a step's records to `path`; on the first write of a resumed run, first drop the records of the
+    steps after its checkpoint (the run trains them again)."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    if not records:
+        return
+    if resumed and path.exists():
+        kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] < records[0]["step"]]
+        path.write_text("".join(line + "\n" for line in kept))
+    with open(path, "a") as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+
+
 class EpochSeededSampler:
     """TRL's `RepeatSampler` draws every epoch's order from one generator seeded once, so a run resumed
     after its first epoch (a new sampler) would replay the first epoch's problems. Reseeding it from
@@ -152,6 +199,9 @@ def grpo_trainer_class():
         def _get_train_sampler(self, dataset=None):
             return EpochSeededSampler(super()._get_train_sampler(dataset))
 
+        completions_path = None  # where `sample_completions` go each logged step (the job's output)
+        _completions_written = False
+
         def log(self, logs: dict, start_time: float | None = None) -> None:
             ours = defaultdict(list)
             for k, v in self._metrics["train"].items():
@@ -159,6 +209,11 @@ def grpo_trainer_class():
                     ours[RENAMED.get(k, k)] = v
             self._metrics["train"] = ours
             super().log(logs, start_time)
+            if self.completions_path and "loss" in logs and self.accelerator.is_main_process:
+                records = sample_completions(self._logs, self.state.global_step, self.reward_func_names,
+                                             self.reward_weights.tolist())
+                append_completions(self.completions_path, records, resumed=not self._completions_written)
+                self._completions_written = True
 
     return JobGRPOTrainer
 

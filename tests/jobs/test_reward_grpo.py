@@ -338,6 +338,15 @@ def test_grpo_logs_reward_accuracy_length_kl_per_step(tmp_path, micro_student, m
     assert "reached max_completion_length=6" in proc.stdout
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 4 and summary["last_steps"]["accuracy"] is not None
+    # what it learned, visible: each logged step's completions (here the whole batch of 2 x 4) with their rewards
+    shown = [json.loads(x) for x in (out / "completions.jsonl").read_text().splitlines()]
+    assert [c["step"] for c in shown] == [s for s in (1, 2, 3, 4) for _ in range(8)]
+    for step, r in zip((1, 2, 3, 4), records):
+        batch = [c for c in shown if c["step"] == step]
+        assert len({c["prompt"] for c in batch}) == 2 and all(c["completion"] for c in batch)
+        assert all(set(c["rewards"]) == {"correct", "overlong", "no_answer", "reward_model"} for c in batch)
+        assert sum(c["reward"] for c in batch) / 8 == pytest.approx(r["reward"], abs=1e-4)
+        assert sum(c["rewards"]["correct"] for c in batch) / 8 == pytest.approx(r["accuracy"])
     assert (out / "model.safetensors").exists() and (out / "manifest.json").exists()
 
 
@@ -416,6 +425,8 @@ def test_grpo_killed_mid_run_resumes_from_the_newest_checkpoint(tmp_path, monkey
     assert f"resuming from checkpoint step-{killed_at:07d}" in again.stderr
     records = metric_records(Path(run.output) / "metrics.jsonl")
     assert [r["step"] for r in records] == list(range(1, 41))  # none twice, none lost
+    shown = [json.loads(x)["step"] for x in (Path(run.output) / "completions.jsonl").read_text().splitlines()]
+    assert shown == [s for s in range(1, 41) for _ in range(8)]  # the steps trained again are shown once
     for r in records:  # steps run again after the resume sample and learn exactly as the first time
         if r["step"] in lost:
             for key in ("reward", "accuracy", "length", "kl", "loss"):
@@ -427,6 +438,29 @@ def test_grpo_with_vllm_rollouts_where_vllm_is_missing_fails_in_one_line(tmp_pat
     proc = run_job("grpo", cfg, tmp_path / "g", inputs={"student": micro_student})
     assert proc.returncode == 2
     assert len(job_errors(proc)) == 1 and "rollout: vllm needs vLLM" in job_errors(proc)[0]
+
+
+def test_a_steps_completions_are_sampled_with_each_reward_the_weighted_sum_and_the_advantage(tmp_path):
+    from collections import deque
+
+    from pai_distil_jobs.train.grpo import append_completions, sample_completions
+
+    logs = {"prompt": deque([[{"role": "user", "content": "1+1?"}]] * 2 + ["2+2?"]),
+            "completion": deque([[{"role": "assistant", "content": c}] for c in ("2", "3")] + ["4"]),
+            "rewards": {"correct": deque([1.0, 0.0, 1.0]), "overlong": deque([0.0, 1.0, 0.0]),
+                        "reward_model": deque([0.5, float("nan"), -0.25])},
+            "advantages": deque([0.75, -0.75, 0.0])}
+    rows = sample_completions(logs, 7, ["correct", "overlong", "reward_model"], [1.0, -0.5, 2.0], limit=2)
+    assert rows == [
+        {"step": 7, "prompt": "1+1?", "completion": "2", "reward": 2.0,
+         "rewards": {"correct": 1.0, "overlong": 0.0, "reward_model": 0.5}, "advantage": 0.75},
+        {"step": 7, "prompt": "1+1?", "completion": "3", "reward": -0.5,
+         "rewards": {"correct": 0.0, "overlong": 1.0, "reward_model": None}, "advantage": -0.75}]
+    path = tmp_path / "completions.jsonl"
+    for step in (1, 2, 3):
+        append_completions(path, [{"step": step}], resumed=step == 1)
+    append_completions(path, [{"step": 2}], resumed=True)  # a run resumed from step 1's checkpoint
+    assert [json.loads(x)["step"] for x in path.read_text().splitlines()] == [1, 2]
 
 
 def test_group_rewards_score_correctness_cuts_and_missing_answers():
