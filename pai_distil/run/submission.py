@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +71,9 @@ def resolve_paths(inputs: dict[str, str], where: str) -> dict[str, str]:
         p = Path(raw).expanduser()
         if not p.exists():
             raise UserError(f"{where}: input '{name}' path {raw!r} does not exist; check the path")
+        if not (p.is_file() or p.is_dir()):  # /dev/null, a FIFO, a socket: nothing a job can read as data
+            raise UserError(f"{where}: input '{name}' ({raw}) is neither a file nor a directory; pass a data file "
+                            "or an artifact directory")
         if p.is_dir() and (p.parent / WORK_MARKER).exists() and not artifacts.is_complete(p):
             raise UserError(f"{where}: input '{name}' ({raw}) is an unfinished artifact; rerun the stage that writes it")
         if p.is_dir() and artifacts.is_complete(p):
@@ -196,9 +200,8 @@ def execute(prep: Prepared, backend: str, *, force: bool = False, detach: bool =
                 record = registry.get(record.id)
             return record
     _take_work_dir(registry, prep, console)
+    previous = _set_aside(prep.work_dir) if force else None
     try:
-        if force and prep.work_dir.exists():
-            shutil.rmtree(prep.work_dir)
         output = Path(spec.output)
         output.mkdir(parents=True, exist_ok=True)
         (output.parent / WORK_MARKER).touch()
@@ -207,8 +210,15 @@ def execute(prep: Prepared, backend: str, *, force: bool = False, detach: bool =
         record = registry.create(spec.run_id, spec.stage, backend, prep.cache_key, str(prep.work_dir),
                                  spec.output, str(log_path), pipeline=pipeline)
         runner.start(spec, record)  # the supervisor now holds the work dir's lock too
+    except BaseException:
+        if previous is not None:  # the run never started: the earlier output is still the work's result
+            shutil.rmtree(prep.work_dir, ignore_errors=True)
+            os.replace(previous, prep.work_dir)
+        raise
     finally:
         work_lock.release(prep.work_dir)
+    if previous is not None:
+        shutil.rmtree(previous, ignore_errors=True)
     if detach:
         console.print(f"submitted run [bold]{spec.run_id}[/]; follow it with `pai-distil runs logs -f {spec.run_id}`")
         return record
@@ -219,6 +229,17 @@ def execute(prep: Prepared, backend: str, *, force: bool = False, detach: bool =
         raise RunFailed(f"run {record.id} ({record.stage}) {record.state}: {reason}")
     console.print(f"[green]done[/]: {record.stage} → {record.output}", soft_wrap=True)
     return record
+
+
+def _set_aside(work_dir: Path) -> Path | None:
+    """`--force`: move the work dir's earlier output and checkpoints beside it, to be removed once the
+    new run has started, or put back when it cannot start (no Docker engine, a missing PAI setting)."""
+    if not work_dir.exists():
+        return None
+    aside = work_dir.with_name(f".{work_dir.name}.replaced")
+    shutil.rmtree(aside, ignore_errors=True)  # left by a client killed between the two moves
+    os.replace(work_dir, aside)
+    return aside
 
 
 def _take_work_dir(registry, prep: Prepared, console: Console) -> None:

@@ -8,6 +8,12 @@ namespaces (user, PID, network, IPC, mount), with nothing of the host in view bu
 interpreter, a small empty scratch dir as the only writable place, and a cleared environment;
 the whole process tree dies with the PID namespace on timeout.
 
+Every writable file system inside is memory-backed and sized (`scratch_mb`): RLIMIT_AS bounds a
+process's memory, not what it stores in a tmpfs, so an unsized one (bubblewrap's `--dev`, say)
+would let a program fill the host's memory through files. Under bubblewrap the root, `/dev` and
+`/sandbox` are read-only, `/tmp` and `/dev/shm` sized; under Docker `/dev` belongs to root,
+`--ipc none` mounts no `/dev/shm`, and the sized `/tmp` counts in the container's `--memory`.
+
 - bubblewrap: as root, bwrap itself runs as `nobody`, so the user namespace it makes maps to
   an unprivileged uid and RLIMIT_NPROC binds (root is exempt from it); the limit then counts
   only the sandbox's own processes, as they live in a user namespace of their own.
@@ -32,7 +38,14 @@ from pai_distil.core import dockercli
 from pai_distil.core.errors import UserError
 
 NOBODY = 65534
-SCRATCH_MB = 64  # the writable /tmp inside the sandbox (memory-backed)
+SCRATCH_MB = 64  # the writable /tmp inside the sandbox (memory-backed), at most
+SHM_MB = 16  # /dev/shm under bubblewrap (POSIX semaphores, multiprocessing), at most
+
+
+def scratch_mb(memory_mb: int) -> tuple[int, int]:
+    """Sizes of the sandbox's /tmp and /dev/shm in MB: together below `memory_mb`, so what a program
+    stores in files never exceeds what it may hold in memory."""
+    return min(SCRATCH_MB, memory_mb // 2), min(SHM_MB, memory_mb // 4)
 
 
 class SandboxUnavailable(UserError):
@@ -89,7 +102,8 @@ class Bwrap(Boundary):
     def describe(self) -> str:
         who = "as nobody" if self.drop else f"as uid {os.geteuid()}"
         return (f"bwrap: user, PID, network, IPC and mount namespaces, {who}, read-only {self.python}, "
-                f"{SCRATCH_MB} MB scratch /tmp, cleared environment")
+                f"read-only root and /dev, scratch /tmp (<= {SCRATCH_MB} MB) and /dev/shm (<= {SHM_MB} MB), "
+                "cleared environment")
 
     def popen_kw(self) -> dict:
         kw = super().popen_kw()
@@ -99,11 +113,13 @@ class Bwrap(Boundary):
 
     def command(self, box: Path, argv: list[str], limits, name: str, fds: tuple[int, int]) -> list[str]:
         # copied in from open files: bwrap, running as nobody, needs no access to our temp dir
-        return [self.exe, *self.view(), "--ro-bind-data", str(fds[0]), "/sandbox/main.py",
-                "--ro-bind-data", str(fds[1]), "/sandbox/harness.py", "--", self.python, "-I", "-B", *argv]
+        files = ("--ro-bind-data", str(fds[0]), "/sandbox/main.py",
+                 "--ro-bind-data", str(fds[1]), "/sandbox/harness.py")
+        return [self.exe, *self.view(limits.memory_mb, files), "--", self.python, "-I", "-B", *argv]
 
-    def view(self) -> list[str]:
-        """Namespaces, environment and the file system the program sees."""
+    def view(self, memory_mb: int, files: tuple[str, ...] = ()) -> list[str]:
+        """Namespaces, environment and the file system the program sees, sized for `memory_mb`; `files`
+        are bwrap's arguments that place files in it before its root turns read-only."""
         args = ["--unshare-user", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
                 "--unshare-cgroup-try", "--disable-userns", "--die-with-parent", "--new-session", "--clearenv",
                 "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/tmp", "--setenv", "TMPDIR", "/tmp",
@@ -116,7 +132,11 @@ class Bwrap(Boundary):
         prefix = str(Path(self.python).parent.parent)
         if not (prefix + "/").startswith("/usr/"):
             args += ["--ro-bind", prefix, prefix]
-        return [*args, "--proc", "/proc", "--dev", "/dev", "--size", str(SCRATCH_MB << 20), "--tmpfs", "/tmp",
+        tmp_mb, shm_mb = scratch_mb(memory_mb)
+        # --dev's own tmpfs has no size: read-only, with a sized tmpfs on /dev/shm; the root, which
+        # holds /sandbox's files, read-only too
+        return [*args, "--proc", "/proc", "--dev", "/dev", "--size", str(shm_mb << 20), "--tmpfs", "/dev/shm",
+                "--remount-ro", "/dev", "--size", str(tmp_mb << 20), "--tmpfs", "/tmp", *files, "--remount-ro", "/",
                 "--chdir", "/tmp"]
 
     def stop(self, proc: subprocess.Popen, name: str) -> None:
@@ -142,19 +162,20 @@ class Docker(Boundary):
 
     def describe(self) -> str:
         return (f"docker: container of {self.image} as uid {NOBODY}, --network none, --read-only, no capabilities, "
-                f"{SCRATCH_MB} MB scratch /tmp")
+                f"no /dev/shm, scratch /tmp (<= {SCRATCH_MB} MB)")
 
     def popen_kw(self) -> dict:
         return {"env": dockercli.env(), "start_new_session": True}
 
     def command(self, box: Path, argv: list[str], limits, name: str, fds: tuple[int, int]) -> list[str]:
-        memory = f"{limits.memory_mb + SCRATCH_MB}m"
+        tmp_mb = scratch_mb(limits.memory_mb)[0]
+        memory = f"{limits.memory_mb + tmp_mb}m"  # the program, and what it stores in /tmp
         # prlimit bounds what the client writes of the program's output into our stdout file
         return ["prlimit", f"--fsize={limits.output_mb << 20}", "--", dockercli.binary(), "run", "--rm", "-i",
                 "--name", name, "--init", "--network", "none", "--read-only", "--ipc", "none",
                 "--pids-limit", str(limits.processes + 4), "--memory", memory, "--memory-swap", memory,
                 "--user", f"{NOBODY}:{NOBODY}", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
-                "--tmpfs", f"/tmp:rw,nosuid,nodev,size={SCRATCH_MB}m,mode=1777", "-v", f"{box}:/sandbox:ro",
+                "--tmpfs", f"/tmp:rw,nosuid,nodev,size={tmp_mb}m,mode=1777", "-v", f"{box}:/sandbox:ro",
                 "-w", "/tmp", "-e", "HOME=/tmp", "-e", "LANG=C.UTF-8", "--log-driver", "none",
                 self.image, "python3", "-I", "-B", *argv]
 
@@ -198,7 +219,7 @@ def _bwrap() -> tuple[Bwrap | None, str]:
         return None, f"no Python interpreter that user {NOBODY} can read (none of {_candidates()})"
     b = Bwrap(exe, python)
     try:
-        probe = subprocess.run([exe, *b.view(), "--", python, "-I", "-c", "pass"], capture_output=True, text=True,
+        probe = subprocess.run([exe, *b.view(SCRATCH_MB * 2), "--", python, "-I", "-c", "pass"], capture_output=True, text=True,
                                timeout=30, **b.popen_kw())
     except (OSError, subprocess.TimeoutExpired) as e:
         return None, f"bwrap does not start ({e})"
