@@ -46,12 +46,13 @@ def start(port, data_dir, access_key_id, access_key_secret, executor) -> None:
 @emulator.command()
 @click.argument("job_id")
 @click.argument("pod_id", required=False)
-@click.option("--fail", is_flag=True, help="DLC reports the job Failed (JobPreempted) instead of restarting it")
+@click.option("--fail", is_flag=True, help="DLC reports the job Failed (JobPreempted) even on a quota")
 def preempt(job_id, pod_id, fail) -> None:
     """Reclaim POD_ID of a running JOB_ID as a spot instance would be (default: its first pod).
 
-    The emulator at `dlc_endpoint` sends the pods SIGTERM, writes their checkpoints to OSS and
-    restarts the job from there (with --fail: ends the job Failed, for the client to resubmit).
+    The emulator at `dlc_endpoint` sends the pods SIGTERM and writes their checkpoints to OSS; on a
+    quota it restarts the job from there, on general-purpose resources (or with --fail) it ends the
+    job Failed, as DLC does, for the client to resubmit.
     A signed call, like every DLC request.
     """
     from pai_distil.cloud.pai import config
@@ -59,10 +60,11 @@ def preempt(job_id, pod_id, fail) -> None:
 
     dlc = client(config.load())
     try:
-        preempt_pod(dlc, job_id, pod_id or f"{job_id}-worker-0", fail=fail)
+        answer = preempt_pod(dlc, job_id, pod_id or f"{job_id}-worker-0", fail=fail)
     except Exception as e:  # noqa: BLE001 - Tea exceptions of every kind become one line
         raise explain(e, f"preempting a pod of {job_id}") from None
-    then = "DLC reports the job failed" if fail else "the job restarts from its checkpoints"
+    failed = answer.get("Outcome", "failed" if fail else "restarted") == "failed"
+    then = "DLC reports the job failed" if failed else "the job restarts from its checkpoints"
     click.echo(f"preempted {pod_id or f'{job_id}-worker-0'} of {job_id}; {then}")
 
 

@@ -231,13 +231,16 @@ def router(emulator) -> APIRouter:
 
     @r.post("/_emulator/dlc/jobs/{job_id}/pods/{pod_id}/preempt")
     def preempt(job_id: str, pod_id: str, request: Request) -> dict:
-        """Reclaim a pod as a spot instance would be: SIGTERM, then DLC restarts it; with `Fail=true`
-        DLC gives up instead and reports the job Failed (ReasonCode JobPreempted)."""
+        """Reclaim a pod as a spot instance would be: SIGTERM, then, on a quota (ResourceId), DLC restarts
+        the pods; on general-purpose resources (an EcsSpec), or with `Fail=true`, DLC fails the job
+        (ReasonCode JobPreempted) and the client must submit it again."""
         job = get_job(job_id)
         if job["Status"] != "Running":
             raise PopError(409, "InvalidStatus", f"job {job_id} is {job['Status']}, not Running")
-        dlc_runner.preempt(emulator, job_id, pod_id, fail=request.query_params.get("Fail") == "true")
-        return {"JobId": job_id, "PodId": pod_id, "RequestId": request_id()}
+        fail = request.query_params.get("Fail") == "true" or not job.get("ResourceId")
+        dlc_runner.preempt(emulator, job_id, pod_id, fail=fail)
+        return {"JobId": job_id, "PodId": pod_id, "Outcome": "failed" if fail else "restarted",
+                "RequestId": request_id()}
 
     return r
 

@@ -131,9 +131,9 @@ def train_until_a_checkpoint(emu, teacher, tmp_path, home: Path, seed: int, step
     return run_dir, job_id
 
 
-def test_preempted_training_resumes_from_its_oss_checkpoint(emu, teacher, tmp_path):
+def test_preempted_training_on_a_quota_restarts_in_place_from_its_oss_checkpoint(emu, teacher, tmp_path):
     home = tmp_path / "home"
-    configure(home, emu)
+    configure(home, emu, quota_id="quota-test")  # a quota restarts the pods; general-purpose resources fail the job
     run_dir, job_id = train_until_a_checkpoint(emu, teacher, tmp_path, home, seed=3, steps=24)
     pre = cli(home, "emulator", "preempt", job_id)
     assert pre.returncode == 0 and f"preempted {job_id}-worker-0" in pre.stdout, pre.stderr
@@ -329,7 +329,7 @@ def test_preemption_dlc_reports_as_failure_is_resubmitted_and_resumes(emu, teach
     home = tmp_path / "home"
     configure(home, emu, spot="true")  # spot: up to 3 resubmissions by default
     run_dir, first = train_until_a_checkpoint(emu, teacher, tmp_path, home, seed=5, steps=16)
-    pre = cli(home, "emulator", "preempt", first, "--fail")
+    pre = cli(home, "emulator", "preempt", first)  # general-purpose resources: DLC fails the job
     assert pre.returncode == 0 and "DLC reports the job failed" in pre.stdout, pre.stderr
 
     cli(home, "runs", "logs", "-f", run_dir.name, timeout=600)
