@@ -5,8 +5,8 @@ bf16, accumulation, gradient checkpointing, DeepSpeed ZeRO, FSDP and PEFT. The j
 for a little more, written here once for every stage's trainer (SFT, reward model, GRPO):
 
 - checkpoints are complete only with their marker: TRL saves into a staging folder, which becomes
-  `checkpoint_dir/step-NNNNNNN/` by an atomic rename, then gets `COMPLETE`; a SIGKILL while saving
-  leaves nothing resume would trust;
+  `checkpoint_dir/step-NNNNNNN/` by an atomic rename, then gets a manifest and `COMPLETE`; a SIGKILL
+  while saving leaves nothing resume would trust, and resume verifies the manifest (checkpoints.py);
 - SIGTERM (spot preemption, `runs cancel`) saves a checkpoint and exits promptly;
 - `metrics.jsonl` (one record per logged step) and TensorBoard event files beside it;
 - a loss that stops being finite fails the run instead of saving a NaN model;
@@ -35,11 +35,11 @@ from transformers import PrinterCallback, TrainerCallback, TrainingArguments
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from pai_distil.core.contract import JobError
+from pai_distil_jobs.train.checkpoints import newest_checkpoint, publish_checkpoint, resumable_checkpoint
 
 # TRL's configs still spell it gradient_checkpointing (and default it on); transformers warns on the alias.
 warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*is deprecated", category=FutureWarning)
 
-COMPLETE = "COMPLETE"
 STAGING = ".staging"  # where TRL writes a checkpoint before it is published as step-N
 
 
@@ -109,24 +109,6 @@ def schedule(warmup: int, length: int):
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     return factor
-
-
-def newest_checkpoint(checkpoint_dir: Path) -> Path | None:
-    done = [p for p in Path(checkpoint_dir).glob("step-*") if (p / COMPLETE).exists()]
-    return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
-
-
-def publish_checkpoint(staged: Path, checkpoint_dir: Path, step: int, keep: int) -> Path:
-    """Move a checkpoint TRL finished writing to `step-N`, mark it complete, prune the oldest."""
-    final = checkpoint_dir / f"step-{step:07d}"
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(staged, final)
-    (final / COMPLETE).write_text(json.dumps({"step": step, "time": time.time()}))
-    done = sorted((p for p in checkpoint_dir.glob("step-*") if (p / COMPLETE).exists()),
-                  key=lambda p: int(p.name.split("-")[1]))
-    for old in done[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
 
 
 # -- arguments ---------------------------------------------------------------------------------------
@@ -428,15 +410,16 @@ def fit(trainer, callback: JobCallback, checkpoint_dir: Path, log=print) -> bool
     (a checkpoint was saved)."""
     checkpoint_dir = Path(checkpoint_dir)
     trainer.remove_callback(PrinterCallback)  # our callback logs each step once, in our format
-    ckpt = newest_checkpoint(checkpoint_dir)
-    step = int(ckpt.name.split("-")[1]) if ckpt is not None else 0
     if trainer.is_world_process_zero():
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(checkpoint_dir / STAGING, ignore_errors=True)  # a save the last run did not finish
-        if ckpt is not None:
-            _truncate_metrics(callback.metrics_path, step)
-            log(f"resuming from checkpoint {ckpt.name} (step {step} of {trainer.args.max_steps})")
+        resumable_checkpoint(checkpoint_dir, log)  # sets aside the newer ones that fail their manifest
     trainer.accelerator.wait_for_everyone()
+    ckpt = newest_checkpoint(checkpoint_dir)  # the same for every rank, now that rank 0 has verified
+    step = int(ckpt.name.split("-")[1]) if ckpt is not None else 0
+    if trainer.is_world_process_zero() and ckpt is not None:
+        _truncate_metrics(callback.metrics_path, step)
+        log(f"resuming from checkpoint {ckpt.name} (step {step} of {trainer.args.max_steps})")
     if ckpt is not None and step >= trainer.args.max_steps and not (trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled):
         # Every step is done (a job stopped after its last checkpoint, e.g. by a SIGTERM at the last step):
         # transformers, resumed there, would take one step more. Load the weights and finish.
