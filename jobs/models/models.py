@@ -14,6 +14,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, Qwen3Config
 from transformers.utils import logging as hf_logging
 
+from pai_distil.core.contract import JobError
 from pai_distil.core.presets import CONFIG_KEY, PRESETS, is_preset, preset_name
 
 from pai_distil_jobs.models.gpus import require_usable_gpus
@@ -70,15 +71,19 @@ def load_tokenizer(spec: str | Path) -> PreTrainedTokenizerBase:
 
 
 def attention_kernel(requested: str | None) -> str:
-    """`auto`: flash-attention on a GPU when the package is installed, else PyTorch's sdpa."""
+    """`auto`: flash-attention on a GPU when the package is installed, else PyTorch's sdpa. flash_attention_2
+    asked for where it cannot run is refused in one line (transformers would fail in a traceback)."""
+    import importlib.util
+
+    flash = torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None
+    if requested == "flash_attention_2" and not flash:
+        why = "the flash_attn package is not installed" if torch.cuda.is_available() else "this job runs on CPU"
+        raise JobError(f"train.attn_implementation is flash_attention_2, but {why}; install flash-attn in the job's "
+                       "image (on GPUs), or set train.attn_implementation: auto (flash-attention where installed, "
+                       "else sdpa)")
     if requested and requested != "auto":
         return requested
-    if torch.cuda.is_available():
-        import importlib.util
-
-        if importlib.util.find_spec("flash_attn") is not None:
-            return "flash_attention_2"
-    return "sdpa"
+    return "flash_attention_2" if flash else "sdpa"
 
 
 def load_model(spec: str | Path, seed: int = 0, attn_implementation: str | None = None,

@@ -27,7 +27,14 @@ def get_backend(name: str, registry: Registry | None = None, **options) -> Backe
         flags = ", ".join("--" + k.replace("_", "-") for k in given)
         raise UserError(f"{flags} appl{'ies' if len(given) == 1 else 'y'} to --backend pai only; remove it or "
                         "use --backend pai")
+    backend = backend_class(name)
+    return backend(registry, **options) if backend.options else backend(registry)
+
+
+def backend_class(name: str) -> type[Backend]:
+    """The class of the backend called `name`, for what it can tell before any run (`job_has_package`)."""
+    from pai_distil.core.config.job import BACKENDS
+
     if name not in BACKENDS:
         raise UserError(f"unknown backend '{name}'; choose one of: {', '.join(BACKENDS)}")
-    backend = import_module(f"{__name__}.{name}").BACKEND
-    return backend(registry, **options) if backend.options else backend(registry)
+    return import_module(f"{__name__}.{name}").BACKEND

@@ -87,6 +87,12 @@ class Backend:
 
     # -- the public methods -------------------------------------------------------------------
 
+    @classmethod
+    def job_has_package(cls, name: str) -> bool | None:
+        """Whether the job's Python will import package `name`; None where this machine cannot tell (a job
+        image may be any image: the job itself then refuses a missing package in one line at its start)."""
+        return None
+
     def start(self, spec: JobSpec, record: RunRecord) -> RunRecord:
         """Start the job and return at once; the outcome arrives in the registry."""
         try:

@@ -12,6 +12,7 @@ machine's, the one running the client (`host_command`).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -37,6 +38,10 @@ def host_command(command: list[str]) -> list[str]:
 class ProcessBackend(Backend):
     name = "process"
     supervisor_module = SUPERVISOR_MODULE
+
+    @classmethod
+    def job_has_package(cls, name: str) -> bool:
+        return importlib.util.find_spec(name) is not None  # the job runs on this Python (`host_command`)
 
     def _launch(self, spec: JobSpec, record: RunRecord, config_path: Path) -> dict[str, str]:
         Path(spec.output).mkdir(parents=True, exist_ok=True)

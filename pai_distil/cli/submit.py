@@ -95,7 +95,7 @@ def submit(stage, config_file, inputs, backend, nodes, nproc_per_node, gpus, cpu
     resources = Resources(gpu=gpus or 0, cpu=cpu, memory_gb=memory, shared_memory_gb=shared_memory,
                           instance_type=ecs_spec)
     prep = prepare(stage, data, parse_inputs(inputs), where=where, nodes=nodes, procs_per_node=nproc_per_node,
-                   resources=resources)
+                   resources=resources, backend=backend)
     if dry_run:
         if backend == "pai":  # what DLC would receive: the CreateJob body, field names as the API has them
             from ..backends.pai import dry_run_body
@@ -146,20 +146,26 @@ def run_pipeline(pipeline_file, backend, force, dry_run, download, max_restarts)
 @click.command()
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--stage", "-s", help="the stage whose config FILE is (not needed for pipelines)")
-def validate(file, stage):
-    """Check a pipeline or stage config FILE without running anything."""
+@click.option("--backend", "-b", type=BACKENDS, default=None,
+              help="check for the job this backend runs [default: the pipeline's; process for a stage config]")
+def validate(file, stage, backend):
+    """Check a pipeline or stage config FILE without running anything: the config, and what the job would
+    meet (the packages of the job's Python, the chat templates of local checkpoints)."""
     from pai_distil.run import pipeline
+    from pai_distil.run.checks import check_stage
     from pai_distil.core.config import read_mapping, validate as validate_model
     from pai_distil.core.stages import get_stage
 
     data = read_mapping(file)
     if "stages" in data and stage is None:
-        p = pipeline.load(file)
+        p = pipeline.load(file, backend, say=lambda note: click.echo(f"note: {note}"))
         click.echo(f"ok: pipeline {p.name!r}, stages in order: {', '.join(pipeline.order(p))}")
         return
     if stage is None:
         raise UserError(f"{file} is not a pipeline (no `stages:`); pass --stage NAME to check a stage config")
-    validate_model(get_stage(stage).config, data, f"config {file}")
+    config = validate_model(get_stage(stage).config, data, f"config {file}")
+    for note in check_stage(get_stage(stage).name, config, f"config {file}", backend or "process"):
+        click.echo(f"note: {note}")
     click.echo(f"ok: {stage} config {file}")
 
 

@@ -17,13 +17,19 @@ from pai_distil.core.config import Pipeline, read_mapping, validate
 from pai_distil.core.stages import get_stage
 from pai_distil.run.submission import check_names, check_scale, execute, prepare, resolve_paths
 
-def load(path: str | Path) -> Pipeline:
+def load(path: str | Path, backend: str | None = None, say=lambda note: None) -> Pipeline:
+    """The validated pipeline, every stage checked for the job `backend` (default: the pipeline's) will run;
+    `say` gets the checks' notes (`run.checks`)."""
+    from pai_distil.run.checks import check_stage
+
     data = read_mapping(path, "pipeline")
     pipeline = validate(Pipeline, data, f"pipeline {path}")
     for sid, st in pipeline.stages.items():
         where = f"pipeline {path}: stage '{sid}'"
         stage = get_stage(st.stage)
         config = validate(stage.config, st.config, f"{where} config")
+        for note in check_stage(stage.name, config, where, backend or pipeline.backend):
+            say(f"stage '{sid}': {note}")
         if sid in st.inputs.values():
             raise UserError(f"{where} takes its own output as input")
         check_names(stage, config, set(st.inputs), where, hint="add `inputs: {{{name}: <stage id or path>}}`")
@@ -50,7 +56,7 @@ def run(path: str | Path, *, backend: str | None = None, force: bool = False, dr
     stages' outputs (those no other stage reads) come home, or every stage's with `download`.
     """
     console = console or Console(stderr=True)
-    pipeline = load(path)
+    pipeline = load(path, backend)
     backend = backend or pipeline.backend
     if dry_run:
         return {sid: plan(pipeline, sid) for sid in order(pipeline)}
@@ -61,8 +67,8 @@ def run(path: str | Path, *, backend: str | None = None, force: bool = False, dr
         st = pipeline.stages[sid]
         console.rule(f"[bold]{sid}[/] ({st.stage})")
         inputs = {n: outputs.get(src, src) for n, src in st.inputs.items()}
-        prep = prepare(st.stage, st.config, inputs, where=f"pipeline stage '{sid}'",
-                       nodes=st.nodes, procs_per_node=st.procs_per_node, resources=st.resources)
+        prep = prepare(st.stage, st.config, inputs, where=f"pipeline stage '{sid}'", nodes=st.nodes,
+                       procs_per_node=st.procs_per_node, resources=st.resources, backend=backend)
         options = {"download": download or (backend == "pai" and sid not in read), "max_restarts": max_restarts}
         record = execute(prep, backend, force=force, pipeline=pipeline.name, console=console, **options)
         if backend == "pai":

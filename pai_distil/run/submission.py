@@ -151,13 +151,16 @@ def check_batch(stage: Stage, config: BaseModel, nodes: int, procs_per_node: int
 
 
 def prepare(stage_name: str, config_data: dict, inputs: dict[str, str], *, where: str,
-            nodes: int = 1, procs_per_node: int | None = None, resources: Resources | None = None) -> Prepared:
-    """Validate everything and build the job spec; starts nothing."""
+            nodes: int = 1, procs_per_node: int | None = None, resources: Resources | None = None,
+            backend: str = "process") -> Prepared:
+    """Validate everything (for the job `backend` will run) and build the job spec; starts nothing."""
+    from pai_distil.run.checks import check_stage
     from pai_distil.run.registry import new_run_id
 
     stage = get_stage(stage_name)
     check_nodes(stage, nodes, where)
     config = validate(stage.config, config_data, where)
+    check_stage(stage.name, config, where, backend)
     resources = resources or Resources()
     check_batch(stage, config, nodes, procs_per_node, resources, where)
     check_names(stage, config, set(inputs), where)

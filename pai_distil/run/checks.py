@@ -1,0 +1,77 @@
+"""What a valid config may still ask that the job cannot do, checked before anything starts.
+
+Pydantic checks a config against itself; these check it against the job's world: the packages of
+the job's Python and the chat templates of the models it names. `validate`, `submit` and every
+stage of a pipeline run them, so a stage that would fail (or, worse, report two identical models
+as "thinking on" and "thinking off") is refused in one line before an earlier stage spends hours.
+What cannot be seen from here (a hub id, a job image) the job checks again at its start.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pai_distil.core.errors import UserError
+from pai_distil.core.thinking_switch import folder_switch
+
+
+def check_stage(stage: str, config, where: str, backend: str) -> list[str]:
+    """Refuse (UserError) what the job could not honour; return notes on what it will do instead."""
+    check_attention(config, where, backend)
+    if stage == "evaluate":
+        return evaluate_switches(config, where)
+    if stage == "adaptive-thinking" and config.variant == "y":
+        return variant_y_template(config, where)
+    return []
+
+
+def check_attention(config, where: str, backend: str) -> None:
+    """`train.attn_implementation: flash_attention_2` needs the flash_attn package where the job runs
+    (`Backend.job_has_package`: this Python for `process`; an image is checked by the job)."""
+    from pai_distil.backends import backend_class
+
+    train = getattr(config, "train", None)
+    if getattr(train, "attn_implementation", None) != "flash_attention_2":
+        return
+    if backend_class(backend).job_has_package("flash_attn") is False:
+        raise UserError(f"{where}: train.attn_implementation is flash_attention_2, but the flash_attn package is "
+                        f"not installed where --backend {backend} runs the job; install flash-attn there, or set "
+                        "train.attn_implementation: auto (flash-attention where installed, else sdpa)")
+
+
+def evaluate_switches(config, where: str) -> list[str]:
+    """An evaluate model with `enable_thinking: false` whose checkpoint cannot think less: refused, unless it
+    was trained with `/no_think` (then that is what evaluate adds)."""
+    notes = []
+    for i, m in enumerate(config.models):
+        if m.enable_thinking is not False or not _local(m.model):
+            continue
+        switch = folder_switch(m.model)
+        if switch == "none":
+            raise UserError(f"{where}: models[{i}] ({m.name!r}) sets enable_thinking: false, but the chat template "
+                            f"of {m.model} renders the same prompt with true and false and it was not trained with "
+                            "/no_think, so it would answer as with thinking on; drop enable_thinking for it, or "
+                            "evaluate a student with a thinking switch (adaptive-thinking variant y)")
+        if switch == "soft":
+            notes.append(f"models[{i}] ({m.name!r}): its chat template ignores enable_thinking; thinking is turned "
+                         "off with /no_think in the prompt, as it was trained")
+    return notes
+
+
+def variant_y_template(config, where: str) -> list[str]:
+    """ThoughtY on a student whose template ignores enable_thinking: refused, or trained with /no_think
+    (`no_template_switch`), said before `generate` runs for hours ahead of it in a pipeline."""
+    model = config.student.model
+    if not _local(model) or folder_switch(model) != "none":
+        return []
+    if config.no_template_switch == "refuse":
+        raise UserError(f"{where}: variant y: the chat template of student.model {model} ignores enable_thinking "
+                        "(its prompt is the same with true and false), so non-thinking rows would contradict "
+                        "thinking ones; use a student with a thinking switch (Qwen3), or set no_template_switch: "
+                        "soft_switch to train /no_think rows instead")
+    return [f"variant y: the chat template of {model} ignores enable_thinking; every non-thinking row uses /no_think"]
+
+
+def _local(model: str | None) -> bool:
+    """A checkpoint folder on this machine (not a preset, a hub id, or a stage input)."""
+    return bool(model) and not model.startswith("preset:") and Path(model).is_dir()
