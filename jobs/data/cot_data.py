@@ -22,6 +22,15 @@ def read_cots(path: Path, name: str = "cots", data: DataFile | None = None, own_
         raise JobError(f"input '{name}': {e}") from None
 
 
+def read_sft(path: Path, name: str = "cots") -> list[dict]:
+    """Rows of a training stage's input `name` (pai_distil.core.readers.read_sft_input): chat rows as
+    SFT rows with every turn, CoT rows as CoT samples; a bad file is one JobError naming the input."""
+    try:
+        return readers.read_sft_input(path)
+    except readers.DataError as e:
+        raise JobError(f"input '{name}': {e}") from None
+
+
 def require(row: dict, n: int, fields: tuple[str, ...], path_hint: str = "input") -> None:
     for f in fields:
         if f not in row:

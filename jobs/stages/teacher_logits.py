@@ -15,8 +15,9 @@ import signal
 from pai_distil.core.presets import trains_like_preset
 from pai_distil.core.config import PRESET_TRAINING, CHECKPOINT_TRAINING, TeacherLogitsConfig
 
-from pai_distil.core.contract import JobContext, JobError, log
+from pai_distil.core.contract import JobContext, log
 from pai_distil_jobs.models.models import load_tokenizer
+from pai_distil_jobs.train.sft_data import log_example
 from pai_distil_jobs.train.teacher_topk import covered_rows, keyed_examples, log_progress, open_teacher, resolve_teacher, size_report, tokenizer_digest, todo_runs, trained_positions, write_shard
 from .slow_thinking import sft_rows
 
@@ -30,10 +31,9 @@ def run(ctx: JobContext) -> bool | None:
     cfg.teacher = resolve_teacher(cfg.teacher, ctx)
     teacher = open_teacher(cfg.teacher, tokenizer, student)  # a teacher with another tokenizer stops here
     rows = sft_rows(ctx.input("cots"), cfg.require_correct)[: cfg.max_samples]
-    if not rows:
-        raise JobError("no rows to score: the `cots` input holds no verified chains of thought")
     max_length = cfg.max_length or (PRESET_TRAINING if trains_like_preset(student) else CHECKPOINT_TRAINING)["max_length"]
     examples, keys = keyed_examples(tokenizer, rows, max_length, cfg.max_truncated, log=log)
+    log_example(tokenizer, examples[0], log)
     name = cfg.teacher.model or f"{cfg.teacher.endpoint.base_url} {cfg.teacher.endpoint.model}"
     meta = {"top_k": str(cfg.top_k), "teacher": name, "tokenizer": tokenizer_digest(tokenizer),
             "max_length": str(max_length)}

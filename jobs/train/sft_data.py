@@ -6,8 +6,11 @@ Why not the template's render alone: real templates disagree with their own gene
 DeepSeek-R1-Distill's strips the thought from every assistant turn and opens `<think>` in the
 generation prompt, so the conversation rendered whole is not the prompt plus an answer. We render
 the prompt with the template and write the answer after it ourselves, then check that the template
-agrees on the answer and its end. A template with `{% generation %}` markers is trusted as it is.
-Earlier assistant turns stay context: templates strip their thoughts, so they are no target.
+agrees on the answer and its end, found by the end-of-turn token's offset (an answer `d` is inside
+`<|im_end|>`'s text). A template with `{% generation %}` markers is trusted as it is.
+Earlier assistant turns stay context by default; with `all_turns` they are trained too, as the
+template renders them inside the conversation (thoughts stripped where it strips them), each from
+the start of its content through its end-of-turn token, located by token offsets.
 """
 
 from __future__ import annotations
@@ -30,16 +33,25 @@ class MaskError(ValueError):
 
 
 def final_turn(messages: list[dict]) -> tuple[list[dict], str | None, str]:
-    """(messages with the final turn's thought as a `<think>` block in its content, thought, answer)."""
+    """(messages with each assistant turn's `reasoning_content` as a `<think>` block in its content, as
+    the template then renders or strips it; the final turn's thought; its answer)."""
     if not messages or messages[-1].get("role") != "assistant":
         raise MaskError("the last message must be the assistant's answer")
     thought, answer = split_thought(messages[-1])
     last = {k: v for k, v in messages[-1].items() if k != "reasoning_content"}
     last["content"] = think_block(thought, answer)
-    return [*messages[:-1], last], thought, answer
+    return [*map(_inline_thought, messages[:-1]), last], thought, answer
 
 
-def _completion(tokenizer, messages: list[dict], thought: str | None, answer: str, kwargs: dict) -> tuple[str, str]:
+def _inline_thought(message: dict) -> dict:
+    if message.get("role") != "assistant" or message.get("reasoning_content") is None:
+        return message
+    rest = {k: v for k, v in message.items() if k != "reasoning_content"}
+    return {**rest, "content": think_block(*split_thought(message))}
+
+
+def _completion(tokenizer, messages: list[dict], thought: str | None, answer: str, kwargs: dict,
+                eot: int | None) -> tuple[str, str]:
     """(prompt text, text the student writes after it) for the final assistant turn."""
     prompt = render(tokenizer, messages[:-1], True, **kwargs)
     full = render(tokenizer, messages, False, **kwargs)
@@ -56,9 +68,7 @@ def _completion(tokenizer, messages: list[dict], thought: str | None, answer: st
         raise MaskError("the chat template renders the prompt differently inside the conversation, so the "
                         f"trained tokens cannot be found; {FIX_TEMPLATE}")
     end = answer.rstrip()
-    if not end or end not in full[len(base):]:
-        raise MaskError(f"the chat template does not render the final answer where it belongs; {FIX_TEMPLATE}")
-    suffix = full[full.rfind(end) + len(end):]  # the template's end of turn after the answer
+    suffix = _after_answer(tokenizer, full[len(base):], end, eot)
     if not opened:  # a template that strips the final thought: the student still writes it
         return prompt, think_block(thought, end) + suffix
     block, opener = think_block(thought or "", end), prompt[opened.start():]
@@ -67,20 +77,35 @@ def _completion(tokenizer, messages: list[dict], thought: str | None, answer: st
     return prompt, block[len(opener):] + suffix  # the prompt wrote `<think>\n`: the student continues the thought
 
 
+def _after_answer(tokenizer, turn: str, end: str, eot: int | None) -> str:
+    """The template's text after the answer `end` in its rendering of the final turn (`turn`): what
+    precedes the turn's end-of-turn token, less trailing whitespace, must end with the answer."""
+    at = len(turn)
+    if eot is not None:
+        enc = tokenizer(turn, add_special_tokens=False, return_offsets_mapping=True)
+        at = next((a for i, (a, _) in zip(enc["input_ids"], enc["offset_mapping"]) if i == eot), at)
+    head = turn[:at].rstrip()
+    if not end or not head.endswith(end):
+        raise MaskError(f"the chat template does not render the final answer where it belongs; {FIX_TEMPLATE}")
+    return turn[len(head):]
+
+
 def prompt_and_completion(tokenizer, messages: list[dict], template_kwargs: dict | None = None) -> tuple[str, str]:
     """(generation prompt, the final assistant turn as the model writes it after that prompt, through
     the template's end of turn): what a scorer of a reply must see, on every template the masks handle."""
     messages, thought, answer = final_turn(messages)
-    return _completion(tokenizer, messages, thought, answer, template_kwargs or {})
+    return _completion(tokenizer, messages, thought, answer, template_kwargs or {}, end_of_turn(tokenizer))
 
 
 def encode_messages(tokenizer: PreTrainedTokenizerBase, messages: list[dict], max_length: int,
-                    template_kwargs: dict | None = None, *, eot: int | None = None) -> dict | None:
+                    template_kwargs: dict | None = None, *, eot: int | None = None,
+                    all_turns: bool = False) -> dict | None:
     """input_ids and labels of one conversation (labels IGNORE outside the trained tokens), plus
     `truncated` (trained tokens were cut at `max_length`) and `ended` (the end-of-turn token was kept).
 
     Returns None when the prompt alone does not fit in `max_length`; raises MaskError when the
     template cannot be masked exactly. `eot`: the template's end-of-turn token, when already known.
+    `all_turns`: every assistant turn is trained, not only the final one.
     """
     kwargs = template_kwargs or {}
     messages, thought, answer = final_turn(messages)
@@ -90,17 +115,17 @@ def encode_messages(tokenizer: PreTrainedTokenizerBase, messages: list[dict], ma
                         "learn where to stop; use a checkpoint whose chat template ends turns with its end-of-turn "
                         "token (such as <|im_end|>)")
     if has_generation_markers(tokenizer):
-        ids, labels = _marked(tokenizer, messages, eot, kwargs)
+        ids, labels = _marked(tokenizer, messages, eot, kwargs, all_turns)
     else:
-        prompt, completion = _completion(tokenizer, messages, thought, answer, kwargs)
-        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        prompt, completion = _completion(tokenizer, messages, thought, answer, kwargs, eot)
+        prompt_ids, prompt_labels = _prompt(tokenizer, messages[:-1], prompt, eot, kwargs, all_turns)
         answer_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
         if eot not in answer_ids:
             raise MaskError(f"the chat template does not end the assistant turn with {tokenizer.decode([eot])}; "
                             f"{FIX_TEMPLATE}")
         stop = len(answer_ids) - answer_ids[::-1].index(eot)  # through the end-of-turn token, not the newline after
         ids = prompt_ids + answer_ids
-        labels = [IGNORE] * len(prompt_ids) + answer_ids[:stop] + [IGNORE] * (len(answer_ids) - stop)
+        labels = prompt_labels + answer_ids[:stop] + [IGNORE] * (len(answer_ids) - stop)
     _check_trained(tokenizer, ids, labels, thought, answer, eot)
     trained = [i for i, t in enumerate(labels) if t != IGNORE]
     if trained[0] >= max_length:
@@ -109,15 +134,53 @@ def encode_messages(tokenizer: PreTrainedTokenizerBase, messages: list[dict], ma
             "truncated": trained[-1] >= max_length, "ended": trained[-1] < max_length}
 
 
-def _marked(tokenizer, messages: list[dict], eot: int, kwargs: dict) -> tuple[list[int], list[int]]:
+def _prompt(tokenizer, earlier: list[dict], prompt: str, eot: int, kwargs: dict,
+            all_turns: bool) -> tuple[list[int], list[int]]:
+    """Ids and labels of the prompt: all IGNORE, or with `all_turns` each earlier assistant turn trained
+    as the prompt renders it, from the first token at or after where the turn's text starts through
+    its end-of-turn token."""
+    enc = tokenizer(prompt, add_special_tokens=False, return_offsets_mapping=True)
+    ids, labels = enc["input_ids"], [IGNORE] * len(enc["input_ids"])
+    if not all_turns:
+        return ids, labels
+    for i in (i for i, m in enumerate(earlier) if m["role"] == "assistant"):
+        start = _turn_start(tokenizer, earlier[:i], prompt, kwargs)
+        first = next(k for k, (a, _) in enumerate(enc["offset_mapping"]) if a >= start)
+        stop = next((k for k in range(first, len(ids)) if ids[k] == eot), None)
+        if stop is None:
+            raise MaskError(f"the chat template does not end assistant turn {i + 1} with {tokenizer.decode([eot])}; "
+                            f"{FIX_TEMPLATE}")
+        labels[first:stop + 1] = ids[first:stop + 1]
+    return ids, labels
+
+
+def _turn_start(tokenizer, before: list[dict], prompt: str, kwargs: dict) -> int:
+    """Where an earlier assistant turn's text starts in `prompt`: after as much of its own generation
+    prompt as the conversation renders too (R1 opens `<think>` there and strips the thought from the
+    turn; Qwen3 with enable_thinking=False pre-fills an empty thought that earlier turns lack)."""
+    head = render(tokenizer, before, True, **kwargs)
+    n = next((k for k, (a, b) in enumerate(zip(head, prompt)) if a != b), min(len(head), len(prompt)))
+    if n < len(render(tokenizer, before, False, **kwargs)):
+        raise MaskError("the chat template renders earlier turns differently inside the conversation, so "
+                        f"train.all_turns cannot find them; {FIX_TEMPLATE}")
+    return n
+
+
+def _marked(tokenizer, messages: list[dict], eot: int, kwargs: dict, all_turns: bool) -> tuple[list[int], list[int]]:
     """Ids and labels from the template's `{% generation %}` marks, each marked span extended over the
-    end-of-turn token right after it (templates often leave it outside the block)."""
+    end-of-turn token right after it (templates often leave it outside the block); without
+    `all_turns`, the last span only."""
     out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True,
                                         **kwargs)
     ids, mask = list(out["input_ids"]), list(out["assistant_masks"])
     for i in range(len(ids) - 1):
         if mask[i] and not mask[i + 1] and ids[i + 1] == eot:
             mask[i + 1] = 1
+    if not all_turns and any(mask):
+        start = max(i for i, m in enumerate(mask) if m)
+        while start > 0 and mask[start - 1]:
+            start -= 1
+        mask = [0] * start + mask[start:]
     return ids, [t if m else IGNORE for t, m in zip(ids, mask)]
 
 
@@ -136,7 +199,8 @@ def _check_trained(tokenizer, ids: list[int], labels: list[int], thought: str | 
                         f"its end-of-turn token; {FIX_TEMPLATE}")
 
 
-def encode_each(tokenizer, rows: list[dict], max_length: int, first: int = 1) -> list[dict | None]:
+def encode_each(tokenizer, rows: list[dict], max_length: int, first: int = 1,
+                all_turns: bool = False) -> list[dict | None]:
     """Each row encoded (`encode_messages`), None where its prompt alone is longer than `max_length`;
     JobError naming the row (counted from `first`) when a row or the template cannot be masked."""
     from pai_distil.core.contract import JobError
@@ -145,7 +209,8 @@ def encode_each(tokenizer, rows: list[dict], max_length: int, first: int = 1) ->
     for n, row in enumerate(rows, first):
         try:
             kwargs = row.get("chat_template_kwargs")
-            out.append(encode_messages(tokenizer, row["messages"], max_length, kwargs, eot=eot))
+            out.append(encode_messages(tokenizer, row["messages"], max_length, kwargs, eot=eot,
+                                       all_turns=all_turns))
         except MaskError as err:
             raise JobError(f"training row {n}: {err}") from None
     return out
@@ -177,6 +242,32 @@ def encode_rows(tokenizer, rows: list[dict], max_length: int, max_truncated: flo
     check_truncation(len(rows), len(out), sum(e["truncated"] for e in out), sum(not e["ended"] for e in out),
                      max_length, max_truncated, log)
     return out
+
+
+def marked_example(tokenizer, ids: list[int], labels: list[int], width: int = 240) -> str:
+    """One encoded row decoded as the student sees it, the trained text between `[[` and `]]`; each
+    stretch longer than `width` characters keeps its start and end around a count of what was cut,
+    so a job log shows exactly what is trained without a whole chain."""
+    parts, start = [], 0
+    for i in range(1, len(ids) + 1):
+        if i == len(ids) or (labels[i] == IGNORE) != (labels[start] == IGNORE):
+            text = _middle(tokenizer.decode(ids[start:i], skip_special_tokens=False), width)
+            parts.append(text if labels[start] == IGNORE else f"[[{text}]]")
+            start = i
+    return "".join(parts)
+
+
+def _middle(text: str, width: int) -> str:
+    if len(text) <= width:
+        return text
+    keep = width // 2
+    return f"{text[:keep]} …[{len(text) - 2 * keep} characters]… {text[-keep:]}"
+
+
+def log_example(tokenizer, example: dict, say) -> None:
+    """Log `marked_example` of one encoded row (rank 0 passes its logger, the other ranks a no-op)."""
+    say("example training row as the student sees it, trained tokens in [[ ]]:\n"
+        + marked_example(tokenizer, list(example["input_ids"]), list(example["labels"])))
 
 
 def collate(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:

@@ -17,6 +17,7 @@ from pai_distil.core.contract import JobContext, JobError, log
 from pai_distil_jobs.models.models import attention_kernel, load_tokenizer
 from pai_distil_jobs.train.sharded_load import load_trained, model_hidden_size, parameter_count
 from pai_distil_jobs.models.threads import set_cpu_threads
+from pai_distil_jobs.train.sft_data import log_example
 from pai_distil_jobs.train.token_cache import encoded_rows
 from pai_distil_jobs.train.trainer import by_kind_here, JobCallback, JobTrainerMixin, TrainSettings, fit, tensorboard_callback, training_arguments
 
@@ -162,7 +163,8 @@ def train_sft(ctx: JobContext, student: Student, train: Training, rows: list[dic
     if distill is not None and (train.packing or train.padding_free):
         raise JobError("distill needs each row in a sequence of its own; drop train.packing and train.padding_free")
     examples = encoded_rows(tokenizer, rows, train.max_length, train.max_truncated, ctx.checkpoint_dir,
-                            keyed=distill is not None, say=say)
+                            keyed=distill is not None, say=say, all_turns=train.all_turns)
+    log_example(tokenizer, examples[0], say)
     padding_free = padding_free_mode(train, attention_kernel(train.attn_implementation), say)
     settings = TrainSettings.of(train, keep_order=keep_order, hidden_size=model_hidden_size(student.model))
     # rows come encoded and cut at max_length (token_cache): TRL prepares them no further (its truncation would

@@ -7,8 +7,9 @@ rows in a pool of processes, each writing one Arrow shard (datasets' own writer)
 resumed run reads it without tokenising.
 
 The key covers everything the encoded ids depend on: each row's messages and template flags, in
-order; the tokenizer (its whole `tokenizer.json`, special tokens, chat template); `max_length`;
-and the source of the encoding code itself. The rows are `sft_data.encode_each`'s, unchanged.
+order; whether every assistant turn is trained; the tokenizer (its whole `tokenizer.json`, special
+tokens, chat template); `max_length`; and the source of the encoding code itself. The rows are
+`sft_data.encode_each`'s, unchanged.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ SHARDS_PER_WORKER = 4  # rows differ in length: smaller shards even out the work
 _job: dict = {}  # the rows and tokenizer forked workers inherit (never pickled)
 
 
-def cache_key(tokenizer, rows: list[dict], max_length: int, keyed: bool = False) -> str:
+def cache_key(tokenizer, rows: list[dict], max_length: int, keyed: bool = False, all_turns: bool = False) -> str:
     """The digest of what the encoded rows depend on (see the module's docstring)."""
     import pai_distil_jobs.models.chat_template as chat_template
     import pai_distil_jobs.train.sft_data as sft_data
@@ -40,7 +41,8 @@ def cache_key(tokenizer, rows: list[dict], max_length: int, keyed: bool = False)
 
     backend = getattr(tokenizer, "backend_tokenizer", None)
     h = hashlib.sha256(json.dumps({
-        "version": VERSION, "max_length": max_length, "keyed": keyed, "class": type(tokenizer).__name__,
+        "version": VERSION, "max_length": max_length, "keyed": keyed, "all_turns": all_turns,
+        "class": type(tokenizer).__name__,
         "vocab": tokenizer_digest(tokenizer), "template": tokenizer.chat_template,
         "tokenizer_json": hashlib.sha256(backend.to_str().encode()).hexdigest() if backend is not None else None,
         "code": [hashlib.sha256(Path(m.__file__).read_bytes()).hexdigest() for m in (sft_data, chat_template)],
@@ -51,23 +53,24 @@ def cache_key(tokenizer, rows: list[dict], max_length: int, keyed: bool = False)
 
 
 def encoded_rows(tokenizer, rows: list[dict], max_length: int, max_truncated: float, cache_root: Path,
-                 keyed: bool = False, say=log):
+                 keyed: bool = False, say=log, all_turns: bool = False):
     """The rows encoded as a `datasets.Dataset` (columns input_ids, labels, length, and kd_key when
-    `keyed`), from the cache in `cache_root` (a run's checkpoint folder) or built there by global
-    rank 0 while the other ranks wait. Rows whose prompt alone exceeds `max_length` are left out;
-    the truncation report is logged (and checked against `max_truncated`) on every call."""
+    `keyed`; every assistant turn trained with `all_turns`), from the cache in `cache_root` (a run's
+    checkpoint folder) or built there by global rank 0 while the other ranks wait. Rows whose prompt
+    alone exceeds `max_length` are left out; the truncation report is logged (and checked against
+    `max_truncated`) on every call."""
     import datasets
 
     from pai_distil_jobs.train.build_once import build_once
     from pai_distil_jobs.train.sft_data import check_truncation
 
-    key = cache_key(tokenizer, rows, max_length, keyed)
+    key = cache_key(tokenizer, rows, max_length, keyed, all_turns)
     folder = Path(cache_root) / CACHE_DIR / key
     writer = int(os.environ.get("RANK", "0")) == 0
     if (folder / META).exists():
         say(f"encoded rows: read from the cache {folder}")
-    build_once(folder, lambda tmp: _build(tmp, tokenizer, rows, max_length, keyed, key, say), writer=writer,
-               complete=META, say=say, what="the encoded training rows", check=_whole)
+    build_once(folder, lambda tmp: _build(tmp, tokenizer, rows, max_length, keyed, key, say, all_turns),
+               writer=writer, complete=META, say=say, what="the encoded training rows", check=_whole)
     if writer:
         _prune(folder)
     meta = json.loads((folder / META).read_text())
@@ -83,7 +86,8 @@ def features(keyed: bool):
     return Features({**cols, **({"kd_key": Value("string")} if keyed else {})})
 
 
-def _build(tmp: Path, tokenizer, rows: list[dict], max_length: int, keyed: bool, key: str, say) -> None:
+def _build(tmp: Path, tokenizer, rows: list[dict], max_length: int, keyed: bool, key: str, say,
+           all_turns: bool = False) -> None:
     """Encode `rows` into Arrow shards in `tmp`, in worker processes where the rows are many; META last."""
     import time
 
@@ -91,7 +95,7 @@ def _build(tmp: Path, tokenizer, rows: list[dict], max_length: int, keyed: bool,
     cpus = len(os.sched_getaffinity(0))
     workers = max(1, min(cpus, len(rows) // MIN_ROWS_PER_WORKER))
     per = max(1, -(-len(rows) // (workers * SHARDS_PER_WORKER)) if workers > 1 else len(rows))
-    tasks = [(a, min(a + per, len(rows)), str(tmp / f"shard-{a:09d}.arrow"), max_length, keyed)
+    tasks = [(a, min(a + per, len(rows)), str(tmp / f"shard-{a:09d}.arrow"), max_length, keyed, all_turns)
              for a in range(0, len(rows), per)]
     _job.update(rows=rows, tokenizer=tokenizer)
     try:
@@ -117,11 +121,11 @@ def _encode_shard(task: tuple) -> dict:
     from pai_distil_jobs.train.sft_data import encode_each
     from pai_distil_jobs.train.teacher_topk import row_key
 
-    a, b, path, max_length, keyed = task
+    a, b, path, max_length, keyed, all_turns = task
     rows = _job["rows"][a:b]
     stats = dict.fromkeys(("kept", "cut", "lost", "tokens"), 0)
     with ArrowWriter(features=features(keyed), path=path) as w:
-        for row, e in zip(rows, encode_each(_job["tokenizer"], rows, max_length, first=a + 1)):
+        for row, e in zip(rows, encode_each(_job["tokenizer"], rows, max_length, first=a + 1, all_turns=all_turns)):
             if e is None:
                 continue
             record = {"input_ids": e["input_ids"], "labels": e["labels"], "length": len(e["input_ids"])}

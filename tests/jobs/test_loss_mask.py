@@ -5,6 +5,7 @@ templates and on the project's preset tokenizer. Expected tokens are written out
 from __future__ import annotations
 
 import functools
+import json
 
 import pytest
 
@@ -13,7 +14,7 @@ pytest.importorskip("transformers")
 
 from real_models import GENERATION_TEMPLATE, NO_END_TEMPLATE, QWEN25_TEMPLATE, R1_TEMPLATE, qwen_tokenizer  # noqa: E402
 
-from pai_distil_jobs.train.sft_data import IGNORE, MaskError, collate, encode_messages  # noqa: E402
+from pai_distil_jobs.train.sft_data import IGNORE, MaskError, collate, encode_messages, marked_example  # noqa: E402
 
 USER = {"role": "user", "content": "2+2?"}
 THOUGHT = {"role": "assistant", "content": "<think>\nadd\n</think>\n\n4"}
@@ -168,3 +169,100 @@ def test_collate_pads_right_with_ignored_labels():
     assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
     assert batch["labels"].tolist() == [[IGNORE, 6, 7], [8, IGNORE, IGNORE]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+
+
+# -- users' chat rows, read as slow-thinking reads them ---------------------------------------------
+
+
+def trained_text(tok, enc: dict) -> tuple[str, list[str]]:
+    """(the text before the first trained token, each trained span decoded)."""
+    labels, ids = enc["labels"], enc["input_ids"]
+    spans, start = [], None
+    for i, label in enumerate([*labels, IGNORE]):
+        if label != IGNORE and start is None:
+            start = i
+        elif label == IGNORE and start is not None:
+            spans.append(tok.decode(ids[start:i]))
+            start = None
+    first = next(i for i, label in enumerate(labels) if label != IGNORE)
+    return tok.decode(ids[:first]), spans
+
+
+def chat_rows(tmp_path, name: str, rows: list[dict]) -> list[dict]:
+    from pai_distil_jobs.stages.slow_thinking import sft_rows
+
+    path = tmp_path / name
+    path.write_text(json.dumps(rows) if name.endswith(".json") else "".join(json.dumps(r) + "\n" for r in rows))
+    return sft_rows(path, require_correct=True)
+
+
+# What the student sees before the final turn: the system prompt and the earlier turn, nothing added.
+CHAT_PROMPT = ("<|im_start|>system\nYou are terse.<|im_end|>\n<|im_start|>user\nWhat is 2+2?<|im_end|>\n"
+               "<|im_start|>assistant\n4<|im_end|>\n<|im_start|>user\nAnd 3+3?<|im_end|>\n<|im_start|>assistant\n")
+SHAREGPT = {"conversations": [{"from": "system", "value": "You are terse."}, {"from": "human", "value": "What is 2+2?"},
+                              {"from": "gpt", "value": "4"}, {"from": "human", "value": "And 3+3?"},
+                              {"from": "gpt", "value": "<think>\n3 and 3 make 6.\n</think>\n\n6"}]}
+MESSAGES = {"messages": [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "What is 2+2?"},
+                         {"role": "assistant", "reasoning_content": "2 and 2.", "content": "4"},
+                         {"role": "user", "content": "And 3+3?"},
+                         {"role": "assistant", "reasoning_content": "3 and 3 make 6.", "content": "6"}]}
+FINAL_TURN = "<think>\n3 and 3 make 6.\n</think>\n\n6<|im_end|>"
+
+
+@pytest.mark.parametrize("name,row", [("sharegpt.json", SHAREGPT), ("messages.json", MESSAGES)])
+def test_multi_turn_chat_rows_train_the_final_turn_after_every_earlier_one(tmp_path, name, row):
+    tok = qwen_tokenizer()
+    (sft,) = chat_rows(tmp_path, name, [row])
+    assert trained_text(tok, encode_messages(tok, sft["messages"], 200)) == (CHAT_PROMPT, [FINAL_TURN])
+
+
+def test_alpaca_rows_with_system_prompt_and_history(tmp_path):
+    tok = qwen_tokenizer()
+    alpaca = {"system": "You are terse.", "history": [["What is 2+2?", "4"]], "instruction": "And 3+3?", "input": "",
+              "output": "<think>\n3 and 3 make 6.\n</think>\n\n6"}
+    (sft,) = chat_rows(tmp_path, "alpaca.jsonl", [alpaca])
+    assert trained_text(tok, encode_messages(tok, sft["messages"], 200)) == (CHAT_PROMPT, [FINAL_TURN])
+
+
+@pytest.mark.parametrize("template,earlier", [
+    (None, "4<|im_end|>"),  # Qwen3 strips an earlier turn's thought: it is trained as rendered
+    (R1_TEMPLATE, "4<|im_end|>"),
+    (QWEN25_TEMPLATE, "<think>\n2 and 2.\n</think>\n\n4<|im_end|>"),
+    (GENERATION_TEMPLATE, "<think>\n2 and 2.\n</think>\n\n4<|im_end|>"),
+])
+def test_all_turns_trains_each_assistant_turn_as_the_template_renders_it(template, earlier):
+    tok = qwen_tokenizer(template)
+    final = FINAL_TURN.removeprefix("<think>\n") if template == R1_TEMPLATE else FINAL_TURN  # R1's prompt opens it
+    prompt, spans = trained_text(tok, encode_messages(tok, MESSAGES["messages"], 300, all_turns=True))
+    assert spans == [earlier, final]
+    # R1 keeps the newlines after the thought it strips: one token with the turn header's newline, untrained
+    assert prompt.rstrip("\n").endswith("<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant")
+    assert trained_text(tok, encode_messages(tok, MESSAGES["messages"], 300))[1] == [final]
+
+
+def test_r1_answer_inside_the_end_of_turn_text_trains():
+    """`d`, `e`, `end` are substrings of `<|im_end|>`: the answer is found by the token's offset."""
+    tok = qwen_tokenizer(R1_TEMPLATE)
+    for answer in ("d", "e", "end"):
+        enc = encode_messages(tok, [USER, {"role": "assistant", "content": f"<think>\nadd\n</think>\n\n{answer}"}], 100)
+        assert trained_text(tok, enc) == ("<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n<think>\n",
+                                          [f"add\n</think>\n\n{answer}<|im_end|>"])
+
+
+def test_require_correct_drops_only_rows_with_an_answer_that_fails(tmp_path):
+    from pai_distil.core.contract import JobError
+
+    ok = {**MESSAGES, "answer": "6"}
+    rows = chat_rows(tmp_path, "c.jsonl", [SHAREGPT, ok, {**MESSAGES, "answer": "7"}, {**MESSAGES, "correct": False}])
+    assert [r["messages"][-1]["content"] for r in rows] == [SHAREGPT["conversations"][-1]["value"], "6"]
+    with pytest.raises(JobError, match=r"^no training rows: 2 of 2 rows dropped as not verified correct \(set "
+                                       r"require_correct: false to train them anyway\)$"):
+        chat_rows(tmp_path, "wrong.jsonl", [{**MESSAGES, "answer": "7"}, {**MESSAGES, "correct": False}])
+
+
+def test_marked_example_shows_the_trained_text_between_brackets():
+    tok = qwen_tokenizer()
+    enc = encode_messages(tok, [USER, {"role": "assistant", "reasoning_content": "x" * 300, "content": "4"}], 400)
+    shown = marked_example(tok, enc["input_ids"], enc["labels"], width=60)  # the 330-character turn: 30 + 30 kept
+    assert shown == ("<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n"
+                     f"[[<think>\n{'x' * 22} …[270 characters]… {'x' * 8}\n</think>\n\n4<|im_end|>]]\n")

@@ -19,6 +19,7 @@ class DPOTraining(Training):
 
     PRESET: ClassVar[dict] = {"learning_rate": 5e-4, "max_length": 512, "gradient_checkpointing": False}
     CHECKPOINT: ClassVar[dict] = {"learning_rate": 5e-7, "max_length": 8192, "gradient_checkpointing": True}
+    ALL_TURNS: ClassVar[bool] = False
 
     max_steps: int = Field(200, ge=1, le=100_000_000, description="optimizer steps")
     batch_size: int = Field(16, ge=1, le=1_000_000,

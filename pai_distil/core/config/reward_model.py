@@ -42,6 +42,7 @@ class RewardTraining(Training):
 
     PRESET: ClassVar[dict] = {"learning_rate": 1e-3, "max_length": 384, "gradient_checkpointing": False}
     CHECKPOINT: ClassVar[dict] = {"learning_rate": 5e-6, "max_length": 4096, "gradient_checkpointing": True}
+    ALL_TURNS: ClassVar[bool] = False
 
     max_steps: int = Field(400, ge=1, le=100_000_000, description="optimizer steps")
     max_length: int | None = Field(None, ge=16, le=1_048_576,

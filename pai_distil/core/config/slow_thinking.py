@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from .base import Strict
 from .distill import Distill
@@ -23,6 +23,13 @@ class SlowThinkingConfig(Strict):
     max_samples: int | None = Field(None, ge=1, description="use at most this many training rows")
     distill: Distill | None = Field(None, description="learn from the teacher's token distributions (white-box KD "
                                                     "or on-policy distillation); omit for plain SFT")
+
+    @model_validator(mode="after")
+    def _distill_scores_final_turns(self) -> SlowThinkingConfig:
+        if self.distill and self.train.all_turns:
+            raise ValueError("distill learns the teacher's distributions on each row's final assistant turn; "
+                             "drop train.all_turns or distill")
+        return self
 
     def required_inputs(self) -> tuple[str, ...]:
         return self.distill.required_inputs() if self.distill else ()

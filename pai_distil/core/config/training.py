@@ -196,6 +196,11 @@ class Training(Optimisation):
     stop_at: StopAt | None = Field(
         None, description="end training early once held-out accuracy reaches a target: a student just good "
                           "enough, whatever its seed (how fast a seed learns varies several-fold)")
+    all_turns: bool = Field(False, description="train every assistant turn of a multi-turn chat row (earlier turns "
+                                               "as the chat template renders them, e.g. without their thoughts); "
+                                               "default: the final assistant turn only, earlier turns are context")
+
+    ALL_TURNS: ClassVar[bool] = True  # whether the stage trains chat rows turn by turn
 
     def _may_shard(self) -> bool:
         return super()._may_shard() and not self.stop_at  # stop_at decodes with the whole model on rank 0
@@ -204,6 +209,13 @@ class Training(Optimisation):
         if preset:
             return 1
         return micro_batch_accumulation(self.batch_size, world, self.max_length or filled["max_length"])[1]
+
+    @model_validator(mode="after")
+    def _all_turns_where_trained(self) -> Training:
+        if self.all_turns and not self.ALL_TURNS:
+            raise ValueError("this stage trains responses to a prompt, not chat rows turn by turn; drop "
+                             "train.all_turns")
+        return self
 
     @model_validator(mode="after")
     def _stop_at_needs_whole_weights(self) -> Training:

@@ -8,7 +8,7 @@ from pathlib import Path
 from pai_distil.core.config import DataFile
 from pai_distil.core.think import split_thought
 from pai_distil.core.readers.files import DataError, Row, _level, _text, data_files, detect, read_records
-from pai_distil.core.readers.problems import _messages
+from pai_distil.core.readers.chats import CHAT_FIELDS, chat_format, chat_messages, read_chat_file
 
 # -- CoT samples --------------------------------------------------------------------------------
 
@@ -18,21 +18,45 @@ COT_FILES = ("scored.jsonl", "cots.jsonl", "sft.jsonl")
 
 
 def read_cot_input(path: Path, spec: DataFile | None = None, own_rows: bool = True) -> list[dict]:
-    """Rows of a stage's CoT input: in a directory, the first of COT_FILES it holds. With `own_rows`,
-    this project's JSONL rows (generate's or score's: problem, thought, solution; SFT messages rows)
-    come as they are, with every field they carry; anything else (published CoT data) is read by
+    """CoT samples of a stage's input: in a directory, the first of COT_FILES it holds. With `own_rows`,
+    this project's JSONL rows (generate's or score's: problem, thought, solution) come as they are, with
+    every field they carry; anything else (published CoT data, single-turn chat rows) is read by
     `read_cots`."""
+    path = _input_file(path)
+    if own_rows and path.suffix == ".jsonl":
+        records = read_records(path)
+        if _own_rows(records):
+            return [row for _, row in records]
+    return read_cots(path, spec)
+
+
+def read_sft_input(path: Path, spec: DataFile | None = None) -> list[dict]:
+    """Rows of a training stage's input: chat rows (OpenAI messages, ShareGPT, Alpaca; any file type)
+    as SFT rows with every turn (`chats.sft_row`); this project's CoT rows as they are; published CoT
+    data as CoT samples (`read_cots`)."""
+    path = _input_file(path)
+    records = read_records(path)
+    if records and chat_format(records[0][1]):
+        spec = spec or DataFile()
+        return read_chat_file(path, records[:spec.limit] if spec.limit else records, spec.fields)
+    if path.suffix == ".jsonl" and _own_rows(records):
+        return [row for _, row in records]
+    return read_cots(path, spec)
+
+
+def _input_file(path: Path) -> Path:
+    """The file of a CoT input: the path itself, or the first of COT_FILES in a directory."""
     path = Path(path)
     if path.is_dir():
         found = next((path / c for c in COT_FILES if (path / c).is_file()), None)
         if found is None:
             raise DataError(f"{path} holds none of {', '.join(COT_FILES)}; pass the output of `generate` or `score`")
         path = found
-    if own_rows and path.suffix == ".jsonl":
-        rows = [row for _, row in read_records(path)]
-        if not rows or {"problem", "thought", "solution"} <= set(rows[0]) or "messages" in rows[0]:
-            return rows
-    return read_cots(path, spec)
+    return path
+
+
+def _own_rows(records: list[tuple[int, dict]]) -> bool:
+    return not records or {"problem", "thought", "solution"} <= set(records[0][1])
 
 
 def read_cots(path: Path, spec: DataFile | None = None) -> list[dict]:
@@ -44,7 +68,8 @@ def read_cots(path: Path, spec: DataFile | None = None) -> list[dict]:
         records = read_records(f)[:spec.limit] if spec.limit else read_records(f)
         if not records:
             continue
-        fmt = spec.format if spec.format != "auto" else detect(set(records[0][1]), f)
+        keys = set(records[0][1])
+        fmt = spec.format if spec.format != "auto" else "messages" if chat_format(keys) else detect(keys, f)
         if fmt not in ("cots", "messages"):
             raise DataError(f"{f} holds {fmt} rows, not chains of thought; CoT rows need thought and solution "
                             "(OmniThought style) or messages with <think> in the assistant turn")
@@ -117,15 +142,22 @@ def _omni_cots(row: Row, spec: DataFile) -> list[dict]:
 
 
 def _messages_cot(row: Row, spec: DataFile) -> list[dict]:
+    """A single-turn chat row as a CoT sample (a system prompt is kept as `system`); a multi-turn row is
+    refused, since a CoT sample is one problem and one answer."""
     from pai_distil.core.verify.text import last_boxed
 
-    msgs = _messages(row)
-    user = next((m["content"] for m in msgs if m["role"] == "user"), None)
-    reply = next((m["content"] for m in reversed(msgs) if m["role"] == "assistant"), None)
-    if user is None or reply is None:
-        raise DataError(f"{row.where()} needs a user and an assistant message")
-    thought, solution = split_thought(reply)
+    msgs = chat_messages(row)
+    turns = [m for m in msgs if m["role"] != "system"]
+    if [m["role"] for m in turns] != ["user", "assistant"]:
+        raise DataError(f"{row.where()} holds {len(turns)} turns; a chain of thought here is one user and one "
+                        "assistant message (train multi-turn chat rows with slow-thinking)")
+    user, reply = turns
+    thought, solution = split_thought(reply["content"])
+    if reply.get("reasoning_content"):
+        thought = reply["reasoning_content"].strip()
     answer = row.get("answer")
     answer = last_boxed(solution) if answer is None else answer
-    return [_sample(row, spec, None, user, {"thought": thought, "solution": solution, **{
-        k: v for k, v in row.data.items() if k not in ("messages", "conversations")}}, answer, row.get("id", ("id",)))]
+    sample = _sample(row, spec, None, user["content"], {"thought": thought, "solution": solution, **{
+        k: v for k, v in row.data.items() if k not in CHAT_FIELDS}}, answer, row.get("id", ("id",)))
+    system = next((m["content"] for m in msgs if m["role"] == "system"), None)
+    return [{**sample, "system": system} if system else sample]

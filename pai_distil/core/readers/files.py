@@ -176,6 +176,16 @@ def _text(value) -> str:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
+def _decoded(row: Row, raw, field: str, what: str):
+    """A structured field as published: the value itself, or a JSON string of it (CSV, Parquet)."""
+    if not isinstance(raw, str):
+        return raw
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        raise DataError(f"{row.where()} field '{field}' is not {what}") from None
+
+
 def _level(value):
     if isinstance(value, float) and value.is_integer():
         return int(value)

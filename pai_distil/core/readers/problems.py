@@ -9,8 +9,9 @@ from pathlib import Path
 
 from pai_distil.core import world
 from pai_distil.core.config import DataFile, FieldNames, ProblemData
-from pai_distil.core.readers.files import (FORMAT_VERIFIER, LETTERS, DataError, Row, _level, _text, data_files,
-                                           detect, read_records)
+from pai_distil.core.readers.chats import chat_messages
+from pai_distil.core.readers.files import (FORMAT_VERIFIER, LETTERS, DataError, Row, _decoded, _level, _text,
+                                           data_files, detect, read_records)
 
 # -- problems -----------------------------------------------------------------------------------
 
@@ -120,16 +121,6 @@ def render_choices(question: str, choices: list[str]) -> str:
     return question.rstrip() + "\n\n" + "\n".join(lines)
 
 
-def _decoded(row: Row, raw, field: str, what: str):
-    """A structured field as published: the value itself, or a JSON string of it (CSV, Parquet)."""
-    if not isinstance(raw, str):
-        return raw
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError:
-        raise DataError(f"{row.where()} field '{field}' is not {what}") from None
-
-
 def _choice_row(row: Row, spec: DataFile) -> dict:
     """Question + choices (a list, or {"A": …} / {"label": [...], "text": [...]}) + answer (letter, index or text)."""
     raw = _decoded(row, row.need("choices"), row.key("choices"), "a list of choices")
@@ -225,30 +216,12 @@ def _code_row(row: Row, spec: DataFile) -> dict:
     return out
 
 
-def _messages(row: Row) -> list[dict]:
-    names = ("messages", "conversations")
-    msgs = row.need("messages", names)
-    if not isinstance(msgs, list):
-        raise DataError(f"{row.where()} field '{row.key('messages', names)}' is not a list of messages")
-    roles = {"human": "user", "gpt": "assistant", "user": "user", "assistant": "assistant", "system": "system"}
-    out = []
-    for m in msgs:
-        if not isinstance(m, dict):
-            raise DataError(f"{row.where()}: a message is not an object")
-        role = roles.get(str(m.get("role", m.get("from", ""))).lower())
-        content = m.get("content", m.get("value"))
-        if role is None or not isinstance(content, str):
-            raise DataError(f"{row.where()}: each message needs a role (user/assistant/system) and text content")
-        out.append({"role": role, "content": content})
-    return out
-
-
 def _messages_row(row: Row, spec: DataFile) -> dict:
     """OpenAI messages (or ShareGPT conversations): the user turn is the problem; the answer is the row's
     `answer`, else the final \\boxed{} of the assistant turn."""
     from pai_distil.core.verify.text import final_part, last_boxed
 
-    msgs = _messages(row)
+    msgs = chat_messages(row)
     user = next((m["content"] for m in msgs if m["role"] == "user"), None)
     if user is None:
         raise DataError(f"{row.where()} has no user message")
