@@ -85,8 +85,23 @@ def world_size() -> int:
 
 
 def by_kind_here(train, preset: bool):
-    """`train.by_kind` for this job's processes and devices: the defaults `pai-distil plan` traces."""
+    """`train.by_kind` for this job's processes and devices: the defaults `pai-distil plan` traces. First of
+    all in a training job, so a precision the device lacks fails in one line before anything loads."""
+    check_bf16_here(train)
     return train.by_kind(preset, world_size(), torch.cuda.is_available())
+
+
+def check_bf16_here(train) -> None:
+    """bf16 asked for where the device has none: a CPU runs it emulated (and accelerate refuses some of it), a
+    pre-Ampere GPU not at all. Refused in one line naming the field, rather than a slow run or a traceback."""
+    deepspeed = getattr(train, "deepspeed", None)
+    asked = [name for name, on in (("train.bf16", train.bf16),
+                                   ("train.deepspeed.bf16", deepspeed is not None and deepspeed.bf16)) if on]
+    if not asked or (torch.cuda.is_available() and torch.cuda.is_bf16_supported()):
+        return
+    where = f"a {torch.cuda.get_device_name()} GPU" if torch.cuda.is_available() else "CPU"
+    raise JobError(f"{asked[0]}: true, but this job runs on {where}, which has no bf16; drop {asked[0]} (the default "
+                   "is bf16 wherever the GPU supports it) or run on GPUs of the Ampere generation or newer")
 
 
 def use_bf16(requested: bool | None) -> bool:

@@ -129,6 +129,27 @@ def test_the_schedule_warms_up_then_decays_to_a_tenth():
     assert f(104) == pytest.approx(0.1) and f(10_000) == pytest.approx(0.1)
 
 
+def test_bf16_on_a_cpu_job_is_refused_in_one_line_at_job_start(tmp_path):
+    for train, field in [({"bf16": True}, "train.bf16"), ({"deepspeed": {"bf16": True}}, "train.deepspeed.bf16")]:
+        proc = run_job("slow-thinking", {"student": {"model": "preset:micro"}, "train": {"max_steps": 2, **train}},
+                       tmp_path / "out", inputs={"cots": cots(tmp_path, 4)})
+        assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        assert job_errors(proc) == [f"pai-distil job error: {field}: true, but this job runs on CPU, which has no "
+                                    f"bf16; drop {field} (the default is bf16 wherever the GPU supports it) or run "
+                                    "on GPUs of the Ampere generation or newer"]
+
+
+def test_flash_attention_where_it_cannot_run_is_refused_in_one_line_by_the_job(tmp_path):
+    """The job's own check, for images `validate` cannot look into."""
+    train = {"max_steps": 2, "attn_implementation": "flash_attention_2"}
+    proc = run_job("slow-thinking", {"student": {"model": "preset:micro"}, "train": train}, tmp_path / "out",
+                   inputs={"cots": cots(tmp_path, 4)})
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert job_errors(proc) == ["pai-distil job error: train.attn_implementation is flash_attention_2, but this job "
+                                "runs on CPU; install flash-attn in the job's image (on GPUs), or set "
+                                "train.attn_implementation: auto (flash-attention where installed, else sdpa)"]
+
+
 def test_the_default_warmup_is_a_tenth_of_the_run_at_most_the_methods_own():
     from pai_distil.core.config import DPOConfig, GRPOConfig, Training
 
