@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from pai_distil.core.contract import JobError, log
+from pai_distil.core.url_credentials import unmasked
 from pai_distil_jobs.train.sft_data import IGNORE
 
 SHARD_GLOB = "shard-*.safetensors"
@@ -37,14 +38,22 @@ def row_key(row: dict) -> str:
 
 def keyed_examples(tokenizer, rows: list[dict], max_length: int, max_truncated: float, log=log):
     """Encoded rows (`sft_data.encode_rows`) and their keys; rows whose prompt alone exceeds max_length
-    are dropped there, and here too."""
+    are dropped there, and here too. Its report names the training stage's fields (`train.max_length`);
+    here they are top-level fields of the config, and named so."""
     from pai_distil_jobs.train.sft_data import encode_messages, encode_rows
 
-    examples = encode_rows(tokenizer, rows, max_length, max_truncated, log=log)
+    try:
+        examples = encode_rows(tokenizer, rows, max_length, max_truncated, log=lambda m: log(_top_level(m)))
+    except JobError as e:
+        raise JobError(_top_level(str(e))) from None
     if len(examples) == len(rows):
         return examples, [row_key(r) for r in rows]
     kept = [r for r in rows if encode_messages(tokenizer, r["messages"], max_length, r.get("chat_template_kwargs"))]
     return examples, [row_key(r) for r in kept]
+
+
+def _top_level(text: str) -> str:
+    return text.replace("train.max_length", "max_length").replace("train.max_truncated", "max_truncated")
 
 
 def trained_positions(labels: list[int]) -> list[int]:
@@ -154,7 +163,7 @@ class EndpointTeacher:
         line. A server without /tokenize is trusted, and said so in the log."""
         import httpx
 
-        url = self.url.removesuffix("/v1") + "/tokenize"
+        url = unmasked(self.url).removesuffix("/v1") + "/tokenize"
         key = os.environ.get(self.endpoint.api_key_env) if self.endpoint.api_key_env else None
         try:
             resp = httpx.post(url, json={"model": self.endpoint.model, "prompt": text, "add_special_tokens": False},

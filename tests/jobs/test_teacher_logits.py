@@ -80,6 +80,17 @@ def test_a_served_teacher_gives_what_the_same_checkpoint_gives_in_the_job(tmp_pa
         assert np.allclose(la, lb, atol=2e-2)  # fp16 on disk
 
 
+def test_the_truncation_report_names_the_stages_own_top_level_fields(tmp_path):
+    path = cots(tmp_path / "cots.jsonl")
+    cfg = {"student": {"model": "preset:micro"}, "teacher": {"model": "preset:micro"}, "max_length": 128}
+    ok = run_job("teacher-logits", cfg, tmp_path / "ok", inputs={"cots": path})
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert "rows cut at max_length=128" in ok.stdout and "train.max_length" not in ok.stdout
+    cut = run_job("teacher-logits", {**cfg, "max_length": 16}, tmp_path / "cut", inputs={"cots": path})
+    assert cut.returncode != 0 and len(job_errors(cut)) == 1, cut.stderr[-2000:]
+    assert "max_length=16" in job_errors(cut)[0] and "train." not in job_errors(cut)[0]
+
+
 def _start_job(config: dict, output: Path, inputs: dict, log: Path) -> subprocess.Popen:
     fd, cfg = tempfile.mkstemp(suffix=".json")
     with os.fdopen(fd, "w") as f:
