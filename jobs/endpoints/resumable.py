@@ -22,6 +22,7 @@ import openai
 from pai_distil.core.config import Teacher
 
 from pai_distil.core.contract import JobError, log
+from pai_distil.core.url_credentials import unmasked
 
 PROGRESS_EVERY_S = 2.0
 
@@ -52,7 +53,7 @@ def load_done(path: Path, what: str = "sample") -> dict[str, dict]:
 def client(endpoint: Teacher) -> openai.AsyncOpenAI:
     """The official client; it retries 429, 5xx and timeouts with exponential backoff."""
     key = os.environ.get(endpoint.api_key_env) if endpoint.api_key_env else None
-    return openai.AsyncOpenAI(base_url=endpoint.base_url, api_key=key or "EMPTY",
+    return openai.AsyncOpenAI(base_url=unmasked(endpoint.base_url), api_key=key or "EMPTY",
                               max_retries=endpoint.max_retries, timeout=endpoint.timeout_s)
 
 

@@ -10,6 +10,7 @@ import httpx
 from pai_distil.core.config import RewardEndpoint
 
 from pai_distil.core.contract import JobError
+from pai_distil.core.url_credentials import unmasked
 
 
 class RemoteScorer:
@@ -19,7 +20,7 @@ class RemoteScorer:
         self.endpoint = endpoint
         key = os.environ.get(endpoint.api_key_env) if endpoint.api_key_env else None
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        self.client = httpx.Client(base_url=endpoint.base_url, headers=headers, timeout=endpoint.timeout_s)
+        self.client = httpx.Client(base_url=unmasked(endpoint.base_url), headers=headers, timeout=endpoint.timeout_s)
 
     def __call__(self, prompts: list[str], responses: list[str]) -> list[float]:
         out: list[float] = []

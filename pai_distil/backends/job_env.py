@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pai_distil.core import url_credentials
 from pai_distil.core.contract import input_env_name
 
 from ..paths import ENV_HOME
@@ -40,7 +41,8 @@ NEVER = frozenset({"HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"})
 
 
 def named_secrets(config: dict) -> list[str]:
-    """The variable names a stage config's `*api_key_env` fields hold (teacher, judge, reward service)."""
+    """The variable names a stage config's `*api_key_env` fields hold (teacher, judge, reward service), and
+    those that carry its URLs' passwords (core.url_credentials)."""
     named: list[str] = []
 
     def walk(value) -> None:
@@ -55,7 +57,7 @@ def named_secrets(config: dict) -> list[str]:
                 walk(v)
 
     walk(config)
-    return sorted(set(named))
+    return sorted(set(named) | set(url_credentials.names(config)))
 
 
 def secrets(config: dict, environ: Mapping[str, str] | None = None) -> dict[str, str]:

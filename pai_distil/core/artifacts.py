@@ -18,11 +18,14 @@ MANIFEST = "manifest.json"
 REWARD_HEAD = "reward_head.safetensors"  # marks a reward model checkpoint (beside the language model's files)
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+def sha256_file(path: Path, chunk: int = 1 << 20, progress=None) -> str:
+    """The file's sha256; `progress(n)` (optional) gets the size of each block read."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)
+            if progress is not None:
+                progress(len(block))
     return h.hexdigest()
 
 
@@ -157,13 +160,23 @@ def manifest_digest(manifest: dict) -> str:
     return hashlib.sha256(body.encode()).hexdigest()
 
 
-def digest(path: str | Path) -> str:
-    """Content digest of an input: a file's sha256, or the hash of an artifact's file list."""
+def hashed_files(path: str | Path) -> list[Path]:
+    """The files `digest` reads whole: the file itself, or every file of a folder without a manifest
+    (none for an artifact, whose manifest stands for its content)."""
     p = Path(path)
     if p.is_file():
-        return sha256_file(p)
+        return [p]
+    return [] if read_manifest(p) is not None else _files(p)
+
+
+def digest(path: str | Path, progress=None) -> str:
+    """Content digest of an input: a file's sha256, or the hash of an artifact's file list;
+    `progress(n)` (optional) gets the size of each block hashed."""
+    p = Path(path)
+    if p.is_file():
+        return sha256_file(p, progress=progress)
     manifest = read_manifest(p)
     if manifest is not None:
         return manifest_digest(manifest)
-    body = json.dumps([(f.relative_to(p).as_posix(), sha256_file(f)) for f in _files(p)])
+    body = json.dumps([(f.relative_to(p).as_posix(), sha256_file(f, progress=progress)) for f in _files(p)])
     return hashlib.sha256(body.encode()).hexdigest()

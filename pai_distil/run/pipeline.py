@@ -12,6 +12,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from pai_distil.core import url_credentials
 from pai_distil.core.errors import UserError
 from pai_distil.core.config import Pipeline, read_mapping, validate
 from pai_distil.core.stages import get_stage
@@ -86,5 +87,5 @@ def plan(pipeline: Pipeline, sid: str) -> dict:
     st = pipeline.stages[sid]
     config = validate(get_stage(st.stage).config, st.config, f"stage '{sid}'")
     inputs = {n: (f"<output of {src}>" if src in pipeline.stages else src) for n, src in st.inputs.items()}
-    return {"stage": st.stage, "config": config.model_dump(mode="json"), "inputs": inputs,
+    return {"stage": st.stage, "config": url_credentials.split(config.model_dump(mode="json"))[0], "inputs": inputs,
             "nodes": st.nodes, "procs_per_node": st.procs_per_node, "resources": st.resources.model_dump()}

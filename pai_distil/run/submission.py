@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,12 +19,15 @@ from pydantic import BaseModel
 from rich.console import Console
 
 from pai_distil import __version__, paths
-from pai_distil.core import artifacts, model_refs
+from pai_distil.core import artifacts, model_refs, url_credentials
 from pai_distil.run import work_lock
 from pai_distil.core.errors import RunFailed, UserError
 from pai_distil.core.config import JobSpec, Resources, validate
 from pai_distil.core.stages import Stage, get_stage
 
+WARN_BYTES = 2 << 30  # hashing an input larger than this, or of more files than WARN_FILES, is announced
+WARN_FILES = 10_000
+PROGRESS_S = 5.0  # and says how far it got this often
 JOB_COMMAND = ["python", "-m", "pai_distil_jobs"]  # as the image runs it; the process backend runs this machine's python
 WORK_MARKER = ".pai-distil-work"  # marks a work dir, whose output is unfinished until its manifest exists
 
@@ -52,6 +56,9 @@ def needed_inputs(stage: Stage, config: BaseModel) -> tuple[set[str], set[str]]:
 
 def check_names(stage: Stage, config: BaseModel, names: set[str], where: str, hint: str = "pass --input {name}=PATH") -> None:
     required, allowed = needed_inputs(stage, config)
+    if "problems" in names and getattr(config, "problems", None) is not None:
+        raise UserError(f"{where}: input 'problems' would never be read: the config's `problems` draws them from the "
+                        "synthetic world; remove `problems:` from the config to read the input, or drop the input")
     for name in sorted(required - names):
         raise UserError(f"{where}: stage {stage.name} needs input '{name}'; " + hint.format(name=name))
     for name in sorted(names - allowed):
@@ -100,20 +107,53 @@ def _remote_input(name: str, uri: str, where: str) -> str:
     return uri
 
 
-def input_digest(source: str) -> str:
+def input_digest(source: str, name: str = "") -> str:
     """The content digest of an input: a local path's, or an OSS artifact's from its manifest (the same
     digest as the artifact's local copy has, so a pulled output keeps its cache key)."""
     if source.startswith("oss://"):
         return _REMOTE_DIGESTS[source]
-    return artifacts.digest(source)
+    return artifacts.digest(source, _HashProgress.of(name, source))
+
+
+class _HashProgress:
+    """Hashing an input past WARN_BYTES or WARN_FILES (a folder given by mistake, say all of /tmp)
+    is announced, then shows how far it got every PROGRESS_S, on stderr: the cache key reads every
+    byte of an input without a manifest."""
+
+    def __init__(self, name: str, total: int, console: Console):
+        self.name, self.total, self.console = name, total, console
+        self.done, self.shown = 0, time.monotonic()
+
+    @classmethod
+    def of(cls, name: str, source: str) -> _HashProgress | None:
+        files = artifacts.hashed_files(source)
+        if len(files) <= WARN_FILES and sum(f.stat().st_size for f in files[:WARN_FILES]) <= WARN_BYTES:
+            return None
+        total = sum(f.stat().st_size for f in files)
+        console = Console(stderr=True)
+        console.print(f"[yellow]warning:[/] input '{name}' ({source}) holds {len(files)} file(s), {_gb(total)} GB, "
+                      "and no manifest.json: hashing all of it for the cache key; pass the data file itself or an "
+                      "artifact folder if this is not the data", soft_wrap=True)
+        return cls(name, total, console)
+
+    def __call__(self, n: int) -> None:
+        self.done += n
+        if time.monotonic() - self.shown >= PROGRESS_S:
+            self.shown = time.monotonic()
+            self.console.print(f"hashing input '{self.name}': {_gb(self.done)} of {_gb(self.total)} GB "
+                               f"({100 * self.done // max(1, self.total)} %)", soft_wrap=True)
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.1f}"
 
 
 def cache_key(stage: str, config: BaseModel, inputs: dict[str, str]) -> str:
     body = {
         "version": __version__,
         "stage": stage,
-        "config": config.model_dump(mode="json"),
-        "inputs": {n: input_digest(p) for n, p in sorted(inputs.items())},
+        "config": url_credentials.split(config.model_dump(mode="json"))[0],  # a new password is no new work
+        "inputs": {n: input_digest(p, n) for n, p in sorted(inputs.items())},
     }
     models = model_refs.local_digests(body["config"])  # a checkpoint edited in place is new work
     if models:
@@ -169,11 +209,19 @@ def prepare(stage_name: str, config_data: dict, inputs: dict[str, str], *, where
     work = paths.work_dir(stage.name, key)
     spec = JobSpec(
         run_id=new_run_id(stage.name), stage=stage.name, command=list(JOB_COMMAND),
-        config=config.model_dump(mode="json"), inputs=resolved,
+        config=_without_passwords(config), inputs=resolved,
         output=str(work / "output"), checkpoint_dir=str(work / "checkpoints"),
         nodes=nodes, procs_per_node=procs_per_node, resources=resources,
     )
     return Prepared(stage, config, spec, key, work)
+
+
+def _without_passwords(config: BaseModel) -> dict:
+    """The config as the job gets it: URL passwords masked, handed on in this process's environment,
+    which the backend passes to the job as it does `api_key_env` keys (core.url_credentials)."""
+    data, passwords = url_credentials.split(config.model_dump(mode="json"))
+    os.environ.update(passwords)
+    return data
 
 
 def execute(prep: Prepared, backend: str, *, force: bool = False, detach: bool = False,
@@ -286,5 +334,8 @@ def parse_inputs(pairs: tuple[str, ...]) -> dict[str, str]:
         name, sep, path = pair.partition("=")
         if not sep or not name or not path:
             raise UserError(f"--input {pair!r} must look like NAME=PATH, e.g. --input cots=./cots.jsonl")
-        out[name.strip()] = path.strip()
+        name = name.strip()
+        if name in out:
+            raise UserError(f"--input {name} is given twice ({out[name]} and {path.strip()}); give each input once")
+        out[name] = path.strip()
     return out

@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
+from .. import url_credentials
 from ..errors import UserError
 
 
@@ -92,6 +93,9 @@ def explain(err: ValidationError, where: str) -> str:
         return f"{where}: unknown field '{loc}'; remove it or check its spelling (`pai-distil schema` lists the fields)"
     value = e.get("input")
     shown = json.dumps(value) if isinstance(value, (int, float, str, bool, type(None))) else type(value).__name__
+    if loc.endswith("api_key_env"):  # a key given where its variable's name belongs: not shown again
+        shown = "(hidden)"
+    shown, msg = url_credentials.mask(shown), url_credentials.mask(msg)
     extra = len(err.errors()) - 1
     more = f" (and {extra} more problem{'s' if extra > 1 else ''})" if extra else ""
     return f"{where}: field '{loc}' = {shown} is invalid: {msg}{more}"

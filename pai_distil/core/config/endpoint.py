@@ -3,9 +3,13 @@ served reward model. They differ in their defaults and in a few fields, not in h
 
 from __future__ import annotations
 
+import re
+
 from pydantic import Field, field_validator
 
 from .base import Strict
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def http_url(v: str) -> str:
@@ -13,6 +17,14 @@ def http_url(v: str) -> str:
     if not v.startswith(("http://", "https://")):
         raise ValueError(f"base_url must start with http:// or https://, got {v!r}")
     return v.rstrip("/")
+
+
+def env_name(v: str | None) -> str | None:
+    """`api_key_env`: the name of a variable, refused (without echoing it) when it looks like the key itself."""
+    if v is not None and not _ENV_NAME.fullmatch(v):
+        raise ValueError("api_key_env holds the name of an environment variable, not the key itself; put the key "
+                         "in a variable (export TEACHER_KEY=...) and name that variable here")
+    return v
 
 
 class Service(Strict):
@@ -24,6 +36,7 @@ class Service(Strict):
     timeout_s: float = Field(600.0, gt=0, description="per-request timeout in seconds")
 
     _url = field_validator("base_url")(classmethod(lambda cls, v: http_url(v)))
+    _key_env = field_validator("api_key_env")(classmethod(lambda cls, v: env_name(v)))
 
 
 class Endpoint(Service):
