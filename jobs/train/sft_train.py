@@ -107,22 +107,20 @@ def sampling(keep_order: bool, flattened: bool) -> str:
 
 
 def padding_free_mode(train: Training, attn: str, say) -> bool:
-    """Whether batches are flattened without padding (`train.padding_free`). Attention then stays within
-    each row by its position ids: flash-attention's varlen kernel on GPUs; on CPUs transformers builds
-    a block-diagonal mask, fine for presets. A GPU without a varlen kernel would build a dense mask
-    over the whole flattened batch, slower than the padding it saves: padded batches there, said so."""
-    if not train.padding_free:
-        return False
-    import torch
-
-    if torch.cuda.is_available() and "flash" not in attn and attn != "flex_attention" and not train.packing:
-        say(f"note: train.padding_free needs flash-attention on GPUs ({attn} would build a dense mask over the whole "
-            "batch); training on padded, length-grouped batches instead. Install flash-attn in the image or set "
-            "train.attn_implementation: flash_attention_2")
-        return False
-    if not train.packing:
+    """Whether batches are flattened without padding (`train.padding_free`): where flash-attention's varlen
+    kernel keeps each row's attention to itself by its position ids (flex_attention too). sdpa or eager,
+    on a CPU or a GPU without flash-attn, would build a dense mask over the whole flattened batch, slower
+    than the padding it saves: padded, length-grouped batches there, said in one line. Packing flattens
+    rows itself (TRL gives each packed row its position ids), whatever the kernel."""
+    if not train.padding_free or train.packing:
+        return train.padding_free
+    if "flash" in attn or attn == "flex_attention":
         say(f"padding-free: each micro-batch is one flat sequence, rows kept apart by their position ids ({attn})")
-    return True
+        return True
+    say(f"note: train.padding_free needs flash-attention's varlen kernel (flash-attn on GPUs); {attn} would build "
+        "a dense mask over the whole flattened batch, so batches are padded and length-grouped instead. Install "
+        "flash-attn in the image and set train.attn_implementation: auto, or drop train.padding_free")
+    return False
 
 
 def job_callbacks(ctx: JobContext, train: Training, tokenizer, rank: int, say) -> tuple[JobCallback, list]:

@@ -69,7 +69,9 @@ def test_a_flattened_row_attends_only_to_itself():
     assert torch.allclose(both[len(examples[0]["input_ids"]):], one, atol=1e-5)
 
 
-def test_padding_free_without_packing_trains_with_the_padded_first_step_loss(tmp_path):
+def test_padding_free_without_flash_attention_trains_padded_batches_and_says_so_in_one_line(tmp_path):
+    """On CPU (sdpa) a flattened batch would attend through a dense mask over every row: padded batches,
+    one note, the same first-step loss as a run that never asked."""
     path = mixed_cots(tmp_path / "cots.jsonl")
     first = {}
     for free in (False, True):
@@ -79,8 +81,31 @@ def test_padding_free_without_packing_trains_with_the_padded_first_step_loss(tmp
         out = tmp_path / f"free-{free}"
         proc = run_job("slow-thinking", cfg, out, inputs={"cots": path})
         assert proc.returncode == 0, proc.stderr[-3000:]
+        notes = [line for line in proc.stdout.splitlines() if "train.padding_free" in line]
+        assert notes == ([] if not free else [
+            "note: train.padding_free needs flash-attention's varlen kernel (flash-attn on GPUs); sdpa would build a "
+            "dense mask over the whole flattened batch, so batches are padded and length-grouped instead. Install "
+            "flash-attn in the image and set train.attn_implementation: auto, or drop train.padding_free"]), notes
         first[free] = metric_records(out / "metrics.jsonl")[0]["loss"]
     assert first[True] == pytest.approx(first[False], abs=1e-5)
+
+
+@pytest.mark.parametrize("free, packing, attn, flat, said", [
+    (True, False, "flash_attention_2", True, "padding-free: each micro-batch is one flat sequence"),
+    (True, False, "flex_attention", True, "padding-free: each micro-batch is one flat sequence"),
+    (True, False, "sdpa", False, "note: train.padding_free needs flash-attention's varlen kernel"),
+    (True, False, "eager", False, "note: train.padding_free needs flash-attention's varlen kernel"),
+    (True, True, "sdpa", True, None),  # packed rows carry their own position ids
+    (False, True, "sdpa", False, None),
+    (False, False, "flash_attention_2", False, None),
+])
+def test_batches_are_flattened_only_where_a_varlen_kernel_keeps_rows_apart(free, packing, attn, flat, said):
+    from pai_distil.core.config import Training
+    from pai_distil_jobs.train.sft_train import padding_free_mode
+
+    lines = []
+    assert padding_free_mode(Training(padding_free=free, packing=packing), attn, lines.append) is flat
+    assert [line[:len(said)] for line in lines] == ([said] if said else [])
 
 
 def _padding_share(sampler, lengths: list[int], batch: int) -> float:

@@ -191,8 +191,9 @@ class Training(Optimisation):
     packing: bool = Field(False, description="pack several rows into each max_length sequence (padding-free, "
                                              "attention kept within each row); faster on GPUs, slower on CPU")
     padding_free: bool = Field(False, description="concatenate each micro-batch's rows into one sequence without "
-                               "padding, attention kept within each row (implied by packing); on GPUs it needs "
-                               "flash-attention, else batches stay padded and the log says so")
+                               "padding, attention kept within each row by flash-attention's varlen kernel "
+                               "(implied by packing); without flash-attention (CPU, or no flash-attn package) "
+                               "batches stay padded and the log says so in one line")
     stop_at: StopAt | None = Field(
         None, description="end training early once held-out accuracy reaches a target: a student just good "
                           "enough, whatever its seed (how fast a seed learns varies several-fold)")
