@@ -8,10 +8,13 @@ probe conversation answers those questions for any template, including ones we h
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 
 from pai_distil.core import think
-from pai_distil.core.think import THINK_CLOSE, THINK_OPEN
+from pai_distil.core.think import SOFT_NO_THINK, SOFT_THINK, THINK_CLOSE, THINK_OPEN
+from pai_distil.core.thinking_switch import SOFT_SWITCH_FILE
 
 _PROBE_USER, _PROBE_ANSWER = "ping", "pong"
 _GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
@@ -44,6 +47,33 @@ def honours_enable_thinking(tokenizer) -> bool:
     empty thought); Qwen2.5's ignores the flag, so both modes would be one."""
     convo = [{"role": "user", "content": _PROBE_USER}]
     return render(tokenizer, convo, True, enable_thinking=True) != render(tokenizer, convo, True, enable_thinking=False)
+
+
+def thinking_switch(tokenizer, checkpoint: str | Path | None = None) -> str | None:
+    """How `enable_thinking: false` is honoured by a checkpoint: "template" when its chat template
+    renders another prompt (Qwen3's), "soft" when the template ignores the flag but the checkpoint
+    was trained to read `/no_think` in the user turn (SOFT_SWITCH_FILE, written by adaptive-thinking),
+    None when nothing switches: thinking off would silently be thinking on, so callers refuse it."""
+    if getattr(tokenizer, "chat_template", None) and honours_enable_thinking(tokenizer):
+        return "template"
+    if checkpoint is not None and (Path(checkpoint) / SOFT_SWITCH_FILE).is_file():
+        return "soft"
+    return None
+
+
+def record_soft_switch(checkpoint: str | Path) -> None:
+    """Mark a checkpoint as trained with `/no_think` user turns, for `thinking_switch`."""
+    (Path(checkpoint) / SOFT_SWITCH_FILE).write_text(json.dumps({"off": SOFT_NO_THINK, "on": SOFT_THINK}) + "\n")
+
+
+def switch_thinking_off(messages: list[dict]) -> list[dict]:
+    """`messages` with the soft switch `/no_think` at the end of the last user turn (as trained)."""
+    last = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=None)
+    if last is None:
+        return messages
+    out = [dict(m) for m in messages]
+    out[last]["content"] += SOFT_NO_THINK
+    return out
 
 
 def has_generation_markers(tokenizer) -> bool:

@@ -2,31 +2,43 @@
 
 What `pai-distil deploy local` runs, as a process or as the command of the CPU serving image,
 and what the EAS emulator runs for each service. The API is the subset of vLLM's that clients
-of a reasoning model use: `/v1/models`, `/v1/chat/completions` (streaming or not, with
-`chat_template_kwargs` such as `enable_thinking`, reasoning returned in `reasoning_content`
-as vLLM's reasoning parser does) and `/health`. The token comes from the environment
-(PAI_DISTIL_SERVE_TOKEN), never from the command line, so it does not show in process lists.
+of a reasoning model use: `/v1/models`, `/v1/chat/completions` (streaming or not, `n`, `stop`,
+`seed`, `logprobs` / `top_logprobs`, `chat_template_kwargs` or DashScope's top-level
+`enable_thinking`, reasoning returned in `reasoning_content` as vLLM's reasoning parser does),
+`/v1/completions` (text prompts) and `/health`; any other request field is a 400 naming it.
+`enable_thinking: false` on a template without a thinking switch is applied as `/no_think`
+where the checkpoint was trained with it, else refused (see `Engine.switch_thinking`). The token
+comes from the environment (PAI_DISTIL_SERVE_TOKEN), never from the command line, so it does not
+show in process lists.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import hashlib
 import json
 import os
 import sys
 import time
-import uuid
 from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from pai_distil.core.protocol import UNAUTHORIZED, BadRequest, ThinkSplitter, authorized, error_body, parse_chat
+from pai_distil.core.artifacts import artifact_name
 from pai_distil.core.http_limits import BodyLimits
+from pai_distil.core.protocol import (UNAUTHORIZED, BadRequest, Sampling, authorized, error_body, parse_chat,
+                                      parse_completion)
 
 TOKEN_ENV = "PAI_DISTIL_SERVE_TOKEN"
+THINKING_SWITCH_HEADER = "x-pai-distil-thinking-switch"  # set when enable_thinking false became /no_think
+THINKING_SWITCHES = {
+    "template": "enable_thinking false: the chat template's own switch",
+    "soft": "enable_thinking false: the chat template has no switch; /no_think is added to the last user turn, "
+            "as this checkpoint was trained (the reply carries the x-pai-distil-thinking-switch header)",
+    None: "enable_thinking false: refused with a 400; the chat template has no thinking switch and the checkpoint "
+          "was not trained with /no_think",
+}
 
 
 def fingerprint(checkpoint: str | Path) -> str:
@@ -56,7 +68,7 @@ def _error(status: int, message: str, type_: str = "invalid_request_error", code
 def create_app(engine, served_name: str, token: str | None, system_fingerprint: str,
                reasoning_parser: bool = True) -> FastAPI:
     """The API over `engine` (pai_distil_jobs.serve.chat.Engine); `token` None serves without auth."""
-    from pai_distil_jobs.serve.chat import Job
+    from pai_distil_jobs.serve.responses import ChatFormat, Reply, TextFormat, collect, stream
 
     app = FastAPI(title="pai-distil model server", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(BodyLimits)
@@ -66,6 +78,24 @@ def create_app(engine, served_name: str, token: str | None, system_fingerprint: 
         if authorized(request.headers.get("authorization"), token):
             return None
         return JSONResponse(UNAUTHORIZED, status_code=401)
+
+    def check_model(model: str) -> None:
+        if model != served_name:
+            raise _NotFound(f"The model '{model}' does not exist; this server serves '{served_name}'.")
+
+    def budget(prompt_ids: list[int], max_tokens: int | None) -> int:
+        wanted = max_tokens or engine.default_budget(len(prompt_ids))
+        engine.check_budget(len(prompt_ids), wanted)
+        return wanted
+
+    async def answer(jobs, queue, reply: Reply, s: Sampling, headers: dict | None = None):
+        if s.stream:
+            return StreamingResponse(stream(jobs, queue, reply, s.include_usage), media_type="text/event-stream",
+                                     headers=headers)
+        body = await collect(jobs, queue, reply)
+        if isinstance(body, str):
+            return _error(500, body, "server_error")
+        return JSONResponse(body, headers=headers)
 
     @app.get("/health")
     async def health() -> dict:
@@ -83,90 +113,54 @@ def create_app(engine, served_name: str, token: str | None, system_fingerprint: 
         if no := denied(request):
             return no
         try:
-            body = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return _error(400, "request body is not valid JSON")
-        try:
-            req = parse_chat(body)
-            if req.model != served_name:
-                return _error(404, f"The model '{req.model}' does not exist; this server serves '{served_name}'.",
-                              code="model_not_found", param="model")
-            prompt_ids, in_thought = engine.render(req.messages, req.template_kwargs)
-            budget = req.max_tokens or engine.default_budget(len(prompt_ids))
-            engine.check_budget(len(prompt_ids), budget)
+            req = parse_chat(await _body(request))
+            check_model(req.model)
+            messages, kwargs, switch = engine.switch_thinking(req.messages, req.template_kwargs)
+            prompt_ids, in_thought = engine.render(messages, kwargs)
+            jobs, queue = engine.start([prompt_ids], [budget(prompt_ids, req.max_tokens)], req,
+                                       req.top_logprobs if req.logprobs else None)
+        except _NotFound as e:
+            return _error(404, str(e), code="model_not_found", param="model")
         except BadRequest as e:
             return _error(400, e.message, param=e.param)
-        job = Job(prompt_ids, budget, req.temperature, req.top_p, asyncio.get_running_loop(), asyncio.Queue())
-        engine.submit(job)
-        cid, now = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-        splitter = ThinkSplitter(in_thought) if reasoning_parser else None
+        fmt = ChatFormat(len(jobs), in_thought, reasoning_parser, req.logprobs)
+        headers = {THINKING_SWITCH_HEADER: switch} if switch else None
+        return await answer(jobs, queue, Reply(fmt, served_name, system_fingerprint, len(prompt_ids)), req, headers)
 
-        def pieces(text: str | None) -> list[tuple[str, str]]:
-            if splitter is None:
-                return [("content", text)] if text else []
-            return splitter.feed(text) if text is not None else splitter.flush()
-
-        if req.stream:
-            return StreamingResponse(_stream(job, pieces, cid, now, served_name, system_fingerprint,
-                                             req.include_usage), media_type="text/event-stream")
-        fields: dict[str, str] = {}
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        if no := denied(request):
+            return no
         try:
-            while True:
-                event = await job.events.get()
-                if event[0] == "text":
-                    for f, t in pieces(event[1]):
-                        fields[f] = fields.get(f, "") + t
-                    continue
-                if event[0] == "error":
-                    return _error(500, event[1], "server_error")
-                break
-        finally:
-            job.cancelled = True
-        for f, t in pieces(None):
-            fields[f] = fields.get(f, "") + t
-        _, finish, n_prompt, n_out = event
-        message = {"role": "assistant", "content": fields.get("content", "")}
-        if "reasoning_content" in fields or (splitter is not None and splitter.started):
-            message["reasoning_content"] = fields.get("reasoning_content", "").strip()
-        return {"id": cid, "object": "chat.completion", "created": now, "model": served_name,
-                "system_fingerprint": system_fingerprint,
-                "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
-                "usage": {"prompt_tokens": n_prompt, "completion_tokens": n_out, "total_tokens": n_prompt + n_out}}
+            req = parse_completion(await _body(request))
+            check_model(req.model)
+            prompts = [engine.encode(p) for p in req.prompts]
+            jobs, queue = engine.start(prompts, [budget(p, req.sampling.max_tokens) for p in prompts], req.sampling,
+                                       req.logprobs)
+        except _NotFound as e:
+            return _error(404, str(e), code="model_not_found", param="model")
+        except BadRequest as e:
+            return _error(400, e.message, param=e.param)
+        reply = Reply(TextFormat(req.logprobs is not None), served_name, system_fingerprint, sum(map(len, prompts)))
+        return await answer(jobs, queue, reply, req.sampling)
 
     return app
 
 
-async def _stream(job, pieces, cid: str, created: int, model: str, fp: str, include_usage: bool):
-    """OpenAI streaming chunks: the role, then one chunk per piece of text, then the finish (and usage)."""
+class _NotFound(Exception):
+    """A model this server does not serve: 404."""
 
-    def chunk(delta: dict | None, finish: str | None = None, **extra) -> str:
-        choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]
-        body = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-                "system_fingerprint": fp, "choices": choices, **extra}
-        return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
 
+async def _body(request: Request):
     try:
-        yield chunk({"role": "assistant", "content": ""})
-        while True:
-            event = await job.events.get()
-            if event[0] == "text":
-                for f, t in pieces(event[1]):
-                    yield chunk({f: t})
-                continue
-            if event[0] == "error":
-                yield f"data: {json.dumps(error_body(event[1], 'server_error'))}\n\n"
-                return
-            break
-        for f, t in pieces(None):
-            yield chunk({f: t})
-        _, finish, n_prompt, n_out = event
-        yield chunk({}, finish)
-        if include_usage:
-            yield chunk(None, usage={"prompt_tokens": n_prompt, "completion_tokens": n_out,
-                                     "total_tokens": n_prompt + n_out})
-        yield "data: [DONE]\n\n"
-    finally:
-        job.cancelled = True  # a client that went away stops counting in its batch
+        return json.loads(await request.body())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise BadRequest("request body is not valid JSON") from None
+
+
+def default_served_name(checkpoint: str | Path) -> str:
+    """The name a checkpoint is served as when none is given: the run that wrote it, else its folder's."""
+    return artifact_name(checkpoint)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -175,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("checkpoint")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8000)
-    ap.add_argument("--served-model-name", default=None, help="default: the checkpoint folder's name")
+    ap.add_argument("--served-model-name", default=None,
+                    help="default: the id of the run that wrote the checkpoint, else the checkpoint folder's name")
     ap.add_argument("--max-batch", type=int, default=8, help="requests decoded together")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--no-auth", action="store_true", help=f"serve without a token even when ${TOKEN_ENV} is set")
@@ -190,10 +185,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from pai_distil_jobs.serve.chat import Engine
 
-    name = args.served_model_name or Path(args.checkpoint).resolve().name
+    name = args.served_model_name or default_served_name(args.checkpoint)
     engine = Engine(args.checkpoint, max_batch=args.max_batch, threads=args.threads)
     app = create_app(engine, name, token, fingerprint(args.checkpoint), not args.no_reasoning_parser)
     print(f"pai-distil serve: model '{name}' at http://{args.host}:{args.port}/v1", flush=True)
+    print(f"pai-distil serve: {THINKING_SWITCHES[engine.thinking_switch]}", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=60)
     return 0
 

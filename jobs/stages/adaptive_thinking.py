@@ -147,5 +147,10 @@ def run(ctx: JobContext) -> bool:
         raise JobError("no training rows were selected; check the input's scores and the policy")
     if main:
         log(f"adaptive-thinking ({cfg.variant}): {len(sft)} training conversations, student {cfg.student.model}")
-    return train_sft(ctx, cfg.student, cfg.train, sft, keep_order=cfg.variant == "x" and cfg.curriculum == "easy-to-hard",
-                     distill=cfg.distill)
+    finished = train_sft(ctx, cfg.student, cfg.train, sft,
+                         keep_order=cfg.variant == "x" and cfg.curriculum == "easy-to-hard", distill=cfg.distill)
+    if finished and main and cfg.variant == "y" and counts.get("non-thinking (/no_think)"):
+        from pai_distil_jobs.models.chat_template import record_soft_switch
+
+        record_soft_switch(ctx.output)  # servers and evaluate turn thinking off with /no_think where the template cannot
+    return finished

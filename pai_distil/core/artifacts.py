@@ -77,6 +77,20 @@ def read_manifest(root: str | Path) -> dict | None:
     return manifest
 
 
+def artifact_name(root: str | Path) -> str:
+    """The name an artifact is known by: the id of the run that wrote it (its manifest's `run_id`, as
+    deploying it by run id names it), else its folder's name. A run's output folder is always named
+    `output`, which names nothing."""
+    root = Path(root).resolve()
+    try:
+        run_id = json.loads((root / MANIFEST).read_bytes()).get("run_id")
+    except (OSError, ValueError, AttributeError):  # no manifest, or not ours: the folder names it
+        run_id = None
+    if isinstance(run_id, str) and run_id:
+        return run_id
+    return root.parent.name if root.name == "output" and root.parent.name else root.name
+
+
 def is_complete(root: str | Path) -> bool:
     return (Path(root) / MANIFEST).is_file()
 

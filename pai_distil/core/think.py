@@ -18,6 +18,9 @@ def think_block(thought: str, answer: str) -> str:
 
 EMPTY_THOUGHT = think_block("", "")  # a direct answer's empty thought, as Qwen3 writes it
 
+# Qwen3's soft switches: appended to a user turn, they turn thinking on or off for that reply.
+SOFT_THINK, SOFT_NO_THINK = " /think", " /no_think"
+
 
 def split_thought(text: str) -> tuple[str, str]:
     """Split a response into (thought, solution) on the `<think>…</think>` block."""

@@ -156,6 +156,7 @@ def create_app(api_key: str | None, error_rate: float = 0.0, seed: int = 0, fail
             return _error(400, "request body is not valid JSON", "invalid_request_error")
         try:
             req = parse_chat(body)
+            req.refuse("n", "stop", "logprobs")  # the oracle writes one whole answer; `seed`: it is deterministic
             if not any(m["role"] == "user" for m in req.messages):
                 raise BadRequest("'messages' must contain a user message", "messages")
         except BadRequest as e:

@@ -79,6 +79,8 @@ def test_streaming_gives_the_same_answer(server):
     chunks = list(ask(server, stream=True, stream_options={"include_usage": True}))
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == whole.choices[0].message.content
+    thought = "".join(getattr(c.choices[0].delta, "reasoning_content", None) or "" for c in chunks if c.choices)
+    assert thought == (getattr(whole.choices[0].message, "reasoning_content", None) or "")  # no extra newlines
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == whole.choices[0].finish_reason
     assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
 

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from pai_distil.core.artifacts import REWARD_HEAD
+from pai_distil.core.artifacts import REWARD_HEAD, artifact_name
 from pai_distil.core.errors import UserError
 from pai_distil.core.stages import TRAINING_STAGES
 
@@ -69,11 +69,12 @@ def resolve(ref: str) -> Checkpoint:
         if not re.match(r"^oss://[a-z0-9][a-z0-9-]{1,61}[a-z0-9](/.*)?$", ref):
             raise UserError(f"{ref!r} is not an OSS URI; write oss://BUCKET/PATH/ to the checkpoint folder")
         prefix = ref.rstrip("/") + "/"
-        return Checkpoint(prefix, default_name(prefix.rstrip("/").rsplit("/", 1)[-1]))
+        parts = prefix.rstrip("/").rsplit("/", 2)  # a run's output folder is named `output`: name it by its run's
+        return Checkpoint(prefix, default_name(parts[-2] if parts[-1] == "output" and len(parts) == 3 else parts[-1]))
     path = Path(ref).expanduser()
     if path.exists():
         path = check_local(path)
-        return Checkpoint(str(path), default_name(path.name), reward=(path / REWARD_HEAD).is_file())
+        return Checkpoint(str(path), default_name(artifact_name(path)), reward=(path / REWARD_HEAD).is_file())
     from pai_distil.run.registry import Registry
 
     try:
