@@ -91,6 +91,8 @@ def test_adaptive_stage_trains_a_student(tmp_path, variant):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / "model.safetensors").exists() and (out / "manifest.json").exists()
     assert ("ThoughtX selection" if variant == "x" else "ThoughtY training mix") in proc.stdout
+    # variant y trained /no_think rows: the checkpoint says so, for servers and evaluate (chat_template.thinking_switch)
+    assert (out / "thinking_switch.json").exists() == (variant == "y")
 
 
 def test_variant_x_needs_scores(tmp_path):
