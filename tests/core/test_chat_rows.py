@@ -46,6 +46,13 @@ def test_messages_keep_every_turn_the_system_prompt_and_reasoning_content(tmp_pa
     assert row == {"id": "a", "messages": TURNS}
 
 
+def test_content_given_as_text_parts_is_joined(tmp_path):
+    parts = [{"type": "text", "text": "What is "}, {"type": "text", "text": "2+2?"}]
+    (row,) = read_sft_input(write(tmp_path / "parts.jsonl", [{"messages": [{"role": "user", "content": parts},
+                                                                           TURNS[2]]}]))
+    assert row["messages"] == TURNS[1:3]
+
+
 def test_sharegpt_roles_become_openai_messages(tmp_path):
     (row,) = read_sft_input(write(tmp_path / "sg.json", [SHAREGPT]))
     assert [m["role"] for m in row["messages"]] == ["system", "user", "assistant", "user", "assistant"]

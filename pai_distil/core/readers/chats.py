@@ -17,7 +17,8 @@ KEPT = ("id", "correct", "answer", "verifier", "domain", "requested_rv", "rv", "
 
 
 def chat_format(keys) -> str | None:
-    """"messages" (OpenAI or ShareGPT turns), "alpaca" (instruction / input / output) or None."""
+    """The chat shape a row's field names show: messages (OpenAI or ShareGPT turns), alpaca
+    (instruction / input / output), or None for a row of another shape."""
     k = {str(x).lower() for x in keys}
     if k & set(CHAT_FIELDS):
         return "messages"
