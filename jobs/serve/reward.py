@@ -17,7 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
-from pai_distil.core.http_limits import BodyLimits
+from pai_distil.core.http_limits import limit_bodies
 from pai_distil.core.protocol import authorized, error_body
 
 DEFAULT_MAX_ITEMS = 256
@@ -49,7 +49,7 @@ def parse_items(body, max_items: int) -> tuple[list[str], list[str]]:
 def create_app(scorer, api_key: str | None, name: str = "reward", max_items: int = DEFAULT_MAX_ITEMS) -> FastAPI:
     """`scorer(prompts, completions) -> scores`; api_key None serves without authentication."""
     app = FastAPI(title="pai-distil reward model", docs_url=None, redoc_url=None)
-    app.add_middleware(BodyLimits)
+    limit_bodies(app)
 
     @app.get("/health")
     async def health() -> dict:

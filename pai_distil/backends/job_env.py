@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from pai_distil.core import url_credentials
 from pai_distil.core.contract import input_env_name
+from pai_distil.core.env_numbers import STOP_GRACE_S
 
 from ..paths import ENV_HOME
 
@@ -31,7 +32,7 @@ HARMLESS = frozenset({
     "http_proxy", "https_proxy", "no_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY",
     "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
     "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TOKENIZERS_PARALLELISM",
-    ENV_HOME, "PAI_DISTIL_STOP_GRACE_S",
+    ENV_HOME, STOP_GRACE_S,
 })
 # Families of settings of the libraries a job runs (devices, NCCL, the hub's cache and offline mode).
 HARMLESS_PREFIXES = ("LC_", "CUDA_", "NCCL_", "NVIDIA_", "HF_", "TRANSFORMERS_", "TORCH_", "PYTORCH_")

@@ -27,12 +27,12 @@ from pathlib import Path
 from pai_distil.core.artifacts import is_complete
 from pai_distil.core.config import JobSpec
 from pai_distil.core.contract import ERROR_PREFIX
+from pai_distil.core.env_numbers import STOP_GRACE_S, env_number
 from pai_distil.run import work_lock
 from pai_distil.run.registry import ACTIVE, Registry, RunRecord
 
 from .base import read_spec
 
-GRACE_ENV = "PAI_DISTIL_STOP_GRACE_S"
 DEFAULT_GRACE_S = 30.0
 POLL_S = 0.1
 NO_ARTIFACT = "job exited 0 but wrote no complete artifact"
@@ -73,7 +73,7 @@ class Supervisor:
         self.registry = registry
         self.stop_requested = False
         self.procs: list[subprocess.Popen] = []  # one per node, for a job run by local processes
-        self.grace_s = float(os.environ.get(GRACE_ENV) or DEFAULT_GRACE_S)
+        self.grace_s = env_number(STOP_GRACE_S, DEFAULT_GRACE_S)
         lock = os.environ.get(work_lock.FD_ENV, "")
         self.lock_fds = (int(lock),) if lock.isdigit() else ()  # the work dir's lock, passed on to the job
 

@@ -9,6 +9,7 @@ import sys
 
 import click
 
+from pai_distil.core.env_numbers import check_all as check_env_numbers
 from pai_distil.core.errors import UserError
 from ..paths import set_home
 
@@ -37,6 +38,7 @@ def cli(home: str | None) -> None:
     Every step is a stage run as a job: on this machine (--backend process), in Docker
     (--backend local) or on Alibaba Cloud PAI (--backend pai).
     """
+    check_env_numbers()  # a bad PAI_DISTIL_*_S / *_MB stops here, before a server or a supervisor reads it
     if home:
         set_home(home)
 

@@ -3,17 +3,18 @@
 Why one ASGI middleware in front of the apps rather than checks in each handler: a body is
 bounded before it is held in memory (413), and a JSON body too deep for the parser's recursion,
 or carrying a lone surrogate that no UTF-8 encoder accepts, is answered 400 before any handler
-parses it, so no handler can fail on it with a 500. Example: `app.add_middleware(BodyLimits)`.
+parses it, so no handler can fail on it with a 500. Example: `limit_bodies(app)`, which reads the
+limit from the environment as the app is built (a bad value stops the server as it starts, not
+each request once Starlette builds its middleware).
 """
 
 from __future__ import annotations
 
 import json
-import os
 
+from pai_distil.core.env_numbers import MAX_BODY_MB, env_number
 from pai_distil.core.protocol import error_body
 
-MAX_BYTES_ENV = "PAI_DISTIL_MAX_BODY_MB"
 DEFAULT_MAX_MB = 32.0  # a reward batch of 256 long chains fits; a body that fills the memory does not
 MAX_DEPTH = 64  # chat requests nest 4-6 deep
 
@@ -45,6 +46,16 @@ def json_problem(body: bytes, max_depth: int = MAX_DEPTH) -> str | None:
     return None
 
 
+def max_body_bytes() -> int:
+    """The largest body accepted: ${PAI_DISTIL_MAX_BODY_MB} MiB, else 32 (UserError on a bad value)."""
+    return int(env_number(MAX_BODY_MB, DEFAULT_MAX_MB) * 2**20)
+
+
+def limit_bodies(app) -> None:
+    """Put BodyLimits in front of a Starlette / FastAPI `app`, with the limit read now."""
+    app.add_middleware(BodyLimits, max_bytes=max_body_bytes())
+
+
 class BodyLimits:
     """ASGI middleware: a body over `max_bytes` is answered 413, a bad JSON body 400.
 
@@ -56,7 +67,7 @@ class BodyLimits:
 
     def __init__(self, app, max_bytes: int | None = None, max_depth: int = MAX_DEPTH):
         self.app = app
-        self.max_bytes = max_bytes or int(float(os.environ.get(MAX_BYTES_ENV) or DEFAULT_MAX_MB) * 2**20)
+        self.max_bytes = max_bytes or max_body_bytes()
         self.max_depth = max_depth
 
     async def __call__(self, scope, receive, send):

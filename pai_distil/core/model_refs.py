@@ -21,6 +21,7 @@ HUB_ID = re.compile(r"^(?!.*(--|\.\.))[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]
 _PATHLIKE = ("/", "./", "../", "~", ".\\")
 FULL_HASH_BYTES = 16 << 20  # files up to this size (config, tokenizer, template) are hashed whole
 EDGE_BYTES = 1 << 20  # of larger ones (weights): size, mtime and the first and last MiB (header and tail)
+MAX_HEADER_BYTES = 100 << 20  # safetensors' own limit on a file's JSON header
 EXAMPLE = "a preset (preset:tiny), a checkpoint directory or a hub id (Qwen/Qwen3-0.6B)"
 
 
@@ -42,6 +43,47 @@ def check(model: str) -> str:
     if not HUB_ID.match(model):
         raise ValueError(f"{model!r} is neither a preset, an existing directory nor a hub id; give {EXAMPLE}")
     return model
+
+
+def check_checkpoint(path: Path) -> None:
+    """Raise ValueError (one line) unless `path` holds a loadable Hugging Face checkpoint: a config.json
+    object, a tokenizer, and weights whose files are not empty and whose safetensors headers parse.
+
+    Read before any job or server loads it, so a truncated file or an artifact of the wrong stage is
+    named here rather than in transformers' or safetensors' traceback. Reads headers only, not weights.
+    """
+    if not (path / "config.json").is_file():
+        raise ValueError(f"{path} has no config.json: not a Hugging Face checkpoint; give the output folder of a "
+                         "training stage (slow-thinking, adaptive-thinking, grpo)")
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ValueError(f"{path / 'config.json'} is not valid JSON ({e}); restore it from the training run") from None
+    if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
+        raise ValueError(f"{path / 'config.json'} names no model_type; restore it from the training run")
+    if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+        raise ValueError(f"{path} has no tokenizer (tokenizer.json / tokenizer_config.json); save the tokenizer "
+                         "with the model")
+    weights = sorted([*path.glob("*.safetensors"), *path.glob("*.bin")])
+    if not weights:
+        raise ValueError(f"{path} has no weights (*.safetensors); the training run may not have finished")
+    for f in weights:
+        problem = "is empty" if f.stat().st_size == 0 else _safetensors_problem(f) if f.suffix == ".safetensors" else None
+        if problem:
+            raise ValueError(f"weights file {f} {problem}; the checkpoint is damaged, copy or train it again")
+
+
+def _safetensors_problem(f: Path) -> str | None:
+    """What is wrong with a safetensors file's header (8-byte length, then a JSON object), or None."""
+    with open(f, "rb") as fh:
+        size = int.from_bytes(fh.read(8).ljust(8, b"\0"), "little")
+        if not 0 < size <= min(f.stat().st_size - 8, MAX_HEADER_BYTES):
+            return "has a header length beyond its end or its format's limit (truncated?)"
+        try:
+            header = json.loads(fh.read(size))
+        except (UnicodeDecodeError, ValueError):
+            return "has a header that is not JSON (corrupt)"
+    return None if isinstance(header, dict) else "has a header that is not a JSON object (corrupt)"
 
 
 def is_local(model: str) -> bool:

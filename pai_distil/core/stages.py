@@ -64,6 +64,9 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
 ]}
 
 TRAINING_STAGES = tuple(n for n, s in STAGES.items() if s.trains)
+# Inputs that hold a Hugging Face checkpoint (the model to continue, the logits teacher, the reward
+# model), whichever stage takes them: checked as checkpoints when a run is submitted.
+CHECKPOINT_INPUTS = frozenset({"student", "base", "teacher", "reward_model"})
 
 
 def get_stage(name: str) -> Stage:

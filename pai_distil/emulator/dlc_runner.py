@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 from pai_distil.core import dockercli
+from pai_distil.core.env_numbers import EMULATOR_GRACE_S, env_number
 from pai_distil.core.errors import UserError
 from .objects import store_of
 
@@ -227,7 +228,7 @@ class JobRun(threading.Thread):
     def stop_pods(self) -> None:
         """SIGTERM (the job checkpoints), SIGKILL after the grace period."""
         self.signal_pods(signal.SIGTERM)
-        deadline = time.monotonic() + float(os.environ.get("PAI_DISTIL_EMULATOR_GRACE_S") or GRACE_S)
+        deadline = time.monotonic() + env_number(EMULATOR_GRACE_S, GRACE_S)
         while any(p.poll() is None for p in self.procs.values()) and time.monotonic() < deadline:
             time.sleep(POLL_S)
         self.signal_pods(signal.SIGKILL)

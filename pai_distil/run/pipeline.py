@@ -15,7 +15,7 @@ from rich.console import Console
 from pai_distil.core import url_credentials
 from pai_distil.core.errors import UserError
 from pai_distil.core.config import Pipeline, read_mapping, validate
-from pai_distil.core.stages import get_stage
+from pai_distil.core.stages import CHECKPOINT_INPUTS, get_stage
 from pai_distil.run.submission import check_names, check_scale, execute, prepare, resolve_paths
 
 def load(path: str | Path, backend: str | None = None, say=lambda note: None) -> Pipeline:
@@ -34,6 +34,11 @@ def load(path: str | Path, backend: str | None = None, say=lambda note: None) ->
         if sid in st.inputs.values():
             raise UserError(f"{where} takes its own output as input")
         check_names(stage, config, set(st.inputs), where, hint="add `inputs: {{{name}: <stage id or path>}}`")
+        for name, src in st.inputs.items():
+            upstream = pipeline.stages.get(src)
+            if name in CHECKPOINT_INPUTS and upstream is not None and not get_stage(upstream.stage).trains:
+                raise UserError(f"{where}: input '{name}' takes stage '{src}' ({upstream.stage}), whose output is no "
+                                "checkpoint; name a training stage")
         # Paths are checked now; the outputs of upstream stages do not exist yet.
         resolve_paths({n: src for n, src in st.inputs.items() if src not in pipeline.stages}, where)
         check_scale(stage, config, st.nodes, st.procs_per_node, st.resources, where)

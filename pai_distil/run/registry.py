@@ -12,7 +12,8 @@ import secrets
 import signal
 import sqlite3
 import time
-from contextlib import closing
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -124,6 +125,17 @@ class Registry:
             raise UserError(f"cannot use the run registry {self.path} ({why}); point --home or "
                             f"${paths.ENV_HOME} at a writable directory") from None
 
+    @contextmanager
+    def _open(self) -> Iterator[sqlite3.Connection]:
+        """A connection for one call; a registry that can no longer be written (a full disk, a lost
+        mount) is a UserError naming the fix, not sqlite's traceback."""
+        try:
+            with closing(self._connect()) as db:
+                yield db
+        except sqlite3.OperationalError as e:
+            raise UserError(f"cannot use the run registry {self.path} ({e}); free space on its disk, or point "
+                            f"--home or ${paths.ENV_HOME} at a writable directory") from None
+
     def _connect(self) -> sqlite3.Connection:
         # autocommit: every statement is its own short transaction; wait for a busy writer
         db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
@@ -143,7 +155,7 @@ class Registry:
             cache_key=cache_key, work_dir=_str(work_dir), output=_str(output), log_path=_str(log_path),
             error=None, exit_code=None, pipeline=pipeline, supervisor_pid=None, job_pid=None)
         row = asdict(record)
-        with closing(self._connect()) as db:
+        with self._open() as db:
             try:
                 db.execute(f"INSERT INTO runs ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
                            tuple(row.values()))
@@ -168,14 +180,14 @@ class Registry:
         if where_state:
             sql += f" AND state IN ({', '.join('?' * len(where_state))})"
             args += list(where_state)
-        with closing(self._connect()) as db:
+        with self._open() as db:
             return db.execute(sql, args).rowcount > 0
 
     # -- reading --------------------------------------------------------------------------------
 
     def get(self, id_or_prefix: str) -> RunRecord:
         """A run by its id or an unambiguous prefix of it."""
-        with closing(self._connect()) as db:
+        with self._open() as db:
             rows = db.execute("SELECT * FROM runs WHERE id = ?", (id_or_prefix,)).fetchall()
             if not rows and id_or_prefix:
                 rows = db.execute("SELECT * FROM runs WHERE substr(id, 1, ?) = ? ORDER BY created_at DESC LIMIT 6",
@@ -205,7 +217,7 @@ class Registry:
                 args.append(state)
         sql = "SELECT * FROM runs" + (f" WHERE {' AND '.join(where)}" if where else "")
         sql += " ORDER BY created_at DESC, rowid DESC"
-        with closing(self._connect()) as db:
+        with self._open() as db:
             rows = db.execute(sql, args).fetchall()
         out = []
         for row in rows:
@@ -219,7 +231,7 @@ class Registry:
     def find_succeeded(self, cache_key: str) -> RunRecord | None:
         """The newest succeeded run with this cache key whose output is still a complete artifact (one in OSS,
         of a pai run, is checked there by the caller)."""
-        with closing(self._connect()) as db:
+        with self._open() as db:
             rows = db.execute("SELECT * FROM runs WHERE cache_key = ? AND state = 'succeeded' "
                               "ORDER BY created_at DESC, rowid DESC", (cache_key,)).fetchall()
         for row in rows:
@@ -246,7 +258,7 @@ class Registry:
             return record
         # conditional: the supervisor may have recorded its outcome just before exiting
         self.update(record.id, where_state=ACTIVE, state="failed", error=error, finished_at=time.time())
-        with closing(self._connect()) as db:
+        with self._open() as db:
             return _record(db.execute("SELECT * FROM runs WHERE id = ?", (record.id,)).fetchone())
 
 

@@ -23,7 +23,7 @@ from pai_distil.core import artifacts, model_refs, url_credentials
 from pai_distil.run import work_lock
 from pai_distil.core.errors import RunFailed, UserError
 from pai_distil.core.config import JobSpec, Resources, validate
-from pai_distil.core.stages import Stage, get_stage
+from pai_distil.core.stages import CHECKPOINT_INPUTS, Stage, get_stage
 
 WARN_BYTES = 2 << 30  # hashing an input larger than this, or of more files than WARN_FILES, is announced
 WARN_FILES = 10_000
@@ -81,6 +81,11 @@ def resolve_paths(inputs: dict[str, str], where: str) -> dict[str, str]:
         if not (p.is_file() or p.is_dir()):  # /dev/null, a FIFO, a socket: nothing a job can read as data
             raise UserError(f"{where}: input '{name}' ({raw}) is neither a file nor a directory; pass a data file "
                             "or an artifact directory")
+        if name in CHECKPOINT_INPUTS:
+            try:
+                model_refs.check_checkpoint(p)
+            except ValueError as e:
+                raise UserError(f"{where}: input '{name}': {e}") from None
         if p.is_dir() and (p.parent / WORK_MARKER).exists() and not artifacts.is_complete(p):
             raise UserError(f"{where}: input '{name}' ({raw}) is an unfinished artifact; rerun the stage that writes it")
         if p.is_dir() and artifacts.is_complete(p):

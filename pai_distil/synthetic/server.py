@@ -27,7 +27,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from pai_distil.core.protocol import BadRequest, error_body, parse_chat
-from pai_distil.core.http_limits import BodyLimits
+from pai_distil.core.http_limits import limit_bodies
 from pai_distil.core.judging import which_dimension
 from pai_distil.synthetic import judge
 from pai_distil.core import oracle as teacher, world
@@ -106,7 +106,7 @@ def create_app(api_key: str | None, error_rate: float = 0.0, seed: int = 0, fail
         without one, completions come back without logprobs, like a server that ignores them.
     """
     app = FastAPI(title="pai-distil synthetic teacher", docs_url=None, redoc_url=None)
-    app.add_middleware(BodyLimits)
+    limit_bodies(app)
     stats = Stats()
     app.state.stats = stats
     noisy_rate = error_rate or NOISY_DEFAULT_ERROR_RATE

@@ -10,7 +10,8 @@ import pytest
 from conftest import TEST_API_KEY, serve_asgi, start_teacher
 from serving import micro_checkpoint, micro_reward_checkpoint
 
-from pai_distil.core.http_limits import MAX_BYTES_ENV, json_problem
+from pai_distil.core.env_numbers import MAX_BODY_MB as MAX_BYTES_ENV
+from pai_distil.core.http_limits import json_problem
 
 NESTED = ("[" * 100_000 + "]" * 100_000).encode()
 SURROGATE = b'{"model": "m", "messages": [{"role": "user", "content": "\\ud800 alone"}], "items": ["\\udfff"]}'

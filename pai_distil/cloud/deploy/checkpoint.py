@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pai_distil.core.artifacts import REWARD_HEAD, artifact_name
 from pai_distil.core.errors import UserError
+from pai_distil.core.model_refs import check_checkpoint
 from pai_distil.core.stages import TRAINING_STAGES
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")  # EAS service names: lower case, digits, underscores
@@ -44,14 +45,10 @@ def check_local(path: Path) -> Path:
     if not path.is_dir():
         raise UserError(f"checkpoint {str(path)!r} is not a folder; give a checkpoint folder (config.json, weights, "
                         "tokenizer) or the id of a training run")
-    if not (path / "config.json").is_file():
-        raise UserError(f"{path} has no config.json: not a Hugging Face checkpoint; give the output folder of a "
-                        "training stage (slow-thinking, adaptive-thinking)")
-    if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
-        raise UserError(f"{path} has no tokenizer (tokenizer.json / tokenizer_config.json); save the tokenizer "
-                        "with the model")
-    if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
-        raise UserError(f"{path} has no weights (*.safetensors); the training run may not have finished")
+    try:
+        check_checkpoint(path)
+    except ValueError as e:
+        raise UserError(str(e)) from None
     return path.resolve()
 
 

@@ -67,6 +67,8 @@ def read_mapping(path: str | Path, what: str = "config") -> dict[str, Any]:
         data = yaml.load(text, _UniqueKeyLoader) if is_yaml else json.loads(text, object_pairs_hook=_unique_json_keys)
     except UnicodeDecodeError as e:
         raise UserError(f"{what} file {str(p)!r} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    except RecursionError:  # the parsers recurse once per level: thousands of levels are an attack, not a config
+        raise UserError(f"{what} file {str(p)!r} nests too deeply to read; a config nests a few levels") from None
     except (yaml.YAMLError, ValueError) as e:  # ValueError: JSON syntax, or a repeated key
         first = str(e).strip().splitlines()[0]
         if isinstance(e, ValueError) and "appears twice" in first:  # JSON is YAML: its loader finds the line
