@@ -249,7 +249,7 @@ class Engine:
         first = batch[0]
         sample = first.temperature > 0
         if sample and first.seed is not None:
-            torch.manual_seed(first.seed)
+            torch.manual_seed((first.seed + first.index) % 2**64)  # a request split over batches: each its own samples
         scores = LogprobRecorder([j.top_logprobs is not None for j in batch])
         self.model.generate(
             input_ids=ids.to(self.model.device), attention_mask=mask.to(self.model.device), max_new_tokens=max(j.max_tokens for j in batch),

@@ -92,6 +92,8 @@ def test_n_gives_n_choices(url):
     assert [c.index for c in reply.choices] == [0, 1, 2]
     assert len({c.message.content for c in reply.choices}) == 3  # sampled: three different answers
     assert reply.usage.completion_tokens == 3 * 16
+    more = ask(url, n=10, max_tokens=3)  # more than the engine's batch of 8: the second batch samples anew
+    assert len({c.message.content for c in more.choices}) == 10
     greedy = ask(url, n=2, temperature=0)
     assert greedy.choices[0].message.content == greedy.choices[1].message.content
     streamed = list(ask(url, n=2, stream=True))
