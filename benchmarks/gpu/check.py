@@ -15,7 +15,7 @@ under the job contract, `stage_runs.py`):
 5. reward-model on right and wrong 4k chains, then dpo on the pairs it wrote (the student its own
    reference);
 6. kill-and-resume: a full fine-tune SIGKILLed after its first complete checkpoint and resubmitted,
-   which must resume from the newest complete step-N and finish;
+   which must resume from the newest complete checkpoint-N and finish;
 7. last, as vLLM starts slowly: grpo with vLLM rollouts colocated (the reward model of 5 in-process
    plus correctness) and on-policy distillation from the 1.7B teacher, every step sampled by vLLM;
    then LoRA (r 16) at 4k.

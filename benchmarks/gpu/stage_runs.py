@@ -159,6 +159,10 @@ def generated_tokens_per_s(r: dict) -> float | None:
     return sum(lengths) / len(lengths) * r["completions_per_step"] / r["seconds_per_step"]
 
 
+def _step(name: str) -> int:
+    return int(name.split("-")[1])
+
+
 def kill_and_resume(ckpt: Path, cots: Path, work: Path, logs: Path, smoke: bool) -> dict:
     """SIGKILL a full fine-tune once a checkpoint is complete and a later step has run; resubmit."""
     steps, every = 8, 3
@@ -173,7 +177,7 @@ def kill_and_resume(ckpt: Path, cots: Path, work: Path, logs: Path, smoke: bool)
 
     def kill_after_checkpoint(line: str) -> None:
         m = STEP_LINE.match(line)
-        done = sorted(p.name for p in ckpt_dir.glob("step-*") if (p / "COMPLETE").exists())
+        done = sorted((p.name for p in ckpt_dir.glob("checkpoint-*") if (p / "COMPLETE").exists()), key=_step)
         if m and done and int(m.group(1)) > int(done[-1].split("-")[1]) and not killed:
             killed.update(at_step=int(m.group(1)), newest=done[-1])
             os.killpg(proc.pid, signal.SIGKILL)
@@ -185,11 +189,11 @@ def kill_and_resume(ckpt: Path, cots: Path, work: Path, logs: Path, smoke: bool)
         result.update(rc=proc.returncode, ok=False,
                       error=f"the job ended (rc {proc.returncode}) before it could be killed after a checkpoint")
         return result
-    newest = max((p.name for p in ckpt_dir.glob("step-*") if (p / "COMPLETE").exists()), default=None)
+    newest = max((p.name for p in ckpt_dir.glob("checkpoint-*") if (p / "COMPLETE").exists()), default=None, key=_step)
     second = start_job(env)
     _, lines = follow(second, log_path)
     LIVE.discard(second)
-    resumed = [m.group(1) for line in lines if (m := re.search(r"resuming from checkpoint (step-\d+)", line))]
+    resumed = [m.group(1) for line in lines if (m := re.search(r"resuming from checkpoint (checkpoint-\d+)", line))]
     logged = [r["step"] for r in metrics(Path(env["PAI_DISTIL_OUTPUT"])) if "loss" in r]
     ok = (second.returncode == 0 and resumed == [newest] and logged == sorted(set(logged))
           and logged[-1:] == [steps])

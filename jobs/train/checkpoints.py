@@ -1,11 +1,16 @@
-"""Checkpoints a run can trust: published whole, with a manifest, and verified before a resume.
+"""Checkpoints a run can trust: sealed once whole, with a manifest, and verified before a resume.
 
-A checkpoint is `checkpoint_dir/step-NNNNNNN/`, complete only with its `COMPLETE` marker, written
-last. Beside the marker, `checkpoint-manifest.json` lists every file with its size and a CRC-32.
-Resume walks the complete checkpoints from the newest down and takes the first that still matches
-its manifest; one that does not (a file truncated, overwritten, removed after the marker was
-written: a SIGKILL at the wrong moment, a full disk, a hand) is renamed `rejected-step-NNNNNNN`,
-named in one log line, and never loaded.
+A checkpoint is `checkpoint_dir/checkpoint-N/`, written in place by TRL and complete only with its
+`COMPLETE` marker, written last. Beside the marker, `checkpoint-manifest.json` lists every file with
+its size and a CRC-32. Resume walks the complete checkpoints from the newest down and takes the first
+that still matches its manifest; one that does not (a file truncated, overwritten, removed after the
+marker was written: a SIGKILL at the wrong moment, a full disk, a hand) is renamed
+`rejected-checkpoint-N`, named in one log line, and never loaded; a folder without its marker (a save
+that was cut short) is removed.
+
+Why written in place and sealed by a marker rather than staged and renamed: on PAI the checkpoint
+folder is an OSS mount (JindoFuse), where renaming a folder copies and deletes every object in it,
+about 100 GB for an 8B model with its optimizer state, at every save.
 
 Why sampled blocks for large files rather than a full hash: a real checkpoint holds tens of GB of
 weights and optimizer state, often on a network mount, and is written every few hundred steps;
@@ -27,7 +32,8 @@ from pathlib import Path
 
 COMPLETE = "COMPLETE"
 MANIFEST = "checkpoint-manifest.json"
-REJECTED = "rejected-"  # prefix of a checkpoint set aside; not matched by `step-*`
+PREFIX = "checkpoint-"  # TRL's own folder name: TRL writes each checkpoint where it stays
+REJECTED = "rejected-"  # prefix of a checkpoint set aside; not matched by `checkpoint-*`
 WHOLE_BYTES = 64 << 20
 EDGE_BYTES = 1 << 20
 SAMPLES = 256
@@ -40,7 +46,7 @@ def step_of(checkpoint: Path) -> int:
 
 def complete_checkpoints(checkpoint_dir: Path) -> list[Path]:
     """The checkpoints with their marker, oldest first."""
-    done = [p for p in Path(checkpoint_dir).glob("step-*") if (p / COMPLETE).exists()]
+    done = [p for p in Path(checkpoint_dir).glob(f"{PREFIX}*") if (p / COMPLETE).exists()]
     return sorted(done, key=step_of)
 
 
@@ -50,17 +56,22 @@ def newest_checkpoint(checkpoint_dir: Path) -> Path | None:
     return done[-1] if done else None
 
 
-def publish_checkpoint(staged: Path, checkpoint_dir: Path, step: int, keep: int) -> Path:
-    """Move a checkpoint TRL finished writing to `step-N`, write its manifest, mark it complete,
-    prune the oldest."""
-    final = checkpoint_dir / f"step-{step:07d}"
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(staged, final)
-    (final / MANIFEST).write_text(json.dumps(manifest(final)))
-    (final / COMPLETE).write_text(json.dumps({"step": step, "time": time.time()}))
-    for old in complete_checkpoints(checkpoint_dir)[:-keep]:
+def seal_checkpoint(checkpoint: Path, step: int, keep: int) -> Path:
+    """Mark a checkpoint TRL finished writing complete (its manifest, then `COMPLETE`) and prune the
+    oldest complete ones beyond `keep`. Nothing is moved: see the module's docstring."""
+    (checkpoint / MANIFEST).write_text(json.dumps(manifest(checkpoint)))
+    (checkpoint / COMPLETE).write_text(json.dumps({"step": step, "time": time.time()}))
+    for old in complete_checkpoints(checkpoint.parent)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
-    return final
+    return checkpoint
+
+
+def remove_unfinished(checkpoint_dir: Path) -> list[str]:
+    """Remove the checkpoint folders of saves that never finished (no `COMPLETE`); their names."""
+    gone = [p for p in Path(checkpoint_dir).glob(f"{PREFIX}*") if p.is_dir() and not (p / COMPLETE).exists()]
+    for p in gone:
+        shutil.rmtree(p, ignore_errors=True)
+    return [p.name for p in gone]
 
 
 def manifest(checkpoint: Path) -> dict:
@@ -113,7 +124,7 @@ def problem(checkpoint: Path) -> str | None:
 
 def resumable_checkpoint(checkpoint_dir: Path, log=print) -> Path | None:
     """The newest complete checkpoint that matches its manifest; each newer one that does not is set
-    aside as `rejected-step-N` and named in one log line. Call on one process only (rank 0)."""
+    aside as `rejected-checkpoint-N` and named in one log line. Call on one process only (rank 0)."""
     for ckpt in reversed(complete_checkpoints(checkpoint_dir)):
         why = problem(ckpt)
         if why is None:

@@ -4,9 +4,10 @@ Why a layer over TRL at all: TRL and accelerate give device placement (`cuda:LOC
 bf16, accumulation, gradient checkpointing, DeepSpeed ZeRO, FSDP and PEFT. The job contract asks
 for a little more, written here once for every stage's trainer (SFT, reward model, GRPO):
 
-- checkpoints are complete only with their marker: TRL saves into a staging folder, which becomes
-  `checkpoint_dir/step-NNNNNNN/` by an atomic rename, then gets a manifest and `COMPLETE`; a SIGKILL
-  while saving leaves nothing resume would trust, and resume verifies the manifest (checkpoints.py);
+- checkpoints are complete only with their marker: TRL saves `checkpoint_dir/checkpoint-N/` where it
+  stays (never renamed: on an OSS mount a rename copies every object), then it gets a manifest and
+  `COMPLETE`; a SIGKILL while saving leaves nothing resume would trust, and resume verifies the
+  manifest (checkpoints.py);
 - SIGTERM (spot preemption, `runs cancel`) saves a checkpoint and exits promptly;
 - `metrics.jsonl` (one record per logged step) and TensorBoard event files beside it;
 - a loss that stops being finite fails the run instead of saving a NaN model;
@@ -22,7 +23,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import signal
 import time
 import warnings
@@ -35,12 +35,12 @@ from transformers import PrinterCallback, TrainerCallback, TrainingArguments
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from pai_distil.core.contract import JobError
-from pai_distil_jobs.train.checkpoints import newest_checkpoint, publish_checkpoint, resumable_checkpoint
+from pai_distil_jobs.train.checkpoints import (PREFIX, newest_checkpoint, remove_unfinished, resumable_checkpoint,
+                                                seal_checkpoint)
 
 # TRL's configs still spell it gradient_checkpointing (and default it on); transformers warns on the alias.
 warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*is deprecated", category=FutureWarning)
 
-STAGING = ".staging"  # where TRL writes a checkpoint before it is published as step-N
 
 
 @dataclass
@@ -149,7 +149,7 @@ def training_arguments(s: TrainSettings, checkpoint_dir: Path, examples: int, cl
     if bf16 is None and s.deepspeed is not None:
         bf16 = s.deepspeed.bf16  # an explicit DeepSpeed precision wins; transformers checks they agree
     kw = dict(
-        output_dir=str(Path(checkpoint_dir) / STAGING), max_steps=s.max_steps,
+        output_dir=str(checkpoint_dir), max_steps=s.max_steps,
         per_device_train_batch_size=per_device_batch(s), gradient_accumulation_steps=s.gradient_accumulation_steps,
         learning_rate=s.learning_rate, weight_decay=s.weight_decay, adam_beta2=0.98, max_grad_norm=s.grad_clip,
         logging_steps=s.log_every, logging_nan_inf_filter=False, save_strategy="steps",
@@ -281,11 +281,10 @@ class JobTrainerMixin:
 
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
-        staged = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
+        written = Path(self.args.output_dir) / f"{PREFIX}{self.state.global_step}"
         self.accelerator.wait_for_everyone()  # every rank has written its part (RNG state, ZeRO shards)
         if self.is_world_process_zero():
-            publish_checkpoint(staged, Path(self.args.output_dir).parent, self.state.global_step,
-                               self.job.keep_checkpoints)
+            seal_checkpoint(written, self.state.global_step, self.job.keep_checkpoints)
         self.accelerator.wait_for_everyone()
 
     def training_step(self, model, inputs, num_items_in_batch=None):
@@ -427,7 +426,8 @@ def fit(trainer, callback: JobCallback, checkpoint_dir: Path, log=print) -> bool
     trainer.remove_callback(PrinterCallback)  # our callback logs each step once, in our format
     if trainer.is_world_process_zero():
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(checkpoint_dir / STAGING, ignore_errors=True)  # a save the last run did not finish
+        for name in remove_unfinished(checkpoint_dir):
+            log(f"removed {name}: a save the last run did not finish")
         resumable_checkpoint(checkpoint_dir, log)  # sets aside the newer ones that fail their manifest
     trainer.accelerator.wait_for_everyone()
     ckpt = newest_checkpoint(checkpoint_dir)  # the same for every rank, now that rank 0 has verified

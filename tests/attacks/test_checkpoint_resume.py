@@ -49,13 +49,13 @@ def test_a_damaged_checkpoint_is_set_aside_and_the_run_resumes_from_the_one_befo
     straight = _train(tmp_path, tmp_path / "straight", 4, log=lambda *_: None)
     stopped = tmp_path / "stopped"
     _train(tmp_path, stopped, 3, log=lambda *_: None)
-    damage(stopped / "step-0000003" / "model.safetensors")
+    damage(stopped / "checkpoint-3" / "model.safetensors")
     lines: list[str] = []
     resumed = _train(tmp_path, stopped, 4, log=lines.append)
     assert [x for x in lines if "set aside" in x] == [
-        next(x for x in lines if x.startswith("checkpoint step-0000003 set aside as rejected-step-0000003: "))]
-    assert "resuming from checkpoint step-0000002 (step 2 of 4)" in lines
-    assert (stopped / "rejected-step-0000003" / "model.safetensors").exists()
+        next(x for x in lines if x.startswith("checkpoint checkpoint-3 set aside as rejected-checkpoint-3: "))]
+    assert "resuming from checkpoint checkpoint-2 (step 2 of 4)" in lines
+    assert (stopped / "rejected-checkpoint-3" / "model.safetensors").exists()
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-6), name
 
@@ -64,7 +64,7 @@ def test_large_files_are_checked_by_size_and_sampled_blocks(tmp_path, monkeypatc
     from pai_distil_jobs.train import checkpoints
 
     monkeypatch.setattr(checkpoints, "WHOLE_BYTES", 1 << 20)
-    ckpt = tmp_path / "step-0000005"
+    ckpt = tmp_path / "checkpoint-5"
     ckpt.mkdir()
     big = ckpt / "optimizer.pt"
     big.write_bytes(os.urandom(5 << 20))
@@ -76,4 +76,4 @@ def test_large_files_are_checked_by_size_and_sampled_blocks(tmp_path, monkeypatc
         f.write(bytes(100))
     assert checkpoints.problem(ckpt) == "optimizer.pt does not match its checksum"
     assert checkpoints.resumable_checkpoint(tmp_path, log=lambda *_: None) is None
-    assert [p.name for p in tmp_path.iterdir()] == ["rejected-step-0000005"]
+    assert [p.name for p in tmp_path.iterdir()] == ["rejected-checkpoint-5"]

@@ -133,7 +133,7 @@ def test_sigkill_mid_training_then_resubmit_resumes(home, tmp_path, synthetic_te
     again = cli("submit", "slow-thinking", "--config", cfg, "--input", f"cots={cots}")
     assert again.returncode == 0, again.stderr[-3000:]
     Path("/tmp/again.txt").write_text(again.stderr)
-    assert f"resuming from checkpoint step-{killed_at:07d}" in again.stderr
+    assert f"resuming from checkpoint checkpoint-{killed_at}" in again.stderr
     steps = [json.loads(line)["step"] for line in (Path(run.output) / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps)) and steps[-1] == 400  # no step logged twice, none lost
     assert is_complete(run.output)

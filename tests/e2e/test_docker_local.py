@@ -249,7 +249,7 @@ def test_two_nodes_and_deepspeed_zero2_follow_the_single_process_loss(cpu_image,
         assert curve[-1] < 0.8 * curve[0], "the loss must fall"
         assert abs(curve[-1] - single[-1]) / single[-1] < LOSS_TOLERANCE
     assert json.loads((Path(zero2.output) / "deepspeed_config.json").read_text())["zero_optimization"]["stage"] == 2
-    ckpt = sorted((Path(zero2.work_dir) / "checkpoints").glob("step-*"))[-1]
+    ckpt = max((Path(zero2.work_dir) / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     assert list(ckpt.glob("global_step*")) and (ckpt / "COMPLETE").exists()  # DeepSpeed's sharded state
 
 

@@ -125,7 +125,7 @@ def train_until_a_checkpoint(emu, teacher, tmp_path, home: Path, seed: int, step
     run_dir = next((home / "runs").glob("slow-thinking-*"))
     job_id = json.loads((run_dir / "dlc-job.json").read_text())["job_id"]
     deadline = time.monotonic() + 300
-    while not list((emu.data_dir / "jobs" / job_id / "mounts").glob("*/step-*")):
+    while not list((emu.data_dir / "jobs" / job_id / "mounts").glob("*/checkpoint-*/COMPLETE")):
         assert time.monotonic() < deadline, (run_dir / "job.log").read_text()[-2000:]
         time.sleep(0.5)
     return run_dir, job_id

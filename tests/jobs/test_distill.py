@@ -204,7 +204,7 @@ def test_a_killed_kd_run_resumes_from_its_checkpoint_and_learns_the_same(scored,
 
     again = cli(home, *args)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert f"resuming from checkpoint step-{killed_at:07d}" in again.stderr
+    assert f"resuming from checkpoint checkpoint-{killed_at}" in again.stderr
     records = metric_records(Path(run.output) / "metrics.jsonl")
     assert [r["step"] for r in records] == list(range(1, 31))  # none twice, none lost
     for r in records:  # the steps run again learn exactly as the first time (on-policy: the same samples)

@@ -259,7 +259,7 @@ def test_dpo_killed_mid_run_resumes_from_the_newest_checkpoint(tmp_path, monkeyp
 
     again = subprocess.run([*CLI, *map(str, args)], env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert f"resuming from checkpoint step-{killed_at:07d}" in again.stderr
+    assert f"resuming from checkpoint checkpoint-{killed_at}" in again.stderr
     records = metric_records(Path(run.output) / "metrics.jsonl")
     assert [r["step"] for r in records] == list(range(1, 25))  # none twice, none lost
     for r in records:

@@ -142,7 +142,7 @@ def test_reward_model_resumes_exactly_from_its_newest_checkpoint(tmp_path):
 
     straight = trained(tmp_path / "straight", 4)
     trained(tmp_path / "stopped", 3)
-    (tmp_path / "stopped" / "step-0000003").rename(tmp_path / "stopped" / "final")  # resume from step 2
+    (tmp_path / "stopped" / "checkpoint-3").rename(tmp_path / "stopped" / "final")  # resume from step 2
     resumed = trained(tmp_path / "stopped", 4)
     assert straight.head.weight.abs().sum() > 0
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
@@ -422,7 +422,7 @@ def test_grpo_killed_mid_run_resumes_from_the_newest_checkpoint(tmp_path, monkey
 
     again = cli(home, *args)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert f"resuming from checkpoint step-{killed_at:07d}" in again.stderr
+    assert f"resuming from checkpoint checkpoint-{killed_at}" in again.stderr
     records = metric_records(Path(run.output) / "metrics.jsonl")
     assert [r["step"] for r in records] == list(range(1, 41))  # none twice, none lost
     shown = [json.loads(x)["step"] for x in (Path(run.output) / "completions.jsonl").read_text().splitlines()]

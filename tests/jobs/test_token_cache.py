@@ -113,7 +113,9 @@ def test_a_build_that_fails_leaves_nothing_a_reader_trusts(tmp_path):
 
     with pytest.raises(RuntimeError):
         build_once(tmp_path / "x", broken, writer=True, complete="DONE")
-    assert list(tmp_path.iterdir()) == []
+    assert not (tmp_path / "x" / "DONE").exists()  # built where it stays (never renamed), without its marker
+    built = build_once(tmp_path / "x", lambda d: (d / "DONE").write_text(""), writer=True, complete="DONE")
+    assert sorted(p.name for p in built.iterdir()) == ["DONE"]  # the next build starts from an empty folder
 
 
 def _wait_for(folder: str, q) -> None:

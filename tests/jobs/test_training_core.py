@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -185,6 +186,22 @@ def test_processes_per_node_come_from_the_platform_else_the_visible_gpus(monkeyp
     assert procs_per_node() == max(1, torch.cuda.device_count())
 
 
+def watch_renames(where: Path, log: Path) -> dict:
+    """A job environment whose Python records every folder it renames (the interpreter's own audit
+    events for os.rename / os.replace) into `log`, one source path a line."""
+    hook = where / "audit"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import os, sys\n"
+        "def _hook(event, args):\n"
+        "    if event in ('os.rename', 'os.replace') and os.path.isdir(args[0]):\n"
+        f"        with open({str(log)!r}, 'a') as f:\n"
+        "            f.write(os.fsdecode(args[0]) + '\\n')\n"
+        "sys.addaudithook(_hook)\n")
+    log.write_text("")
+    return {"PYTHONPATH": os.pathsep.join([str(hook), *filter(None, [os.environ.get("PYTHONPATH")])])}
+
+
 def test_a_run_resubmitted_after_its_last_checkpoint_trains_no_step_more(tmp_path):
     """A job stopped once its last step was checkpointed (a SIGTERM at the last step) is resubmitted:
     it finishes from that checkpoint with the same weights and no step past max_steps."""
@@ -194,14 +211,19 @@ def test_a_run_resubmitted_after_its_last_checkpoint_trains_no_step_more(tmp_pat
     cfg = {"student": {"model": "preset:micro"},
            "train": {"max_steps": 4, "batch_size": 4, "checkpoint_every": 4, "log_every": 1}}
     out, data = tmp_path / "out", cots(tmp_path, 12)  # 3 steps an epoch: the last checkpoint is mid-epoch
-    assert run_job("slow-thinking", cfg, out, inputs={"cots": data}).returncode == 0
+    renames = tmp_path / "renames.txt"
+    assert run_job("slow-thinking", cfg, out, inputs={"cots": data}, env=watch_renames(tmp_path, renames)).returncode == 0
+    # written where it stays: on an OSS mount a folder rename copies and deletes every object in it
+    ckpt_dir = str(tmp_path / "out-checkpoints")
+    assert [line for line in renames.read_text().splitlines() if line.startswith(ckpt_dir)] == []
+    assert (tmp_path / "out-checkpoints" / "checkpoint-4" / "COMPLETE").exists()
     first, metrics = load_file(str(out / "model.safetensors")), (out / "metrics.jsonl").read_text()
     shutil.rmtree(out)  # as if the job had stopped after its checkpoint, before its output
     out.mkdir()
     (out / "metrics.jsonl").write_text(metrics)
     again = run_job("slow-thinking", cfg, out, inputs={"cots": data})
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "resuming from checkpoint step-0000004 (step 4 of 4)" in again.stdout + again.stderr
+    assert "resuming from checkpoint checkpoint-4 (step 4 of 4)" in again.stdout + again.stderr
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]
     second = load_file(str(out / "model.safetensors"))
