@@ -363,3 +363,34 @@ def test_a_job_given_an_uncached_hub_id_offline_fails_in_one_line(tmp_path):
     assert proc.returncode == 2
     assert len(job_errors(proc)) == 1 and "Traceback" not in proc.stderr
     assert "'Qwen/Qwen3-0.6B-not-cached' is not in the local Hugging Face cache" in job_errors(proc)[0]
+
+
+def test_lora_all_linear_on_a_tied_checkpoint_trains_exactly_the_adapted_layers(tmp_path):
+    """LoRA with its default targets (all-linear) on a tied-embedding Qwen3 with the real tokenizer: the
+    adapter holds every attention and MLP projection and never the tied lm_head / embeddings; the merged
+    checkpoint changes exactly those projections, keeps the tie and leaves norms and embeddings as they were."""
+    import torch
+    from conftest import run_job
+    from safetensors.torch import load_file
+
+    base = tiny_checkpoint(tmp_path / "base")
+    sft = tmp_path / "sft.jsonl"
+    sft.write_text("".join(json.dumps(r) + "\n" for r in _short_rows(8)))
+    cfg = {"student": {"model": str(base)},
+           "train": {"max_steps": 3, "batch_size": 4, "learning_rate": 1e-2, "max_length": 128, "log_every": 1,
+                     "gradient_checkpointing": False, "checkpoint_every": 100, "lora": {"r": 4, "alpha": 8}}}
+    out = tmp_path / "out"
+    proc = run_job("slow-thinking", cfg, out, inputs={"cots": sft}, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    adapter = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    targets = adapter["target_modules"]  # PEFT resolves all-linear to the module paths it wrapped
+    assert {t.rsplit(".", 1)[-1] for t in targets} == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                       "up_proj", "down_proj"}
+    assert len(targets) == 2 * 7  # two layers, seven projections each, and nothing else
+    before, after = load_file(str(base / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    assert json.loads((out / "config.json").read_text())["tie_word_embeddings"] is True
+    assert "lm_head.weight" not in after  # still tied: one matrix, the embeddings'
+    assert set(after) == set(before)
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    projections = {k for k in before if k.endswith("_proj.weight")}
+    assert changed == projections, sorted(changed ^ projections)
