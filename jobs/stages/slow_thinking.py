@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 from pai_distil.core.config import SlowThinkingConfig
-from pai_distil.core.readers import chat_verdict
+from pai_distil.core.readers import row_verdict
 
 from pai_distil.core.contract import JobContext, JobError, log
 from pai_distil_jobs.data.cot_data import read_sft, require, thinking_row
@@ -18,15 +18,15 @@ from pai_distil_jobs.train.sft_train import train_sft
 def sft_rows(path: Path, require_correct: bool, verbosity: list[int] | None = None) -> list[dict]:
     """SFT rows (`messages`) from a generate/score artifact, CoT samples, or the user's chat rows
     (OpenAI messages, ShareGPT, Alpaca: every turn kept, no prompt added). `require_correct` drops
-    only rows with an answer to check that fails it; JobError, saying what dropped them, when none is left."""
+    only rows with an answer to check that fails (`row_verdict`); JobError saying what dropped them
+    when none is left."""
     rows = read_sft(path)
     out, dropped = [], Counter()
     for n, row in enumerate(rows, 1):
         chat = "messages" in row
         if not chat:
             require(row, n, ("problem", "thought", "solution"), f"input 'cots' ({path})")
-        verdict = chat_verdict(row) if chat else bool(row.get("correct"))
-        if require_correct and verdict is False:
+        if require_correct and row_verdict(row) is False:
             dropped["not verified correct"] += 1
         elif verbosity is not None and row.get("requested_rv", row.get("rv")) not in verbosity:
             dropped["outside verbosity"] += 1

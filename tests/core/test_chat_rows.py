@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pai_distil.core.readers import DataError, chat_verdict, read_cots, read_sft_input
+from pai_distil.core.readers import DataError, row_verdict, read_cots, read_sft_input
 
 SYSTEM = {"role": "system", "content": "You are terse."}
 TURNS = [SYSTEM, {"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "4"},
@@ -112,4 +112,7 @@ def test_verdict_from_correct_else_the_answer_else_none(tmp_path):
     rows = read_sft_input(write(tmp_path / "v.csv", [
         {"messages": TURNS, "correct": "false", "answer": ""}, {"messages": TURNS, "correct": "", "answer": "6"},
         {"messages": TURNS, "correct": "", "answer": "7"}, {"messages": TURNS, "correct": "", "answer": ""}]))
-    assert [chat_verdict(r) for r in rows] == [False, True, False, None]
+    assert [row_verdict(r) for r in rows] == [False, True, False, None]
+    cot = {"problem": "3+3?", "thought": "t", "solution": "\\boxed{6}", "answer": "6", "correct": None}
+    assert [row_verdict({**cot, **kw}) for kw in ({}, {"answer": "7"}, {"answer": ""}, {"correct": False})] == \
+        [True, False, None, False]

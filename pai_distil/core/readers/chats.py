@@ -109,21 +109,22 @@ def _flag(row: Row, value) -> bool:
     raise DataError(f"{row.where()} field 'correct' must be true or false, got {value!r}")
 
 
-def chat_verdict(row: dict) -> bool | None:
-    """Whether an SFT row's final answer is correct: its `correct` field, else its final assistant
-    turn checked against its `answer` by the row's verifier (math by default); None when the row has
-    neither, so there is nothing to check."""
+def row_verdict(row: dict) -> bool | None:
+    """Whether a training row's final answer is correct: its `correct` field; else its reply (an SFT
+    row's final assistant turn, a CoT sample's solution) checked against its `answer` by its verifier
+    (math by default); None when it has neither, so there is nothing to check."""
     if row.get("correct") is not None:
         return bool(row["correct"])
-    if row.get("answer") is None:
+    if row.get("answer") is None or not str(row["answer"]).strip():
         return None
     from pai_distil.core.verifiers import verify
 
-    reply = next((m["content"] for m in reversed(row["messages"]) if m["role"] == "assistant"), "")
-    problem = {"answer": str(row["answer"]), "domain": row.get("domain") or "math"}
-    if row.get("verifier"):
-        problem["verifier"] = row["verifier"]
-    return verify(problem, reply)
+    if "messages" in row:
+        reply = next((m["content"] for m in reversed(row["messages"]) if m["role"] == "assistant"), "")
+    else:
+        reply = row.get("solution") or ""
+    problem = {k: row[k] for k in ("verifier", "choices", "tests", "fn_name", "meta") if row.get(k) is not None}
+    return verify({**problem, "answer": str(row["answer"]), "domain": row.get("domain") or "math"}, reply)
 
 
 def read_chat_file(path, records: list[tuple[int, dict]], fields) -> list[dict]:
