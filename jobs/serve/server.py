@@ -26,7 +26,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from pai_distil.core.artifacts import artifact_name
-from pai_distil.core.http_limits import BodyLimits
+from pai_distil.core.http_limits import limit_bodies
 from pai_distil.core.protocol import (UNAUTHORIZED, BadRequest, Sampling, authorized, error_body, parse_chat,
                                       parse_completion)
 
@@ -71,7 +71,7 @@ def create_app(engine, served_name: str, token: str | None, system_fingerprint: 
     from pai_distil_jobs.serve.responses import ChatFormat, Reply, TextFormat, collect, stream
 
     app = FastAPI(title="pai-distil model server", docs_url=None, redoc_url=None, openapi_url=None)
-    app.add_middleware(BodyLimits)
+    limit_bodies(app)
     created = int(time.time())
 
     def denied(request: Request) -> JSONResponse | None:

@@ -27,8 +27,9 @@ def json_problem(body: bytes, max_depth: int = MAX_DEPTH) -> str | None:
         return "request body is not UTF-8 text"
     except RecursionError:
         return f"request body nests deeper than {max_depth} levels"
-    except ValueError:
-        return "request body is not valid JSON"
+    except ValueError as e:  # a syntax error, or an integer longer than Python converts (sys.get_int_max_str_digits)
+        return "request body holds a number of thousands of digits" if "digits" in str(e) else \
+            "request body is not valid JSON"
     stack = [(data, 1)]
     while stack:
         node, depth = stack.pop()

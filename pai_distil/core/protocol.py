@@ -51,7 +51,8 @@ def text_of(content) -> str | None:
     """Message content as text: a string, or OpenAI's list of {"type": "text", "text": ...} parts."""
     if isinstance(content, str):
         return content
-    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text" for p in content):
+    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text"
+                                         and isinstance(p.get("text", ""), str) for p in content):
         return "".join(p.get("text", "") for p in content)
     return None
 

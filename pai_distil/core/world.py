@@ -113,7 +113,10 @@ def generate_problems(n: int, seed: int, levels: list[int] | None = None, prefix
     return [make_problem(rng, levels[i % len(levels)], f"{prefix}{seed}-{i:06d}") for i in range(n)]
 
 
-_PROBLEM_RE = re.compile(r"Start with (\d+)\. (.+?)\. Work modulo (\d+)\.")
+# Bounded (a number of at most 18 digits, operations of at most 2000 characters and no period): the
+# search is linear in the prompt, which a server reads from anyone (a 224 KB prompt took 26 s unbounded).
+_PROBLEM_RE = re.compile(r"Start with (\d{1,18})\. ([^.\n]{1,2000})\. Work modulo (\d{1,18})\.")
+MAX_DIGITS = 18
 _OP_RE = re.compile(r"(add|subtract|multiply by) (\d+)")
 
 
@@ -122,9 +125,10 @@ def parse_problem(text: str, pid: str = "") -> Problem | None:
     m = _PROBLEM_RE.search(text)
     if not m:
         return None
-    ops = tuple((name, int(d)) for name, d in _OP_RE.findall(m.group(2).lower()))
-    if not ops:
+    found = _OP_RE.findall(m.group(2).lower())
+    if not found or any(len(d) > MAX_DIGITS for _, d in found):
         return None
+    ops = tuple((name, int(d)) for name, d in found)
     modulus = int(m.group(3))
     if modulus < 2:
         return None

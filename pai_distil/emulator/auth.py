@@ -40,6 +40,7 @@ OSS_V4_DEFAULT_SIGNED = ("content-type", "content-md5")
 OSS_MISMATCH = ("The request signature we calculated does not match the signature you provided. "
                 "Check your key and signing method.")
 POP_MISMATCH = "Specified signature does not match our calculation."
+BODY_MISMATCH = "the body does not match x-acs-content-sha256"
 SKEW_S = 15 * 60  # how far a request's date may be from the server's clock, either way
 
 
@@ -62,7 +63,7 @@ class SignedRequest:
     path: str  # percent-decoded
     query: list[tuple[str, str]]  # percent-decoded, in order; a bare `?uploads` is ("uploads", "")
     headers: dict[str, str]  # lower-cased names
-    body: bytes = b""
+    body: bytes | None = b""  # None: not read yet; an ACS3 signature is then checked against x-acs-content-sha256
 
 
 class Keys:
@@ -243,9 +244,10 @@ def _verify_pop_signature(req: SignedRequest, keys: Keys) -> str:
         fields = _auth_fields(auth[len("ACS3-HMAC-SHA256 "):])
         ak = fields.get("Credential", "")
         secret = keys.secret(ak)
-        payload = hashlib.sha256(req.body).hexdigest()
-        if req.headers.get("x-acs-content-sha256", payload) != payload:
-            raise AuthError("SignatureDoesNotMatch", "the body does not match x-acs-content-sha256", ak)
+        claimed = req.headers.get("x-acs-content-sha256")
+        payload = claimed if req.body is None and claimed else hashlib.sha256(req.body or b"").hexdigest()
+        if claimed is not None and claimed != payload:
+            raise AuthError("SignatureDoesNotMatch", BODY_MISMATCH, ak)
         signed = [s for s in fields.get("SignedHeaders", "").split(";") if s]
         canonical = acs3_canonical_request(req, signed, payload)
         to_sign = "ACS3-HMAC-SHA256\n" + hashlib.sha256(canonical.encode()).hexdigest()

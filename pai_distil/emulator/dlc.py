@@ -39,20 +39,22 @@ def validate_create(body: dict) -> None:
     def bad(field: str, why: str):
         raise PopError(400, "InvalidParameter", f"{field}: {why}")
 
-    if not body.get("DisplayName"):
-        bad("DisplayName", "is required")
+    if not isinstance(body.get("DisplayName"), str) or not body["DisplayName"]:
+        bad("DisplayName", "is required, a string")
     if body.get("JobType") not in JOB_TYPES:
         bad("JobType", f"must be one of {', '.join(JOB_TYPES)}")
     specs = body.get("JobSpecs")
     if not isinstance(specs, list) or not specs:
         bad("JobSpecs", "at least one JobSpec is required")
     for i, spec in enumerate(specs):
+        if not isinstance(spec, dict):
+            bad(f"JobSpecs[{i}]", "must be an object (Type, PodCount, Image, ...)")
         if spec.get("Type") not in POD_TYPES:
             bad(f"JobSpecs[{i}].Type", f"must be one of {', '.join(POD_TYPES)}")
         if not isinstance(spec.get("PodCount"), int) or spec["PodCount"] < 1:
             bad(f"JobSpecs[{i}].PodCount", "must be a positive integer")
-        if not spec.get("Image"):
-            bad(f"JobSpecs[{i}].Image", "is required")
+        if not isinstance(spec.get("Image"), str) or not spec["Image"]:
+            bad(f"JobSpecs[{i}].Image", "is required, a string")
         if body.get("ResourceId"):
             if not spec.get("ResourceConfig"):
                 bad(f"JobSpecs[{i}].ResourceConfig", "is required on a resource quota (ResourceId)")
@@ -66,10 +68,14 @@ def validate_create(body: dict) -> None:
             check_spot(spec.get("SpotSpec"), f"JobSpecs[{i}].SpotSpec", bad)
         elif spec.get("SpotSpec"):
             bad(f"JobSpecs[{i}].SpotSpec", "is given but UseSpotInstance is not true")
-    if not body.get("UserCommand"):
-        bad("UserCommand", "is required")
-    for i, ds in enumerate(body.get("DataSources") or []):
-        if not str(ds.get("Uri", "")).startswith("oss://") or not ds.get("MountPath", "").startswith("/"):
+    if not isinstance(body.get("UserCommand"), str) or not body["UserCommand"]:
+        bad("UserCommand", "is required, a string")
+    sources = body.get("DataSources") or []
+    if not isinstance(sources, list):
+        bad("DataSources", "must be a list of {Uri, MountPath} objects")
+    for i, ds in enumerate(sources):
+        if not isinstance(ds, dict) or not str(ds.get("Uri", "")).startswith("oss://") \
+                or not str(ds.get("MountPath", "")).startswith("/"):
             bad(f"DataSources[{i}]", "needs an oss:// Uri and an absolute MountPath")
 
 
@@ -191,6 +197,8 @@ def router(emulator) -> APIRouter:
             try:
                 tags = json.loads(q["Tags"])
             except ValueError:
+                tags = None
+            if not isinstance(tags, dict):
                 raise PopError(400, "InvalidParameter", "Tags: must be a JSON object") from None
             jobs = [j for j in jobs if all(((j.get("Settings") or {}).get("Tags") or {}).get(k) == v
                                            for k, v in tags.items())]

@@ -18,13 +18,14 @@ from xml.etree import ElementTree
 from xml.sax.saxutils import escape
 
 from fastapi import APIRouter, Request
-from fastapi.responses import FileResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 
 from .auth import AuthError, SignedRequest, verify_oss
 from .objects import ObjectInfo, ObjectStore, store_of
 
 REGION = "cn-emulator"
 MAX_KEYS = 1000
+COUNTERS = "/_emulator/oss/counters"  # the emulator's own route: what it served, for tests and benchmarks
 BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9-]{1,61}[a-z0-9]")  # OSS: 3-63, lower case, digits, inner hyphens
 MIN_PART = 100 * 1024  # OSS: every part but the last must be at least 100 KiB
 
@@ -75,6 +76,19 @@ def _user_meta(request: Request) -> dict[str, str]:
     return {k[len("x-oss-meta-"):]: v for k, v in request.headers.items() if k.lower().startswith("x-oss-meta-")}
 
 
+def verify(request: Request, path: str) -> None:
+    """The request's OSS signature (V1 or V4) over `path`, or the OssError OSS answers."""
+    signed = SignedRequest(request.method, path, list(request.query_params.multi_items()),
+                           {k.lower(): v for k, v in request.headers.items()})
+    try:
+        verify_oss(signed, request.app.state.emulator.keys)
+    except AuthError as e:
+        extra = {"OSSAccessKeyId": e.access_key_id} if e.access_key_id else {}
+        if e.string_to_sign:
+            extra["StringToSign"] = e.string_to_sign
+        raise OssError(e.code, e.message, **extra) from None
+
+
 class Oss:
     def __init__(self, store: ObjectStore):
         self.store = store
@@ -83,16 +97,7 @@ class Oss:
         rid = uuid.uuid4().hex.upper()[:24]
         bucket, _, key = path.partition("/")
         try:
-            signed = SignedRequest(request.method, f"/{bucket}/{key}" if bucket else "/",
-                                   list(request.query_params.multi_items()),
-                                   {k.lower(): v for k, v in request.headers.items()})
-            try:
-                verify_oss(signed, request.app.state.emulator.keys)
-            except AuthError as e:
-                extra = {"OSSAccessKeyId": e.access_key_id} if e.access_key_id else {}
-                if e.string_to_sign:
-                    extra["StringToSign"] = e.string_to_sign
-                raise OssError(e.code, e.message, **extra) from None
+            verify(request, f"/{bucket}/{key}" if bucket else "/")
             response = await self.dispatch(request, bucket, key)
         except OssError as e:
             return _error(e, rid, request.headers.get("host", ""), request.method == "HEAD")
@@ -318,17 +323,20 @@ class Oss:
     # --- multipart ---
     async def upload_part(self, request: Request, upload_id: str, number_s: str) -> Response:
         self.need_upload(upload_id)
-        if not number_s.isdigit() or not 1 <= int(number_s) <= 10000:
+        number = _integer(number_s)
+        if number is None or not 1 <= number <= 10000:
             raise OssError("InvalidArgument", "Part number must be an integer between 1 and 10000, inclusive.")
         w = await self._receive(request)
-        part = self.store.put_part(upload_id, int(number_s), w)
+        part = self.store.put_part(upload_id, number, w)
         self.store.count("UploadPart")
         return Response(status_code=200, headers={"ETag": f'"{part["etag"]}"', "x-oss-hash-crc64ecma": part["crc64"]})
 
     def list_parts(self, bucket: str, key: str, upload_id: str, q) -> Response:
         self.need_upload(upload_id)
-        marker = int(q.get("part-number-marker") or 0)
-        limit = min(int(q.get("max-parts") or 1000), 1000)
+        marker, limit = _integer(q.get("part-number-marker") or "0"), _integer(q.get("max-parts") or "1000")
+        if marker is None or limit is None or limit < 1:
+            raise OssError("InvalidArgument", "part-number-marker and max-parts must be whole numbers (max-parts >= 1)")
+        limit = min(limit, 1000)
         parts = self.store.parts(upload_id, marker, limit + 1)
         truncated = len(parts) > limit
         parts = parts[:limit]
@@ -351,7 +359,9 @@ class Oss:
                 raise OssError("MalformedXML", "The XML you provided was not well-formed.") from None
             numbers = []
             for part in root.findall("Part"):
-                n = int(part.findtext("PartNumber") or 0)
+                n = _integer(part.findtext("PartNumber") or "")
+                if n is None:
+                    raise OssError("InvalidArgument", "PartNumber must be a whole number, e.g. <PartNumber>1</PartNumber>")
                 etag = (part.findtext("ETag") or "").strip('"').upper()
                 if n not in stored or stored[n]["etag"] != etag:
                     raise OssError("InvalidPart", "One or more of the specified parts could not be found or the "
@@ -370,16 +380,27 @@ class Oss:
                           ETag=f'"{info.etag}"'), headers={"x-oss-hash-crc64ecma": info.crc64})
 
 
+def _integer(text: str) -> int | None:
+    """A decimal whole number as OSS reads one, or None: ASCII digits only (`str.isdigit` passes `²`,
+    which `int` refuses, and `int` takes `1_000`, which OSS does not)."""
+    text = text.strip()
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else None
+
+
 def router(emulator) -> APIRouter:
     r = APIRouter()
     oss = Oss(store_of(emulator))
 
-    @r.get("/_emulator/oss/counters", include_in_schema=False)
-    def counters() -> dict:
+    @r.get(COUNTERS, include_in_schema=False)
+    def counters(request: Request) -> Response:
         """Requests the OSS emulator served, by operation (UploadPart, PutObject, GetObject, ...), and reads by
         object (`GetObject BUCKET/KEY`, `HeadObject BUCKET/KEY`). Jobs' mounts read the store directly, so
-        every read counted here is a client's."""
-        return oss.store.counters()
+        every read counted here is a client's. Signed as an OSS request (object names are the users')."""
+        try:
+            verify(request, COUNTERS)
+        except OssError as e:
+            return _error(e, uuid.uuid4().hex.upper()[:24], request.headers.get("host", ""), False)
+        return JSONResponse(oss.store.counters())
 
     @r.api_route("/{path:path}", methods=["GET", "HEAD", "PUT", "POST", "DELETE"], include_in_schema=False)
     async def any_request(request: Request, path: str) -> Response:

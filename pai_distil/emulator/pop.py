@@ -7,12 +7,15 @@ any `PopError` it raises becomes the service's error response.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from .auth import AuthError, SignedRequest, verify_pop
+from .auth import BODY_MISMATCH, AuthError, SignedRequest, verify_pop
+
+MAX_BODY = 1 << 20  # POP APIs take JSON of kilobytes (DLC's CreateJob at most 64 KiB)
 
 
 class PopError(Exception):
@@ -35,22 +38,42 @@ def request_id() -> str:
     return str(uuid.uuid4()).upper()
 
 
-async def signed_request(request: Request) -> SignedRequest:
-    return SignedRequest(method=request.method, path=request.url.path,
-                         query=list(request.query_params.multi_items()),
-                         headers={k.lower(): v for k, v in request.headers.items()},
-                         body=await request.body())
+async def read_body(request: Request, limit: int = MAX_BODY) -> bytes:
+    """The request's body, refused (413) past `limit` bytes by its Content-Length or as it arrives."""
+    length = request.headers.get("content-length", "")
+    too_big = PopError(413, "RequestEntityTooLarge", f"the request body is over {limit} bytes")
+    if length and (not length.isdigit() or int(length) > limit):
+        raise too_big
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_big
+        chunks.append(chunk)
+    request._body = b"".join(chunks)  # where Starlette's Request.body() keeps it, for the route to read
+    return request._body
 
 
 async def require_signature(request: Request) -> str:
-    """FastAPI dependency: the AccessKey id that signed the request, or a POP auth error."""
+    """FastAPI dependency: the AccessKey id that signed the request, or a POP auth error.
+
+    Why the signature before the body: an unsigned client must not make the emulator hold its body.
+    An ACS3 request signs x-acs-content-sha256, so its headers are checked first and the body, read
+    within MAX_BODY only once they verify, must then match that hash.
+    """
+    emulator = request.app.state.emulator
+    claimed = request.headers.get("x-acs-content-sha256")
+    signed = SignedRequest(method=request.method, path=request.url.path, query=list(request.query_params.multi_items()),
+                           headers={k.lower(): v for k, v in request.headers.items()},
+                           body=None if claimed else await read_body(request))
     try:
-        emulator = request.app.state.emulator
-        ak = verify_pop(await signed_request(request), emulator.keys, emulator.nonces)
+        ak = verify_pop(signed, emulator.keys, emulator.nonces)
     except AuthError as e:
         status = 404 if e.code == "InvalidAccessKeyId" else 400
         code = "InvalidAccessKeyId.NotFound" if e.code == "InvalidAccessKeyId" else e.code
         raise PopError(status, code, e.message) from None
+    if claimed and hashlib.sha256(await read_body(request)).hexdigest() != claimed:
+        raise PopError(400, "SignatureDoesNotMatch", BODY_MISMATCH)
     request.state.access_key_id = ak
     return ak
 

@@ -6,16 +6,31 @@ judge) exactly, so the stage's client code, parsing and retries are exercised en
 
 from __future__ import annotations
 
-import re
-
 from pai_distil.core import oracle as teacher, world
 
 # Cognitive difficulty of each level on the 0-9 scale: the reasoning a solver must carry.
 LEVEL_CD: dict[int, int] = {1: 2, 2: 5, 3: 8}
 
 
-_SECTION = re.compile(r"Problem:\n(?P<problem>.*?)\n\nReference answer:\n(?P<answer>.*?)\n\n"
-                      r"Reasoning:\n(?P<thought>.*?)\n\nSolution:\n(?P<solution>.*)", re.S)
+SECTIONS = ("problem", "answer", "thought", "solution")
+_HEADINGS = ("Problem:\n", "\n\nReference answer:\n", "\n\nReasoning:\n", "\n\nSolution:\n")
+
+
+def sections(user: str) -> dict[str, str] | None:
+    """The rubric question's sections, each up to the next heading; None when a heading is missing.
+
+    Found with `str.find`, one pass: a lazy regex over the same headings rescanned the rest of the
+    prompt from every `Problem:` in it, quadratic in a prompt that anyone can send the server.
+    """
+    starts, at = [], 0
+    for heading in _HEADINGS:
+        at = user.find(heading, at)
+        if at < 0:
+            return None
+        starts.append((at, at + len(heading)))
+        at += len(heading)
+    ends = [start for start, _ in starts[1:]] + [len(user)]
+    return {name: user[body:end] for name, (_, body), end in zip(SECTIONS, starts, ends)}
 
 
 def rv_of(problem: world.Problem, thought: str) -> int:
@@ -33,8 +48,8 @@ def cd_of(problem: world.Problem) -> int:
 
 def score(dimension: str, user: str) -> int | None:
     """The exact score of a rubric question about a synthetic problem; None if it is not one."""
-    m = _SECTION.search(user)
-    if not m:
+    m = sections(user)
+    if m is None:
         return None
     problem = world.parse_problem(m["problem"])
     if problem is None:
