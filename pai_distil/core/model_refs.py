@@ -19,6 +19,7 @@ from pai_distil.core.presets import PRESETS, is_preset, preset_name
 # `org/name` or `name`, as the Hugging Face Hub allows them (letters, digits, `-`, `_`, `.`).
 HUB_ID = re.compile(r"^(?!.*(--|\.\.))[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?$")
 _PATHLIKE = ("/", "./", "../", "~", ".\\")
+RUN_ID = re.compile(r"^[a-z][a-z-]*-\d{8}-\d{6}-[0-9a-f]{4}$")  # our run ids: slow-thinking-20261127-081502-3fa2
 FULL_HASH_BYTES = 16 << 20  # files up to this size (config, tokenizer, template) are hashed whole
 EDGE_BYTES = 1 << 20  # of larger ones (weights): size, mtime and the first and last MiB (header and tail)
 MAX_HEADER_BYTES = 100 << 20  # safetensors' own limit on a file's JSON header
@@ -40,6 +41,10 @@ def check(model: str) -> str:
         return str(path.resolve())
     if model.startswith(_PATHLIKE) or (len(path.parts) > 1 and path.parent.is_dir()):  # a path with a typo
         raise ValueError(f"no checkpoint directory at {model!r}; check the path, or give {EXAMPLE}")
+    if RUN_ID.match(model):  # shaped like a hub id, but a run of ours: the job would look for it on the hub
+        raise ValueError(f"{model!r} is a run id, not a model: give the run's output folder (`pai-distil runs show "
+                         f"{model}` prints it), or name the run as a stage input (`input: student` here, and "
+                         f"`-i student={model}`)")
     if not HUB_ID.match(model):
         raise ValueError(f"{model!r} is neither a preset, an existing directory nor a hub id; give {EXAMPLE}")
     return model

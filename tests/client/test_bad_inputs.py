@@ -60,6 +60,14 @@ def test_a_warmup_as_long_as_the_run_is_refused_at_validate(tmp_path):
                           "max_steps = 20", "set warmup_steps below max_steps (e.g. 2)")
 
 
+def test_a_run_id_given_as_a_model_says_how_to_use_the_run(tmp_path):
+    """A run id is shaped like a hub id: unchecked, the job would look for it on the hub and fail there."""
+    cfg = write(tmp_path, "cfg.yaml", "models:\n  - {name: s, model: slow-thinking-20261207-232752-62ab}\n"
+                "problems: {n: 4}\n")
+    assert_one_line_error(cli("validate", "-s", "evaluate", cfg), "models.0.model", "is a run id, not a model",
+                          "-i student=slow-thinking-20261207-232752-62ab")
+
+
 def test_duplicate_stage_ids_are_refused_with_their_line(tmp_path):
     p = write(tmp_path, "p.yaml", "name: p\nstages:\n  gen:\n    stage: generate\n  gen:\n    stage: score\n")
     assert_one_line_error(cli("validate", p), "'gen' appears twice", "line 5")
