@@ -76,8 +76,14 @@ def resolve_paths(inputs: dict[str, str], where: str) -> dict[str, str]:
             resolved[name] = _remote_input(name, raw, where)
             continue
         p = Path(raw).expanduser()
+        if not p.exists() and model_refs.RUN_ID.match(raw):
+            raw = run_output(raw, name, where)
+            if raw.startswith("oss://"):
+                resolved[name] = _remote_input(name, raw, where)
+                continue
+            p = Path(raw)
         if not p.exists():
-            raise UserError(f"{where}: input '{name}' path {raw!r} does not exist; check the path")
+            raise UserError(f"{where}: input '{name}' path {raw!r} does not exist; check the path, or give a run id")
         if not (p.is_file() or p.is_dir()):  # /dev/null, a FIFO, a socket: nothing a job can read as data
             raise UserError(f"{where}: input '{name}' ({raw}) is neither a file nor a directory; pass a data file "
                             "or an artifact directory")
@@ -95,6 +101,19 @@ def resolve_paths(inputs: dict[str, str], where: str) -> dict[str, str]:
                 raise UserError(f"{where}: input '{name}': {e.message}") from None
         resolved[name] = str(p.resolve())
     return resolved
+
+
+def run_output(run_id: str, name: str, where: str) -> str:
+    """The output of a finished run, named by its id as an input (`-i student=slow-thinking-2026...`)."""
+    from pai_distil.run.registry import Registry
+
+    try:
+        record = Registry().get(run_id)
+    except UserError as e:
+        raise UserError(f"{where}: input '{name}': {e.message}") from None
+    if record.state not in ("succeeded", "cached") or not record.output:
+        raise UserError(f"{where}: input '{name}': run {record.id} is {record.state}; use it once it has succeeded")
+    return record.output
 
 
 _REMOTE_DIGESTS: dict[str, str] = {}  # oss:// input -> digest of its manifest, as artifacts.digest gives it

@@ -130,3 +130,28 @@ def test_dry_run_prints_job_spec_without_starting(tmp_path):
     assert spec["stage"] == "slow-thinking" and spec["inputs"]["cots"] == str(cots)
     assert spec["command"][-2:] == ["-m", "pai_distil_jobs"]
     assert not (tmp_path / "h" / "work").exists()
+
+
+def test_a_finished_run_is_an_input_by_its_id(tmp_path):
+    """`-i student=RUN_ID` takes the run's output, as `deploy local RUN_ID` does; a run that has not
+    succeeded, or no such run, is one line."""
+    import re
+
+    from pai_distil.core import oracle, world
+
+    home = tmp_path / "h"
+    data = tmp_path / "cots.jsonl"
+    data.write_text("".join(json.dumps({"problem": p.text, **dict(zip(("thought", "solution"),
+                                        world.split_thought(oracle.respond(p, 2)))), "correct": True}) + "\n"
+                            for p in world.generate_problems(8, 4, levels=[1])))
+    train = write(tmp_path, "t.yaml", "student: {model: 'preset:micro'}\ntrain: {max_steps: 2, batch_size: 4}\n")
+    done = cli("submit", "slow-thinking", "-c", train, "-i", f"cots={data}", home=home, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    run_id = re.search(r"slow-thinking-\d{8}-\d{6}-[0-9a-f]{4}", done.stdout + done.stderr).group(0)
+    ev = write(tmp_path, "e.yaml", "models: [{name: s, input: student}]\nproblems: {n: 2}\nmax_new_tokens: 4\n")
+    used = cli("submit", "evaluate", "-c", ev, "-i", f"student={run_id}", home=home, timeout=300)
+    assert used.returncode == 0, used.stderr[-2000:]
+    spec = json.loads(next((home / "runs").glob("evaluate-*/spec.json")).read_text())
+    assert spec["inputs"]["student"] == str(next((home / "work").glob("slow-thinking-*/output")).resolve())
+    missing = cli("submit", "evaluate", "-c", ev, "-i", "student=slow-thinking-20200101-000000-abcd", home=home)
+    assert_one_line_error(missing, "input 'student'", "no run 'slow-thinking-20200101-000000-abcd'")
