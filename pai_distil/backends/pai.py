@@ -288,7 +288,7 @@ class PaiBackend(Backend):
         console = self.console
         if plan.withheld:
             names = ", ".join(f"${n}" for n in plan.withheld)
-            console.print(f"[yellow]warning:[/] the job is not handed {names} (its config's api_key_env): an "
+            console.print(f"[yellow]warning:[/] the job is not handed {names} (its config's api_key_env, or a password in a URL): an "
                           "endpoint that needs it will refuse the job. `pai-distil config set pass_secrets=true` "
                           "hands it as a DLC Env, which workspace members can read")
         directory = run_dir(record.id)
