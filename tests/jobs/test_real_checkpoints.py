@@ -57,9 +57,10 @@ EXPECTED = {
     "r1": {"think": FULL[len("<think>\n"):], "soft-no-think": EMPTY[len("<think>\n"):],
            "flag-no-think": EMPTY[len("<think>\n"):], "reasoning_content": FULL[len("<think>\n"):],
            "multi-turn": FULL[len("<think>\n"):]},
-    # a {% generation %} template trains what it marks: every assistant turn, thoughts as written
+    # a {% generation %} template trains what it marks, thoughts as written: its last marked turn (every
+    # marked turn with train.all_turns)
     "generation": {"think": FULL, "soft-no-think": EMPTY, "flag-no-think": EMPTY, "reasoning_content": FULL,
-                   "multi-turn": "<think>\nOne and one.\n</think>\n\nIt is 2.<|im_end|>" + FULL},
+                   "multi-turn": FULL},
 }
 TEMPLATES = {"qwen3": None, "qwen2.5": QWEN25_TEMPLATE, "r1": R1_TEMPLATE, "generation": GENERATION_TEMPLATE}
 
