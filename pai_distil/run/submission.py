@@ -19,8 +19,8 @@ from pydantic import BaseModel
 from rich.console import Console
 
 from pai_distil import __version__, paths
-from pai_distil.core import artifacts, model_refs, url_credentials
-from pai_distil.run import work_lock
+from pai_distil.core import artifacts, hub_ids, model_refs, url_credentials
+from pai_distil.run import sources, work_lock
 from pai_distil.core.errors import RunFailed, UserError
 from pai_distil.core.config import JobSpec, Resources, validate
 from pai_distil.core.stages import CHECKPOINT_INPUTS, Stage, get_stage
@@ -68,13 +68,19 @@ def check_names(stage: Stage, config: BaseModel, names: set[str], where: str, hi
 
 def resolve_paths(inputs: dict[str, str], where: str) -> dict[str, str]:
     """Absolute paths of inputs, which must exist, not be an unfinished artifact, and hold what their
-    manifest says: the cache key trusts an artifact's manifest for its content."""
+    manifest says: the cache key trusts an artifact's manifest for its content. A hub data set
+    (`hf://`, `ms://`) is read into a file here first (`sources`)."""
     resolved = {}
     checked = artifacts.Checked(paths.checked_files())
     for name, raw in inputs.items():
         if raw.startswith("oss://"):  # an artifact in OSS (pai): checked there by its manifest, never copied
             resolved[name] = _remote_input(name, raw, where)
             continue
+        if hub_ids.is_hub_ref(raw):  # a Hub or ModelScope data set: one JSONL file here, then as any file
+            try:
+                raw = str(sources.materialise(raw))
+            except ValueError as e:
+                raise UserError(f"{where}: input '{name}': {e}") from None
         p = Path(raw).expanduser()
         if not p.exists() and model_refs.RUN_ID.match(raw):
             raw = run_output(raw, name, where)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pai_distil.core.readers import DataError, row_verdict, read_cots, read_sft_input
+from pai_distil.core.readers import DataError, read_cots, read_problems, read_sft_input, row_verdict
 
 SYSTEM = {"role": "system", "content": "You are terse."}
 TURNS = [SYSTEM, {"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "4"},
@@ -116,3 +116,12 @@ def test_verdict_from_correct_else_the_answer_else_none(tmp_path):
     cot = {"problem": "3+3?", "thought": "t", "solution": "\\boxed{6}", "answer": "6", "correct": None}
     assert [row_verdict({**cot, **kw}) for kw in ({}, {"answer": "7"}, {"answer": ""}, {"correct": False})] == \
         [True, False, None, False]
+
+
+def test_alpaca_rows_are_problems_and_chains_of_thought(tmp_path):
+    path = write(tmp_path / "alpaca.jsonl", [{"instruction": "What is 2+3?", "input": "",
+                                               "output": "<think>2 and 3 make 5.</think>\\boxed{5}"}])
+    (problem,) = read_problems(path)
+    assert (problem["problem"], problem["answer"]) == ("What is 2+3?", "5")
+    (cot,) = read_cots(path)
+    assert (cot["problem"], cot["thought"], cot["solution"]) == ("What is 2+3?", "2 and 3 make 5.", "\\boxed{5}")

@@ -203,7 +203,7 @@ def _level(value):
 def detect(keys: set[str], path: Path) -> str:
     """The format a row's field names suggest (first row of a file)."""
     k = {str(x).lower() for x in keys}
-    if k & {"messages", "conversations"}:
+    if k & {"messages", "conversations"} or {"instruction", "output"} <= k:  # OpenAI, ShareGPT, Alpaca chat rows
         return "messages"
     if "question" in k and "correct answer" in k:
         return "gpqa"
@@ -218,5 +218,6 @@ def detect(keys: set[str], path: Path) -> str:
     if k & {"problem", "question", "prompt"} and k & {"answer", "expected_answer", "final_answer"}:
         return "math"
     raise DataError(f"{path}: cannot tell the format from the fields of its first row ({', '.join(sorted(keys))}); "
-                    "set data.format (problems, math, multiple_choice, gpqa, code, messages, cots)")
+                    "set data.format (problems, math, multiple_choice, gpqa, code, messages (chat rows: OpenAI, "
+                    "ShareGPT, Alpaca), cots)")
 
