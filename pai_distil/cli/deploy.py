@@ -9,6 +9,7 @@ from __future__ import annotations
 import secrets
 
 import click
+from click.core import ParameterSource
 
 from pai_distil.core.errors import UserError
 
@@ -38,6 +39,10 @@ def local(checkpoint, host, port, token, no_auth, name, use_docker, image, max_b
     from pai_distil.cloud.deploy.local import Serve, exec_server, serving_image
     from .teacher import check_port
 
+    given = click.get_current_context().get_parameter_source("token") is ParameterSource.COMMANDLINE
+    if no_auth and token and given:  # $PAI_DISTIL_SERVE_TOKEN with --no-auth is fine: the flag says to ignore it
+        raise UserError("--token and --no-auth contradict each other; pass --token to require that token, or "
+                        "--no-auth to serve without one")
     ckpt = resolve(checkpoint)
     if ckpt.on_oss:
         raise UserError(f"{ckpt.location} is on OSS; `deploy local` serves a local folder (download it first)")

@@ -268,14 +268,29 @@ class BuildPlan:
 
 
 def _source_files() -> dict[str, Path]:
+    """The code an image holds: in a git checkout, the files git tracks under SOURCES (never a stray
+    file of the working tree: notes, scratch scripts, secrets); in an installed package, every file."""
+    tracked = _tracked(SOURCES)
+    candidates = tracked if tracked is not None else [p for top in SOURCES for p in (ROOT / top).rglob("*")]
     out = {}
-    for top in SOURCES:
-        for p in sorted((ROOT / top).rglob("*")):
-            rel = p.relative_to(ROOT)
-            if p.is_file() and "__pycache__" not in rel.parts and not p.name.endswith((".pyc", ".pyo")) \
-                    and not any(part.startswith(".") or part.endswith(".egg-info") for part in rel.parts):
-                out[f"src/{rel.as_posix()}"] = p
+    for p in sorted(candidates):
+        rel = p.relative_to(ROOT)
+        if p.is_file() and "__pycache__" not in rel.parts and not p.name.endswith((".pyc", ".pyo")) \
+                and not any(part.startswith(".") or part.endswith(".egg-info") for part in rel.parts):
+            out[f"src/{rel.as_posix()}"] = p
     return out
+
+
+def _tracked(tops: tuple[str, ...]) -> list[Path] | None:
+    """The files git tracks under `tops` of ROOT, or None where ROOT is no checkout (or git is missing)."""
+    if not (ROOT / ".git").exists():
+        return None
+    try:
+        listed = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z", "--", *tops], capture_output=True,
+                                check=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return [ROOT / name for name in listed.decode("utf-8", "surrogateescape").split("\0") if name]
 
 
 def plan(target_name: str = "cpu", *, base: str | None = None, wheelhouse_dir: str | Path | None = None,

@@ -4,11 +4,13 @@ with repeated keys refused."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Any, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 
 from .. import url_credentials
 from ..errors import UserError
@@ -17,10 +19,55 @@ from ..errors import UserError
 MAX_INT = 2**53  # above any count or seed a config holds; `max_steps: 1e29` is a typo, not a plan
 
 
+# What YAML 1.1 (PyYAML) leaves a string although it is a float: an exponent without a dot (`1e-5`).
+_EXPONENT_FLOAT = re.compile(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+")
+_NUMBERS = (int, float)
+
+
+def _number_kinds(annotation) -> tuple[type, ...] | None:
+    """(int,) / (float,) / (int, float) when a field holds only numbers (and maybe None), else None."""
+    if annotation in _NUMBERS:
+        return (annotation,)
+    if get_origin(annotation) in (Union, UnionType):
+        kinds = [a for a in get_args(annotation) if a is not type(None)]
+        return tuple(kinds) if kinds and all(k in _NUMBERS for k in kinds) else None
+    return None
+
+
+def coerced_number(value, annotation) -> str | None:
+    """Why `value` must not become the number `annotation` asks for (a bool, a quoted number), or None.
+
+    Pydantic's lax mode reads `true` as 1 and `"5"` as 5: a `seed: true` or `max_steps: "5"` is a
+    mistake to name, not to guess. A float field still takes `1e-5`, which YAML 1.1 reads as a string.
+    Lists of numbers (`levels: [1, 2]`) are checked item by item.
+    """
+    origin = get_origin(annotation)
+    if origin in (list, tuple, set, frozenset) and isinstance(value, (list, tuple)):
+        item = (get_args(annotation) or (None,))[0]
+        return next((why for v in value if (why := coerced_number(v, item))), None)
+    kinds = _number_kinds(annotation)
+    if kinds is None or not isinstance(value, (bool, str)):
+        return None
+    if isinstance(value, str) and float in kinds and _EXPONENT_FLOAT.fullmatch(value.strip()):
+        return None
+    return f"{json.dumps(value)} is not a number; write it unquoted, e.g. {'1e-5' if float in kinds else '5'}"
+
+
 class Strict(BaseModel):
-    """Unknown fields, non-finite numbers (`.inf`, `.nan`) and absurd integers are refused."""
+    """Unknown fields, non-finite numbers (`.inf`, `.nan`), absurd integers, and booleans or quoted
+    numbers where a number belongs are refused."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_coerced_number(cls, v, info: ValidationInfo):
+        field = cls.model_fields.get(info.field_name or "")
+        why = coerced_number(v, field.annotation) if field is not None else None
+        if why:
+            raise ValueError(why)
+        return v
+
 
     @field_validator("*")
     @classmethod
