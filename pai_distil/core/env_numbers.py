@@ -10,7 +10,6 @@ Example: `grace_s = env_number(STOP_GRACE_S, 30.0)`.
 
 from __future__ import annotations
 
-import math
 import os
 
 from pai_distil.core.errors import UserError
@@ -19,10 +18,11 @@ STOP_GRACE_S = "PAI_DISTIL_STOP_GRACE_S"  # seconds a cancelled job has to save 
 MAX_BODY_MB = "PAI_DISTIL_MAX_BODY_MB"  # the largest request body a server accepts
 EMULATOR_GRACE_S = "PAI_DISTIL_EMULATOR_GRACE_S"  # the emulator's grace between SIGTERM and SIGKILL of a job
 UNITS = {STOP_GRACE_S: "seconds", MAX_BODY_MB: "MiB", EMULATOR_GRACE_S: "seconds"}
+MAXIMUM = 1e6  # a million seconds (11 days) or MiB (1 TiB): more is a typo, and overflows what reads it
 
 
 def env_number(name: str, default: float) -> float:
-    """The value of environment variable `name` as a finite number >= 0, or `default` when unset or empty.
+    """The value of environment variable `name` as a number from 0 to MAXIMUM, or `default` when unset or empty.
 
     Raises:
         UserError: the value is not such a number.
@@ -33,10 +33,10 @@ def env_number(name: str, default: float) -> float:
     try:
         value = float(raw)
     except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value < 0:
-        raise UserError(f"environment variable {name}={raw!r} is not a number of {UNITS.get(name, 'units')} >= 0; "
-                        f"set it to one, or unset it for the default")
+        value = float("nan")
+    if not 0 <= value <= MAXIMUM:  # NaN fails this too
+        raise UserError(f"environment variable {name}={raw!r} is not a number of {UNITS.get(name, 'units')} "
+                        f"from 0 to {MAXIMUM:.0f}; set it to one, or unset it for the default")
     return value
 
 

@@ -138,6 +138,8 @@ def test_a_numeric_setting_that_is_no_number_stops_a_command_in_one_line(tmp_pat
     for args in (["runs", "list"], ["teacher", "serve", "--synthetic", "--no-auth", "--port", "9"]):
         proc = cli(*args, home=tmp_path / "h", env_extra={name: "abc"})
         assert_one_line_error(proc, name, "'abc'", "unset it")
+    for value in ("1e308", "nan", "-1"):  # 1e308 MiB overflowed the byte count it becomes
+        assert_one_line_error(cli("runs", "list", home=tmp_path / "h", env_extra={name: value}), name, repr(value))
 
 
 def test_a_server_reads_its_body_limit_as_it_is_built(monkeypatch):
