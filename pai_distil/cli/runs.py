@@ -1,10 +1,12 @@
-"""`pai-distil runs`: list, inspect, follow and cancel runs recorded in the run registry."""
+"""`pai-distil runs`: list, inspect, follow, cancel and remove runs recorded in the run registry."""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import click
@@ -12,15 +14,22 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from pai_distil.run import progress as run_progress
 from pai_distil.run.registry import STATES, Registry, RunRecord
 
 STATE_STYLE = {"queued": "dim", "running": "blue", "succeeded": "green", "cached": "cyan",
                "failed": "red", "cancelled": "yellow"}
 
 
+GAP = 2  # between two columns of a borderless table
+OUTPUT_MIN = 24  # the output column is shortened, never dropped: optional columns leave it this much
+OUTPUT_LEAST = 12  # and the id, state and duration at least this much
+OPTIONAL = ("created", "backend", "stage")  # shown while they fit, in this order (the id starts with the stage)
+
+
 def _console() -> Console:
-    """A terminal's width; piped output is not wrapped, so lines stay whole for grep."""
-    return Console(highlight=False, width=None if sys.stdout.isatty() else 1000)
+    """A terminal's width, or $COLUMNS; piped output is not wrapped, so lines stay whole for grep."""
+    return Console(highlight=False, width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 1000)
 
 
 def _when(ts: float | None) -> str:
@@ -58,42 +67,106 @@ def metrics_summary(output: str | None) -> str | None:
     return f"{', '.join(parts) or 'no step/loss'} ({len(rows)} records)"
 
 
+def record_json(record: RunRecord) -> dict:
+    """A run as `--json` prints it: every recorded field, its duration and its progress."""
+    now = run_progress.from_log(record.log_path, record.started_at, record.state == "running")
+    return {**asdict(record), "duration": record.duration, "progress": now.as_dict() if now else None}
+
+
+def progress_line(now: run_progress.Progress | None) -> str | None:
+    """`step 20/100 (20.0 %), loss 1.25, 900 tok/s` for `runs show`."""
+    if now is None:
+        return None
+    name = "step" if now.task == run_progress.TRAIN_TASK else now.task
+    line = f"{name} {now.done}/{now.total} ({now.percent:.1f} %)"
+    if now.loss is not None:
+        line += f", loss {now.loss:.4g}"
+    if now.tokens_per_s is not None:
+        line += f", {now.tokens_per_s:.0f} tok/s"
+    return line
+
+
+def _short_when(ts: float | None) -> str:
+    return time.strftime("%m-%d %H:%M", time.localtime(ts)) if ts else "-"
+
+
+def _fit_columns(records: list[RunRecord], width: int) -> tuple[list[str], list[list]]:
+    """The columns of `runs list` that fit `width`: id, state, duration and output always (the output
+    shortened to its end, `~` for the home directory), then created (shortened before it is dropped),
+    backend and stage while they fit."""
+    cells = {"id": [r.id for r in records], "stage": [r.stage for r in records],
+             "backend": [r.backend for r in records], "state": [_state(r) for r in records],
+             "created": [_when(r.created_at) for r in records], "duration": [_duration(r.duration) for r in records],
+             "output": [_home_short(r.output) for r in records]}
+    wide = {name: max(len(name), *(len(str(v)) for v in values)) for name, values in cells.items()}
+    chosen = ["id", "state", "duration"]
+    used = sum(wide[c] for c in chosen) + GAP * len(chosen) + min(wide["output"], OUTPUT_MIN)
+    for name in OPTIONAL:
+        if name == "created" and used + wide[name] + GAP > width:
+            cells[name] = [_short_when(r.created_at) for r in records]
+            wide[name] = max(len(name), *(len(v) for v in cells[name]))
+        if used + wide[name] + GAP <= width:
+            chosen.append(name)
+            used += wide[name] + GAP
+    room = max(OUTPUT_LEAST, width - (used - min(wide["output"], OUTPUT_MIN)))
+    cells["output"] = [v if len(v) <= room else "…" + v[len(v) - room + 1:] for v in cells["output"]]
+    columns = [c for c in cells if c in chosen or c == "output"]
+    return columns, [[cells[c][i] for c in columns] for i in range(len(records))]
+
+
+def _home_short(path: str | None) -> str:
+    if not path:
+        return "-"
+    home = str(Path.home())
+    return "~" + path[len(home):] if home != "/" and path.startswith(home + "/") else path
+
+
 @click.group()
 def runs() -> None:
-    """List, inspect, follow and cancel runs."""
+    """List, inspect, follow, cancel and remove runs."""
 
 
 @runs.command("list")
 @click.option("--stage", help="only runs of this stage")
 @click.option("--state", type=click.Choice(STATES), help="only runs in this state")
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True, help="newest N runs")
-def list_runs(stage: str | None, state: str | None, limit: int) -> None:
-    """Recorded runs, newest first."""
+@click.option("--json", "as_json", is_flag=True, help="print the runs as a JSON list (every field, unshortened)")
+def list_runs(stage: str | None, state: str | None, limit: int, as_json: bool) -> None:
+    """Recorded runs, newest first; columns that do not fit the terminal are dropped (stage, backend,
+    created) and the output path is shortened, never the id, state or duration."""
     records = Registry().list(limit=limit, stage=stage, state=state)
+    if as_json:
+        click.echo(json.dumps([record_json(r) for r in records], indent=1))
+        return
     if not records:
         click.echo("no runs yet; start one with `pai-distil submit`")
         return
+    console = _console()
+    columns, rows = _fit_columns(records, console.width)
     table = Table(box=None, pad_edge=False)
-    rows = [(r.id, r.stage, r.backend, _state(r), _when(r.created_at), _duration(r.duration), r.output or "-")
-            for r in records]
-    # ids and states are what users copy and grep: never shorten them; only the output path folds
-    for i, column in enumerate(("id", "stage", "backend", "state", "created", "duration")):
-        table.add_column(column, no_wrap=True, min_width=max(len(column), *(len(str(row[i])) for row in rows)))
-    table.add_column("output", overflow="fold")
+    for column in columns:  # ids and states are what users copy and grep: never wrapped
+        table.add_column(column, no_wrap=True)
     for row in rows:
         table.add_row(*row)
-    _console().print(table)
+    console.print(table)
 
 
 @runs.command("show")
 @click.argument("run")
-def show(run: str) -> None:
-    """Every recorded field of RUN (an id or a unique prefix of one)."""
+@click.option("--json", "as_json", is_flag=True, help="print the run as a JSON object")
+def show(run: str, as_json: bool) -> None:
+    """Every recorded field of RUN (an id or a unique prefix of one), with its progress and ETA."""
     r = Registry().get(run)
+    if as_json:
+        click.echo(json.dumps(record_json(r), indent=1))
+        return
     console = _console()
+    now = run_progress.from_log(r.log_path, r.started_at, r.state == "running")
     rows = [("id", r.id), ("stage", r.stage), ("backend", r.backend), ("state", _state(r)),
             ("pipeline", r.pipeline), ("created", _when(r.created_at)), ("started", _when(r.started_at)),
-            ("finished", _when(r.finished_at)), ("duration", _duration(r.duration)), ("exit code", r.exit_code),
+            ("finished", _when(r.finished_at)), ("duration", _duration(r.duration)),
+            ("progress", progress_line(now)), ("ETA", run_progress.clock(now.eta_s) if now and now.eta_s is not None
+                                               else None), ("exit code", r.exit_code),
             ("error", Text(r.error, style="red") if r.error else None), ("output", r.output),
             ("work dir", r.work_dir), ("log", r.log_path), ("cache key", r.cache_key),
             ("supervisor pid", r.supervisor_pid), ("job pid", r.job_pid), ("metrics", metrics_summary(r.output))]
@@ -170,6 +243,41 @@ def cancel(run: str) -> None:
     click.echo(f"cancelling run {record.id} ...")
     record = get_backend(record.backend).cancel(record)
     click.echo(f"run {record.id} {record.state}" + (f": {record.error}" if record.error else ""))
+
+
+def _say_removal(removal, dry_run: bool, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps({**removal.as_dict(), "dry_run": dry_run}, indent=1))
+        return
+    verb = "would remove" if dry_run else "removed"
+    for path, why in removal.kept.items():
+        click.echo(f"kept {path}: {why}")
+    click.echo(f"{verb} {len(removal.runs)} run(s) and {len(removal.dirs)} folder(s), "
+               f"{removal.freed_bytes / 1e6:.1f} MB")
+
+
+@runs.command("rm")
+@click.argument("run_ids", nargs=-1, required=True, metavar="RUN...")
+@click.option("--dry-run", is_flag=True, help="say what would be removed; remove nothing")
+@click.option("--json", "as_json", is_flag=True, help="print what was removed and kept as JSON")
+def rm(run_ids: tuple[str, ...], dry_run: bool, as_json: bool) -> None:
+    """Remove finished RUNs: their records, logs and work dirs. A work dir another run still uses (a cached
+    run's output, or an input of a succeeded run) is kept, and said so; outputs in OSS are never removed."""
+    from pai_distil.run.cleanup import remove
+
+    _say_removal(remove(list(run_ids), dry_run=dry_run), dry_run, as_json)
+
+
+@runs.command("gc")
+@click.option("--failed", is_flag=True, help="also remove failed and cancelled runs, with the checkpoints a "
+                                             "resubmit would resume from")
+@click.option("--dry-run", is_flag=True, help="say what would be removed; remove nothing")
+@click.option("--json", "as_json", is_flag=True, help="print what was removed and kept as JSON")
+def gc(failed: bool, dry_run: bool, as_json: bool) -> None:
+    """Free the disk no run uses: work dirs and logs of removed runs, leftovers of interrupted reruns."""
+    from pai_distil.run.cleanup import collect
+
+    _say_removal(collect(failed=failed, dry_run=dry_run), dry_run, as_json)
 
 
 COMMANDS = [runs]

@@ -107,6 +107,10 @@ def submit(stage, config_file, inputs, backend, nodes, nproc_per_node, gpus, cpu
     record = execute(prep, backend, force=force, detach=detach, download=download, max_restarts=max_restarts,
                      no_preflight=no_preflight, price_per_hour=price_per_hour, max_runtime=max_runtime,
                      no_plan=no_plan)
+    if detach:  # the id on stdout, for `RUN=$(pai-distil submit -d ...)`; where the output goes on stderr
+        click.echo(record.id)
+        click.echo(f"output: {record.output}", err=True)
+        return
     click.echo(record.output)
 
 
@@ -148,25 +152,46 @@ def run_pipeline(pipeline_file, backend, force, dry_run, download, max_restarts)
 @click.option("--stage", "-s", help="the stage whose config FILE is (not needed for pipelines)")
 @click.option("--backend", "-b", type=BACKENDS, default=None,
               help="check for the job this backend runs [default: the pipeline's; process for a stage config]")
-def validate(file, stage, backend):
+@click.option("--json", "as_json", is_flag=True, help='print the verdict as JSON: {"ok", "notes", ...}, or '
+                                                      '{"ok": false, "error"} (the exit status is still non-zero)')
+def validate(file, stage, backend, as_json):
     """Check a pipeline or stage config FILE without running anything: the config, and what the job would
     meet (the packages of the job's Python, the chat templates of local checkpoints)."""
+    try:
+        verdict = _validate(file, stage, backend)
+    except UserError as e:
+        if as_json:
+            click.echo(json.dumps({"ok": False, "file": file, "error": e.message}))
+        raise
+    if as_json:
+        click.echo(json.dumps(verdict, indent=1))
+        return
+    for note in verdict["notes"]:
+        click.echo(f"note: {note}")
+    if verdict["kind"] == "pipeline":
+        click.echo(f"ok: pipeline {verdict['name']!r}, stages in order: {', '.join(verdict['stages'])}")
+    else:
+        click.echo(f"ok: {stage} config {file}")
+
+
+def _validate(file: str, stage: str | None, backend: str | None) -> dict:
+    """What `validate` found: the file's kind, its name or stage, the stages in order, and the checks' notes."""
     from pai_distil.run import pipeline
     from pai_distil.run.checks import check_stage
     from pai_distil.core.config import read_mapping, validate as validate_model
     from pai_distil.core.stages import get_stage
 
     data = read_mapping(file)
+    notes: list[str] = []
     if "stages" in data and stage is None:
-        p = pipeline.load(file, backend, say=lambda note: click.echo(f"note: {note}"))
-        click.echo(f"ok: pipeline {p.name!r}, stages in order: {', '.join(pipeline.order(p))}")
-        return
+        p = pipeline.load(file, backend, say=notes.append)
+        return {"ok": True, "file": file, "kind": "pipeline", "name": p.name, "stages": pipeline.order(p),
+                "notes": notes}
     if stage is None:
         raise UserError(f"{file} is not a pipeline (no `stages:`); pass --stage NAME to check a stage config")
     config = validate_model(get_stage(stage).config, data, f"config {file}")
-    for note in check_stage(get_stage(stage).name, config, f"config {file}", backend or "process"):
-        click.echo(f"note: {note}")
-    click.echo(f"ok: {stage} config {file}")
+    notes += check_stage(get_stage(stage).name, config, f"config {file}", backend or "process")
+    return {"ok": True, "file": file, "kind": "stage", "stage": stage, "notes": notes}
 
 
 @click.command()
@@ -186,8 +211,14 @@ def schema(what):
 
 
 @click.command("stages")
-def list_stages():
+@click.option("--json", "as_json", is_flag=True, help="print the stages as a JSON list")
+def list_stages(as_json):
     """List the stages of the recipe, their inputs and what each does."""
+    if as_json:
+        click.echo(json.dumps([{"name": s.name, "summary": s.summary, "inputs": list(s.inputs),
+                                "optional_inputs": list(s.optional_inputs), "distributed": s.distributed,
+                                "trains": s.trains} for s in STAGES.values()], indent=1))
+        return
     table = Table(title="stages", title_justify="left")
     for col in ("stage", "inputs", "what it does"):
         table.add_column(col)

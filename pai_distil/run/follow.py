@@ -1,4 +1,5 @@
-"""Watching a run: its log as it grows, with `[progress] TASK DONE/TOTAL` lines drawn as bars.
+"""Watching a run: its log as it grows, with `[progress] TASK DONE/TOTAL` lines and the trainer's
+`step N/M loss ...` lines drawn as bars with an ETA (`run.progress` reads both).
 
 The log file is the only channel from a job to the user, on every backend, so following a run
 works the same whether `submit` started it a second ago or `runs logs -f` attaches later.
@@ -6,20 +7,20 @@ works the same whether `submit` started it a second ago or `runs logs -f` attach
 
 from __future__ import annotations
 
-import re
 import sys
 import time
 from collections.abc import Iterator
 from typing import TextIO
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
 from rich.text import Text
 
 from pai_distil.core.errors import UserError
+from pai_distil.run import progress as run_progress
 from pai_distil.run.registry import Registry, RunRecord
 
-PROGRESS = re.compile(r"^\[progress\] (\S+) (\d+)/(\d+)\s*$")
 POLL_S = 0.2
 
 
@@ -71,6 +72,24 @@ def tail_log(record: RunRecord, follow: bool = False, registry: Registry | None 
         out.flush()
 
 
+def _bars(console: Console) -> Progress:
+    """Live bars: task, bar, done/total, elapsed and ETA (rich's estimate from the recent rate)."""
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TextColumn("ETA"), TimeRemainingColumn(), console=console)
+
+
+def _advance(progress: Progress, tasks: dict[str, int], now: run_progress.Progress) -> None:
+    """Move a task's bar to `now`; a training bar also names the loss and tokens/s of the newest step."""
+    description = now.task
+    if now.loss is not None:
+        description += f" loss {now.loss:.4g}"
+    if now.tokens_per_s is not None:
+        description += f" {now.tokens_per_s:.0f} tok/s"
+    if now.task not in tasks:
+        tasks[now.task] = progress.add_task(description, total=now.total)
+    progress.update(tasks[now.task], completed=now.done, total=now.total, description=description)
+
+
 def follow(run_id: str, registry: Registry | None = None, console: Console | None = None) -> RunRecord:
     """Show a run until it ends and return its final record. Ctrl-C cancels a run whose job lives here;
     from a job that outlives its supervisor (a DLC job, paid by the hour) it only detaches, says how to
@@ -79,18 +98,14 @@ def follow(run_id: str, registry: Registry | None = None, console: Console | Non
     console = console or Console(highlight=False)
     record = registry.get(run_id)
     try:
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=console) as progress:
+        with _bars(console) as progress:
             tasks: dict[str, int] = {}
             for line in iter_log(record, True, registry):
-                m = PROGRESS.match(line)
-                if m is None:
+                now = run_progress.parse_line(line)
+                if now is None or not run_progress.TASK.match(line):  # step lines stay: they are the loss history
                     progress.console.print(Text("│ ", style="dim") + Text(line), highlight=False, soft_wrap=True)
-                    continue
-                name, done, total = m[1], int(m[2]), int(m[3])
-                if name not in tasks:
-                    tasks[name] = progress.add_task(name, total=total)
-                progress.update(tasks[name], completed=done, total=total)
+                if now is not None:
+                    _advance(progress, tasks, now)
     except KeyboardInterrupt:
         from pai_distil.backends import get_backend
 

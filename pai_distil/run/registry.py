@@ -183,6 +183,12 @@ class Registry:
         with self._open() as db:
             return db.execute(sql, args).rowcount > 0
 
+    def remove(self, run_id: str) -> bool:
+        """Delete a finished run's record (never an active one's); returns whether it was there."""
+        with self._open() as db:
+            return db.execute(f"DELETE FROM runs WHERE id = ? AND state IN ({', '.join('?' * len(TERMINAL))})",
+                              (run_id, *sorted(TERMINAL))).rowcount > 0
+
     # -- reading --------------------------------------------------------------------------------
 
     def get(self, id_or_prefix: str) -> RunRecord:
