@@ -14,6 +14,7 @@ import time
 
 from pai_distil.core import report as reports
 from pai_distil.core.config import EvalModel, EvaluateConfig
+from pai_distil.core.think import SOFT_NO_THINK
 from pai_distil.core.verifiers import check, verifier_for
 from pai_distil.core.verify.sandbox import Limits
 
@@ -31,16 +32,19 @@ def run(ctx: JobContext) -> None:
     sources = sorted({source_of(p) for p in problems})
     log(f"evaluate: {len(problems)} problems ({', '.join(sources)}) x {cfg.samples} sample(s), {len(cfg.models)} models")
     limits, sandbox = open_sandbox(cfg.sandbox, problems, "evaluate")
+    switches = {m.name: thinking_off_switch(ctx, m, i) for i, m in enumerate(cfg.models)
+                if m.enable_thinking is False and m.endpoint is None}  # before any model decodes for an hour
 
     results, predictions = {}, {}
     # Served models first: a wrong URL or key then fails in seconds, not after an hour of local decoding.
     for m in sorted(cfg.models, key=lambda m: m.endpoint is None):
         start = time.time()
-        outs, source = _answers(ctx, cfg, m, prompts)
+        outs, source = _answers(ctx, cfg, m, prompts, switches.get(m.name))
         predictions[m.name] = _judge(m, jobs, outs, limits)
         summary = reports.summarize(predictions[m.name])
         results[m.name] = {"name": m.name, "model": source, "kind": "endpoint" if m.endpoint else "checkpoint",
                            "enable_thinking": m.enable_thinking,
+                           **({"thinking_off": SOFT_NO_THINK.strip()} if switches.get(m.name) == "soft" else {}),
                            "max_new_tokens": m.max_new_tokens or cfg.max_new_tokens,
                            **summary, "seconds": round(time.time() - start, 1)}
         if m.input and (curve := learning_curve(ctx.input(m.input))):
@@ -90,8 +94,33 @@ def _judge(m: EvalModel, jobs: list[tuple[dict, int]], outs: list[dict], limits:
     return records
 
 
-def _answers(ctx: JobContext, cfg: EvaluateConfig, m: EvalModel, prompts: list[str]) -> tuple[list[dict], str]:
-    """The model's completions of `prompts` ({"text", "tokens", "truncated"}) and what it was."""
+def thinking_off_switch(ctx: JobContext, m: EvalModel, i: int) -> str:
+    """How checkpoint `m` turns thinking off (`thinking_switch`): "template", or "soft" (`/no_think` in the
+    prompt, as it was trained); JobError where nothing switches, which would report the thinking-on model
+    twice under two names. `validate` checks local folders; this checks hub ids and stage inputs too."""
+    from pai_distil_jobs.models.chat_template import thinking_switch
+    from pai_distil_jobs.models.models import load_tokenizer
+
+    source = str(ctx.input(m.input)) if m.input else m.model
+    try:
+        switch = thinking_switch(load_tokenizer(source), source)
+    except OSError as e:
+        raise JobError(f"model '{m.name}' ({source}) cannot be loaded: {str(e).splitlines()[0]}") from None
+    if switch is None:
+        raise JobError(f"models[{i}] ({m.name!r}) sets enable_thinking: false, but the chat template of {source} "
+                       "renders the same prompt with true and false and it was not trained with /no_think, so it "
+                       "would answer as with thinking on; drop enable_thinking for it, or evaluate a student with a "
+                       "thinking switch (adaptive-thinking variant y)")
+    if switch == "soft":
+        log(f"{m.name}: the chat template of {source} ignores enable_thinking; thinking is turned off with "
+            "/no_think in the prompt, as it was trained")
+    return switch
+
+
+def _answers(ctx: JobContext, cfg: EvaluateConfig, m: EvalModel, prompts: list[str],
+             switch: str | None = None) -> tuple[list[dict], str]:
+    """The model's completions of `prompts` ({"text", "tokens", "truncated"}) and what it was; `switch`
+    "soft": thinking off is `/no_think` at the end of each prompt, not the template's flag."""
     done = 0
 
     def progress(k: int) -> None:
@@ -118,6 +147,8 @@ def _answers(ctx: JobContext, cfg: EvaluateConfig, m: EvalModel, prompts: list[s
         model, tokenizer = load_for_inference(source, seed=m.seed)
     except OSError as e:
         raise JobError(f"model '{m.name}' ({source}) cannot be loaded: {str(e).splitlines()[0]}") from None
+    if switch == "soft":
+        prompts, kw = [p + SOFT_NO_THINK for p in prompts], {**kw, "enable_thinking": None}
     torch.manual_seed(cfg.seed)
     outs = generate(model, tokenizer, prompts, budget, batch_size=cfg.batch_size, on_batch=progress, **kw)
     del model

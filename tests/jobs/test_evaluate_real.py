@@ -257,3 +257,38 @@ def test_unreachable_endpoint_is_one_line(tmp_path):
     errors = job_errors(proc)
     assert proc.returncode == 2 and len(errors) == 1
     assert "model 'remote'" in errors[0] and "unreachable" in errors[0] and url in errors[0]
+
+
+# -- thinking off, as the checkpoint can do it ----------------------------------------------------
+
+
+def _thinking_pair(model: Path) -> dict:
+    return {"problems": {"n": 2, "seed": 9, "levels": [1]}, "max_new_tokens": 4,
+            "models": [{"name": "on", "model": str(model)},
+                       {"name": "off", "model": str(model), "enable_thinking": False}]}
+
+
+def test_thinking_off_on_a_template_without_the_switch_fails_before_any_model_decodes(tmp_path):
+    """The job's own check (a hub id or a stage input, which `validate` cannot read): one line, at start."""
+    from real_models import QWEN25_TEMPLATE, tiny_checkpoint
+
+    ckpt = tiny_checkpoint(tmp_path / "qwen25", arch="qwen2", template=QWEN25_TEMPLATE)
+    proc = run_job("evaluate", _thinking_pair(ckpt), tmp_path / "out")
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert len(job_errors(proc)) == 1 and "models[1] ('off') sets enable_thinking: false, but the chat template " \
+        f"of {ckpt} renders the same prompt with true and false" in job_errors(proc)[0]
+    assert "[progress] evaluate:on" not in proc.stdout + proc.stderr
+
+
+def test_a_student_trained_with_no_think_is_evaluated_thinking_off_with_it(tmp_path):
+    from real_models import QWEN25_TEMPLATE, tiny_checkpoint
+
+    from pai_distil.core.thinking_switch import SOFT_SWITCH_FILE
+
+    ckpt = tiny_checkpoint(tmp_path / "soft", arch="qwen2", template=QWEN25_TEMPLATE)
+    (ckpt / SOFT_SWITCH_FILE).write_text(json.dumps({"off": " /no_think", "on": " /think"}))
+    proc = run_job("evaluate", _thinking_pair(ckpt), tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "off: the chat template of" in proc.stdout and "turned off with /no_think in the prompt" in proc.stdout
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert [m.get("thinking_off") for m in report["models"]] == [None, "/no_think"]
