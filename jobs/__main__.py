@@ -8,6 +8,7 @@ runs in this process.
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import sys
 
@@ -39,10 +40,20 @@ def _torchrun_argv(procs: int) -> list[str]:
     ]
 
 
+def _local_models(config: dict) -> dict:
+    """ModelScope ids as their local folders (`models.hub.modelscope_models`), before any loader sees them."""
+    if "ms://" not in json.dumps(config):
+        return config
+    from pai_distil_jobs.models.hub import modelscope_models
+
+    return modelscope_models(config, log=log)
+
+
 def main() -> int:
     try:
         ctx = JobContext.from_env()
         stage = get_stage(ctx.stage)
+        ctx.config = _local_models(ctx.config)
         if os.environ.get("PAI_DISTIL_GPUS", "0") != "0":  # paid GPUs: fail now, not after hours on the CPU
             from pai_distil_jobs.models.gpus import require_usable_gpus
 

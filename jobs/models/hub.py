@@ -1,4 +1,5 @@
-"""Hub ids at job start: found in the local cache, or the hub asked once, with a short timeout.
+"""Hub ids at job start: found in the local cache, or the hub asked once, with a short timeout;
+ModelScope ids (`ms://ORG/NAME`) turned into their snapshot folder (`modelscope_models`).
 
 Why not leave it to `from_pretrained`: without internet access (the normal case on a PAI node),
 transformers retries each file five times with backoff and fails a minute later with a traceback
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pai_distil.core import hub_ids
 from pai_distil.core.model_refs import HUB_ID
 
 from pai_distil.core.contract import JobError
@@ -44,3 +46,24 @@ def load_kwargs(spec: str) -> dict:
             return {"local_files_only": True}
         raise JobError(unreachable.format(where=constants.ENDPOINT)) from None
     return {}
+
+
+def modelscope_models(config: dict, log=print) -> dict:
+    """`config` with every `model: ms://ORG/NAME` replaced by the model's folder in the ModelScope cache
+    (MODELSCOPE_CACHE; downloaded there when missing): one place at job start, so every loader (transformers,
+    vLLM) reads a local checkpoint. Raises JobError (one line) for a model that cannot be had."""
+    if isinstance(config, list):
+        return [modelscope_models(v, log) for v in config]
+    if not isinstance(config, dict):
+        return config
+    out = {}
+    for k, v in config.items():
+        if k == "model" and isinstance(v, str) and v.startswith("ms://"):
+            try:
+                out[k] = str(hub_ids.modelscope_snapshot(hub_ids.parse(v, split=False), "model"))
+            except ValueError as e:
+                raise JobError(str(e)) from None
+            log(f"model {v}: {out[k]}")
+        else:
+            out[k] = modelscope_models(v, log)
+    return out

@@ -34,11 +34,14 @@ HARMLESS = frozenset({
     "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TOKENIZERS_PARALLELISM",
     ENV_HOME, STOP_GRACE_S,
 })
-# Families of settings of the libraries a job runs (devices, NCCL, the hub's cache and offline mode).
-HARMLESS_PREFIXES = ("LC_", "CUDA_", "NCCL_", "NVIDIA_", "HF_", "TRANSFORMERS_", "TORCH_", "PYTORCH_")
-# Secrets that a harmless prefix would admit. A job on this machine that downloads a private
-# model finds the hub's token where `hf auth login` keeps it (under HOME or HF_HOME) instead.
-NEVER = frozenset({"HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"})
+# Families of settings of the libraries a job runs (devices, NCCL, the hubs' caches and offline mode, the
+# experiment trackers of `train.report_to`).
+HARMLESS_PREFIXES = ("LC_", "CUDA_", "NCCL_", "NVIDIA_", "HF_", "TRANSFORMERS_", "TORCH_", "PYTORCH_", "MODELSCOPE_",
+                     "WANDB_", "SWANLAB_", "MLFLOW_")
+# Secrets that a harmless prefix would admit. A job on this machine that downloads a private model, or
+# logs to a tracker, finds its token where the tool's login keeps it (under HOME, HF_HOME) instead.
+NEVER = frozenset({"HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "MODELSCOPE_API_TOKEN", "WANDB_API_KEY", "SWANLAB_API_KEY",
+                   "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"})
 
 
 def named_secrets(config: dict) -> list[str]:

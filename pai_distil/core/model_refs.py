@@ -14,6 +14,7 @@ import os
 import re
 from pathlib import Path
 
+from pai_distil.core import hub_ids
 from pai_distil.core.presets import PRESETS, is_preset, preset_name
 
 # `org/name` or `name`, as the Hugging Face Hub allows them (letters, digits, `-`, `_`, `.`).
@@ -23,12 +24,20 @@ RUN_ID = re.compile(r"^[a-z][a-z-]*-\d{8}-\d{6}-[0-9a-f]{4}$")  # our run ids: s
 FULL_HASH_BYTES = 16 << 20  # files up to this size (config, tokenizer, template) are hashed whole
 EDGE_BYTES = 1 << 20  # of larger ones (weights): size, mtime and the first and last MiB (header and tail)
 MAX_HEADER_BYTES = 100 << 20  # safetensors' own limit on a file's JSON header
-EXAMPLE = "a preset (preset:tiny), a checkpoint directory or a hub id (Qwen/Qwen3-0.6B)"
+EXAMPLE = ("a preset (preset:tiny), a checkpoint directory, a hub id (Qwen/Qwen3-0.6B) or a ModelScope id "
+           "(ms://Qwen/Qwen3-0.6B)")
 
 
 def check(model: str) -> str:
     """`model` as it should be used: a known preset, an existing checkpoint directory (made absolute, so the
-    job finds it whatever its working directory) or a plausible hub id. Raises ValueError (one line)."""
+    job finds it whatever its working directory), a plausible hub id, or a ModelScope id (`ms://ORG/NAME`,
+    kept as it is: the job resolves it from its ModelScope cache). Raises ValueError (one line)."""
+    if hub_ids.is_hub_ref(model):
+        if model.startswith("hf://"):
+            raise ValueError(f"{model!r}: a Hugging Face model is named without hf:// ({model[5:]!r}); hf:// names "
+                             "data sets")
+        hub_ids.parse(model, split=False)
+        return model
     if is_preset(model):
         if preset_name(model) not in PRESETS:
             raise ValueError(f"unknown preset {model!r}; choose one of {', '.join('preset:' + p for p in PRESETS)}")

@@ -16,7 +16,8 @@ class LogitsTeacher(Strict):
     (batched, on the GPU when there is one), or a served model that returns prompt logprobs (vLLM's
     completions API with `echo` and `logprobs`). It must share the student's tokenizer."""
 
-    model: str | None = Field(None, description="preset:<name>, a local checkpoint directory or a hub id, run in the job")
+    model: str | None = Field(None, description="preset:<name>, a local checkpoint directory, a hub id or "
+                                                "ms://ORG/NAME (ModelScope), run in the job")
     endpoint: Teacher | None = Field(
         None, description="an OpenAI-compatible completions endpoint returning prompt logprobs (vLLM, or "
                           "`pai-distil teacher serve --synthetic --logits-model DIR`)")

@@ -12,7 +12,7 @@ from .endpoint import Endpoint
 
 class EvalModel(Strict):
     name: str = Field(description="label in the report")
-    model: str | None = Field(None, description="preset, checkpoint path or hub id")
+    model: str | None = Field(None, description="preset, checkpoint path, hub id or ms://ORG/NAME (ModelScope)")
     input: str | None = Field(None, description="name of a stage input holding the checkpoint (in pipelines)")
     endpoint: Endpoint | None = Field(None, description="evaluate a served model instead of a checkpoint")
     enable_thinking: bool | None = Field(

@@ -15,7 +15,8 @@ from .data import SyntheticProblems
 class Student(Strict):
     """The model to train: a tiny preset (`preset:tiny`), a local checkpoint path or a hub id."""
 
-    model: str = Field("preset:tiny", description="preset:<name>, a local checkpoint directory, or a hub id")
+    model: str = Field("preset:tiny", description="preset:<name>, a local checkpoint directory, a hub id, or "
+                                                 "ms://ORG/NAME (ModelScope)")
     seed: int = Field(0, description="initialisation seed for presets")
 
     _model = field_validator("model")(classmethod(lambda cls, v: model_refs.check(v)))
