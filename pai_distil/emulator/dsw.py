@@ -46,14 +46,18 @@ def router(emulator) -> APIRouter:
     @r.post("/api/v2/instances")
     async def create(request: Request) -> dict:
         body = body_json(await request.body())
-        if not body.get("InstanceName"):
-            raise PopError(400, "InvalidParameter", "InstanceName is required")
+        if not isinstance(body.get("InstanceName"), str) or not body["InstanceName"]:
+            raise PopError(400, "InvalidParameter", "InstanceName is required, a string")
         if not body.get("ImageUrl") and not body.get("ImageId"):
             raise PopError(400, "InvalidParameter", "ImageUrl or ImageId is required")
         if not body.get("EcsSpec") and not body.get("RequestedResource"):
             raise PopError(400, "InvalidParameter", "EcsSpec or RequestedResource is required")
-        for i, ds in enumerate(body.get("Datasets") or []):
-            if not str(ds.get("Uri", "")).startswith("oss://") or not str(ds.get("MountPath", "")).startswith("/"):
+        datasets = body.get("Datasets") or []
+        if not isinstance(datasets, list):
+            raise PopError(400, "InvalidParameter", "Datasets must be a list of {Uri, MountPath} objects")
+        for i, ds in enumerate(datasets):
+            if not isinstance(ds, dict) or not str(ds.get("Uri", "")).startswith("oss://") \
+                    or not str(ds.get("MountPath", "")).startswith("/"):
                 raise PopError(400, "InvalidParameter", f"Datasets[{i}] needs an oss:// Uri and an absolute MountPath")
         instance_id = "dsw-" + uuid.uuid4().hex[:14]
         now = iso(time.time())
@@ -76,7 +80,10 @@ def router(emulator) -> APIRouter:
             items = [i for i in items if q["InstanceName"] in i["InstanceName"]]
         if q.get("Status"):
             items = [i for i in items if i["Status"] == q["Status"]]
-        page, size = int(q.get("PageNumber") or 1), int(q.get("PageSize") or 50)
+        try:
+            page, size = int(q.get("PageNumber") or 1), int(q.get("PageSize") or 50)
+        except ValueError:
+            raise PopError(400, "InvalidParameter", "PageNumber and PageSize must be integers") from None
         return ok(Instances=items[(page - 1) * size: page * size], TotalCount=len(items))
 
     @r.put("/api/v2/instances/{instance_id}/stop")

@@ -57,8 +57,8 @@ def emu(tmp_path_factory):
         yield e
 
 
-def _dlc_call(emu, method: str, pathname: str, body=None, query: dict | None = None) -> int:
-    """Status of a DLC request signed by the SDK (call_api sends the body as given, unchecked)."""
+def _pop_call(emu, method: str, pathname: str, body=None, query: dict | None = None) -> int:
+    """Status of a POP request (DLC's, DSW's) signed by the SDK (call_api sends the body as given, unchecked)."""
     from alibabacloud_tea_openapi import utils_models
     from alibabacloud_tea_openapi.exceptions import ClientException
     from darabonba.runtime import RuntimeOptions
@@ -81,12 +81,19 @@ GOOD_JOB = {"DisplayName": "j", "JobType": "PyTorchJob", "UserCommand": "true",
                                     {"DataSources": [{"Uri": "oss://b/p", "MountPath": 5}]}, {"DisplayName": {"a": 1}},
                                     {"UserCommand": ["true"]}])
 def test_the_emulator_refuses_malformed_create_job_bodies_with_400(emu, change):
-    assert _dlc_call(emu, "POST", "/api/v1/jobs", {**GOOD_JOB, **change}) == 400
+    assert _pop_call(emu, "POST", "/api/v1/jobs", {**GOOD_JOB, **change}) == 400
+
+
+@pytest.mark.parametrize("change", [{"Datasets": "x"}, {"Datasets": [5]}, {"InstanceName": ["a"]}])
+def test_the_emulator_refuses_malformed_dsw_instances_with_400(emu, change):
+    body = {"InstanceName": "i", "ImageUrl": "img", "EcsSpec": "ecs.g6.xlarge", **change}
+    assert _pop_call(emu, "POST", "/api/v2/instances", body) == 400
+    assert _pop_call(emu, "GET", "/api/v2/instances", query={"PageNumber": "abc"}) == 400
 
 
 @pytest.mark.parametrize("tags", ["[1]", "5", '"x"'])
 def test_the_emulator_refuses_tags_that_are_no_object_with_400(emu, tags):
-    assert _dlc_call(emu, "GET", "/api/v1/jobs", query={"Tags": tags}) == 400
+    assert _pop_call(emu, "GET", "/api/v1/jobs", query={"Tags": tags}) == 400
 
 
 @pytest.mark.parametrize("number", ["²", "1_0", "abc", "0", "10001"])
