@@ -314,7 +314,8 @@ def train(ctx: JobContext, cfg: RewardModelConfig, train_pairs: list[dict], eval
         f"language-model loss x {t.lm_weight:g}; {t.max_steps} steps of {t.batch_size} pairs")
     trainer, callback = reward_trainer(model, tokenizer, examples, settings, ctx.checkpoint_dir, ctx.metrics_path,
                                        regression_weight=t.regression_weight, lm_weight=t.lm_weight,
-                                       tensorboard=ctx.output if ctx.is_main_process else None, log=say, args=args)
+                                       tensorboard=ctx.output if ctx.is_main_process and "tensorboard" in t.report_to
+                                       else None, log=say, args=args)
     say(f"training on {trainer.args.device} ({'bf16' if trainer.args.bf16 else 'fp32'}): batch {t.batch_size} = "
         f"{trainer.args.per_device_train_batch_size} x {trainer.args.gradient_accumulation_steps} accumulation")
     if not fit(trainer, callback, ctx.checkpoint_dir, log=say):

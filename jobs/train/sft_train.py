@@ -125,14 +125,15 @@ def padding_free_mode(train: Training, attn: str, say) -> bool:
 
 def job_callbacks(ctx: JobContext, train: Training, tokenizer, rank: int, say) -> tuple[JobCallback, list]:
     """Our callback (metrics.jsonl, SIGTERM, `train.stop_at`) and the list to give a trainer: it, and
-    TensorBoard on rank 0."""
+    TensorBoard on rank 0 when `train.report_to` names it."""
     stop_check = None
     if getattr(train, "stop_at", None):  # GRPO's settings have no stop_at
         from pai_distil_jobs.train.stop_at import AccuracyTarget
 
         stop_check = AccuracyTarget(train.stop_at, tokenizer, log=say)
     callback = JobCallback(ctx.metrics_path, log=say, stop_check=stop_check)
-    return callback, [callback] + ([tensorboard_callback(ctx.output)] if rank == 0 else [])
+    tensorboard = rank == 0 and "tensorboard" in train.report_to
+    return callback, [callback] + ([tensorboard_callback(ctx.output)] if tensorboard else [])
 
 
 def train_sft(ctx: JobContext, student: Student, train: Training, rows: list[dict], keep_order: bool = False,

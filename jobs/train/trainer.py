@@ -66,13 +66,14 @@ class TrainSettings:
     deepspeed: object | None = None  # specs.DeepSpeed
     fsdp: object | None = None  # specs.FSDP
     hidden_size: int | None = None  # the model's (from its config): sizes DeepSpeed's communication buckets
+    report_to: tuple[str, ...] = ("tensorboard",)  # experiment trackers (see `trackers`)
 
     @classmethod
     def of(cls, train, batch_size: int | None = None, **kw) -> TrainSettings:
         """Settings from a stage's training config; fields a config lacks keep their defaults here."""
         names = ("max_steps", "schedule_steps", "learning_rate", "warmup_steps", "weight_decay", "checkpoint_every",
                  "keep_checkpoints", "log_every", "seed", "gradient_accumulation_steps", "gradient_checkpointing",
-                 "bf16", "max_bad_steps", "deepspeed", "fsdp")
+                 "bf16", "max_bad_steps", "deepspeed", "fsdp", "report_to")
         found = {n: getattr(train, n) for n in names if getattr(train, n, None) is not None}
         return cls(batch_size=batch_size or train.batch_size, **{**found, **kw})
 
@@ -154,7 +155,8 @@ def training_arguments(s: TrainSettings, checkpoint_dir: Path, examples: int, cl
         learning_rate=s.learning_rate, weight_decay=s.weight_decay, adam_beta2=0.98, max_grad_norm=s.grad_clip,
         logging_steps=s.log_every, logging_nan_inf_filter=False, save_strategy="steps",
         save_steps=s.checkpoint_every, seed=s.seed, data_seed=s.seed, bf16=use_bf16(bf16), fp16=False,
-        use_cpu=not cuda, gradient_checkpointing=s.gradient_checkpointing, report_to="none", disable_tqdm=True,
+        use_cpu=not cuda, gradient_checkpointing=s.gradient_checkpointing, report_to=trackers(s.report_to),
+        disable_tqdm=True,
         # a data set smaller than one global batch still gives a batch each epoch
         dataloader_drop_last=examples >= s.batch_size, ddp_find_unused_parameters=False, log_level="warning",
         remove_unused_columns=False, **dataloader_settings(cuda),
@@ -400,6 +402,21 @@ def _from_rank0(flag: bool) -> bool:
 
 def _collective_device():
     return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def trackers(report_to) -> list[str] | str:
+    """`report_to` for transformers: the trackers of `train.report_to` but TensorBoard, whose event files
+    our own callback writes where PAI looks (`tensorboard_callback`). One not installed is refused in one
+    line here, before the model loads (transformers would fail at the first step, in every process)."""
+    import importlib.util
+
+    from pai_distil.core.config.training import TRACKER_PACKAGES
+
+    for name in report_to:
+        if importlib.util.find_spec(TRACKER_PACKAGES[name]) is None:
+            raise JobError(f"train.report_to names {name}, but the {TRACKER_PACKAGES[name]} package is not installed "
+                           f"in the job's image; install it there, or drop {name} from train.report_to")
+    return [name for name in report_to if name != "tensorboard"] or "none"
 
 
 def tensorboard_callback(output: Path):

@@ -18,6 +18,7 @@ from pai_distil.core.thinking_switch import folder_switch
 def check_stage(stage: str, config, where: str, backend: str) -> list[str]:
     """Refuse (UserError) what the job could not honour; return notes on what it will do instead."""
     check_attention(config, where, backend)
+    check_trackers(config, where, backend)
     if stage == "evaluate":
         return evaluate_switches(config, where)
     if stage == "adaptive-thinking" and config.variant == "y":
@@ -37,6 +38,20 @@ def check_attention(config, where: str, backend: str) -> None:
         raise UserError(f"{where}: train.attn_implementation is flash_attention_2, but the flash_attn package is "
                         f"not installed where --backend {backend} runs the job; install flash-attn there, or set "
                         "train.attn_implementation: auto (flash-attention where installed, else sdpa)")
+
+
+def check_trackers(config, where: str, backend: str) -> None:
+    """Each tracker of `train.report_to` needs its package where the job runs (this Python for `process`;
+    an image is checked by the job, `trainer.trackers`)."""
+    from pai_distil.backends import backend_class
+    from pai_distil.core.config.training import TRACKER_PACKAGES
+
+    for name in getattr(getattr(config, "train", None), "report_to", None) or []:
+        package = TRACKER_PACKAGES[name]
+        if backend_class(backend).job_has_package(package) is False:
+            raise UserError(f"{where}: train.report_to names {name}, but the {package} package is not installed "
+                            f"where --backend {backend} runs the job; pip install {package} there, or drop {name} "
+                            "from train.report_to")
 
 
 def evaluate_switches(config, where: str) -> list[str]:

@@ -93,3 +93,16 @@ def test_flash_attention_without_the_package_is_refused_where_the_job_would_run(
                               home=tmp_path / "h"), *fragments)
     # a job image may have it: the job checks there, at its start
     assert cli("validate", "-s", "slow-thinking", "-b", "local", cfg).returncode == 0
+
+
+@pytest.mark.skipif(importlib.util.find_spec("wandb") is not None, reason="wandb is installed here")
+def test_a_tracker_not_installed_is_refused_where_the_job_would_run(tmp_path):
+    cfg = write(tmp_path, "cfg.yaml", "train: {report_to: [tensorboard, wandb]}\n")
+    fragments = ("train.report_to names wandb", "wandb package is not installed where --backend process runs the job",
+                 "pip install wandb")
+    assert_one_line_error(cli("validate", "-s", "slow-thinking", cfg), *fragments)
+    assert_one_line_error(cli("submit", "grpo", "-c", cfg, "-i", f"student={cfg}", "--dry-run", home=tmp_path / "h"),
+                          "train.report_to names wandb")
+    assert cli("validate", "-s", "slow-thinking", "-b", "local", cfg).returncode == 0  # the job checks its image
+    bad = write(tmp_path, "bad.yaml", "train: {report_to: [comet]}\n")
+    assert_one_line_error(cli("validate", "-s", "slow-thinking", bad), "train.report_to")

@@ -264,3 +264,30 @@ def test_a_process_that_sees_several_gpus_without_a_launcher_never_builds_data_p
                                        log=lambda *_: None, args=args)
     assert fit(trainer, callback, tmp_path / "ckpt", log=lambda *_: None)
     assert trainer.state.global_step == 2 and trainer.model_wrapped is trainer.model
+
+
+def test_report_to_defaults_to_tensorboard_alone_and_a_missing_tracker_is_one_line(tmp_path):
+    import importlib.util
+
+    from pai_distil.core.config import Training
+    from pai_distil.core.contract import JobError
+    from pai_distil_jobs.train.trainer import TrainSettings, trackers, training_arguments
+
+    assert Training().report_to == ["tensorboard"]
+    settings = TrainSettings.of(Training(max_steps=2, batch_size=1, learning_rate=1e-3))
+    assert settings.report_to == ["tensorboard"]
+    assert training_arguments(settings, tmp_path, 4).report_to in ([], "none")  # our callback writes the event files
+    assert trackers([]) == "none"
+    for missing in ("wandb", "swanlab", "mlflow"):
+        if importlib.util.find_spec(missing) is None:
+            with pytest.raises(JobError) as e:
+                trackers(["tensorboard", missing])
+            assert "\n" not in str(e.value) and f"train.report_to names {missing}" in str(e.value)
+
+
+def test_report_to_without_tensorboard_writes_no_event_files(tmp_path):
+    out = tmp_path / "out"
+    train = {"max_steps": 2, "batch_size": 2, "log_every": 1, "report_to": []}
+    proc = run_job("slow-thinking", {"train": train}, out, inputs={"cots": cots(tmp_path, 4)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (out / "metrics.jsonl").is_file() and not (out / "tensorboard").exists()

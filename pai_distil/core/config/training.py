@@ -75,6 +75,9 @@ PRESET_TRAINING = {"learning_rate": 3e-3, "max_length": 1024, "gradient_checkpoi
 
 CHECKPOINT_TRAINING = {"learning_rate": 1e-5, "max_length": 8192, "gradient_checkpointing": True}
 
+# `train.report_to`: the package each tracker needs where the job runs.
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "swanlab": "swanlab", "mlflow": "mlflow"}
+
 # A real checkpoint's default micro-batch: this many tokens per process and forward pass (2 rows at 8192,
 # 1 at 16k and above); gradient accumulation makes up the rest of train.batch_size. Checked by
 # `pai-distil plan` at the qwen3-8b shape: activations stay a fraction of an 80 GiB GPU up to 32k tokens.
@@ -128,6 +131,11 @@ class Optimisation(Strict):
     deepspeed: DeepSpeed | None = Field(
         None, description="train with DeepSpeed ZeRO (a config generated from these fields); omit for plain DDP")
     fsdp: FSDP | None = Field(None, description="shard the model with PyTorch FSDP; omit for plain DDP")
+    report_to: list[Literal["tensorboard", "wandb", "swanlab", "mlflow"]] = Field(
+        default_factory=lambda: ["tensorboard"],
+        description="experiment trackers the training logs go to: tensorboard (event files in the output's "
+                    "tensorboard/ folder, which `pai-distil runs tensorboard` and PAI open), wandb, swanlab, mlflow "
+                    "(each set up by its own login and environment variables); [] for metrics.jsonl alone")
 
     def by_kind(self, preset: bool, world: int = 1, gpus: bool = False):
         """This config with every `None` default filled for a preset or a real checkpoint on `world`
