@@ -44,12 +44,22 @@ def _stage_list() -> str:
     return "\b\nStages:\n" + "\n".join(f"  {n.ljust(width)}  {s.summary}" for n, s in STAGES.items())
 
 
-@click.command(epilog=_stage_list())
+OVERRIDES_HELP = ("\b\nOverrides: KEY.PATH=VALUE after the options sets a config field, its value read as YAML "
+                  "(e.g. train.learning_rate=1e-5 student.model=Qwen/Qwen3-1.7B); it wins over the file.")
+
+
+def _with_overrides(where: str, overrides: tuple[str, ...]) -> str:
+    return f"{where} with overrides" if overrides else where
+
+
+@click.command(epilog=OVERRIDES_HELP + "\n\n" + _stage_list())
 @click.argument("stage")
+@click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
 @click.option("--config", "-c", "config_file", type=click.Path(dir_okay=False), help="stage config (YAML or JSON)")
 @click.option("--input", "-i", "inputs", multiple=True, metavar="NAME=PATH", help="an input of the stage (repeatable)")
-@click.option("--backend", "-b", type=BACKENDS, default="process", show_default=True)
-@click.option("--nodes", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--backend", "-b", type=BACKENDS, default="process", show_default=True,
+              help="where the job runs: process (a subprocess here), local (Docker here) or pai (PAI-DLC)")
+@click.option("--nodes", type=click.IntRange(min=1), default=1, show_default=True, help="nodes the job runs on")
 @click.option("--nproc-per-node", type=click.IntRange(min=1),
               help="processes per node [default: 1; on pai, the node's GPU count, which DLC sets]")
 @click.option("--gpus", type=click.IntRange(min=0, max=16), help="GPUs per node (pai: ResourceConfig.GPU)")
@@ -77,21 +87,22 @@ def _stage_list() -> str:
 @click.option("--detach", "-d", is_flag=True, help="return once the job has started")
 @click.option("--dry-run", is_flag=True, help="print the job spec (with --backend pai: the DLC CreateJob body) and start nothing")
 @click.option("--variant", type=click.Choice(["x", "y"]), help="adaptive-thinking: ThoughtX (x) or ThoughtY (y)")
-def submit(stage, config_file, inputs, backend, nodes, nproc_per_node, gpus, cpu, memory, shared_memory, ecs_spec,
+def submit(stage, overrides, config_file, inputs, backend, nodes, nproc_per_node, gpus, cpu, memory, shared_memory, ecs_spec,
            max_restarts, download, no_preflight, no_plan, price_per_hour, max_runtime, force, detach, dry_run,
            variant):
-    """Run one STAGE as a job (e.g. `pai-distil submit slow-thinking -c cfg.yaml -i cots=out/`)."""
+    """Run one STAGE as a job (e.g. `pai-distil submit slow-thinking -c cfg.yaml -i cots=out/ train.max_steps=200`)."""
     from pai_distil.core.config import Resources, read_mapping
+    from pai_distil.core.config.overrides import apply
     from pai_distil.core.stages import get_stage
     from pai_distil.run.submission import execute, parse_inputs, prepare
 
     get_stage(stage)
-    data = read_mapping(config_file) if config_file else {}
+    data = apply(read_mapping(config_file) if config_file else {}, overrides)
     if variant is not None:
         if stage != "adaptive-thinking":
             raise UserError(f"--variant applies to adaptive-thinking only, not {stage}; remove it")
         data["variant"] = variant
-    where = f"config {config_file}" if config_file else f"{stage} config"
+    where = _with_overrides(f"config {config_file}" if config_file else f"{stage} config", overrides)
     resources = Resources(gpu=gpus or 0, cpu=cpu, memory_gb=memory, shared_memory_gb=shared_memory,
                           instance_type=ecs_spec)
     prep = prepare(stage, data, parse_inputs(inputs), where=where, nodes=nodes, procs_per_node=nproc_per_node,
@@ -114,8 +125,10 @@ def submit(stage, config_file, inputs, backend, nodes, nproc_per_node, gpus, cpu
     click.echo(record.output)
 
 
-@click.command("run")
+@click.command("run", epilog="\b\nOverrides: STAGE_ID.KEY.PATH=VALUE after the options sets a field of that stage's "
+                              "config (e.g. student.train.max_steps=200), or of the stage itself (student.nodes=2).")
 @click.argument("pipeline_file", type=click.Path(dir_okay=False))
+@click.argument("overrides", nargs=-1, metavar="[STAGE_ID.KEY=VALUE]...")
 @click.option("--backend", "-b", type=BACKENDS, default=None, help="override the pipeline's backend")
 @click.option("--force", is_flag=True, help="rerun every stage, cached or not")
 @click.option("--dry-run", is_flag=True, help="validate and print each stage's job; start nothing")
@@ -123,7 +136,7 @@ def submit(stage, config_file, inputs, backend, nodes, nproc_per_node, gpus, cpu
                                                "stages' come home; the others stay in OSS)")
 @click.option("--max-restarts", type=click.IntRange(min=0, max=100),
               help="pai: resubmit a job DLC failed through preemption or node loss up to N times")
-def run_pipeline(pipeline_file, backend, force, dry_run, download, max_restarts):
+def run_pipeline(pipeline_file, overrides, backend, force, dry_run, download, max_restarts):
     """Run a PIPELINE_FILE of stages in dependency order; unchanged stages are cache hits."""
     from pai_distil.run import pipeline
     from pai_distil.core import report
@@ -131,7 +144,7 @@ def run_pipeline(pipeline_file, backend, force, dry_run, download, max_restarts)
 
     console = Console(stderr=True)
     records = pipeline.run(pipeline_file, backend=backend, force=force, dry_run=dry_run, console=console,
-                           download=download, max_restarts=max_restarts)
+                           download=download, max_restarts=max_restarts, overrides=overrides)
     if dry_run:
         click.echo(json.dumps(records, indent=2))
         return

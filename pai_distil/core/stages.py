@@ -14,6 +14,7 @@ import importlib
 from dataclasses import dataclass
 
 from .errors import UserError
+from .suggest import did_you_mean
 
 
 @dataclass(frozen=True)
@@ -72,5 +73,5 @@ CHECKPOINT_INPUTS = frozenset({"student", "base", "teacher", "reward_model"})
 def get_stage(name: str) -> Stage:
     stage = STAGES.get(name)
     if stage is None:
-        raise UserError(f"unknown stage {name!r}; choose one of: {', '.join(STAGES)}")
+        raise UserError(f"unknown stage {name!r}{did_you_mean(name, STAGES)} (stages: {', '.join(STAGES)})")
     return stage

@@ -24,6 +24,7 @@ from pai_distil.run import sources, work_lock
 from pai_distil.core.errors import RunFailed, UserError
 from pai_distil.core.config import JobSpec, Resources, validate
 from pai_distil.core.stages import CHECKPOINT_INPUTS, Stage, get_stage
+from pai_distil.core.suggest import did_you_mean
 
 WARN_BYTES = 2 << 30  # hashing an input larger than this, or of more files than WARN_FILES, is announced
 WARN_FILES = 10_000
@@ -59,11 +60,12 @@ def check_names(stage: Stage, config: BaseModel, names: set[str], where: str, hi
     if "problems" in names and getattr(config, "problems", None) is not None:
         raise UserError(f"{where}: input 'problems' would never be read: the config's `problems` draws them from the "
                         "synthetic world; remove `problems:` from the config to read the input, or drop the input")
+    for name in sorted(names - allowed):  # first: `cot` for `cots` is a typo, not a missing `cots`
+        close = did_you_mean(name, allowed - names)
+        raise UserError(f"{where}: stage {stage.name} takes no input '{name}'{close}"
+                        f"{' (its inputs: ' + ', '.join(sorted(allowed)) + ')' if allowed else ''}")
     for name in sorted(required - names):
         raise UserError(f"{where}: stage {stage.name} needs input '{name}'; " + hint.format(name=name))
-    for name in sorted(names - allowed):
-        raise UserError(f"{where}: stage {stage.name} takes no input '{name}'"
-                        f"{'; its inputs: ' + ', '.join(sorted(allowed)) if allowed else ''}")
 
 
 def resolve_paths(inputs: dict[str, str], where: str) -> dict[str, str]:

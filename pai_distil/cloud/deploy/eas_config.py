@@ -214,30 +214,12 @@ def render(template: Path, variables: dict) -> dict:
 
 
 def apply_sets(config: dict, sets: tuple[str, ...]) -> dict:
-    """`--set metadata.instance=2`, `--set containers.0.image=...`: values are JSON when they parse, else text."""
-    for item in sets:
-        path, sep, raw = item.partition("=")
-        if not sep or not path:
-            raise UserError(f"--set {item!r}: write KEY.PATH=VALUE, e.g. --set metadata.instance=2")
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        node, keys = config, path.split(".")
-        for k in keys[:-1]:
-            if isinstance(node, list) and k.isdigit() and int(k) < len(node):
-                node = node[int(k)]
-            elif isinstance(node, dict):
-                node = node.setdefault(k, {})
-            else:
-                raise UserError(f"--set {item!r}: {k!r} is not a key or index of the config")
-        last = keys[-1]
-        if isinstance(node, list) and last.isdigit() and int(last) < len(node):
-            node[int(last)] = value
-        elif isinstance(node, dict):
-            node[last] = value
-        else:
-            raise UserError(f"--set {item!r}: {last!r} is not a key or index of the config")
+    """`--set metadata.instance=2`, `--set containers.0.image=...`: the overrides parser `submit` uses
+    (values read as YAML, so JSON too; list items by index)."""
+    from pai_distil.core.config.overrides import parse, set_path
+
+    for keys, value in parse(sets, "--set"):
+        set_path(config, keys, value, f"--set {'.'.join(keys)}")
     return config
 
 
