@@ -118,6 +118,14 @@ class Backend:
             return record
         return self._spawn_supervisor(record, dict(os.environ))
 
+    def tensorboard(self, record: RunRecord) -> tuple[Path | None, str | None]:
+        """(the run's TensorBoard event folder on this machine, or None; where else to see them, or None):
+        `runs tensorboard` starts TensorBoard on the folder. A backend whose output stays elsewhere (pai, in
+        OSS) names where its platform shows them."""
+        if not record.output or record.output.startswith("oss://"):
+            return None, None
+        return Path(record.output) / "tensorboard", None
+
     # -- the hooks ----------------------------------------------------------------------------
 
     def _prepare(self, spec: JobSpec) -> JobSpec:

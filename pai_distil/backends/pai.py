@@ -330,6 +330,20 @@ class PaiBackend(Backend):
             dlc.stop_job(client, info["job_id"])
             self.console.print(f"stopped DLC job {info['job_id']}")
 
+    def tensorboard(self, record: RunRecord) -> tuple[Path | None, str | None]:
+        """A pulled output's event files are here; else the DLC job's page in the PAI console, whose
+        TensorBoard reads the event files in OSS."""
+        if record.output and not record.output.startswith("oss://"):
+            return super().tensorboard(record)
+        info = read_job_info(record.id)
+        if not info:
+            return None, None
+        cfg, job = info["config"], info["job_id"]
+        query = f"regionId={cfg['region']}" + (f"&workspaceId={cfg['workspace_id']}" if cfg.get("workspace_id") else "")
+        return None, (f"DLC job {job}: open TensorBoard from its page, https://pai.console.aliyun.com/?{query}#/dlc/"
+                      f"jobs/{job}, on the event files in oss://{cfg['oss_bucket']}/{info['output_prefix']}/tensorboard/ "
+                      f"(or `pai-distil runs pull {record.id}`, then `pai-distil runs tensorboard {record.id}` here)")
+
 
 BACKEND = PaiBackend
 

@@ -229,6 +229,38 @@ def pull(run: str, dest: str | None) -> None:
     click.echo(pull_output(record, Path(dest) if dest else None, registry))
 
 
+@runs.command("tensorboard")
+@click.argument("run")
+@click.option("--port", type=click.IntRange(1, 65535), default=6006, show_default=True,
+              help="port TensorBoard listens on, at 127.0.0.1")
+@click.option("--print-only", is_flag=True, help="print the command and its URL; start nothing")
+def tensorboard(run: str, port: int, print_only: bool) -> None:
+    """TensorBoard on RUN's training logs: started on a local run's event files (Ctrl-C stops it); for a
+    run on PAI, where its DLC job shows them."""
+    import importlib.util
+    import subprocess
+
+    from ..backends import get_backend
+    from pai_distil.core.errors import UserError
+
+    record = Registry().get(run)
+    logdir, elsewhere = get_backend(record.backend).tensorboard(record)
+    if logdir is None and elsewhere:
+        click.echo(elsewhere)
+        return
+    if logdir is None or not logdir.is_dir():
+        raise UserError(f"run {record.id} ({record.stage}, {record.state}) has no TensorBoard event files in "
+                        f"{record.output}; training stages write them while train.report_to names tensorboard")
+    command = [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--host", "127.0.0.1",
+               "--port", str(port)]
+    click.echo(f"tensorboard --logdir {logdir} --port {port}\nhttp://127.0.0.1:{port}/")
+    if print_only:
+        return
+    if importlib.util.find_spec("tensorboard") is None:
+        raise UserError("TensorBoard is not installed here; pip install tensorboard, then run the command above")
+    sys.exit(subprocess.call(command))
+
+
 @runs.command("cancel")
 @click.argument("run")
 def cancel(run: str) -> None:
