@@ -92,12 +92,11 @@ def _short_when(ts: float | None) -> str:
 
 def _fit_columns(records: list[RunRecord], width: int) -> tuple[list[str], list[list]]:
     """The columns of `runs list` that fit `width`: id, state, duration and output always (the output
-    shortened to its end, `~` for the home directory), then created (shortened before it is dropped),
-    backend and stage while they fit."""
+    shortened), then created (shortened before it is dropped), backend and stage while they fit."""
     cells = {"id": [r.id for r in records], "stage": [r.stage for r in records],
              "backend": [r.backend for r in records], "state": [_state(r) for r in records],
              "created": [_when(r.created_at) for r in records], "duration": [_duration(r.duration) for r in records],
-             "output": [_home_short(r.output) for r in records]}
+             "output": [r.output or "-" for r in records]}
     wide = {name: max(len(name), *(len(str(v)) for v in values)) for name, values in cells.items()}
     chosen = ["id", "state", "duration"]
     used = sum(wide[c] for c in chosen) + GAP * len(chosen) + min(wide["output"], OUTPUT_MIN)
@@ -109,16 +108,17 @@ def _fit_columns(records: list[RunRecord], width: int) -> tuple[list[str], list[
             chosen.append(name)
             used += wide[name] + GAP
     room = max(OUTPUT_LEAST, width - (used - min(wide["output"], OUTPUT_MIN)))
-    cells["output"] = [v if len(v) <= room else "…" + v[len(v) - room + 1:] for v in cells["output"]]
+    cells["output"] = [_shorten(v, room) for v in cells["output"]]
     columns = [c for c in cells if c in chosen or c == "output"]
     return columns, [[cells[c][i] for c in columns] for i in range(len(records))]
 
 
-def _home_short(path: str | None) -> str:
-    if not path:
-        return "-"
+def _shorten(path: str, room: int) -> str:
+    """`path` in `room` characters: `~` for the home directory, then only its end after `…`."""
     home = str(Path.home())
-    return "~" + path[len(home):] if home != "/" and path.startswith(home + "/") else path
+    if len(path) > room and home != "/" and path.startswith(home + "/"):
+        path = "~" + path[len(home):]
+    return path if len(path) <= room else "…" + path[len(path) - room + 1:]
 
 
 @click.group()

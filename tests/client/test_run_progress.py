@@ -114,3 +114,15 @@ def test_stages_and_validate_json(tmp_path):
     assert refused.exit_code == 2
     verdict = json.loads(refused.stdout.splitlines()[0])
     assert verdict["ok"] is False and "train.max_steps" in verdict["error"]
+
+
+def test_an_output_path_is_shortened_only_as_far_as_it_must():
+    from pathlib import Path
+
+    from pai_distil.cli.runs import _shorten
+
+    path = str(Path.home() / "work" / "slow-thinking-0a220b81" / "output")
+    assert _shorten(path, 200) == path
+    assert _shorten(path, 36) == "~/work/slow-thinking-0a220b81/output"  # the home as ~ first
+    assert _shorten(path, 35) == "…work/slow-thinking-0a220b81/output"  # then only its end
+    assert _shorten(path, 12) == "…0b81/output"
