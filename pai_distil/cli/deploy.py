@@ -22,7 +22,7 @@ def deploy() -> None:
 @deploy.command("local")
 @click.argument("checkpoint")
 @click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on")
-@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535), help="port to listen on")
 @click.option("--token", envvar="PAI_DISTIL_SERVE_TOKEN", show_envvar=True,
               help="the bearer token clients must send (default: a new random one, printed once)")
 @click.option("--no-auth", is_flag=True, help="accept requests without a token")
@@ -100,6 +100,17 @@ def _configured_workspace() -> str | None:
     return load().workspace_id
 
 
+def _instance_size(cpu: float | None, memory_gib: float | None, memory_mb: int | None) -> tuple[int | None, int | None]:
+    """(cores, MB) as EAS takes them, from the vocabulary `submit` speaks too: vCPUs as a number, memory in
+    GiB (`--memory-gib`) or in MB (`--memory`, EAS's own unit)."""
+    if memory_gib is not None and memory_mb is not None:
+        raise UserError("--memory-gib and --memory both size the memory; give one (--memory-gib 32 is --memory 32768)")
+    if cpu is not None and cpu != int(cpu):
+        raise UserError(f"--cpu {cpu:g}: EAS gives whole cores per instance; give a whole number")
+    mb = memory_mb if memory_gib is None else max(1, round(memory_gib * 1024))
+    return (None if cpu is None else int(cpu)), mb
+
+
 @deploy.command("eas")
 @click.argument("checkpoint")
 @click.option("--name", help="EAS service name (default: from the checkpoint or run id)")
@@ -107,18 +118,25 @@ def _configured_workspace() -> str | None:
               help="the server: vllm or sglang for a student, reward for a reward model (default: reward for a "
                    "reward-model checkpoint, else vllm; give `reward` for a reward model already on OSS)")
 @click.option("--template", type=click.Path(dir_okay=False), help="your copy of templates/eas-<engine>.json")
-@click.option("--set", "sets", multiple=True, metavar="KEY.PATH=VALUE", help="edit the generated config (repeatable)")
+@click.option("--set", "sets", multiple=True, metavar="KEY.PATH=VALUE",
+              help="edit the generated config, the value read as YAML, list items by index (e.g. --set "
+                   "containers.0.image=IMAGE; repeatable)")
 @click.option("--image", help="serving image (default: the official EAS image of vllm or sglang; for reward, "
                               "`pai-distil config`'s job image)")
 @click.option("--served-model-name", help="model name clients ask for (default: the service name)")
 @click.option("--instance-type", help="ECS instance type per instance, e.g. ecs.gn7i-c8g1.2xlarge")
 @click.option("--resource-group", help="EAS resource group id (instead of --instance-type)")
-@click.option("--cpu", type=click.IntRange(1), help="with --resource-group: CPU cores per instance")
-@click.option("--memory", "memory_mb", type=click.IntRange(1), help="with --resource-group: memory per instance, MB")
-@click.option("--gpu", type=click.IntRange(0), help="GPUs per instance (sent with --resource-group; with --instance-type "
-              "it sets the tensor parallelism of an ECS type, whose name does not say)")
+@click.option("--cpu", type=click.FloatRange(min=0, min_open=True),
+              help="with --resource-group: vCPUs per instance (whole cores on EAS)")
+@click.option("--memory-gib", type=click.FloatRange(min=0, min_open=True), metavar="GIB",
+              help="with --resource-group: memory per instance in GiB, as submit's --memory")
+@click.option("--memory", "memory_mb", type=click.IntRange(1), metavar="MB",
+              help="with --resource-group: memory per instance in MB, as EAS counts it (or --memory-gib)")
+@click.option("--gpus", "gpu", type=click.IntRange(0), help="GPUs per instance (sent with --resource-group; "
+              "with --instance-type it sets the tensor parallelism of an ECS type, whose name does not say)")
+@click.option("--gpu", "gpu_alias", type=click.IntRange(0), hidden=True, help="the earlier name of --gpus")
 @click.option("--tensor-parallel", type=click.IntRange(1), help="GPUs one server shards the model over (default: "
-              "the GPUs of an instance: --gpu, or an EAS type's name such as ml.gu8xf.c96m1600.8-gu108; else 1)")
+              "the GPUs of an instance: --gpus, or an EAS type's name such as ml.gu8xf.c96m1600.8-gu108; else 1)")
 @click.option("--dtype", type=click.Choice(["bfloat16", "float16", "float32"]),
               help="precision the server computes in (default: the checkpoint's config.json, else bfloat16)")
 @click.option("--shm-size", "shm_gb", type=click.IntRange(1), default=16, show_default=True,
@@ -127,14 +145,16 @@ def _configured_workspace() -> str | None:
               help="seconds one request may take (metadata.rpc.keepalive): long reasoning streams for minutes")
 @click.option("--rolling", metavar="SURGE/UNAVAILABLE", help="rolling update: extra instances started and instances "
               "stopped at a time, counts or percentages (e.g. 1/0; default: EAS's)")
-@click.option("--instances", type=click.IntRange(1), default=1, show_default=True)
+@click.option("--instances", type=click.IntRange(1), default=1, show_default=True,
+              help="instances of the service (fixed; --autoscale makes it a range)")
 @click.option("--autoscale", metavar="MIN:MAX", help="scale between MIN and MAX instances on requests in flight "
               "(reasoning streams last minutes, so QPS stays below 1 and would never scale out)")
 @click.option("--autoscale-concurrency", type=click.IntRange(1), default=32, show_default=True,
               help="requests in flight per instance above which the autoscaler adds one")
 @click.option("--autoscale-qps", type=click.FloatRange(min=0, min_open=True),
               help="scale on QPS per instance instead of concurrency (short requests only)")
-@click.option("--max-model-len", type=click.IntRange(1), default=4096, show_default=True)
+@click.option("--max-model-len", type=click.IntRange(1), default=4096, show_default=True,
+              help="tokens of prompt and answer one request may hold (the server's context)")
 @click.option("--workspace-id", envvar="PAI_DISTIL_WORKSPACE_ID",
               help="PAI workspace of the service (default: `pai-distil config`'s workspace_id)")
 @click.option("--oss-prefix", help="for a local checkpoint: oss://BUCKET/PATH/ to upload it under first, into a new "
@@ -149,7 +169,7 @@ def _configured_workspace() -> str | None:
 @click.option("--timeout", "timeout_s", type=click.IntRange(1), default=1800, show_default=True,
               help="seconds to wait for Running")
 def eas(checkpoint, name, engine, template, sets, image, served_model_name, instance_type, resource_group, cpu,
-        memory_mb, gpu, tensor_parallel, dtype, shm_gb, keepalive_s, rolling, instances, autoscale,
+        memory_gib, memory_mb, gpu, gpu_alias, tensor_parallel, dtype, shm_gb, keepalive_s, rolling, instances, autoscale,
         autoscale_concurrency, autoscale_qps, max_model_len, workspace_id, oss_prefix, oss_endpoint, token, region,
         endpoint, dry_run, no_wait, timeout_s):
     """Deploy CHECKPOINT (a run id, a folder or oss://...) as a PAI-EAS service: create it, or update it if it exists.
@@ -169,6 +189,8 @@ def eas(checkpoint, name, engine, template, sets, image, served_model_name, inst
     from pai_distil.cloud.deploy.eas_config import DTYPES, REWARD, EasOptions, build, engine_for, masked, versioned_path
     from pai_distil.cloud.pai.config import load
 
+    cpu, memory_mb = _instance_size(cpu, memory_gib, memory_mb)
+    gpu = gpu if gpu is not None else gpu_alias
     target = _target(region, endpoint)
     region = target.region
     ckpt = resolve(checkpoint)

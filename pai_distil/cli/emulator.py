@@ -15,7 +15,7 @@ def emulator() -> None:
 
 
 @emulator.command()
-@click.option("--port", type=click.IntRange(1, 65535), default=8790, show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=8790, show_default=True, help="port to listen on")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None,
               help="where objects, jobs and instances are kept (default: <home>/emulator); survives restarts")
 @click.option("--access-key-id", envvar="ALIBABA_CLOUD_ACCESS_KEY_ID", metavar="ID",

@@ -24,7 +24,8 @@ def images() -> None:
 
 
 @images.command()
-@click.option("--target", "-t", "target_name", type=TARGETS, default="cpu", show_default=True)
+@click.option("--target", "-t", "target_name", type=TARGETS, default="cpu", show_default=True,
+              help="cpu: the training image for --backend local; gpu: the one for PAI")
 @click.option("--base", metavar="IMAGE", help="base image (cpu: pai-distil-base:bookworm; gpu: any with Python 3.11, "
               "by default a PAI PyTorch image for its CUDA toolkit; "
               "serve-cpu: the cpu image; serve-gpu: a vLLM or SGLang image)")
@@ -57,7 +58,8 @@ def build(target_name, base, wheelhouse_dir, pip_cert, push, force, dry_run):
 
 @images.command()
 @click.argument("directory", type=click.Path(file_okay=False))
-@click.option("--target", "-t", "target_name", type=TARGETS, default="cpu", show_default=True)
+@click.option("--target", "-t", "target_name", type=TARGETS, default="cpu", show_default=True,
+              help="cpu: the training image for --backend local; gpu: the one for PAI")
 @click.option("--pip-arg", "pip_args", multiple=True, metavar="ARG",
               help="extra argument for pip, e.g. --pip-arg=--extra-index-url=https://download.pytorch.org/whl/cpu")
 def wheelhouse(directory, target_name, pip_args):
@@ -68,9 +70,10 @@ def wheelhouse(directory, target_name, pip_args):
 
 
 @images.command("bootstrap-base")
-@click.option("--tag", default="pai-distil-base:bookworm", show_default=True)
+@click.option("--tag", default="pai-distil-base:bookworm", show_default=True, help="tag of the base image built")
 @click.option("--suite", default="bookworm", show_default=True, help="Debian release (bookworm has Python 3.11)")
-@click.option("--mirror", default="http://deb.debian.org/debian", show_default=True)
+@click.option("--mirror", default="http://deb.debian.org/debian", show_default=True,
+              help="Debian mirror the base image is bootstrapped from")
 @click.option("--force", is_flag=True, help="rebuild even when the tag exists")
 def bootstrap_base(tag, suite, mirror, force):
     """Make a Debian base image with Python 3.11 from Debian packages (debootstrap + docker import)."""
@@ -80,7 +83,8 @@ def bootstrap_base(tag, suite, mirror, force):
 
 
 @images.command()
-@click.option("--target", "-t", "target_name", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True)
+@click.option("--target", "-t", "target_name", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True,
+              help="the image whose packages are locked: cpu or gpu")
 @click.option("--pip-arg", "pip_args", multiple=True, metavar="ARG",
               help="extra argument for pip, e.g. --pip-arg=--extra-index-url=https://download.pytorch.org/whl/cu128")
 def lock(target_name, pip_args):

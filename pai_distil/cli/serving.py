@@ -32,7 +32,8 @@ def _endpoint_options(f):
 @click.option("-n", "n", type=click.IntRange(1), default=300, show_default=True, help="synthetic problems")
 @click.option("--seed", type=int, default=2, show_default=True, help="seed of the synthetic problems")
 @click.option("--levels", default="1,2,3", show_default=True, help="difficulty levels of the synthetic problems")
-@click.option("--max-new-tokens", type=click.IntRange(1), default=512, show_default=True)
+@click.option("--max-new-tokens", type=click.IntRange(1), default=512, show_default=True,
+              help="longest answer per problem, in tokens")
 @click.option("--concurrency", type=click.IntRange(1, 256), default=8, show_default=True, help="requests in flight")
 @click.option("--name", help="label of the model in the report (default: the served model name)")
 def evaluate(url, model, api_key_env, thinking, problems_file, n, seed, levels, max_new_tokens, concurrency, name):
@@ -70,8 +71,9 @@ def evaluate(url, model, api_key_env, thinking, problems_file, n, seed, levels, 
 @_endpoint_options
 @click.option("--no-thinking", is_flag=True, help="start with thinking off (toggle with /thinking)")
 @click.option("--system", "system_prompt", help="a system message")
-@click.option("--max-tokens", type=click.IntRange(1), default=1024, show_default=True)
-@click.option("--temperature", type=click.FloatRange(0, 2), default=0.6, show_default=True)
+@click.option("--max-tokens", type=click.IntRange(1), default=1024, show_default=True, help="longest reply, in tokens")
+@click.option("--temperature", type=click.FloatRange(0, 2), default=0.6, show_default=True,
+              help="sampling temperature (0: greedy)")
 @click.option("--message", "messages", multiple=True, help="send this and exit (repeatable); no interactive prompt")
 def chat(url, model, api_key_env, no_thinking, system_prompt, max_tokens, temperature, messages):
     """Chat with the model served at URL. Commands: /thinking [on|off], /reset, /quit.

@@ -20,7 +20,7 @@ def server_options(port: int, key_env: str):
     def wrap(f):
         for option in reversed([
             click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on"),
-            click.option("--port", default=port, show_default=True, type=click.IntRange(1, 65535)),
+            click.option("--port", default=port, show_default=True, type=click.IntRange(1, 65535), help="port to listen on"),
             click.option("--api-key-env", default=key_env, show_default=True,
                          help="environment variable holding the API key clients must send"),
             click.option("--no-auth", is_flag=True, help="accept requests without an API key"),
@@ -47,7 +47,8 @@ def teacher() -> None:
 
 
 @teacher.command()
-@click.option("--synthetic", is_flag=True, help="serve the oracle teacher of the synthetic reasoning world")
+@click.option("--synthetic", is_flag=True, hidden=True, help="the synthetic teacher (the only one served; accepted, "
+              "no longer needed)")
 @server_options(8400, "PAI_DISTIL_TEACHER_API_KEY")
 @click.option("--error-rate", default=0.0, show_default=True, type=click.FloatRange(0, 1),
               help="how often model oracle-noisy slips on a step (0: its default of 0.1)")
@@ -60,10 +61,8 @@ def teacher() -> None:
 @click.option("--logits-name", default="teacher", show_default=True, help="model name of the --logits-model")
 def serve(synthetic: bool, host: str, port: int, api_key_env: str, no_auth: bool,
           error_rate: float, fail_rate: float, seed: int, logits_model: str | None, logits_name: str) -> None:
-    """Serve the synthetic teacher (models oracle, oracle-noisy) until interrupted."""
-    if not synthetic:
-        raise UserError("only the synthetic teacher can be served by this command; pass --synthetic "
-                        "(for a real teacher, point `teacher.base_url` in the generate config at it)")
+    """Serve the synthetic teacher (models oracle, oracle-noisy) until interrupted. For a real teacher,
+    point `teacher.base_url` of the generate config at its OpenAI-compatible server (vLLM, DashScope)."""
     api_key = api_key_of(api_key_env, no_auth)
     if logits_model is not None:
         from pai_distil.core.model_refs import check as check_model

@@ -462,3 +462,9 @@ def test_describe_masks_the_token_in_the_reward_container_env(emulator, reward_s
 def test_deploy_local_of_a_reward_model_points_to_reward_serve(reward_ckpt):
     proc = cli("deploy", "local", str(reward_ckpt), "--no-auth", env=cloud_env("http://127.0.0.1:9"))
     assert proc.returncode == 2 and "pai-distil reward serve" in proc.stderr and proc.stderr.count("\n") == 1
+
+
+def test_gpus_memory_gib_and_whole_cpus_give_the_same_service_as_eas_units(ckpts):
+    eas_units = dry_run(ckpts[0], "--resource-group", "eas-r-abc", "--cpu", "8", "--memory", "32768", "--gpu", "1")
+    ours = dry_run(ckpts[0], "--resource-group", "eas-r-abc", "--cpu", "8.0", "--memory-gib", "32", "--gpus", "1")
+    assert ours == eas_units and ours["metadata"]["memory"] == 32768 and ours["metadata"]["gpu"] == 1

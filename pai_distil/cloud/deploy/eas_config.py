@@ -85,7 +85,7 @@ class EasOptions:
     rolling: str | None = None  # MAX_SURGE/MAX_UNAVAILABLE, each a count or a percentage
 
     def gpu_count(self) -> int | None:
-        """GPUs per instance: --gpu, else what an EAS instance type's name says (None: not known)."""
+        """GPUs per instance: --gpus, else what an EAS instance type's name says (None: not known)."""
         if self.gpu:
             return self.gpu
         m = ML_GPUS.match(self.instance_type or "")
@@ -113,9 +113,9 @@ class EasOptions:
                             "underscores, starting with a letter (at most 64); pass --name")
         if not self.instance_type and not self.resource_group:
             raise UserError("give the resources: --instance-type TYPE (e.g. ecs.gn7i-c8g1.2xlarge), or "
-                            "--resource-group ID with --cpu, --memory and --gpu")
+                            "--resource-group ID with --cpu, --memory-gib (or --memory, MB) and --gpus")
         if self.resource_group and not (self.cpu and self.memory_mb):
-            raise UserError("--resource-group needs --cpu and --memory (MB) per instance")
+            raise UserError("--resource-group needs --cpu and --memory-gib (or --memory, MB) per instance")
         if self.dtype not in DTYPES:
             raise UserError(f"--dtype {self.dtype!r}: one of {', '.join(DTYPES)}")
         gpus = self.gpu_count()
