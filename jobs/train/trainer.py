@@ -26,7 +26,7 @@ import os
 import signal
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -35,6 +35,7 @@ from transformers import PrinterCallback, TrainerCallback, TrainingArguments
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from pai_distil.core.contract import JobError
+from pai_distil_jobs.train.passthrough import fit_epochs, passed_through
 from pai_distil_jobs.train.checkpoints import (PREFIX, newest_checkpoint, remove_unfinished, resumable_checkpoint,
                                                 seal_checkpoint)
 
@@ -67,14 +68,21 @@ class TrainSettings:
     fsdp: object | None = None  # specs.FSDP
     hidden_size: int | None = None  # the model's (from its config): sizes DeepSpeed's communication buckets
     report_to: tuple[str, ...] = ("tensorboard",)  # experiment trackers (see `trackers`)
+    epochs: float | None = None  # set: max_steps comes from the rows (fit_epochs)
+    lr_scheduler: str = "cosine"  # cosine: ours (`schedule`); else transformers' own
+    optim: str = "adamw_torch_fused"
+    extra: dict = field(default_factory=dict)  # more TrainingArguments / TRL config fields, passed through
+    warmup_longest: int = 30  # with epochs: the default warmup, a tenth of the run, at most this
 
     @classmethod
     def of(cls, train, batch_size: int | None = None, **kw) -> TrainSettings:
         """Settings from a stage's training config; fields a config lacks keep their defaults here."""
         names = ("max_steps", "schedule_steps", "learning_rate", "warmup_steps", "weight_decay", "checkpoint_every",
                  "keep_checkpoints", "log_every", "seed", "gradient_accumulation_steps", "gradient_checkpointing",
-                 "bf16", "max_bad_steps", "deepspeed", "fsdp", "report_to")
+                 "bf16", "max_bad_steps", "deepspeed", "fsdp", "report_to", "epochs", "lr_scheduler", "optim", "extra")
         found = {n: getattr(train, n) for n in names if getattr(train, n, None) is not None}
+        if found.get("epochs") is not None and getattr(train, "warmup_steps", None) is None:
+            found.update(warmup_steps=None, warmup_longest=getattr(train, "WARMUP", 30))  # set with max_steps
         return cls(batch_size=batch_size or train.batch_size, **{**found, **kw})
 
 
@@ -146,6 +154,7 @@ def training_arguments(s: TrainSettings, checkpoint_dir: Path, examples: int, cl
     fields onto the libraries' (DeepSpeed and FSDP configs included). Build them before loading the
     model: they start the DeepSpeed / FSDP state that loads it sharded (`sharded_load`)."""
     cuda = torch.cuda.is_available()
+    fit_epochs(s, examples)
     bf16 = s.bf16
     if bf16 is None and s.deepspeed is not None:
         bf16 = s.deepspeed.bf16  # an explicit DeepSpeed precision wins; transformers checks they agree
@@ -153,6 +162,8 @@ def training_arguments(s: TrainSettings, checkpoint_dir: Path, examples: int, cl
         output_dir=str(checkpoint_dir), max_steps=s.max_steps,
         per_device_train_batch_size=per_device_batch(s), gradient_accumulation_steps=s.gradient_accumulation_steps,
         learning_rate=s.learning_rate, weight_decay=s.weight_decay, adam_beta2=0.98, max_grad_norm=s.grad_clip,
+        lr_scheduler_type="linear" if s.lr_scheduler == "cosine" else s.lr_scheduler, warmup_steps=s.warmup_steps,
+        optim=s.optim,
         logging_steps=s.log_every, logging_nan_inf_filter=False, save_strategy="steps",
         save_steps=s.checkpoint_every, seed=s.seed, data_seed=s.seed, bf16=use_bf16(bf16), fp16=False,
         use_cpu=not cuda, gradient_checkpointing=s.gradient_checkpointing, report_to=trackers(s.report_to),
@@ -172,7 +183,7 @@ def training_arguments(s: TrainSettings, checkpoint_dir: Path, examples: int, cl
         kw["deepspeed"] = zero_config(s, world_size(), s.hidden_size, gpu=cuda)
     if s.fsdp is not None:
         kw["fsdp"], kw["fsdp_config"] = True, fsdp_config(s.fsdp)
-    return one_device_per_process(cls(**{**kw, **extra}))
+    return one_device_per_process(cls(**{**kw, **extra, **passed_through(s, cls, {**kw, **extra})}))
 
 
 def one_device_per_process(args):
@@ -265,6 +276,8 @@ class JobTrainerMixin:
     _bad_steps = 0
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
+        if self.job.lr_scheduler != "cosine":  # transformers' own, from lr_scheduler_type and warmup_steps
+            return super().create_scheduler(num_training_steps, optimizer)
         if self.lr_scheduler is None:
             length = self.job.schedule_steps or self.job.max_steps
             self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer or self.optimizer,

@@ -62,7 +62,7 @@ class JobContext:
         try:
             return model.model_validate(self.config)
         except ValidationError as e:
-            raise JobError(explain(e, f"{self.stage} config")) from None
+            raise JobError(explain(e, f"{self.stage} config", model, most=1)) from None  # the job fails in one line
 
     def input(self, name: str) -> Path:
         if name not in self.inputs:

@@ -12,8 +12,8 @@ from typing import Any, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 
-from .. import url_credentials
 from ..errors import UserError
+from .problems import explain, located
 
 
 MAX_INT = 2**53  # above any count or seed a config holds; `max_steps: 1e29` is a typo, not a plan
@@ -89,7 +89,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             key = self.construct_object(key_node, deep=True)
             if key in seen:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"key {key!r} appears twice in one mapping (line {key_node.start_mark.line + 1}); "
+                    None, None, f"key {key!r} appears twice in one mapping; "
                                 "keep one", key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep)
@@ -121,8 +121,10 @@ def read_mapping(path: str | Path, what: str = "config") -> dict[str, Any]:
         if isinstance(e, ValueError) and "appears twice" in first:  # JSON is YAML: its loader finds the line
             try:
                 yaml.load(text, _UniqueKeyLoader)
-            except yaml.YAMLError as located:
-                first = str(located).strip().splitlines()[0]
+            except yaml.YAMLError as with_line:
+                e = with_line
+        if isinstance(e, yaml.MarkedYAMLError):
+            first = located(e)
         raise UserError(f"{what} file {str(p)!r} is not valid {'YAML' if is_yaml else 'JSON'}: {first}") from None
     if data is None:
         data = {}
@@ -131,27 +133,8 @@ def read_mapping(path: str | Path, what: str = "config") -> dict[str, Any]:
     return data
 
 
-def explain(err: ValidationError, where: str) -> str:
-    """The first validation problem as one line: field, bad value, fix."""
-    e = err.errors()[0]
-    loc = ".".join(str(x) for x in e["loc"]) or "(top level)"
-    msg = e["msg"].removeprefix("Value error, ")
-    if e["type"] == "missing":
-        return f"{where}: field '{loc}' is required; add it"
-    if e["type"] == "extra_forbidden":
-        return f"{where}: unknown field '{loc}'; remove it or check its spelling (`pai-distil schema` lists the fields)"
-    value = e.get("input")
-    shown = json.dumps(value) if isinstance(value, (int, float, str, bool, type(None))) else type(value).__name__
-    if loc.endswith("api_key_env"):  # a key given where its variable's name belongs: not shown again
-        shown = "(hidden)"
-    shown, msg = url_credentials.mask(shown), url_credentials.mask(msg)
-    extra = len(err.errors()) - 1
-    more = f" (and {extra} more problem{'s' if extra > 1 else ''})" if extra else ""
-    return f"{where}: field '{loc}' = {shown} is invalid: {msg}{more}"
-
-
 def validate(model: type[BaseModel], data: dict[str, Any], where: str) -> BaseModel:
     try:
         return model.model_validate(data)
     except ValidationError as err:
-        raise UserError(explain(err, where)) from None
+        raise UserError(explain(err, where, model)) from None

@@ -3,9 +3,9 @@ real checkpoint each need."""
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 
 from .. import model_refs
 from .base import Strict
@@ -84,6 +84,32 @@ TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "swanlab": "
 TOKENS_PER_MICRO_BATCH = 16_384
 
 
+LrScheduler = Literal["cosine", "linear", "constant", "constant_with_warmup", "inverse_sqrt"]
+Optim = Literal["adamw_torch_fused", "adamw_torch", "adafactor", "sgd", "adagrad", "rmsprop"]
+
+PER_DEVICE = ("per_device_train_batch_size is not a field here: train.batch_size is the global batch, "
+              "batch_size = per-device batch x processes (nodes x processes per node) x gradient_accumulation_steps; "
+              "e.g. 4 per device on 8 GPUs with accumulation 2: batch_size: 64")
+
+# TrainingArguments fields a training stage sets from this config or the job contract needs
+# (jobs/train/trainer.py training_arguments), refused in `extra` at validate; the value names the field to
+# set instead. Fields a stage's own trainer sets (DPO's beta, GRPO's num_generations) the job refuses.
+# Fixed defaults with no field of ours (adam_beta2, max_grad_norm) are not here: `extra` may change them.
+OURS = {"max_steps": "max_steps", "num_train_epochs": "epochs", "learning_rate": "learning_rate",
+        "warmup_steps": "warmup_steps", "weight_decay": "weight_decay", "lr_scheduler_type": "lr_scheduler",
+        "optim": "optim", "save_steps": "checkpoint_every", "save_total_limit": "keep_checkpoints",
+        "logging_steps": "log_every", "seed": "seed", "data_seed": "seed", "bf16": "bf16",
+        "gradient_checkpointing": "gradient_checkpointing", "deepspeed": "deepspeed", "fsdp": "fsdp",
+        "fsdp_config": "fsdp", "per_device_train_batch_size": "batch_size",
+        "gradient_accumulation_steps": "gradient_accumulation_steps", "max_length": "max_length",
+        "packing": "packing", "padding_free": "padding_free"}
+SET_BY_US = frozenset(OURS) | {
+    "output_dir", "logging_nan_inf_filter", "save_strategy", "fp16", "use_cpu", "report_to",
+    "disable_tqdm", "dataloader_drop_last", "ddp_find_unused_parameters", "log_level", "remove_unused_columns",
+    "gradient_checkpointing_kwargs", "dataloader_num_workers", "dataloader_pin_memory",
+    "dataloader_persistent_workers", "dataloader_prefetch_factor"}
+
+
 def micro_batch_accumulation(batch_size: int, world: int, max_length: int) -> tuple[int, int]:
     """(rows per process per forward pass, accumulation steps) for a checkpoint's `batch_size` on `world`
     processes: the largest micro-batch within TOKENS_PER_MICRO_BATCH that splits the batch exactly."""
@@ -107,7 +133,22 @@ class Optimisation(Strict):
     CHECKPOINT: ClassVar[dict] = CHECKPOINT_TRAINING
     WARMUP: ClassVar[int] = 30  # the default warmup of a long run; a short one warms up over a tenth of it
 
-    max_steps: int = Field(600, ge=1, le=100_000_000, description="optimizer steps")
+    max_steps: int = Field(600, ge=1, le=100_000_000, description="optimizer steps (or give epochs instead)")
+    epochs: float | None = Field(
+        None, gt=0, le=100_000, validation_alias=AliasChoices("epochs", "num_train_epochs"),
+        description="passes over the training rows instead of max_steps: the job sets max_steps to "
+                    "ceil(epochs x rows / batch_size) once it has read (and filtered) the rows; give one of the two")
+    lr_scheduler: LrScheduler = Field(
+        "cosine", validation_alias=AliasChoices("lr_scheduler", "lr_scheduler_type"),
+        description="learning-rate schedule after the warmup: cosine decays to 10 % of the peak at schedule_steps "
+                    "(this project's); linear (to 0), constant, constant_with_warmup and inverse_sqrt are "
+                    "transformers' own over max_steps")
+    optim: Optim = Field("adamw_torch_fused", description="optimizer, by its transformers name "
+                                                         "(TrainingArguments.optim)")
+    extra: dict[str, Any] = Field(
+        default_factory=dict, description="more TrainingArguments / TRL config fields by name, passed through as "
+                                          "given (e.g. {adam_beta1: 0.85, max_grad_norm: 0.5}); a field this config "
+                                          "already sets is refused: set ours instead")
     gradient_accumulation_steps: int | None = Field(
         None, ge=1, le=4096, description="micro-batches per optimizer step: each process takes "
                                          "batch_size / (processes x this) sequences at a time; default 1 for "
@@ -123,9 +164,12 @@ class Optimisation(Strict):
         None, description="recompute activations in the backward pass (less memory, ~30 % slower); default off "
                           "for presets, on for checkpoints")
     lora: Lora | None = Field(None, description="train LoRA adapters (PEFT) instead of every weight")
-    checkpoint_every: int = Field(100, ge=1, description="save a resumable checkpoint every N steps")
-    keep_checkpoints: int = Field(2, ge=1)
-    log_every: int = Field(10, ge=1)
+    checkpoint_every: int = Field(100, ge=1, validation_alias=AliasChoices("checkpoint_every", "save_steps"),
+                                  description="save a resumable checkpoint every N steps")
+    keep_checkpoints: int = Field(2, ge=1, validation_alias=AliasChoices("keep_checkpoints", "save_total_limit"),
+                                  description="complete checkpoints kept; older ones are removed")
+    log_every: int = Field(10, ge=1, validation_alias=AliasChoices("log_every", "logging_steps"),
+                           description="write metrics every N steps")
     max_bad_steps: int = Field(3, ge=1, description="fail the run after this many steps in a row with a non-finite loss")
     seed: int = 0
     deepspeed: DeepSpeed | None = Field(
@@ -147,7 +191,7 @@ class Optimisation(Strict):
         GPU, 16 bytes a parameter (128 GB for 8B)."""
         defaults = self.PRESET if preset else self.CHECKPOINT
         filled = {k: v for k, v in defaults.items() if getattr(self, k, "unset") is None}
-        if self.warmup_steps is None:
+        if self.warmup_steps is None and self.epochs is None:  # with epochs the job sets it with max_steps
             filled["warmup_steps"] = default_warmup(self.max_steps, self.WARMUP)
         if self.gradient_accumulation_steps is None:
             filled["gradient_accumulation_steps"] = self._default_accumulation(preset, world, filled)
@@ -162,9 +206,29 @@ class Optimisation(Strict):
         """Nothing chosen that FSDP would override or break (DeepSpeed, FSDP itself, LoRA's merge)."""
         return not (self.deepspeed or self.fsdp or self.lora)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _global_batch(cls, data):
+        if isinstance(data, dict) and "per_device_train_batch_size" in data:
+            raise ValueError(PER_DEVICE)
+        return data
+
+    @model_validator(mode="after")
+    def _steps_or_epochs(self) -> Optimisation:
+        if self.epochs is not None and "max_steps" in self.model_fields_set:
+            raise ValueError("give train.epochs or train.max_steps, not both: epochs sets max_steps from the rows")
+        if self.lr_scheduler != "cosine" and getattr(self, "schedule_steps", None) is not None:
+            raise ValueError(f"schedule_steps sets the length of the cosine schedule; lr_scheduler {self.lr_scheduler} "
+                             "runs over max_steps: drop schedule_steps")
+        clash = sorted(set(self.extra) & SET_BY_US)
+        if clash:
+            named = [f"{c} (set train.{OURS[c]} instead)" if c in OURS else f"{c} (the job sets it)" for c in clash]
+            raise ValueError(f"extra sets what this config sets already: {', '.join(named)}; remove it from extra")
+        return self
+
     @model_validator(mode="after")
     def _warmup_within_the_run(self) -> Optimisation:
-        if self.warmup_steps is not None and self.warmup_steps >= self.max_steps:
+        if self.epochs is None and self.warmup_steps is not None and self.warmup_steps >= self.max_steps:
             raise ValueError(f"warmup_steps = {self.warmup_steps} is not below max_steps = {self.max_steps}: the "
                              "learning rate would never reach its peak; set warmup_steps below max_steps (e.g. "
                              f"{default_warmup(self.max_steps, self.WARMUP)}), or drop it for the default")
