@@ -17,6 +17,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from pai_distil import paths
 from pai_distil.core.errors import UserError
+from pai_distil.core.suggest import did_you_mean
 from pai_distil.core.config import Strict, explain
 
 CONFIG_FILE = "config.toml"
@@ -124,13 +125,31 @@ def config_path() -> Path:
 
 
 def _read_file() -> dict:
+    """The file's tables; anything but a [pai] table of known keys is refused, with the nearest name:
+    a misspelt table or key would otherwise be ignored and its setting silently not applied."""
     p = config_path()
     if not p.is_file():
         return {}
     try:
-        return tomllib.loads(p.read_text())
+        data = tomllib.loads(p.read_text())
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"{p} is not valid TOML ({e}); fix it or delete it and run `pai-distil config set`") from None
+    for name, value in data.items():
+        if name != "pai" or not isinstance(value, dict):
+            where = f"[{name}]" if isinstance(value, dict) else f"{name} (outside any table)"
+            raise UserError(f"{p}: {where} is not a setting; settings go in the [pai] table"
+                            f"{did_you_mean(name, ['pai'], ' (did you mean [{}]?)')}, e.g. `pai-distil config set "
+                            "oss_bucket=NAME` writes one")
+    for key in data.get("pai", {}):
+        _known(key, f"{p} [pai]")
+    return data
+
+
+def _known(key: str, where: str) -> None:
+    """A UserError naming the nearest known key when `key` is no PaiConfig field."""
+    if key not in PaiConfig.model_fields:
+        raise UserError(f"{where}: unknown key {key!r}{did_you_mean(key, PaiConfig.model_fields, '; did you mean {}?')}"
+                        " (`pai-distil config show` lists the keys)")
 
 
 def load() -> PaiConfig:
@@ -149,9 +168,8 @@ def require(cfg: PaiConfig, *fields: str) -> None:
 
 
 def _coerce(key: str, raw: str):
-    field = PaiConfig.model_fields.get(key)
-    if field is None:
-        raise UserError(f"unknown config key {key!r}; keys: {', '.join(PaiConfig.model_fields)}")
+    _known(key, "config")
+    field = PaiConfig.model_fields[key]
     if field.annotation in (bool,):
         if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
             raise UserError(f"config key {key} takes true or false, not {raw!r}")
@@ -176,8 +194,7 @@ def save(changes: dict[str, str], unset: tuple[str, ...] = ()) -> PaiConfig:
     for key, raw in changes.items():
         table[key] = _coerce(key, raw)
     for key in unset:
-        if key not in PaiConfig.model_fields:
-            raise UserError(f"unknown config key {key!r}; keys: {', '.join(PaiConfig.model_fields)}")
+        _known(key, "config")
         table.pop(key, None)
     try:
         cfg = PaiConfig.model_validate(table)
