@@ -93,6 +93,12 @@ class Backend:
         image may be any image: the job itself then refuses a missing package in one line at its start)."""
         return None
 
+    @classmethod
+    def hands_secrets(cls) -> bool:
+        """Whether the job is handed, from this machine's environment, the variables its config's
+        api_key_env fields name: then `validate` checks them here."""
+        return True
+
     def start(self, spec: JobSpec, record: RunRecord) -> RunRecord:
         """Start the job and return at once; the outcome arrives in the registry."""
         try:

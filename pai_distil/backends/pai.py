@@ -258,6 +258,13 @@ class PaiBackend(Backend):
     job_outlives_supervisor = True
     options = ("download", "max_restarts", "no_preflight", "price_per_hour", "max_runtime", "no_plan")
 
+    @classmethod
+    def hands_secrets(cls) -> bool:
+        """Only with `pass_secrets` on: DLC shows a job's variables in its description."""
+        from pai_distil.cloud.pai import config
+
+        return config.load().pass_secrets
+
     def __init__(self, registry: Registry | None = None, download: bool | None = None,
                  max_restarts: int | None = None, no_preflight: bool = False, price_per_hour: float | None = None,
                  max_runtime: int | None = None, no_plan: bool = False):

@@ -162,16 +162,18 @@ def run_pipeline(pipeline_file, overrides, backend, force, dry_run, download, ma
 
 @click.command()
 @click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
 @click.option("--stage", "-s", help="the stage whose config FILE is (not needed for pipelines)")
 @click.option("--backend", "-b", type=BACKENDS, default=None,
               help="check for the job this backend runs [default: the pipeline's; process for a stage config]")
 @click.option("--json", "as_json", is_flag=True, help='print the verdict as JSON: {"ok", "notes", ...}, or '
                                                       '{"ok": false, "error"} (the exit status is still non-zero)')
-def validate(file, stage, backend, as_json):
+def validate(file, overrides, stage, backend, as_json):
     """Check a pipeline or stage config FILE without running anything: the config, and what the job would
-    meet (the packages of the job's Python, the chat templates of local checkpoints)."""
+    meet (the packages of the job's Python, the chat templates of local checkpoints, the variables its
+    api_key_env fields name). Overrides are checked with it, as `submit` and `run` take them."""
     try:
-        verdict = _validate(file, stage, backend)
+        verdict = _validate(file, stage, backend, overrides)
     except UserError as e:
         if as_json:
             click.echo(json.dumps({"ok": False, "file": file, "error": e.message}))
@@ -187,23 +189,30 @@ def validate(file, stage, backend, as_json):
         click.echo(f"ok: {stage} config {file}")
 
 
-def _validate(file: str, stage: str | None, backend: str | None) -> dict:
+def _validate(file: str, stage: str | None, backend: str | None, overrides: tuple[str, ...] = ()) -> dict:
     """What `validate` found: the file's kind, its name or stage, the stages in order, and the checks' notes."""
     from pai_distil.run import pipeline
-    from pai_distil.run.checks import check_stage
+    from pai_distil.run.checks import check_api_keys, check_stage
     from pai_distil.core.config import read_mapping, validate as validate_model
+    from pai_distil.core.config.overrides import apply
     from pai_distil.core.stages import get_stage
 
     data = read_mapping(file)
     notes: list[str] = []
     if "stages" in data and stage is None:
-        p = pipeline.load(file, backend, say=notes.append)
+        p = pipeline.load(file, backend, say=notes.append, overrides=overrides)
+        for sid, st in p.stages.items():
+            where = f"pipeline {file}: stage '{sid}'"
+            config = validate_model(get_stage(st.stage).config, st.config, f"{where} config")
+            notes += [f"stage '{sid}': {n}" for n in check_api_keys(config, where, backend or p.backend)]
         return {"ok": True, "file": file, "kind": "pipeline", "name": p.name, "stages": pipeline.order(p),
                 "notes": notes}
     if stage is None:
         raise UserError(f"{file} is not a pipeline (no `stages:`); pass --stage NAME to check a stage config")
-    config = validate_model(get_stage(stage).config, data, f"config {file}")
-    notes += check_stage(get_stage(stage).name, config, f"config {file}", backend or "process")
+    where = _with_overrides(f"config {file}", overrides)
+    config = validate_model(get_stage(stage).config, apply(data, overrides), where)
+    notes += check_stage(get_stage(stage).name, config, where, backend or "process")
+    notes += check_api_keys(config, where, backend or "process")
     return {"ok": True, "file": file, "kind": "stage", "stage": stage, "notes": notes}
 
 

@@ -9,7 +9,10 @@ What cannot be seen from here (a hub id, a job image) the job checks again at it
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+from pydantic import BaseModel
 
 from pai_distil.core.errors import UserError
 from pai_distil.core.thinking_switch import folder_switch
@@ -90,3 +93,42 @@ def variant_y_template(config, where: str) -> list[str]:
 def _local(model: str | None) -> bool:
     """A checkpoint folder on this machine (not a preset, a hub id, or a stage input)."""
     return bool(model) and not model.startswith("preset:") and Path(model).is_dir()
+
+
+OWN_KEYS = "PAI_DISTIL_"  # PAI_DISTIL_TEACHER_API_KEY, PAI_DISTIL_REWARD_API_KEY: the endpoints' defaults
+
+
+def check_api_keys(config, where: str, backend: str) -> list[str]:
+    """Every api_key_env whose variable is unset here, checked by `validate` before a job meets the server's
+    401. Refused where the config names the variable and the job is handed this machine's environment
+    (process, local; pai with pass_secrets); a note where the job reads no variable of ours (pai without
+    pass_secrets) or the name is one of ours (a default: a server without a key needs none)."""
+    from pai_distil.backends import backend_class
+
+    hands = backend_class(backend).hands_secrets()
+    notes = []
+    for loc, var, named in api_key_envs(config):
+        if not hands:
+            notes.append(f"{loc}: the job on {backend} is not handed ${var} (pass_secrets is off), so it sends no API "
+                         "key; `pai-distil config set pass_secrets=true` hands it")
+        elif os.environ.get(var):
+            continue
+        elif named:
+            raise UserError(f"{where}: {loc} names {var}, which is not set here, so the job would send no API key; "
+                            f"export {var}=<key>, or set {loc}: null for a server that needs none")
+        else:
+            notes.append(f"{loc}: {var} is not set here, so the job sends no API key (fine for a server without one)")
+    return notes
+
+
+def api_key_envs(model: BaseModel, path: str = ""):
+    """(field path, variable, a name the user chose) of each api_key_env in `model`: the project's own names
+    (the defaults, which the examples write out) are not the user's choice of a key."""
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if name.endswith("api_key_env") and isinstance(value, str) and value:
+            yield f"{path}{name}", value, name in model.model_fields_set and not value.startswith(OWN_KEYS)
+        items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+        for key, item in [(None, value), *items]:
+            if isinstance(item, BaseModel):
+                yield from api_key_envs(item, f"{path}{name}." + ("" if key is None else f"{key}."))
