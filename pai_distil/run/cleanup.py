@@ -22,6 +22,7 @@ from pai_distil.run.registry import Registry, RunRecord
 
 ALL = 1 << 62  # `Registry.list` limit that means every run
 SPEC_FILE = "spec.json"  # as backends.base writes it; read here without importing the backends
+REPLACED = ".replaced"  # `.NAME.replaced`: a work dir `--force` set aside (run.submission._set_aside)
 
 
 @dataclass
@@ -59,7 +60,8 @@ def collect(*, registry: Registry | None = None, failed: bool = False, dry_run: 
     runs_root = paths.home() / "runs"
     orphans = [d for d in _children(runs_root) if d.name not in ids]
     work_root = paths.home() / "work"
-    orphans += [d for d in _children(work_root) if d.name.endswith(".replaced") and d.name.startswith(".")]
+    orphans += [d for d in _children(work_root) if d.name.startswith(".") and d.name.endswith(REPLACED)
+                and work_lock.holder(d.with_name(d.name[1:-len(REPLACED)])) is None]  # a --force submit's, until it starts
     for d in orphans:
         _drop(d, removal, dry_run)
     kept = {r.id for r in records} - set(removal.runs)

@@ -11,6 +11,7 @@ from test_process_backend import SLEEPING_JOB, home, kill_group, registry, start
 
 from pai_distil import paths
 from pai_distil.cli import cli
+from pai_distil.run import work_lock
 
 DONE = "(out / 'weights.bin').write_bytes(b'w' * 1000)\nwrite_manifest(out)"
 
@@ -72,9 +73,15 @@ def test_gc_frees_what_no_run_uses(registry, home):
     leftover.mkdir()
     stray_log = home / "runs" / "generate-20200101-000000-dead"
     stray_log.mkdir(parents=True)
-    code, out = runs("gc")
+    starting = home / "work" / ".score-0123456789abcdef.replaced"  # a --force submit is starting its run
+    starting.mkdir()
+    work_lock.hold(home / "work" / "score-0123456789abcdef", "score-20300101-000000-beef")
+    try:
+        code, out = runs("gc")
+    finally:
+        work_lock.release(home / "work" / "score-0123456789abcdef")
     assert code == 0, out
-    assert not orphan.exists() and not leftover.exists() and not stray_log.exists()
+    assert not orphan.exists() and not leftover.exists() and not stray_log.exists() and starting.is_dir()
     assert Path(kept.output, "weights.bin").is_file() and Path(failed.work_dir).exists()  # a failed run resumes
     assert {r.id for r in registry.list()} == {kept.id, failed.id}
     code, out = runs("gc", "--failed", "--json")
