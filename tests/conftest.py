@@ -170,6 +170,14 @@ def kill_after_a_checkpoint(run_id: str, at_least: int = 8) -> tuple[int, dict[i
     return killed_at, lost
 
 
+@pytest.fixture
+def one_cot(tmp_path) -> Path:
+    """A cots.jsonl of one verified chain: an input a stage accepts where its content does not matter."""
+    path = tmp_path / "cots.jsonl"
+    path.write_text('{"id": "1", "problem": "1+1", "answer": "2", "thought": "1+1=2", "solution": "2", "correct": true}\n')
+    return path
+
+
 def pairs_file(path: Path, n: int = 24, seed: int = 7) -> Path:
     """Right and wrong answers to synthetic problems, as {"prompt", "chosen", "rejected"} rows."""
     from pai_distil.core import oracle as teacher, world

@@ -27,10 +27,8 @@ def error(result) -> list[str]:
 
 
 @pytest.fixture
-def cots(tmp_path):
-    p = tmp_path / "cots.jsonl"
-    p.write_text('{"id": "a", "problem": "1+1", "answer": "2"}\n')
-    return p
+def cots(one_cot):
+    return one_cot
 
 
 def pipeline(tmp_path, cots) -> str:

@@ -23,10 +23,8 @@ def emu(tmp_path_factory):
 
 
 @pytest.fixture
-def cots(tmp_path):
-    path = tmp_path / "cots.jsonl"
-    path.write_text('{"id": "1", "problem": "1+1", "answer": "2", "thought": "1+1=2", "solution": "2", "correct": true}\n')
-    return path
+def cots(one_cot):
+    return one_cot
 
 
 def uploads(emu) -> list[str]:
