@@ -45,7 +45,7 @@ DEFAULT_SYSTEM_PROMPT = (
 
 
 def load_problems(ctx: JobContext, config: GenerateConfig) -> list[dict]:
-    """Problems in the DESIGN.md format, from the synthetic world or the `problems` input; with
+    """Problems in the docs/architecture.md format, from the synthetic world or the `problems` input; with
     `refine`, the CoT samples of the `problems` input."""
     if config.problems is None and "problems" not in ctx.inputs:
         raise JobError("generate has no problems: set `problems` in the config (synthetic world) "

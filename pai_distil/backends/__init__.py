@@ -1,6 +1,6 @@
 """Backends run a JobSpec somewhere and record its outcome in the run registry.
 
-Every backend honours the same job contract (DESIGN.md), so a stage behaves the same on this
+Every backend honours the same job contract (docs/architecture.md), so a stage behaves the same on this
 machine, in Docker or on PAI. Each is a `base.Backend`, `BACKEND` in the module named after
 it (`BACKENDS` in core.config.job lists them); modules are imported on demand to keep the CLI fast.
 """

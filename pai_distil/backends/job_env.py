@@ -73,7 +73,7 @@ def secrets(config: dict, environ: Mapping[str, str] | None = None) -> dict[str,
 def contract_env(spec: JobSpec, config_path: str | Path, *, master_addr: str = "127.0.0.1",
                  master_port: int = 29500, rank: int = 0, inputs: dict[str, str] | None = None,
                  output: str | None = None, checkpoint_dir: str | None = None) -> dict[str, str]:
-    """The job contract's variables (DESIGN.md); paths may be overridden for a container's view."""
+    """The job contract's variables (docs/architecture.md); paths may be overridden for a container's view."""
     env = {
         "PAI_DISTIL_STAGE": spec.stage,
         "PAI_DISTIL_RUN_ID": spec.run_id,

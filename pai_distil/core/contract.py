@@ -1,6 +1,6 @@
 """The job contract, as seen from inside a job: environment variables in, artifacts out.
 
-Identical on every backend (see DESIGN.md): PAI_DISTIL_STAGE, PAI_DISTIL_RUN_ID,
+Identical on every backend (see docs/architecture.md): PAI_DISTIL_STAGE, PAI_DISTIL_RUN_ID,
 PAI_DISTIL_CONFIG, PAI_DISTIL_INPUT_<NAME>, PAI_DISTIL_OUTPUT, PAI_DISTIL_CHECKPOINT_DIR,
 PAI_DISTIL_GPUS (GPUs each node was given, where any were: the job fails if torch cannot use them), and
 the PAI-DLC PyTorchJob variables MASTER_ADDR, MASTER_PORT, WORLD_SIZE (nodes), RANK (node

@@ -83,7 +83,7 @@ class Problem:
         return str(self.steps()[-1].after)
 
     def to_row(self) -> dict:
-        """The problem in the DESIGN.md problem format."""
+        """The problem in the docs/architecture.md problem format."""
         return {
             "id": self.id,
             "problem": self.text,

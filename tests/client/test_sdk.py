@@ -22,9 +22,9 @@ CONFIG = {"student": {"model": "preset:micro"}, "train": {"batch_size": 4, "max_
 
 
 def readme_example() -> str:
-    """The code block under the README's `### The Python SDK`, exactly as written there."""
+    """The code block under the README's `## The Python SDK`, exactly as written there."""
     text = (ROOT / "README.md").read_text()
-    section = text[text.index("### The Python SDK"):]
+    section = text[text.index("## The Python SDK"):]
     start_at = section.index("```python\n") + len("```python\n")
     return section[start_at:section.index("```", start_at)]
 

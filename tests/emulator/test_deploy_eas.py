@@ -114,14 +114,14 @@ def test_autoscaler_on_qps_when_asked_and_workspace_from_config(ckpts, tmp_path)
     assert config["metadata"]["workspace_id"] == "ws-team-1"
 
 
-def test_readme_shows_the_generated_vllm_config(ckpts, tmp_path):
-    readme = (ROOT / "README.md").read_text()
-    block = re.search(r"<!-- eas-vllm-json -->\n```json\n(.*?)```", readme, re.S)
-    assert block, "README lacks the generated EAS JSON block"
+def test_docs_show_the_generated_vllm_config(ckpts, tmp_path):
+    page = (ROOT / "docs/deploy.md").read_text()
+    block = re.search(r"<!-- eas-vllm-json -->\n```json\n(.*?)```", page, re.S)
+    assert block, "docs/deploy.md lacks the generated EAS JSON block"
     shown = json.loads(block.group(1))
     student = bf16_copy(ckpts[0], tmp_path / "student")  # as a GPU run saves it
     generated = dry_run(student, "--name", "distilled_student", *RESOURCES, "--autoscale", "1:4")
-    digest = re.compile(r"/[0-9a-f]{16}/")  # the content folder: README's checkpoint is not this one
+    digest = re.compile(r"/[0-9a-f]{16}/")  # the content folder: the page's checkpoint is not this one
     assert digest.sub("/D/", json.dumps(shown, sort_keys=True)) == digest.sub("/D/", json.dumps(generated, sort_keys=True))
 
 

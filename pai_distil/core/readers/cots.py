@@ -1,4 +1,4 @@
-"""CoT samples (DESIGN.md: `id, problem, answer, thought, solution, teacher, correct, rv, cd`): this
+"""CoT samples (docs/architecture.md: `id, problem, answer, thought, solution, teacher, correct, rv, cd`): this
 project's own rows as the stages read them, and published CoT data (OmniThought-style rows, messages)."""
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def _own_rows(records: list[tuple[int, dict]]) -> bool:
 
 
 def read_cots(path: Path, spec: DataFile | None = None) -> list[dict]:
-    """CoT samples (DESIGN.md) from generate's cots.jsonl, OmniThought-style rows (flat, or a `question`
+    """CoT samples (docs/architecture.md) from generate's cots.jsonl, OmniThought-style rows (flat, or a `question`
     with a list of `reasoning` entries) or messages rows with `<think>` in the assistant turn."""
     spec = spec or DataFile()
     out = []

@@ -1,7 +1,7 @@
 """Readers for reasoning data: files, rows and formats (the problem and CoT readers build on these).
 
 Files are JSONL, JSON (a list of rows), Parquet or CSV. Each row is turned into this project's
-problem row (DESIGN.md: `id, problem, answer, domain, meta`, plus `choices`, `tests`, `source`,
+problem row (docs/architecture.md: `id, problem, answer, domain, meta`, plus `choices`, `tests`, `source`,
 `verifier` where they apply) or CoT sample (`id, problem, answer, thought, solution, teacher,
 correct, rv, cd`). Field names are looked up among the usual ones of the format, or taken from
 the config (`fields`). Anything missing is reported as one line naming the file, the row number

@@ -1,4 +1,4 @@
-"""Problem rows (DESIGN.md: `id, problem, answer, domain, meta`, plus `choices`, `tests`, `source`,
+"""Problem rows (docs/architecture.md: `id, problem, answer, domain, meta`, plus `choices`, `tests`, `source`,
 `verifier` where they apply) from problem sets in the shapes they are published in."""
 
 from __future__ import annotations
