@@ -5,7 +5,7 @@ of the completion tokens only (`logits_to_keep` and a selective log-softmax, not
 log-softmax over every position, which at Qwen's 152 k vocabulary is ~10 GB per tensor), updates
 in micro-batches with gradient accumulation, bf16, gradient checkpointing, LoRA, vLLM rollouts
 and its loss variants. We add the job contract (`JobTrainerMixin`: atomic checkpoints, SIGTERM,
-the schedule, the divergence check) and the numbers the README documents.
+the schedule, the divergence check) and the numbers docs/benchmarks.md documents.
 
 Each optimizer step generates its own rollouts (`steps_per_generation` = accumulation steps, one
 pass over them): no buffered completions straddle a checkpoint, so a resumed run, whose RNG state
