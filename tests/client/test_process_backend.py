@@ -271,8 +271,8 @@ def test_tail_log_and_unknown_backend(registry):
     buf = io.StringIO()
     tail_log(done, follow=False, registry=registry, out=buf)
     assert buf.getvalue() == "a\n[progress] x 1/1\n"
-    assert get_backend("local").name == "local"  # Docker: tests/test_docker_local.py
-    assert get_backend("pai").name == "pai"  # PAI: tests/test_pai_backend.py, against the emulator
+    assert get_backend("local").name == "local"  # Docker: tests/e2e/test_docker_local.py
+    assert get_backend("pai").name == "pai"  # PAI: tests/emulator/test_pai_backend.py, against the emulator
     with pytest.raises(UserError, match="unknown backend"):
         get_backend("k8s")
 

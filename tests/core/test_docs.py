@@ -7,10 +7,12 @@ wrong without anyone noticing; these checks read every fenced example in README.
 from __future__ import annotations
 
 import importlib.util
+import io
 import os
 import re
 import subprocess
 import sys
+import tokenize
 from pathlib import Path
 
 import pytest
@@ -26,11 +28,9 @@ FENCE = re.compile(r"^```(\w+)\n(.*?)^```", re.M | re.S)
 COMMAND = re.compile(r"(?:^|[\s;&|(`])pai-distil((?:\s+[a-z][a-z0-9-]*)*)")
 # Run by tests/client/test_sdk.py in a folder holding its cots.jsonl: it trains a student.
 RUN_ELSEWHERE = {("README.md", "The Python SDK")}
-# A `*.md` named in code or docs, and repository paths named in docs.
-MD_REF = re.compile(r"(?<![\w/.-])((?:\.\./|\./)*[\w][\w./-]*\.md)\b")
-REPO_PATH = re.compile(r"`((?:pai_distil|jobs|tests|benchmarks|examples|templates|images)/[\w./-]+\.\w+)`")
-# Named without being pointed at: the stub README the image build context writes.
-NOT_REFERENCES = {("pai_distil/cloud/images.py", "src/README.md")}
+# A repository path or a `*.md` file named in prose: pages, comments, docstrings (globs allowed).
+REF = re.compile(r"(?<![\w/.*-])((?:pai_distil|jobs|tests|benchmarks|examples|templates|images|docs)/[\w./*-]*[\w*]/?"
+                 r"|\w[\w./-]*\.md\b)")
 SUFFIXES = {".py", ".md", ".yaml", ".sh", ".toml"}
 SCANNED = ("pai_distil", "jobs", "tests", "benchmarks", "examples", "images", "templates", "docs", ".ci")
 
@@ -117,13 +117,22 @@ def test_stage_configs_in_yaml_examples_validate():
     assert checked >= 1
 
 
-def referenced(path: Path) -> list[tuple[str, str]]:
-    """(kind, reference) of every `*.md` file `path` names, and repository paths a page names."""
+def prose(path: Path) -> str:
+    """What a reader reads of `path`: all of a page, the comments and docstrings of a Python file
+    (its other strings are data: file names a test writes, a build context's members)."""
     text = path.read_text(errors="replace")
-    refs = [("md", m) for m in MD_REF.findall(text) if not m.startswith(("http", "www."))]
-    if path.suffix == ".md":
-        refs += [("repo", m) for m in REPO_PATH.findall(text)]
-    return refs
+    if path.suffix != ".py":
+        return text
+    tokens = tokenize.generate_tokens(io.StringIO(text).readline)
+    return "\n".join(tok.string for tok in tokens if tok.type == tokenize.COMMENT
+                     or tok.type == tokenize.STRING and tok.string.lstrip("rbuRBU").startswith(('"""', "'''")))
+
+
+def exists(ref: str, base: Path) -> bool:
+    """`ref` names something in the repository, from `base` or from the root."""
+    if "*" in ref:
+        return any(ROOT.glob(ref)) or any(base.glob(ref))
+    return (base / ref).exists() or (ROOT / ref).exists()
 
 
 def test_no_file_points_at_a_file_that_does_not_exist():
@@ -131,11 +140,14 @@ def test_no_file_points_at_a_file_that_does_not_exist():
     for top in SCANNED:
         files += [p for p in (ROOT / top).rglob("*") if p.is_file() and p.suffix in SUFFIXES]
     missing = []
-    for path in set(files) - {Path(__file__).resolve()}:  # this file names what it lets pass
-        for _kind, ref in referenced(path):
-            if (str(path.relative_to(ROOT)), ref) in NOT_REFERENCES:
-                continue
-            base = ROOT / "docs" if path.name == "mkdocs.yml" else path.parent  # mkdocs names pages from docs/
-            if not ((base / ref).exists() or (ROOT / ref).exists()):
-                missing.append(f"{path.relative_to(ROOT)}: {ref}")
+    for path in files:
+        base = ROOT / "docs" if path.name == "mkdocs.yml" else path.parent  # mkdocs names pages from docs/
+        refs = set(REF.findall(prose(path)))
+        missing += [f"{path.relative_to(ROOT)}: {ref}" for ref in refs if not exists(ref, base)]
     assert sorted(missing) == []
+
+
+def test_a_stale_reference_is_caught(tmp_path):
+    module = tmp_path / "m.py"
+    module.write_text('"""See docs/gone.md and jobs/serve.py."""\nNAME = "src/README.md"  # data, not a reference\n')
+    assert sorted(r for r in REF.findall(prose(module)) if not exists(r, tmp_path)) == ["docs/gone.md", "jobs/serve.py"]

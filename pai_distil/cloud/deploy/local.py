@@ -1,6 +1,6 @@
 """`deploy local`: the command line of the model server, as a process or in the CPU serving image.
 
-Both run `python -m pai_distil_jobs.serve` (see jobs/serve.py); Docker runs it on the host
+Both run `python -m pai_distil_jobs.serve` (see jobs/serve/); Docker runs it on the host
 network, so the server listens on the same loopback address either way. The token travels in
 the environment (PAI_DISTIL_SERVE_TOKEN), never on a command line.
 """
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pai_distil.core import dockercli
 from pai_distil.core.errors import UserError
 
-TOKEN_ENV = "PAI_DISTIL_SERVE_TOKEN"  # read by jobs/serve.py
+TOKEN_ENV = "PAI_DISTIL_SERVE_TOKEN"  # read by jobs/serve/
 MODEL_MOUNT = "/model"
 
 
