@@ -11,6 +11,7 @@ import os
 import socket
 
 import click
+from click.core import ParameterSource
 
 from pai_distil.core.errors import UserError
 
@@ -31,8 +32,13 @@ def server_options(port: int, key_env: str):
 
 
 def api_key_of(api_key_env: str, no_auth: bool) -> str | None:
-    """The key clients must send (None with --no-auth); a one-line error when it is not set."""
+    """The key clients must send (None with --no-auth); a one-line error when it is not set, or when
+    --api-key-env and --no-auth are both given (which one was meant?)."""
     if no_auth:
+        ctx = click.get_current_context(silent=True)
+        if ctx is not None and ctx.get_parameter_source("api_key_env") is ParameterSource.COMMANDLINE:
+            raise UserError("--api-key-env and --no-auth contradict each other; pass --api-key-env to require "
+                            "that key, or --no-auth to serve without one")
         return None
     key = os.environ.get(api_key_env)
     if not key:

@@ -44,10 +44,12 @@ def test_numbers_as_yaml_writes_them_still_validate():
     assert (cfg.train.learning_rate, cfg.train.max_steps, cfg.student.seed) == (1e-5, 30, 3)
 
 
-def test_deploy_local_refuses_a_token_with_no_auth(tmp_path):
+def test_a_key_with_no_auth_is_refused(tmp_path):
     ckpt = micro_checkpoint(tmp_path / "student")
     assert_one_line_error(cli("deploy", "local", ckpt, "--token", "abc", "--no-auth", "--port", "9"),
                           "--token and --no-auth")
+    assert_one_line_error(cli("teacher", "serve", "--synthetic", "--api-key-env", "K", "--no-auth", "--port", "9",
+                              env_extra={"K": "x"}), "--api-key-env and --no-auth")
 
 
 @pytest.mark.parametrize("toml, fragments", [
