@@ -58,8 +58,8 @@ def validate_create(body: dict) -> None:
         if body.get("ResourceId"):
             if not spec.get("ResourceConfig"):
                 bad(f"JobSpecs[{i}].ResourceConfig", "is required on a resource quota (ResourceId)")
-        elif not spec.get("EcsSpec"):
-            bad(f"JobSpecs[{i}].EcsSpec", "is required on public resources (or give ResourceId, a quota)")
+        elif not isinstance(spec.get("EcsSpec"), str) or not spec["EcsSpec"]:
+            bad(f"JobSpecs[{i}].EcsSpec", "is required on public resources, a string (or give ResourceId, a quota)")
         else:
             check_against_type(spec, f"JobSpecs[{i}]", bad)
         if spec.get("ResourceConfig") is not None:
@@ -70,6 +70,7 @@ def validate_create(body: dict) -> None:
             bad(f"JobSpecs[{i}].SpotSpec", "is given but UseSpotInstance is not true")
     if not isinstance(body.get("UserCommand"), str) or not body["UserCommand"]:
         bad("UserCommand", "is required, a string")
+    check_maps(body, bad)
     sources = body.get("DataSources") or []
     if not isinstance(sources, list):
         bad("DataSources", "must be a list of {Uri, MountPath} objects")
@@ -77,6 +78,21 @@ def validate_create(body: dict) -> None:
         if not isinstance(ds, dict) or not str(ds.get("Uri", "")).startswith("oss://") \
                 or not str(ds.get("MountPath", "")).startswith("/"):
             bad(f"DataSources[{i}]", "needs an oss:// Uri and an absolute MountPath")
+
+
+def check_maps(body: dict, bad) -> None:
+    """Fields the emulator reads later (the runner, ListJobs' filters): of the wrong type they would fail
+    there, on every later request, instead of here."""
+    if not isinstance(body.get("ResourceId") or "", str):
+        bad("ResourceId", "must be a string (a quota id)")
+    envs, settings = body.get("Envs") or {}, body.get("Settings") or {}
+    if not isinstance(envs, dict) or not all(isinstance(v, (str, int, float)) for v in envs.values()):
+        bad("Envs", "must be an object of names to strings")
+    if not isinstance(settings, dict) or not isinstance(settings.get("Tags") or {}, dict):
+        bad("Settings", "must be an object, its Tags an object of names to strings")
+    limit = body.get("JobMaxRunningTimeMinutes")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+        bad("JobMaxRunningTimeMinutes", "must be a whole number of minutes")
 
 
 def check_against_type(spec: dict, where: str, bad) -> None:

@@ -79,9 +79,12 @@ GOOD_JOB = {"DisplayName": "j", "JobType": "PyTorchJob", "UserCommand": "true",
 
 @pytest.mark.parametrize("change", [{"JobSpecs": [5]}, {"DataSources": "x"}, {"DataSources": [5]},
                                     {"DataSources": [{"Uri": "oss://b/p", "MountPath": 5}]}, {"DisplayName": {"a": 1}},
-                                    {"UserCommand": ["true"]}])
+                                    {"UserCommand": ["true"]}, {"JobSpecs": [{**GOOD_JOB["JobSpecs"][0], "EcsSpec": [1]}]},
+                                    {"Settings": 5}, {"Settings": {"Tags": 5}}, {"Envs": "x"}, {"ResourceId": ["q"]},
+                                    {"JobMaxRunningTimeMinutes": "x"}])
 def test_the_emulator_refuses_malformed_create_job_bodies_with_400(emu, change):
     assert _pop_call(emu, "POST", "/api/v1/jobs", {**GOOD_JOB, **change}) == 400
+    assert _pop_call(emu, "GET", "/api/v1/jobs", query={"Tags": '{"a": "b"}'}) == 200  # nothing stored breaks a list
 
 
 @pytest.mark.parametrize("change", [{"Datasets": "x"}, {"Datasets": [5]}, {"InstanceName": ["a"]}])
