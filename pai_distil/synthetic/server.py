@@ -10,6 +10,7 @@ FastAPI and uvicorn are imported here only; the CLI imports this module lazily.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
@@ -143,30 +144,8 @@ def create_app(api_key: str | None, error_rate: float = 0.0, seed: int = 0, fail
         return {"object": "list",
                 "data": [{"id": m, "object": "model", "created": created, "owned_by": "pai-distil"} for m in MODELS]}
 
-    @app.post("/v1/chat/completions")
-    async def chat(request: Request):
-        if denied := unauthorized(request):
-            return denied
-        stats.requests += 1
-        if failed := injected_failure():
-            return failed
-        try:
-            body = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return _error(400, "request body is not valid JSON", "invalid_request_error")
-        try:
-            req = parse_chat(body)
-            req.refuse("n", "stop", "logprobs")  # the oracle writes one whole answer; `seed`: it is deterministic
-            if not any(m["role"] == "user" for m in req.messages):
-                raise BadRequest("'messages' must contain a user message", "messages")
-        except BadRequest as e:
-            return _error(400, e.message, "invalid_request_error", param=e.param)
-        model, messages = req.model, [(m["role"], m["content"]) for m in req.messages]
-        opts = {"max_tokens": req.max_tokens, "stream": req.stream, "include_usage": req.include_usage}
-        if model not in MODELS:
-            return _error(404, f"The model '{model}' does not exist; this server serves {', '.join(MODELS)}.",
-                          "invalid_request_error", "model_not_found")
-
+    def compose(model: str, messages: list[tuple[str, str]], max_tokens: int | None) -> tuple[dict, str, dict]:
+        """(message, finish reason, usage) of the oracle's or the judge's answer to `messages`."""
         system = "\n".join(text for role, text in messages if role == "system")  # developer is read as system
         user = [text for role, text in messages if role == "user"][-1]
         rv = read_verbosity(system)
@@ -184,16 +163,35 @@ def create_app(api_key: str | None, error_rate: float = 0.0, seed: int = 0, fail
 
         # max_tokens bounds reasoning and answer together, as with real reasoning models.
         if reasoning_content and problem is not None:
-            (thought, answer), cut = fit_words([thought, answer], opts["max_tokens"])
+            (thought, answer), cut = fit_words([thought, answer], max_tokens)
             message = {"role": "assistant", "content": answer, "reasoning_content": thought}
         else:
             full = think_block(thought, answer) if problem is not None else answer
-            (content,), cut = fit_words([full], opts["max_tokens"])
+            (content,), cut = fit_words([full], max_tokens)
             message = {"role": "assistant", "content": content}
-        finish = "length" if cut else "stop"
         usage = {"prompt_tokens": sum(count_tokens(t) for _, t in messages),
                  "completion_tokens": count_tokens(message["content"]) + count_tokens(message.get("reasoning_content", ""))}
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        return message, "length" if cut else "stop", usage
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        if denied := unauthorized(request):
+            return denied
+        stats.requests += 1
+        if failed := injected_failure():
+            return failed
+        # Parsing and answering run off the event loop: a body of many megabytes takes a second to read,
+        # and /health and every other request must not wait behind it.
+        req = await asyncio.to_thread(_read_chat, await request.body())
+        if isinstance(req, JSONResponse):
+            return req
+        model, messages = req.model, [(m["role"], m["content"]) for m in req.messages]
+        opts = {"max_tokens": req.max_tokens, "stream": req.stream, "include_usage": req.include_usage}
+        if model not in MODELS:
+            return _error(404, f"The model '{model}' does not exist; this server serves {', '.join(MODELS)}.",
+                          "invalid_request_error", "model_not_found")
+        message, finish, usage = await asyncio.to_thread(compose, model, messages, opts["max_tokens"])
         stats.completions += 1
         cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         if opts["stream"]:
@@ -224,8 +222,6 @@ def create_app(api_key: str | None, error_rate: float = 0.0, seed: int = 0, fail
                           "invalid_request_error", "model_not_found")
         logprobs = None
         if scorer is not None and body.get("echo") and k:
-            import asyncio
-
             try:
                 logprobs = await asyncio.to_thread(scorer.score, prompt, k, as_ids)
             except BadRequest as e:
@@ -251,12 +247,24 @@ def create_app(api_key: str | None, error_rate: float = 0.0, seed: int = 0, fail
                 raise TypeError
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
             return _error(400, "send {\"prompt\": TEXT}", "invalid_request_error")
-        import asyncio
-
         tokens = await asyncio.to_thread(scorer.tokenize, text)
         return {"tokens": tokens, "count": len(tokens)}
 
     return app
+
+
+def _read_chat(raw: bytes):
+    """A chat request the oracle can answer, or the 400 that says why not."""
+    try:
+        req = parse_chat(json.loads(raw))
+        req.refuse("n", "stop", "logprobs")  # the oracle writes one whole answer; `seed`: it is deterministic
+        if not any(m["role"] == "user" for m in req.messages):
+            raise BadRequest("'messages' must contain a user message", "messages")
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return _error(400, "request body is not valid JSON", "invalid_request_error")
+    except BadRequest as e:
+        return _error(400, e.message, "invalid_request_error", param=e.param)
+    return req
 
 
 def _parse_completion(body) -> tuple[list[int] | str, int, bool]:

@@ -73,3 +73,23 @@ def test_the_emulator_counters_need_a_signature(emu):
                     headers={"Date": "Mon, 07 Dec 2026 00:00:00 GMT", "Authorization": "OSS LTAI-emulator-test:AAAA"})
     assert bad.status_code == 403
     assert isinstance(emu.counters(), dict)
+
+
+def test_health_answers_while_a_body_of_megabytes_is_answered():
+    """The chat work runs off the event loop: /health, asked once the big request is in, answers first."""
+    with start_teacher(api_key=None) as teacher:
+        done: dict[str, float] = {}
+
+        def chat():
+            httpx.post(f"{teacher.base_url}/chat/completions", timeout=120, json={
+                "model": "oracle", "messages": [{"role": "user", "content": "Start with 1. add 1, " * 1_000_000}]})
+            done["chat"] = time.monotonic()
+
+        worker = threading.Thread(target=chat)
+        worker.start()
+        while teacher.requests == 0 and worker.is_alive():  # the request reached the handler
+            time.sleep(0.01)
+        httpx.get(teacher.base_url.removesuffix("/v1") + "/health", timeout=120)
+        done["health"] = time.monotonic()
+        worker.join()
+        assert done["health"] < done["chat"], done
