@@ -186,7 +186,12 @@ def main(argv: list[str] | None = None) -> int:
     from pai_distil_jobs.serve.chat import Engine
 
     name = args.served_model_name or default_served_name(args.checkpoint)
-    engine = Engine(args.checkpoint, max_batch=args.max_batch, threads=args.threads)
+    try:
+        engine = Engine(args.checkpoint, max_batch=args.max_batch, threads=args.threads)
+    except Exception as e:  # broad: transformers, tokenizers and safetensors each raise their own on a damaged checkpoint
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        print(f"error: cannot load the checkpoint {args.checkpoint}: {reason}; copy or train it again", file=sys.stderr)
+        return 2
     app = create_app(engine, name, token, fingerprint(args.checkpoint), not args.no_reasoning_parser)
     print(f"pai-distil serve: model '{name}' at http://{args.host}:{args.port}/v1", flush=True)
     print(f"pai-distil serve: {THINKING_SWITCHES[engine.thinking_switch]}", flush=True)

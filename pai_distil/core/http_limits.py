@@ -19,15 +19,25 @@ DEFAULT_MAX_MB = 32.0  # a reward batch of 256 long chains fits; a body that fil
 MAX_DEPTH = 64  # chat requests nest 4-6 deep
 
 
+NO_CONSTANT = "not a JSON number"
+
+
+def _no_constant(name: str):
+    """Python's json reads NaN and Infinity; a temperature of NaN would reach the sampler."""
+    raise ValueError(f"{name} is {NO_CONSTANT}")
+
+
 def json_problem(body: bytes, max_depth: int = MAX_DEPTH) -> str | None:
     """Why `body` is not acceptable JSON (bad UTF-8 or syntax, too deep, a lone surrogate), or None."""
     try:
-        data = json.loads(body.decode("utf-8"))
+        data = json.loads(body.decode("utf-8"), parse_constant=_no_constant)
     except UnicodeDecodeError:
         return "request body is not UTF-8 text"
     except RecursionError:
         return f"request body nests deeper than {max_depth} levels"
     except ValueError as e:  # a syntax error, or an integer longer than Python converts (sys.get_int_max_str_digits)
+        if NO_CONSTANT in str(e):
+            return "request body holds NaN or Infinity, which JSON has no place for; send a finite number"
         return "request body holds a number of thousands of digits" if "digits" in str(e) else \
             "request body is not valid JSON"
     stack = [(data, 1)]

@@ -24,6 +24,7 @@ RUN_ID = re.compile(r"^[a-z][a-z-]*-\d{8}-\d{6}-[0-9a-f]{4}$")  # our run ids: s
 FULL_HASH_BYTES = 16 << 20  # files up to this size (config, tokenizer, template) are hashed whole
 EDGE_BYTES = 1 << 20  # of larger ones (weights): size, mtime and the first and last MiB (header and tail)
 MAX_HEADER_BYTES = 100 << 20  # safetensors' own limit on a file's JSON header
+WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin", "adapter_model*.bin")  # never training_args.bin
 EXAMPLE = ("a preset (preset:tiny), a checkpoint directory, a hub id (Qwen/Qwen3-0.6B) or a ModelScope id "
            "(ms://Qwen/Qwen3-0.6B)")
 
@@ -78,7 +79,7 @@ def check_checkpoint(path: Path) -> None:
     if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
         raise ValueError(f"{path} has no tokenizer (tokenizer.json / tokenizer_config.json); save the tokenizer "
                          "with the model")
-    weights = sorted([*path.glob("*.safetensors"), *path.glob("*.bin")])
+    weights = sorted(f for pattern in WEIGHT_FILES for f in path.glob(pattern))
     if not weights:
         raise ValueError(f"{path} has no weights (*.safetensors); the training run may not have finished")
     for f in weights:
@@ -97,7 +98,14 @@ def _safetensors_problem(f: Path) -> str | None:
             header = json.loads(fh.read(size))
         except (UnicodeDecodeError, ValueError):
             return "has a header that is not JSON (corrupt)"
-    return None if isinstance(header, dict) else "has a header that is not a JSON object (corrupt)"
+    if not isinstance(header, dict):
+        return "has a header that is not a JSON object (corrupt)"
+    ends = [t["data_offsets"][-1] for t in header.values()
+            if isinstance(t, dict) and isinstance(t.get("data_offsets"), list) and t["data_offsets"]
+            and isinstance(t["data_offsets"][-1], int)]
+    if ends and 8 + size + max(ends) != f.stat().st_size:  # the header's tensors must end where the file does
+        return f"holds {f.stat().st_size - 8 - size} bytes of tensor data where its header names {max(ends)} (truncated?)"
+    return None
 
 
 def is_local(model: str) -> bool:
