@@ -28,6 +28,7 @@ SIZE = re.compile(r"\d+(\.\d+)?(Mi|Gi|Ti)")
 MAX_LINES = 2000  # GetPodLogs' default MaxLines
 LOG_DAYS = 7  # GetPodLogs' default StartTime: this many days ago
 MAX_BODY = 65_536  # CreateJob's request size limit, in bytes
+MAX_PODS = 128  # pods of one job: each runs as a process or container on this machine
 
 
 def iso(t: float | None) -> str | None:
@@ -51,8 +52,9 @@ def validate_create(body: dict) -> None:
             bad(f"JobSpecs[{i}]", "must be an object (Type, PodCount, Image, ...)")
         if spec.get("Type") not in POD_TYPES:
             bad(f"JobSpecs[{i}].Type", f"must be one of {', '.join(POD_TYPES)}")
-        if not isinstance(spec.get("PodCount"), int) or spec["PodCount"] < 1:
-            bad(f"JobSpecs[{i}].PodCount", "must be a positive integer")
+        count = spec.get("PodCount")
+        if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_PODS:
+            bad(f"JobSpecs[{i}].PodCount", f"must be an integer from 1 to {MAX_PODS}")
         if not isinstance(spec.get("Image"), str) or not spec["Image"]:
             bad(f"JobSpecs[{i}].Image", "is required, a string")
         if body.get("ResourceId"):
@@ -68,6 +70,8 @@ def validate_create(body: dict) -> None:
             check_spot(spec.get("SpotSpec"), f"JobSpecs[{i}].SpotSpec", bad)
         elif spec.get("SpotSpec"):
             bad(f"JobSpecs[{i}].SpotSpec", "is given but UseSpotInstance is not true")
+    if sum(spec["PodCount"] for spec in specs) > MAX_PODS:
+        bad("JobSpecs", f"must ask for at most {MAX_PODS} pods in all")
     if not isinstance(body.get("UserCommand"), str) or not body["UserCommand"]:
         bad("UserCommand", "is required, a string")
     check_maps(body, bad)

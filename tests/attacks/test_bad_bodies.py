@@ -81,7 +81,9 @@ GOOD_JOB = {"DisplayName": "j", "JobType": "PyTorchJob", "UserCommand": "true",
                                     {"DataSources": [{"Uri": "oss://b/p", "MountPath": 5}]}, {"DisplayName": {"a": 1}},
                                     {"UserCommand": ["true"]}, {"JobSpecs": [{**GOOD_JOB["JobSpecs"][0], "EcsSpec": [1]}]},
                                     {"Settings": 5}, {"Settings": {"Tags": 5}}, {"Envs": "x"}, {"ResourceId": ["q"]},
-                                    {"JobMaxRunningTimeMinutes": "x"}])
+                                    {"JobMaxRunningTimeMinutes": "x"},
+                                    *({"JobSpecs": [{**GOOD_JOB["JobSpecs"][0], "PodCount": n}] * k}  # pods unbounded
+                                      for n, k in ((129, 1), (True, 1), (100, 2), (10**9, 1)))])
 def test_the_emulator_refuses_malformed_create_job_bodies_with_400(emu, change):
     assert _pop_call(emu, "POST", "/api/v1/jobs", {**GOOD_JOB, **change}) == 400
     assert _pop_call(emu, "GET", "/api/v1/jobs", query={"Tags": '{"a": "b"}'}) == 200  # nothing stored breaks a list
