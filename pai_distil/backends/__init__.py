@@ -22,13 +22,18 @@ def get_backend(name: str, registry: Registry | None = None, **options) -> Backe
     """The backend called `name`; `options` are the pai backend's (download, max_restarts)."""
     from pai_distil.core.config.job import BACKENDS
 
+    check_options(name, **options)
+    backend = backend_class(name)
+    return backend(registry, **options) if backend.options else backend(registry)
+
+
+def check_options(name: str, **options) -> None:
+    """A UserError when pai's own options (download, max_restarts) are given to another backend."""
     given = [k for k, v in options.items() if v not in (None, False)]
     if given and name != "pai":
         flags = ", ".join("--" + k.replace("_", "-") for k in given)
         raise UserError(f"{flags} appl{'ies' if len(given) == 1 else 'y'} to --backend pai only; remove it or "
                         "use --backend pai")
-    backend = backend_class(name)
-    return backend(registry, **options) if backend.options else backend(registry)
 
 
 def backend_class(name: str) -> type[Backend]:

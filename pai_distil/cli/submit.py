@@ -108,6 +108,7 @@ def submit(stage, overrides, config_file, inputs, backend, nodes, nproc_per_node
     prep = prepare(stage, data, parse_inputs(inputs), where=where, nodes=nodes, procs_per_node=nproc_per_node,
                    resources=resources, backend=backend)
     if dry_run:
+        _dry_run_alone(backend, force=force, detach=detach, download=download, max_restarts=max_restarts)
         if backend == "pai":  # what DLC would receive: the CreateJob body, field names as the API has them
             from ..backends.pai import dry_run_body
 
@@ -123,6 +124,16 @@ def submit(stage, overrides, config_file, inputs, backend, nodes, nproc_per_node
         click.echo(f"output: {record.output}", err=True)
         return
     click.echo(record.output)
+
+
+def _dry_run_alone(backend: str, force: bool, detach: bool, **options) -> None:
+    """--dry-run starts nothing, so flags about the run it does not start are a mistake to name, not to drop."""
+    from pai_distil.backends import check_options
+
+    if force or detach:
+        raise UserError(f"{'--force' if force else '--detach'} is about a run that --dry-run does not start; "
+                        "give one or the other")
+    check_options(backend, **options)
 
 
 @click.command("run", epilog="\b\nOverrides: STAGE_ID.KEY.PATH=VALUE after the options sets a field of that stage's "

@@ -1,7 +1,8 @@
 """Lenient coercions refused: a boolean or a quoted number where a config wants a number (YAML's
-`1e-5`, a string to YAML 1.1, still reads as the float it is), `--token` with `--no-auth`, keys and
-tables of config.toml that no setting has (with the nearest name), and stray files of the working
-tree in an image's build context (in a checkout, only what git tracks goes in)."""
+`1e-5`, a string to YAML 1.1, still reads as the float it is), `"no"` or `1` where it wants a
+boolean, `--token` with `--no-auth`, flags a dry run would drop, keys and tables of config.toml that
+no setting has (with the nearest name), and stray files of the working tree in an image's build
+context (in a checkout, only what git tracks goes in)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ from test_cli import assert_one_line_error, cli  # noqa: E402
     ("train: {learning_rate: 'fast'}\n", ["train.learning_rate", '"fast"']),
     ("train: {learning_rate: '0.5'}\n", ["train.learning_rate", '"0.5"']),
     ("train: {max_steps: true}\n", ["train.max_steps", "true"]),
+    ("require_correct: 'no'\n", ["require_correct", '"no"', "not a boolean"]),  # 'no' and 1 are no booleans
+    ("require_correct: 1\n", ["require_correct", "1", "true or false"]),
 ])
 def test_booleans_and_quoted_numbers_are_no_numbers(tmp_path, text, fragments):
     (tmp_path / "c.yaml").write_text(text)
@@ -56,6 +59,7 @@ def test_a_key_with_no_auth_is_refused(tmp_path):
     ('[pai]\noss_buckett = "b"\n', ["unknown key 'oss_buckett'", "did you mean oss_bucket?"]),
     ('[pia]\noss_bucket = "b"\n', ["[pia]", "did you mean [pai]?"]),
     ('oss_bucket = "b"\n', ["oss_bucket (outside any table)", "[pai]"]),
+    ('oss_buckt = "b"\n', ["oss_buckt (outside any table)", "did you mean oss_bucket under [pai]?"]),
 ])
 def test_config_toml_keys_that_no_setting_has_are_named(tmp_path, toml, fragments):
     (tmp_path / "config.toml").write_text(toml)
@@ -64,6 +68,18 @@ def test_config_toml_keys_that_no_setting_has_are_named(tmp_path, toml, fragment
 
 def test_config_set_names_the_nearest_key(tmp_path):
     assert_one_line_error(cli("config", "set", "oss_buckt=b", home=tmp_path), "did you mean oss_bucket?")
+
+
+@pytest.mark.parametrize("flags, fragment", [
+    (["-d"], "--detach is about a run that --dry-run does not start"),
+    (["--force"], "--force is about a run that --dry-run does not start"),
+    (["--download"], "--download applies to --backend pai only"),
+    (["--max-restarts", "2", "-b", "local"], "--max-restarts applies to --backend pai only"),
+])
+def test_flags_a_dry_run_would_drop_are_refused(tmp_path, flags, fragment):
+    (tmp_path / "g.yaml").write_text("teacher: {base_url: 'http://127.0.0.1:9/v1', model: oracle}\nproblems: {n: 2}\n")
+    assert_one_line_error(cli("submit", "generate", "-c", tmp_path / "g.yaml", "--dry-run", *flags, home=tmp_path),
+                          fragment)
 
 
 def test_the_build_context_takes_only_tracked_files_in_a_checkout(tmp_path, monkeypatch):

@@ -137,9 +137,10 @@ def _read_file() -> dict:
     for name, value in data.items():
         if name != "pai" or not isinstance(value, dict):
             where = f"[{name}]" if isinstance(value, dict) else f"{name} (outside any table)"
-            raise UserError(f"{p}: {where} is not a setting; settings go in the [pai] table"
-                            f"{did_you_mean(name, ['pai'], ' (did you mean [{}]?)')}, e.g. `pai-distil config set "
-                            "oss_bucket=NAME` writes one")
+            nearest = did_you_mean(name, ['pai'], ' (did you mean [{}]?)') if isinstance(value, dict) else \
+                did_you_mean(name, list(PaiConfig.model_fields), ' (did you mean {} under [pai]?)')
+            raise UserError(f"{p}: {where} is not a setting; settings go in the [pai] table{nearest}, e.g. "
+                            "`pai-distil config set oss_bucket=NAME` writes one")
     for key in data.get("pai", {}):
         _known(key, f"{p} [pai]")
     return data

@@ -35,7 +35,8 @@ def _number_kinds(annotation) -> tuple[type, ...] | None:
 
 
 def coerced_number(value, annotation) -> str | None:
-    """Why `value` must not become the number `annotation` asks for (a bool, a quoted number), or None.
+    """Why `value` must not become the number or boolean `annotation` asks for (a bool, a quoted number,
+    `"no"` or `1` for a boolean), or None.
 
     Pydantic's lax mode reads `true` as 1 and `"5"` as 5: a `seed: true` or `max_steps: "5"` is a
     mistake to name, not to guess. A float field still takes `1e-5`, which YAML 1.1 reads as a string.
@@ -45,6 +46,8 @@ def coerced_number(value, annotation) -> str | None:
     if origin in (list, tuple, set, frozenset) and isinstance(value, (list, tuple)):
         item = (get_args(annotation) or (None,))[0]
         return next((why for v in value if (why := coerced_number(v, item))), None)
+    if annotation in (bool, bool | None, Union[bool, None]) and not isinstance(value, bool) and value is not None:
+        return f"{json.dumps(value)} is not a boolean; write true or false, unquoted"
     kinds = _number_kinds(annotation)
     if kinds is None or not isinstance(value, (bool, str)):
         return None
