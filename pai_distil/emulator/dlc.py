@@ -17,7 +17,7 @@ from fastapi import APIRouter, Request
 
 from . import dlc_runner
 from .ecs_specs import SPECS
-from .pop import PopError, body_json, pop_router, request_id, stored
+from .pop import PopError, body_json, paging, pop_router, request_id, stored
 
 TERMINAL = ("Succeeded", "Failed", "Stopped")
 JOB_TYPES = ("PyTorchJob", "TFJob", "XGBoostJob", "MPIJob", "RayJob")
@@ -57,6 +57,8 @@ def validate_create(body: dict) -> None:
             bad(f"JobSpecs[{i}].PodCount", f"must be an integer from 1 to {MAX_PODS}")
         if not isinstance(spec.get("Image"), str) or not spec["Image"]:
             bad(f"JobSpecs[{i}].Image", "is required, a string")
+        if spec.get("ResourceConfig") is not None:  # first: the checks against the ECS type read it
+            check_resources(spec["ResourceConfig"], f"JobSpecs[{i}].ResourceConfig", bad)
         if body.get("ResourceId"):
             if not spec.get("ResourceConfig"):
                 bad(f"JobSpecs[{i}].ResourceConfig", "is required on a resource quota (ResourceId)")
@@ -64,8 +66,6 @@ def validate_create(body: dict) -> None:
             bad(f"JobSpecs[{i}].EcsSpec", "is required on public resources, a string (or give ResourceId, a quota)")
         else:
             check_against_type(spec, f"JobSpecs[{i}]", bad)
-        if spec.get("ResourceConfig") is not None:
-            check_resources(spec["ResourceConfig"], f"JobSpecs[{i}].ResourceConfig", bad)
         if spec.get("UseSpotInstance"):
             check_spot(spec.get("SpotSpec"), f"JobSpecs[{i}].SpotSpec", bad)
         elif spec.get("SpotSpec"):
@@ -222,10 +222,7 @@ def router(emulator) -> APIRouter:
                 raise PopError(400, "InvalidParameter", "Tags: must be a JSON object") from None
             jobs = [j for j in jobs if all(((j.get("Settings") or {}).get("Tags") or {}).get(k) == v
                                            for k, v in tags.items())]
-        try:
-            page, size = int(q.get("PageNumber", 1)), int(q.get("PageSize", 50))
-        except ValueError:
-            raise PopError(400, "InvalidParameter", "PageNumber and PageSize must be integers") from None
+        page, size = paging(q, 50)
         chosen = jobs[(page - 1) * size: page * size]
         return {"Jobs": [{**public_view(j), "Pods": [_pod_view(p) for p in j["Pods"]]} for j in chosen],
                 "TotalCount": len(jobs), "RequestId": request_id()}

@@ -17,7 +17,7 @@ from fastapi import APIRouter, Request
 
 from .dlc_runner import iso, parse_oss_uri
 from .objects import store_of
-from .pop import PopError, body_json, pop_router, request_id, stored
+from .pop import PopError, body_json, paging, pop_router, request_id, stored
 
 STORE = "dsw-instances"
 
@@ -80,10 +80,7 @@ def router(emulator) -> APIRouter:
             items = [i for i in items if q["InstanceName"] in i["InstanceName"]]
         if q.get("Status"):
             items = [i for i in items if i["Status"] == q["Status"]]
-        try:
-            page, size = int(q.get("PageNumber") or 1), int(q.get("PageSize") or 50)
-        except ValueError:
-            raise PopError(400, "InvalidParameter", "PageNumber and PageSize must be integers") from None
+        page, size = paging(q, 50)
         return ok(Instances=items[(page - 1) * size: page * size], TotalCount=len(items))
 
     @r.put("/api/v2/instances/{instance_id}/stop")

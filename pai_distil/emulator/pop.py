@@ -34,6 +34,18 @@ def stored(store, key: str, prefix: str, code: str, message: str) -> dict:
     return doc
 
 
+def paging(query, size: int) -> tuple[int, int]:
+    """(PageNumber, PageSize) of a List call, each a positive integer (`size` when not given), else a 400:
+    page 0 or -1 would slice the list from its end."""
+    try:
+        page, size = int(query.get("PageNumber") or 1), int(query.get("PageSize") or size)
+    except ValueError:
+        raise PopError(400, "InvalidParameter", "PageNumber and PageSize must be integers") from None
+    if page < 1 or size < 1:
+        raise PopError(400, "InvalidParameter", "PageNumber and PageSize must be 1 or more")
+    return page, size
+
+
 def request_id() -> str:
     return str(uuid.uuid4()).upper()
 

@@ -82,6 +82,7 @@ GOOD_JOB = {"DisplayName": "j", "JobType": "PyTorchJob", "UserCommand": "true",
                                     {"UserCommand": ["true"]}, {"JobSpecs": [{**GOOD_JOB["JobSpecs"][0], "EcsSpec": [1]}]},
                                     {"Settings": 5}, {"Settings": {"Tags": 5}}, {"Envs": "x"}, {"ResourceId": ["q"]},
                                     {"JobMaxRunningTimeMinutes": "x"},
+                                    {"JobSpecs": [{**GOOD_JOB["JobSpecs"][0], "ResourceConfig": "x"}]},
                                     *({"JobSpecs": [{**GOOD_JOB["JobSpecs"][0], "PodCount": n}] * k}  # pods unbounded
                                       for n, k in ((129, 1), (True, 1), (100, 2), (10**9, 1)))])
 def test_the_emulator_refuses_malformed_create_job_bodies_with_400(emu, change):
@@ -94,6 +95,12 @@ def test_the_emulator_refuses_malformed_dsw_instances_with_400(emu, change):
     body = {"InstanceName": "i", "ImageUrl": "img", "EcsSpec": "ecs.g6.xlarge", **change}
     assert _pop_call(emu, "POST", "/api/v2/instances", body) == 400
     assert _pop_call(emu, "GET", "/api/v2/instances", query={"PageNumber": "abc"}) == 400
+
+
+@pytest.mark.parametrize("paging", [{"PageNumber": "-1"}, {"PageNumber": "0"}, {"PageSize": "0"}, {"PageSize": "x"}])
+def test_the_emulator_refuses_pages_below_one_with_400(emu, paging):
+    assert _pop_call(emu, "GET", "/api/v1/jobs", query=paging) == 400
+    assert _pop_call(emu, "GET", "/api/v2/instances", query=paging) == 400
 
 
 @pytest.mark.parametrize("tags", ["[1]", "5", '"x"'])
