@@ -20,6 +20,10 @@ from collections.abc import Mapping
 MARK = "***"
 PREFIX = "PAI_DISTIL_URL_PASSWORD_"
 _USERINFO = re.compile(r"(?<=://)([^/@:\s]*):([^/@\s]+)@")
+# a key in a query string (`?api_key=sk-…`): never moved into a variable like a password, refused at
+# validation (config.endpoint), and masked wherever a URL is shown, that refusal included
+QUERY_SECRET = re.compile(r"(?i)([?&](?:api[_-]?key|key|access[_-]?token|token|secret|password|passwd|sig|signature)=)"
+                          r"([^&#\s'\"]+)")
 
 
 def env_name(masked_url: str) -> str:
@@ -28,8 +32,8 @@ def env_name(masked_url: str) -> str:
 
 
 def mask(text: str) -> str:
-    """`text` with the password of every URL in it replaced by MARK."""
-    return _USERINFO.sub(lambda m: f"{m.group(1)}:{MARK}@", text)
+    """`text` with the password, and any key in the query string, of every URL in it replaced by MARK."""
+    return QUERY_SECRET.sub(lambda m: m.group(1) + MARK, _USERINFO.sub(lambda m: f"{m.group(1)}:{MARK}@", text))
 
 
 def split(data):

@@ -72,3 +72,16 @@ def test_masked_urls_carry_their_password_in_a_variable_of_their_own():
     assert url_credentials.unmasked(masked["teacher"]["base_url"], passwords) == config["teacher"]["base_url"]
     assert url_credentials.unmasked(masked["teacher"]["base_url"], {}) == masked["teacher"]["base_url"]
     assert url_credentials.mask("GET http://a:b@h/x and https://c:d@e/") == "GET http://a:***@h/x and https://c:***@e/"
+
+
+def test_a_key_in_the_query_string_is_refused_without_repeating_it(tmp_path):
+    for url in ("http://127.0.0.1:9/v1?api_key=sk-q-SECRET", "http://127.0.0.1:9/v1?api-version=1&token=sk-q-SECRET"):
+        cfg = tmp_path / "gen.yaml"
+        cfg.write_text(f"problems: {{n: 2}}\nteacher: {{base_url: '{url}', api_key_env: null}}\n")
+        proc = cli("submit", "generate", "-c", cfg, "--dry-run", home=tmp_path / "home")
+        errors = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
+        assert proc.returncode != 0 and "Traceback" not in proc.stderr and len(errors) == 1, proc.stderr
+        assert "teacher.base_url" in errors[0] and "key in its query string" in errors[0]
+        assert "sk-q-SECRET" not in proc.stdout + proc.stderr
+    shown = url_credentials.mask("GET http://h/v1?api-version=1&api_key=k1 ok")
+    assert shown == "GET http://h/v1?api-version=1&api_key=*** ok"

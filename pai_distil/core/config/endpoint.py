@@ -7,6 +7,7 @@ import re
 
 from pydantic import Field, field_validator
 
+from .. import url_credentials
 from .base import Strict
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -16,6 +17,9 @@ def http_url(v: str) -> str:
     """An endpoint's base URL, without its trailing slash."""
     if not v.startswith(("http://", "https://")):
         raise ValueError(f"base_url must start with http:// or https://, got {v!r}")
+    if (m := url_credentials.QUERY_SECRET.search(v)) is not None:
+        raise ValueError(f"base_url carries a key in its query string ({m.group(1)[1:]}…), which would be written "
+                         "into the run's spec and logs; remove it and name the variable holding the key in api_key_env")
     return v.rstrip("/")
 
 
