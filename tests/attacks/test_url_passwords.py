@@ -53,15 +53,20 @@ def test_a_url_password_reaches_the_endpoint_and_nothing_else(tmp_path):
     assert files == []  # spec.json, config.json, job.log, runs.sqlite, the output
 
 
-def test_a_key_given_as_api_key_env_is_refused_without_repeating_it(tmp_path):
-    key = "sk-live-0123456789abcdef"
+def refused_without_repeating(tmp_path, teacher: str, key: str, *fragments: str) -> None:
+    """A generate config whose `teacher` mapping holds `key` is refused in one line that never shows it."""
     cfg = tmp_path / "gen.yaml"
-    cfg.write_text(f"problems: {{n: 2}}\nteacher: {{api_key_env: {key}}}\n")
+    cfg.write_text(f"problems: {{n: 2}}\nteacher: {teacher}\n")
     proc = cli("submit", "generate", "-c", cfg, "--dry-run", home=tmp_path / "home")
     errors = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
     assert proc.returncode != 0 and "Traceback" not in proc.stderr and len(errors) == 1, proc.stderr
-    assert "teacher.api_key_env" in errors[0] and "not the key itself" in errors[0]
+    assert all(f in errors[0] for f in fragments), errors[0]
     assert key not in proc.stdout + proc.stderr
+
+
+def test_a_key_given_as_api_key_env_is_refused_without_repeating_it(tmp_path):
+    key = "sk-live-0123456789abcdef"
+    refused_without_repeating(tmp_path, f"{{api_key_env: {key}}}", key, "teacher.api_key_env", "not the key itself")
 
 
 def test_masked_urls_carry_their_password_in_a_variable_of_their_own():
@@ -76,12 +81,7 @@ def test_masked_urls_carry_their_password_in_a_variable_of_their_own():
 
 def test_a_key_in_the_query_string_is_refused_without_repeating_it(tmp_path):
     for url in ("http://127.0.0.1:9/v1?api_key=sk-q-SECRET", "http://127.0.0.1:9/v1?api-version=1&token=sk-q-SECRET"):
-        cfg = tmp_path / "gen.yaml"
-        cfg.write_text(f"problems: {{n: 2}}\nteacher: {{base_url: '{url}', api_key_env: null}}\n")
-        proc = cli("submit", "generate", "-c", cfg, "--dry-run", home=tmp_path / "home")
-        errors = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
-        assert proc.returncode != 0 and "Traceback" not in proc.stderr and len(errors) == 1, proc.stderr
-        assert "teacher.base_url" in errors[0] and "key in its query string" in errors[0]
-        assert "sk-q-SECRET" not in proc.stdout + proc.stderr
+        refused_without_repeating(tmp_path, f"{{base_url: '{url}', api_key_env: null}}", "sk-q-SECRET",
+                                  "teacher.base_url", "key in its query string")
     shown = url_credentials.mask("GET http://h/v1?api-version=1&api_key=k1 ok")
     assert shown == "GET http://h/v1?api-version=1&api_key=*** ok"
