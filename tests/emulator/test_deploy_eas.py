@@ -316,7 +316,9 @@ def test_failed_update_is_reported_and_the_old_version_keeps_serving(emulator, s
 
     broken = tmp_path / "broken"
     shutil.copytree(ckpts[0], broken)
-    (broken / "model.safetensors").write_bytes(b"not weights")
+    config = json.loads((broken / "config.json").read_text())
+    config["hidden_size"] *= 2  # the client's header checks pass; the weights do not fit the model it builds
+    (broken / "config.json").write_text(json.dumps(config))
     proc = cli("deploy", "eas", str(broken), "--name", "student", "--oss-prefix", "oss://models/student/broken/",
                *RESOURCES, "--timeout", "300", env=cloud_env(emulator, PAI_DISTIL_EAS_TOKEN=TOKEN))
     assert proc.returncode == 2 and "is Failed: version 2 did not start" in proc.stderr, proc.stderr
