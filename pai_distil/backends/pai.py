@@ -201,6 +201,11 @@ def preflight(plan: Plan, console: Console, no_preflight: bool = False, price_pe
         checked = pf.check_nodes(plan.spec, plan.cfg, node, peak_gib)
         plan.options.update(driver=checked.driver, node_gpus=node.gpus if node else None)
     console.print(pf.cost_line(plan.spec, node, gpu_hours, price_per_hour), soft_wrap=True)
+    hours = pf.wall_hours(plan.spec, node, gpu_hours)
+    if not max_runtime and not plan.cfg.max_running_minutes and hours is not None:
+        limit = plan.options["max_running_minutes"] = pf.runtime_limit(hours)
+        console.print(f"max runtime: {limit} min ({pf.RUNTIME_HEADROOM} × the plan's {hours:.2f} h + 1 h, at least "
+                      f"{pf.RUNTIME_FLOOR_MINUTES}); --max-runtime MINUTES sets it", soft_wrap=True)
 
 
 def _stage_plan(spec: JobSpec, node, console: Console) -> tuple[float | None, float | None]:

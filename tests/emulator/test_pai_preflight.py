@@ -6,6 +6,7 @@ CreateJob checks."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import yaml
@@ -110,6 +111,10 @@ def test_a_real_model_is_planned_on_the_nodes_gpus_before_upload(emu, tmp_path, 
     assert dry.returncode == 0, dry.stderr
     assert "plan: " in dry.stderr and "GiB per GPU of 80 (FSDP2 full_shard over 8)" in dry.stderr
     assert "(from the plan)" in dry.stderr
+    # a hung job stops billing at 3 x the plan's hours + 1 h (no --max-runtime, no max_running_minutes)
+    hours = float(re.search(r"([\d.]+) h \(from the plan\)", dry.stderr).group(1))
+    limit = json.loads(dry.stdout)["JobMaxRunningTimeMinutes"]
+    assert abs(limit - max(120, 3 * 60 * hours + 60)) <= 2 and f"max runtime: {limit} min" in dry.stderr
     before = len(uploads(emu))
     small = cli(home, *args[:-1], "--ecs-spec", "ecs.gn6v-c8g1.16xlarge")
     line = one_line_refusal(small)

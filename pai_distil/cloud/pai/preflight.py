@@ -11,6 +11,8 @@ ListEcsSpecs gives no price, so the cost line takes `--price-per-hour` (per node
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 
 from pai_distil.core.errors import UserError
@@ -20,6 +22,7 @@ DEFAULT_IMAGE_CUDA = "13.0"  # images/requirements-gpu.txt pins torch's CUDA 13.
 DRIVER_FLOORS = {"11.8": "520.61.05", "12.1": "530.30.02", "12.2": "535.54.03", "12.4": "550.54.14",
                  "12.6": "560.28.03", "12.8": "570.26", "13.0": "580.65.06"}
 SPOT_IN_STOCK = ("WithStock", "ClosedWithStock")
+RUNTIME_HEADROOM, RUNTIME_FLOOR_MINUTES = 3, 120  # the run-time limit from the plan: 3 x its hours + 1 h, >= 2 h
 
 
 @dataclass
@@ -117,6 +120,19 @@ def choose_driver(cfg, node: NodeType) -> str:
     return fits[0]
 
 
+def wall_hours(spec, node: NodeType | None, gpu_hours: float | None) -> float | None:
+    """The job's wall-clock hours from the plan's GPU-hours and the GPUs it runs on (None when unknown)."""
+    gpus = node.gpus if node else (spec.resources.gpu or spec.procs_per_node or 0)
+    return gpu_hours / (spec.nodes * gpus) if gpu_hours is not None and gpus else None
+
+
+def runtime_limit(hours: float) -> int:
+    """JobMaxRunningTimeMinutes from the plan's wall-clock hours: three times them plus an hour for loading,
+    tokenising and checkpoints, at least two hours. A hung job (an NCCL deadlock) stops billing there; a
+    job that was only slow resumes from its checkpoint when submitted again."""
+    return max(RUNTIME_FLOOR_MINUTES, math.ceil(hours * 60 * RUNTIME_HEADROOM) + 60)
+
+
 def cost_line(spec, node: NodeType | None, gpu_hours: float | None, price_per_hour: float | None) -> str:
     """`cost: 2 nodes × 8 GPUs ...` for the console, before submit.
 
@@ -125,7 +141,7 @@ def cost_line(spec, node: NodeType | None, gpu_hours: float | None, price_per_ho
     """
     gpus = node.gpus if node else (spec.resources.gpu or spec.procs_per_node or 0)
     shape = f"{spec.nodes} node(s) × {gpus} GPU(s)" + (f" ({node.instance_type}, {node.gpu_type})" if node and node.gpu_type else "")
-    hours = gpu_hours / (spec.nodes * gpus) if gpu_hours is not None and gpus else None
+    hours = wall_hours(spec, node, gpu_hours)
     parts = [f"cost: {shape}"]
     parts.append(f"{gpu_hours:.1f} GPU-hours, {hours:.2f} h (from the plan)" if hours is not None
                  else "GPU-hours unknown (no plan for this stage yet)")
