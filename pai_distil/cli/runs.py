@@ -238,7 +238,6 @@ def tensorboard(run: str, port: int, print_only: bool) -> None:
     """TensorBoard on RUN's training logs: started on a local run's event files (Ctrl-C stops it); for a
     run on PAI, where its DLC job shows them."""
     import importlib.util
-    import subprocess
 
     from ..backends import get_backend
     from pai_distil.core.errors import UserError
@@ -258,7 +257,8 @@ def tensorboard(run: str, port: int, print_only: bool) -> None:
         return
     if importlib.util.find_spec("tensorboard") is None:
         raise UserError("TensorBoard is not installed here; pip install tensorboard, then run the command above")
-    sys.exit(subprocess.call(command))
+    sys.stdout.flush()
+    os.execv(command[0], command)  # become TensorBoard: Ctrl-C or a signal to this process stops it, nothing is left
 
 
 @runs.command("cancel")
