@@ -47,3 +47,5 @@ def test_dsw_create_list_stop_delete_mirrors_a_pai_run(tmp_path):
         bucket, prefix = split_uri(mounts["/mnt/pai-distil/inputs/cots"]["Uri"])  # oss://BUCKET.internal-host/...
         assert bucket == BUCKET and oss2.Bucket(oss2.Auth(ACCESS_KEY_ID, ACCESS_KEY_SECRET), emu.url, BUCKET).object_exists(
             prefix + "cots.jsonl")
+        # the detached run's supervisor follows its job for as long as it lives: stop the job while DLC is here
+        assert cli(home, "runs", "cancel", run_id).returncode == 0
