@@ -22,13 +22,13 @@ import subprocess
 import sys
 import time
 import traceback
-from pathlib import Path
 
 from pai_distil.core.artifacts import is_complete
 from pai_distil.core.config import JobSpec
 from pai_distil.core.contract import ERROR_PREFIX
 from pai_distil.core.env_numbers import STOP_GRACE_S, env_number
 from pai_distil.run import work_lock
+from pai_distil.run.progress import log_tail
 from pai_distil.run.registry import ACTIVE, Registry, RunRecord
 
 from .base import read_spec
@@ -44,16 +44,6 @@ def error_line(lines: list[str]) -> str | None:
         if ERROR_PREFIX in line:
             return line.split(ERROR_PREFIX, 1)[1].strip() or line.strip()
     return next((line.strip() for line in reversed(lines) if line.strip()), None)
-
-
-def log_tail(log_path: str | Path, tail_bytes: int = 256 * 1024) -> list[str]:
-    """The last lines of a run's log (none when it cannot be read)."""
-    try:
-        with open(log_path, "rb") as f:
-            f.seek(max(0, f.seek(0, os.SEEK_END) - tail_bytes))
-            return f.read().decode("utf-8", "replace").splitlines()
-    except OSError:
-        return []
 
 
 def shell_status(returncode: int) -> int:

@@ -59,18 +59,26 @@ def _number(text: str) -> float | None:
         return None
 
 
+def log_tail(log_path: str | os.PathLike, tail_bytes: int = TAIL_BYTES) -> list[str]:
+    """The last lines of a run's log (none when it cannot be read)."""
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - tail_bytes))
+            return f.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return []
+
+
 def from_log(log_path: str | None, started_at: float | None, running: bool) -> Progress | None:
     """The last progress line of a run's log; with an ETA while the run is running, at the rate the run has
     kept since it started up to the line's writing (the log's modification time)."""
     if not log_path:
         return None
     try:
-        with open(log_path, "rb") as f:
-            f.seek(max(0, f.seek(0, os.SEEK_END) - TAIL_BYTES))
-            lines = f.read().decode("utf-8", "replace").splitlines()
         written = os.stat(log_path).st_mtime
     except OSError:
         return None
+    lines = log_tail(log_path)
     last = next((p for line in reversed(lines) if (p := parse_line(line.rstrip("\r")))), None)
     if last is not None and running and started_at and 0 < last.done < last.total:
         per_item = max(0.0, written - started_at) / last.done
