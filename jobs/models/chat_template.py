@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import weakref
 from pathlib import Path
 
 from pai_distil.core import think
@@ -26,11 +27,23 @@ def render(tokenizer, messages: list[dict], generation_prompt: bool, **template_
                                          **template_kwargs)
 
 
+_EOT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tokenizer -> (its template, end of turn)
+
+
 def end_of_turn(tokenizer) -> int | None:
     """The special token the template closes an assistant turn with (`<|im_end|>` for Qwen, whatever
-    the tokenizer's eos is), or None when a turn ends with no special token."""
-    if not getattr(tokenizer, "chat_template", None):
+    the tokenizer's eos is), or None when a turn ends with no special token. Found once per tokenizer
+    and template: scorers ask for it at every row."""
+    template = getattr(tokenizer, "chat_template", None)
+    if not template:
         return None
+    known = _EOT.get(tokenizer)
+    if known is None or known[0] != template:
+        known = _EOT[tokenizer] = (template, _find_end_of_turn(tokenizer))
+    return known[1]
+
+
+def _find_end_of_turn(tokenizer) -> int | None:
     convo = [{"role": "user", "content": _PROBE_USER}, {"role": "assistant", "content": _PROBE_ANSWER}]
     try:
         text = render(tokenizer, convo, False)
